@@ -1,0 +1,17 @@
+//! Shared types of the Virga platform: the OpenFaaS-compatible API bodies, name
+//! validation and the content-addressed bundle reference. Every other crate takes its
+//! types from here; nothing in this crate does I/O.
+
+mod api;
+mod bundle;
+mod validate;
+
+pub use api::*;
+pub use bundle::*;
+pub use validate::*;
+
+/// The one namespace Virga serves for now, named like OpenFaaS's default.
+pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";
+
+/// Path inside an instance where listed secrets appear (OpenFaaS's path).
+pub const SECRETS_MOUNT: &str = "/var/openfaas/secrets";

@@ -1,0 +1,127 @@
+//! Validation of names and deployments, with messages that say which field is wrong.
+
+use thiserror::Error;
+
+use crate::{BundleRef, FunctionDeployment, Secret, DEFAULT_NAMESPACE};
+
+/// A request body that is well-formed JSON but not acceptable.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    /// The offending field, as named in the JSON body.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Check that `name` is a DNS-1123 label: 1-63 of `a-z 0-9 -`, starting and ending alphanumeric.
+pub fn validate_name(field: &str, name: &str) -> Result<(), Invalid> {
+    let ok_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    let bytes = name.as_bytes();
+    if bytes.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if bytes.len() > 63 {
+        return Err(invalid(field, format!("{name:?} is longer than 63 characters")));
+    }
+    if !bytes.iter().all(|&b| ok_char(b)) || bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
+        return Err(invalid(
+            field,
+            format!(
+                "{name:?} is not a valid name: use lower-case letters, digits and '-', \
+                 starting and ending with a letter or digit (a DNS-1123 label)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Check a namespace: empty or the default one.
+pub fn validate_namespace(ns: &str) -> Result<(), Invalid> {
+    if ns.is_empty() || ns == DEFAULT_NAMESPACE {
+        Ok(())
+    } else {
+        Err(invalid(
+            "namespace",
+            format!("unknown namespace {ns:?}: only {DEFAULT_NAMESPACE:?} exists"),
+        ))
+    }
+}
+
+/// Check a deployment body and fill in the default namespace.
+pub fn validate_deployment(d: &mut FunctionDeployment) -> Result<(), Invalid> {
+    validate_name("service", &d.service)?;
+    validate_namespace(&d.namespace)?;
+    d.namespace = DEFAULT_NAMESPACE.to_string();
+    if d.image.is_empty() && d.env_process.trim().is_empty() {
+        return Err(invalid(
+            "image",
+            "give an image (a bundle from `virga build`) or an envProcess command",
+        ));
+    }
+    if !d.image.is_empty() && BundleRef::parse(&d.image).is_none() && d.env_process.is_empty() {
+        return Err(invalid(
+            "image",
+            format!(
+                "{:?} is not a local bundle (virga.local/NAME@sha256:HEX); pulling images \
+                 from registries is not supported yet: build with `virga build` or set envProcess",
+                d.image
+            ),
+        ));
+    }
+    for s in &d.secrets {
+        validate_name("secrets", s)?;
+    }
+    for k in d.env_vars.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(invalid("envVars", format!("{k:?} is not a valid variable name")));
+        }
+    }
+    Ok(())
+}
+
+/// Check a secret body and fill in the default namespace.
+pub fn validate_secret(s: &mut Secret) -> Result<(), Invalid> {
+    validate_name("name", &s.name)?;
+    validate_namespace(&s.namespace)?;
+    s.namespace = DEFAULT_NAMESPACE.to_string();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dns_1123() {
+        for good in ["a", "hello", "my-fn-2", &"x".repeat(63)] {
+            assert!(validate_name("service", good).is_ok(), "{good}");
+        }
+        for bad in ["", "..", "a/b", "Hello", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(validate_name("service", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn deployment_needs_image_or_process() {
+        let mut d = FunctionDeployment {
+            service: "f".into(),
+            ..Default::default()
+        };
+        assert_eq!(validate_deployment(&mut d).unwrap_err().field, "image");
+        d.env_process = "cat".into();
+        validate_deployment(&mut d).unwrap();
+        assert_eq!(d.namespace, DEFAULT_NAMESPACE);
+        d.image = "nginx:latest".into();
+        validate_deployment(&mut d).unwrap();
+        d.env_process.clear();
+        assert_eq!(validate_deployment(&mut d).unwrap_err().field, "image");
+    }
+}
