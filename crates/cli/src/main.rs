@@ -1,14 +1,31 @@
 //! The `virga` binary: `virga up` runs the platform; every other command talks to a
-//! gateway over its public HTTP API.
+//! gateway over its public HTTP API (the OpenFaaS one plus Virga's bundle upload), or
+//! works on local files (`new`, `build`).
 
 use clap::{Parser, Subcommand};
 
+mod builder;
+mod client;
+mod config;
+mod deploy;
+mod examples;
+mod functions;
+mod login;
+mod new;
+mod pack;
+mod secrets;
+mod stack;
+mod templates;
 mod up;
 
 /// Virga: a self-hosted serverless platform that speaks the OpenFaaS API.
 #[derive(Debug, Parser)]
 #[command(name = "virga", version, about)]
 struct Cli {
+    /// Gateway URL [default: $VIRGA_URL, $OPENFAAS_URL, the stack file's provider.gateway,
+    /// then http://127.0.0.1:8080].
+    #[arg(short = 'g', long, global = true, value_name = "URL")]
+    gateway: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -17,11 +34,64 @@ struct Cli {
 enum Command {
     /// Run the platform: gateway, store and local provider.
     Up(up::UpArgs),
+    /// Store credentials for a gateway (checked against it first).
+    Login(login::LoginArgs),
+    /// Forget the stored credentials of a gateway.
+    Logout,
+    /// Create a function from a template and add it to a stack file.
+    New(new::NewArgs),
+    /// Build the stack file's functions into bundles under ./build/.
+    Build(builder::BuildArgs),
+    /// Build, upload and deploy the stack file's functions.
+    Deploy(deploy::DeployArgs),
+    /// List deployed functions.
+    #[command(alias = "ls")]
+    List(functions::ListArgs),
+    /// Show one function.
+    Describe(functions::DescribeArgs),
+    /// Call a function: stdin is the request body, the answer goes to stdout.
+    Invoke(functions::InvokeArgs),
+    /// Remove a function, or every function of a stack file with -f.
+    #[command(alias = "rm")]
+    Remove(functions::RemoveArgs),
+    /// Set the number of instances of a function.
+    Scale(functions::ScaleArgs),
+    /// Manage secrets.
+    Secret {
+        #[command(subcommand)]
+        command: secrets::SecretCommand,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the cause chain on one line, without a backtrace.
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let flag = cli.gateway.as_deref();
+    let connect = || client::Client::connect(&config::resolve_gateway(flag, None));
     match cli.command {
         Command::Up(args) => up::run(args),
+        Command::Login(args) => login::login(&config::resolve_gateway(flag, None), args),
+        Command::Logout => login::logout(&config::resolve_gateway(flag, None)),
+        Command::New(args) => new::run(args),
+        Command::Build(args) => builder::run(args),
+        Command::Deploy(args) => deploy::run(args, flag),
+        Command::List(args) => functions::list(&connect()?, args),
+        Command::Describe(args) => functions::describe(&connect()?, args),
+        Command::Invoke(args) => functions::invoke(&connect()?, args),
+        Command::Remove(args) => functions::remove(
+            |stack_gw| client::Client::connect(&config::resolve_gateway(flag, stack_gw)),
+            args,
+        ),
+        Command::Scale(args) => functions::scale(&connect()?, args),
+        Command::Secret { command } => secrets::run(&connect()?, command),
     }
 }

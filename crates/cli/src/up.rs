@@ -1,4 +1,18 @@
-//! `virga up`: runs the platform (owned by the lead; placeholder until wired).
+//! `virga up`: runs the whole platform in this process: the embedded store in the data
+//! directory, the local provider (instances as watchdog child processes) and the gateway.
+//! Zero configuration: the admin password is generated on first start and kept 0600.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use virga_gateway::{AppState, Credentials, GatewayConfig};
+use virga_provider_local::{LocalProvider, ProviderConfig};
+use virga_store::Store;
 
 /// Options of `virga up`.
 #[derive(Debug, clap::Args)]
@@ -6,9 +20,181 @@ pub struct UpArgs {
     /// Address the gateway listens on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Directory of the embedded store, bundles and runtime files.
+    #[arg(long, default_value = "./.virga", env = "VIRGA_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Deploy the example functions once the gateway is up.
+    #[arg(long)]
+    pub with_examples: bool,
+    /// Largest request body for a function call, in bytes (413 beyond).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds a call may take through the gateway before it gets 504.
+    #[arg(long, default_value_t = 60)]
+    pub upstream_timeout: u64,
+    /// Seconds a request waits for an instance to become ready before it gets 503.
+    #[arg(long, default_value_t = 30)]
+    pub ready_timeout: u64,
+    /// Path of the virga-watchdog binary (default: next to this binary, then PATH).
+    #[arg(long, env = "VIRGA_WATCHDOG")]
+    pub watchdog: Option<PathBuf>,
+    /// Log format of the platform's own logs.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Format of the platform's logs.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Run the platform until SIGINT/SIGTERM.
-pub fn run(_args: UpArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not wired yet")
+pub fn run(args: UpArgs) -> Result<()> {
+    init_logs(args.log_format);
+    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    rt.block_on(serve(args))
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIRGA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: UpArgs) -> Result<()> {
+    let store = Arc::new(
+        Store::open(&args.data_dir)
+            .with_context(|| format!("open the data directory {}", args.data_dir.display()))?,
+    );
+    let password = admin_password(&args.data_dir)?;
+    let provider = Arc::new(LocalProvider::new(
+        ProviderConfig {
+            watchdog: watchdog_path(args.watchdog.as_deref())?,
+            run_dir: args.data_dir.join("run"),
+            ready_timeout: Duration::from_secs(args.ready_timeout),
+        },
+        store.clone(),
+    )?);
+    let restored = provider.restore()?;
+    let cfg = GatewayConfig {
+        max_body_bytes: args.max_body_bytes,
+        upstream_timeout: Duration::from_secs(args.upstream_timeout),
+        ..GatewayConfig::default()
+    };
+    let state = AppState::new(
+        cfg,
+        store,
+        provider.clone(),
+        Credentials::new("admin", &password),
+    );
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listen on {} (is another virga running? try --listen 127.0.0.1:0)",
+                args.listen
+            )
+        })?;
+    let addr: SocketAddr = listener.local_addr()?;
+    announce(addr, &args.data_dir, restored, provider.isolation());
+    if args.with_examples {
+        let url = format!("http://{addr}");
+        let dir = args.data_dir.clone();
+        tokio::task::spawn_blocking(move || crate::examples::deploy(&url, &password, &dir));
+    }
+    virga_gateway::serve(listener, state, shutdown_signal())
+        .await
+        .context("serve HTTP")?;
+    tracing::info!("stopping instances");
+    provider.shutdown().await;
+    Ok(())
+}
+
+fn announce(addr: SocketAddr, data_dir: &Path, restored: usize, isolation: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "Virga gateway listening on http://{addr}");
+    let _ = writeln!(out, "  data directory: {}", data_dir.display());
+    let _ = writeln!(out, "  functions restored: {restored}");
+    let _ = writeln!(
+        out,
+        "  isolation: {isolation} (function instances run as local processes)"
+    );
+    if std::env::var_os("VIRGA_ADMIN_PASSWORD").is_some() {
+        let _ = writeln!(out, "  login: admin, password from VIRGA_ADMIN_PASSWORD");
+    } else {
+        let _ = writeln!(
+            out,
+            "  login: admin, password in {}",
+            data_dir.join(PASSWORD_FILE).display()
+        );
+    }
+    let _ = out.flush();
+}
+
+const PASSWORD_FILE: &str = "admin-password";
+
+/// The admin password: from VIRGA_ADMIN_PASSWORD, else the data directory's file (created once).
+fn admin_password(data_dir: &Path) -> Result<String> {
+    if let Ok(p) = std::env::var("VIRGA_ADMIN_PASSWORD") {
+        if p.is_empty() {
+            bail!("VIRGA_ADMIN_PASSWORD is set but empty: set a password or unset it");
+        }
+        return Ok(p);
+    }
+    let path = data_dir.join(PASSWORD_FILE);
+    if let Ok(p) = std::fs::read_to_string(&path) {
+        return Ok(p.trim().to_string());
+    }
+    let bytes: [u8; 16] = rand::random();
+    let password = hex::encode(bytes);
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("create {}", path.display()))?;
+    writeln!(f, "{password}")?;
+    f.sync_all()?;
+    Ok(password)
+}
+
+fn watchdog_path(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let exe = std::env::current_exe().context("find the virga binary")?;
+    let sibling = exe.with_file_name("virga-watchdog");
+    if sibling.exists() {
+        return Ok(sibling);
+    }
+    if let Some(p) = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("virga-watchdog"))
+        .find(|p| p.exists())
+    {
+        return Ok(p);
+    }
+    bail!("virga-watchdog not found next to {} or on PATH: build it with `cargo build --release` or pass --watchdog", exe.display())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

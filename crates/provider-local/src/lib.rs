@@ -1,1 +1,259 @@
-//! placeholder
+//! The local provider: runs each function's instances on this machine as `virga-watchdog`
+//! child processes, keeps the wanted number of them alive, and hands the gateway a ready
+//! instance (least in-flight first) for every request, starting one when a function is at zero.
+//!
+//! An instance is ready when its watchdog answers `/_/ready`; the provider learns the port from
+//! the line the watchdog prints when it binds (`port=0`), so instances never race for ports.
+
+mod instance;
+mod spec;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::Notify;
+use virga_store::{Store, StoredFunction};
+
+use instance::Instance;
+pub use instance::Lease;
+pub use spec::InstanceSpec;
+
+/// Settings of the local provider.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Path of the `virga-watchdog` binary.
+    pub watchdog: PathBuf,
+    /// Directory for per-function runtime files (secrets, empty homes); wiped at start.
+    pub run_dir: PathBuf,
+    /// How long a request waits for an instance to become ready.
+    pub ready_timeout: Duration,
+}
+
+/// Errors the provider reports to the gateway.
+#[derive(Debug, Error)]
+pub enum ProviderError {
+    /// No function of that name is running here.
+    #[error("function {0:?} not found")]
+    NotFound(String),
+    /// No instance became ready in time.
+    #[error("function {name:?} has no ready instance after {waited:?}: {reason}")]
+    NotReady {
+        /// Function name.
+        name: String,
+        /// How long the request waited.
+        waited: Duration,
+        /// What the instances were doing.
+        reason: String,
+    },
+    /// The function's code or secrets could not be prepared.
+    #[error("cannot prepare function {name:?}: {reason}")]
+    Prepare {
+        /// Function name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One function's instances.
+pub(crate) struct Function {
+    pub(crate) spec: Arc<InstanceSpec>,
+    pub(crate) desired: AtomicU64,
+    pub(crate) instances: Mutex<Vec<Arc<Instance>>>,
+    /// Woken whenever an instance becomes ready or dies.
+    pub(crate) changed: Notify,
+    pub(crate) stopped: AtomicBool,
+    pub(crate) next_id: AtomicU64,
+    /// Consecutive instances that died before serving; drives restart backoff.
+    pub(crate) crash_streak: AtomicUsize,
+    pub(crate) cfg: Arc<ProviderConfig>,
+}
+
+impl Function {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<Arc<Instance>>> {
+        self.instances.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ready_count(&self) -> u64 {
+        self.lock().iter().filter(|i| i.is_ready()).count() as u64
+    }
+
+    /// Start or stop instances until their number matches `desired`.
+    pub(crate) fn reconcile(self: &Arc<Self>) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let want = self.desired.load(Ordering::SeqCst) as usize;
+        let mut list = self.lock();
+        while list.len() < want {
+            let id = format!(
+                "{}-{}",
+                self.spec.name,
+                self.next_id.fetch_add(1, Ordering::Relaxed)
+            );
+            let inst = Arc::new(Instance::new(id));
+            list.push(inst.clone());
+            tokio::spawn(instance::run(self.clone(), inst));
+        }
+        if list.len() > want {
+            // Stop the least useful first: not ready, then least busy.
+            list.sort_by_key(|i| (i.is_ready(), usize::MAX - i.inflight()));
+            let surplus = list.len() - want;
+            for inst in list.drain(..surplus) {
+                inst.stop();
+            }
+        }
+    }
+
+    fn stop_all(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        for inst in self.lock().drain(..) {
+            inst.stop();
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+/// Runs function instances as local processes.
+pub struct LocalProvider {
+    cfg: Arc<ProviderConfig>,
+    store: Arc<Store>,
+    functions: Mutex<HashMap<String, Arc<Function>>>,
+}
+
+impl LocalProvider {
+    /// A provider for the functions in `store`; clears what a previous run left in `run_dir`.
+    pub fn new(cfg: ProviderConfig, store: Arc<Store>) -> Result<LocalProvider, ProviderError> {
+        if cfg.run_dir.exists() {
+            std::fs::remove_dir_all(&cfg.run_dir).map_err(|e| ProviderError::Prepare {
+                name: String::new(),
+                reason: format!("clear {}: {e}", cfg.run_dir.display()),
+            })?;
+        }
+        Ok(LocalProvider {
+            cfg: Arc::new(cfg),
+            store,
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The isolation instances run under, as shown in `/system/info`.
+    pub fn isolation(&self) -> &'static str {
+        "process"
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Function>>> {
+        self.functions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start every stored function at its stored replica count (after a restart).
+    pub fn restore(&self) -> Result<usize, ProviderError> {
+        let functions = self.store.functions().map_err(|e| ProviderError::Prepare {
+            name: String::new(),
+            reason: e.to_string(),
+        })?;
+        let n = functions.len();
+        for f in functions {
+            if let Err(e) = self.deploy(&f) {
+                tracing::error!("restore {}: {e}", f.deployment.service);
+            }
+        }
+        Ok(n)
+    }
+
+    /// (Re)start a function's instances from its stored definition.
+    pub fn deploy(&self, f: &StoredFunction) -> Result<(), ProviderError> {
+        let spec = InstanceSpec::prepare(&self.cfg, &self.store, &f.deployment)?;
+        let func = Arc::new(Function {
+            spec: Arc::new(spec),
+            desired: AtomicU64::new(f.replicas),
+            instances: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+            stopped: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            crash_streak: AtomicUsize::new(0),
+            cfg: self.cfg.clone(),
+        });
+        func.reconcile();
+        if let Some(old) = self.map().insert(f.deployment.service.clone(), func) {
+            old.stop_all();
+        }
+        Ok(())
+    }
+
+    /// Set the wanted number of instances.
+    pub fn scale(&self, name: &str, replicas: u64) -> Result<(), ProviderError> {
+        let func = self.get(name)?;
+        func.desired.store(replicas, Ordering::SeqCst);
+        func.reconcile();
+        Ok(())
+    }
+
+    /// Stop all instances of a function and forget it.
+    pub fn remove(&self, name: &str) {
+        if let Some(func) = self.map().remove(name) {
+            func.stop_all();
+        }
+        spec::remove_files(&self.cfg, name);
+    }
+
+    /// (desired, ready) instance counts; (0, 0) for an unknown function.
+    pub fn replicas(&self, name: &str) -> (u64, u64) {
+        match self.get(name) {
+            Ok(f) => (f.desired.load(Ordering::SeqCst), f.ready_count()),
+            Err(_) => (0, 0),
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<Function>, ProviderError> {
+        self.map()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ProviderError::NotFound(name.to_string()))
+    }
+
+    /// A ready instance of `name` (least in-flight), waiting for one to start when needed.
+    pub async fn lease(&self, name: &str) -> Result<Lease, ProviderError> {
+        let func = self.get(name)?;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.cfg.ready_timeout;
+        loop {
+            let notified = func.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(lease) = instance::pick(&func.lock()) {
+                return Ok(lease);
+            }
+            if func.stopped.load(Ordering::SeqCst) {
+                return Err(ProviderError::NotFound(name.to_string()));
+            }
+            if func.desired.load(Ordering::SeqCst) == 0 {
+                // Scale from zero: the request waits for the instance it caused.
+                func.desired.store(1, Ordering::SeqCst);
+                func.reconcile();
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ProviderError::NotReady {
+                    name: name.to_string(),
+                    waited: started.elapsed(),
+                    reason: func.spec.describe_failure(),
+                });
+            }
+        }
+    }
+
+    /// Stop every instance (platform shutdown) and wait for them to exit.
+    pub async fn shutdown(&self) {
+        let all: Vec<_> = self.map().drain().map(|(_, f)| f).collect();
+        let mut pids = Vec::new();
+        for f in &all {
+            pids.extend(f.lock().iter().filter_map(|i| i.pid()));
+            f.stop_all();
+        }
+        instance::wait_gone(&pids, Duration::from_secs(5)).await;
+    }
+}

@@ -41,7 +41,9 @@ impl fmt::Display for BundleRef {
 
 /// True for 64 lower-case hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// `virga-bundle.json`: the watchdog environment a template asks for

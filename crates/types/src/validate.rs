@@ -29,7 +29,10 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), Invalid> {
         return Err(invalid(field, "must not be empty"));
     }
     if bytes.len() > 63 {
-        return Err(invalid(field, format!("{name:?} is longer than 63 characters")));
+        return Err(invalid(
+            field,
+            format!("{name:?} is longer than 63 characters"),
+        ));
     }
     if !bytes.iter().all(|&b| ok_char(b)) || bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
         return Err(invalid(
@@ -81,7 +84,10 @@ pub fn validate_deployment(d: &mut FunctionDeployment) -> Result<(), Invalid> {
     }
     for k in d.env_vars.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(invalid("envVars", format!("{k:?} is not a valid variable name")));
+            return Err(invalid(
+                "envVars",
+                format!("{k:?} is not a valid variable name"),
+            ));
         }
     }
     Ok(())
@@ -104,7 +110,17 @@ mod tests {
         for good in ["a", "hello", "my-fn-2", &"x".repeat(63)] {
             assert!(validate_name("service", good).is_ok(), "{good}");
         }
-        for bad in ["", "..", "a/b", "Hello", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "..",
+            "a/b",
+            "Hello",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            &"x".repeat(64),
+        ] {
             assert!(validate_name("service", bad).is_err(), "{bad}");
         }
     }

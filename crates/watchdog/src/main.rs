@@ -1,1 +1,22 @@
-fn main() {}
+//! The `virga-watchdog` binary: reads the OpenFaaS-style environment, logs to
+//! stderr with tracing, and runs the watchdog until SIGTERM/SIGINT.
+
+use std::io::IsTerminal;
+
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let config = virga_watchdog::Config::from_env().context("invalid watchdog configuration")?;
+    virga_watchdog::run(config)
+        .await
+        .context("watchdog failed")?;
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! `virga build`: turn each stack function that has a `lang` into a bundle. A staging
+//! directory `build/<name>/` gets the template's runtime files and the handler as
+//! `function/`; dependencies are installed into it (pip into `python/`, npm into
+//! `function/node_modules`); `virga-bundle.json` records the watchdog environment; the
+//! directory is packed deterministically into `build/<name>.tar.gz`, named by its SHA-256.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use virga_types::{BundleManifest, BundleRef, BUNDLE_MANIFEST};
+
+use crate::pack;
+use crate::stack::{Stack, StackFunction};
+use crate::templates::{self, write_file, FUNCTION_DIR};
+
+/// Options of `virga build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Stack file.
+    #[arg(short = 'f', long = "yaml", default_value = "stack.yml")]
+    pub file: PathBuf,
+    /// Only functions whose name matches (`*` allowed).
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+/// A bundle built for one function.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Function name.
+    pub name: String,
+    /// The archive on disk.
+    pub archive: PathBuf,
+    /// Hex SHA-256 of the archive.
+    pub digest: String,
+    /// Archive size in bytes.
+    pub size: u64,
+    /// `virga.local/NAME@sha256:HEX`.
+    pub image: String,
+}
+
+/// Run `virga build`.
+pub fn run(args: BuildArgs) -> Result<()> {
+    let stack = Stack::load(&args.file)?;
+    let built = build_stack(&stack, args.filter.as_deref())?;
+    if built.is_empty() {
+        println!("Nothing to build: no selected function has a `lang`.");
+        return Ok(());
+    }
+    print_table(&built);
+    Ok(())
+}
+
+/// Build every selected function that has a `lang`, in name order.
+pub fn build_stack(stack: &Stack, filter: Option<&str>) -> Result<Vec<Built>> {
+    let mut built = Vec::new();
+    for (name, f) in stack.select(filter)? {
+        if f.lang.is_empty() {
+            if f.image.is_empty() {
+                println!("Skipping {name}: no `lang`, it runs `{}` as is", f.fprocess);
+            } else {
+                println!(
+                    "Skipping {name}: no `lang`, it deploys image {} as is",
+                    f.image
+                );
+            }
+            continue;
+        }
+        built.push(build_function(stack, name, f).with_context(|| format!("building {name}"))?);
+    }
+    Ok(built)
+}
+
+/// Build one function's bundle.
+pub fn build_function(stack: &Stack, name: &str, f: &StackFunction) -> Result<Built> {
+    let dirs = templates::search_dirs(&[&stack.dir]);
+    let template = templates::find(&f.lang, &dirs)?;
+    let spec = template.spec()?;
+    if f.handler.is_empty() {
+        bail!(
+            "{}: functions.{name}.handler is missing: set it to the function's folder, e.g. ./{name}",
+            stack.path.display()
+        );
+    }
+    let handler = stack.resolve(&f.handler);
+    if !handler.is_dir() {
+        bail!(
+            "handler folder {} of {name} does not exist (functions.{name}.handler in {})",
+            handler.display(),
+            stack.path.display()
+        );
+    }
+    let build_dir = stack.dir.join("build");
+    let stage = build_dir.join(name);
+    println!(
+        "Building {name} ({} template, {}) from {}",
+        f.lang,
+        template.origin(),
+        handler.display()
+    );
+    if stage.exists() {
+        fs::remove_dir_all(&stage).with_context(|| format!("cannot clear {}", stage.display()))?;
+    }
+    fs::create_dir_all(&stage).with_context(|| format!("cannot create {}", stage.display()))?;
+    template.write_runtime(&stage)?;
+    copy_tree(&handler, &stage.join(FUNCTION_DIR), &build_dir)?;
+
+    install_dependencies(&stage)?;
+
+    let manifest = BundleManifest {
+        lang: f.lang.clone(),
+        env: spec.watchdog_env(),
+    };
+    write_file(
+        &stage.join(BUNDLE_MANIFEST),
+        &serde_json::to_vec_pretty(&manifest)?,
+        0o644,
+    )?;
+
+    let bytes = pack::pack_dir(&stage)?;
+    let digest = pack::sha256_hex(&bytes);
+    let archive = build_dir.join(format!("{name}.tar.gz"));
+    fs::write(&archive, &bytes).with_context(|| format!("cannot write {}", archive.display()))?;
+    let image = BundleRef {
+        name: name.to_string(),
+        digest: digest.clone(),
+    }
+    .to_string();
+    Ok(Built {
+        name: name.to_string(),
+        archive,
+        digest,
+        size: bytes.len() as u64,
+        image,
+    })
+}
+
+/// Print one line per bundle: name, size, image reference.
+pub fn print_table(built: &[Built]) {
+    let width = built.iter().map(|b| b.name.len()).max().unwrap_or(0).max(8);
+    println!("\n{:<width$}  {:>10}  IMAGE", "FUNCTION", "SIZE");
+    for b in built {
+        println!(
+            "{:<width$}  {:>10}  {}",
+            b.name,
+            pack::human_size(b.size),
+            b.image
+        );
+    }
+}
+
+/// Copy `src` into `dest`, skipping VCS folders, byte-code caches and `skip` (the build dir).
+fn copy_tree(src: &Path, dest: &Path, skip: &Path) -> Result<()> {
+    let skip = skip.canonicalize().ok();
+    fn walk(src: &Path, dest: &Path, skip: &Option<PathBuf>) -> Result<()> {
+        fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+        let mut entries: Vec<_> = fs::read_dir(src)
+            .with_context(|| format!("cannot read {}", src.display()))?
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            if name == ".git" || name == "__pycache__" || name == ".DS_Store" {
+                continue;
+            }
+            let from = entry.path();
+            let to = dest.join(&name);
+            let ft = entry.file_type()?;
+            if ft.is_symlink() {
+                let target = fs::read_link(&from)?;
+                #[cfg(unix)]
+                std::os::unix::fs::symlink(&target, &to)
+                    .with_context(|| format!("cannot copy link {}", from.display()))?;
+                #[cfg(not(unix))]
+                let _ = target;
+            } else if ft.is_dir() {
+                if skip.is_some() && from.canonicalize().ok() == *skip {
+                    continue;
+                }
+                walk(&from, &to, skip)?;
+            } else if ft.is_file() {
+                fs::copy(&from, &to).with_context(|| {
+                    format!("cannot copy {} to {}", from.display(), to.display())
+                })?;
+            }
+        }
+        Ok(())
+    }
+    walk(src, dest, &skip)
+}
+
+/// Install what the handler (or template) declares: pip requirements into `python/`,
+/// npm dependencies into `function/node_modules`. Output of the tools is streamed.
+fn install_dependencies(stage: &Path) -> Result<()> {
+    for req in [
+        stage.join(FUNCTION_DIR).join("requirements.txt"),
+        stage.join("requirements.txt"),
+    ] {
+        if has_requirements(&req)? {
+            let target = stage.join("python");
+            let mut cmd = Command::new("python3");
+            cmd.args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-compile",
+            ])
+            .arg("--target")
+            .arg(&target)
+            .arg("-r")
+            .arg(&req);
+            run_tool(cmd, "pip (is python3 with pip installed?)")?;
+        }
+    }
+    let function = stage.join(FUNCTION_DIR);
+    let package = function.join("package.json");
+    if package.is_file() && has_npm_dependencies(&package)? {
+        let mut cmd = Command::new("npm");
+        cmd.args(["install", "--omit=dev", "--no-audit", "--no-fund"])
+            .current_dir(&function);
+        run_tool(cmd, "npm (is Node.js installed?)")?;
+    }
+    Ok(())
+}
+
+fn has_requirements(path: &Path) -> Result<bool> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(str::trim)
+            .any(|l| !l.is_empty() && !l.starts_with('#'))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn has_npm_dependencies(path: &Path) -> Result<bool> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let non_empty = |k: &str| {
+        json.get(k)
+            .and_then(|d| d.as_object())
+            .is_some_and(|d| !d.is_empty())
+    };
+    Ok(non_empty("dependencies") || non_empty("optionalDependencies"))
+}
+
+fn run_tool(mut cmd: Command, what: &str) -> Result<()> {
+    let shown = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("  running: {shown}");
+    let status = cmd.status().with_context(|| format!("cannot run {what}"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status}); see its output above");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_a_reproducible_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        crate::new::create("echo", "bash", "", Path::new("stack.yml"), base, &[]).unwrap();
+        let stack = Stack::load(&base.join("stack.yml")).unwrap();
+        let first = build_stack(&stack, None).unwrap();
+        let second = build_stack(&stack, Some("echo")).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].digest, second[0].digest);
+        assert_eq!(
+            first[0].image,
+            format!("virga.local/echo@sha256:{}", first[0].digest)
+        );
+        let bytes = fs::read(&first[0].archive).unwrap();
+        assert_eq!(pack::sha256_hex(&bytes), first[0].digest);
+        let manifest: BundleManifest = serde_json::from_slice(
+            &fs::read(base.join("build/echo").join(BUNDLE_MANIFEST)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(manifest.lang, "bash");
+        assert_eq!(manifest.env["fprocess"], "sh function/handler.sh");
+        assert_eq!(manifest.env["mode"], "serializing");
+        assert!(base.join("build/echo/function/handler.sh").is_file());
+        assert!(!base.join("build/echo/template.yml").exists());
+    }
+}

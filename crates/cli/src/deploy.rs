@@ -1,0 +1,133 @@
+//! `virga deploy`: build the stack's functions, upload bundles the gateway does not have
+//! yet (`HEAD` then `PUT /system/virga/bundles/sha256:HEX`), then update each function
+//! (`PUT /system/functions`) or create it when the gateway answers 404 (`POST`), as
+//! faas-cli does.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use reqwest::{Method, StatusCode};
+use virga_types::{BundleUploaded, FunctionDeployment};
+
+use crate::builder::{self, Built};
+use crate::client::{ensure_success, status_text, Client};
+use crate::config;
+use crate::stack::Stack;
+
+/// Options of `virga deploy`.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// Stack file.
+    #[arg(short = 'f', long = "yaml", default_value = "stack.yml")]
+    pub file: PathBuf,
+    /// Only functions whose name matches (`*` allowed).
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+/// Run `virga deploy`.
+pub fn run(args: DeployArgs, gateway: Option<&str>) -> Result<()> {
+    let stack = Stack::load(&args.file)?;
+    let gateway = config::resolve_gateway(gateway, Some(&stack.provider.gateway));
+    let client = Client::connect(&gateway)?;
+    deploy_stack(&client, &stack, args.filter.as_deref())
+}
+
+/// Build, upload and deploy the functions of `stack` (those matching `filter`).
+pub fn deploy_stack(client: &Client, stack: &Stack, filter: Option<&str>) -> Result<()> {
+    let selected = stack.select(filter)?;
+    let built = builder::build_stack(stack, filter)?;
+    if !built.is_empty() {
+        builder::print_table(&built);
+        println!();
+    }
+
+    let mut failed = Vec::new();
+    for (name, f) in selected {
+        let result = (|| -> Result<String> {
+            let image = match built.iter().find(|b| b.name == name) {
+                Some(b) => {
+                    upload(client, b)?;
+                    b.image.clone()
+                }
+                None if !f.image.is_empty() || !f.fprocess.is_empty() => f.image.clone(),
+                None => bail!(
+                    "{name} has no `lang` (to build), `image` or `fprocess` in {}",
+                    stack.path.display()
+                ),
+            };
+            let deployment = stack.deployment(name, f, &image)?;
+            deploy_one(client, &deployment)
+        })();
+        match result {
+            Ok(status) => println!("Deployed {name}: {} ({status})", client.function_url(name)),
+            Err(e) => {
+                eprintln!("Deploying {name} failed: {e:#}");
+                failed.push(name.to_string());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} function(s) not deployed: {}",
+            failed.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Upload a bundle unless the gateway already has it.
+pub fn upload(client: &Client, b: &Built) -> Result<()> {
+    let path = format!("/system/virga/bundles/sha256:{}", b.digest);
+    let resp = client.send(client.request(Method::HEAD, &path))?;
+    match resp.status() {
+        s if s.is_success() => {
+            println!("Bundle of {} already on the gateway", b.name);
+            return Ok(());
+        }
+        StatusCode::NOT_FOUND => {}
+        s => bail!(
+            "checking bundle of {}: gateway answered {} to HEAD {path}",
+            b.name,
+            status_text(s)
+        ),
+    }
+    let bytes = std::fs::read(&b.archive)
+        .with_context(|| format!("cannot read {}", b.archive.display()))?;
+    println!(
+        "Uploading bundle of {} ({})",
+        b.name,
+        crate::pack::human_size(b.size)
+    );
+    let rb = client
+        .request(Method::PUT, &path)
+        .timeout(std::time::Duration::from_secs(600))
+        .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+        .body(bytes);
+    let resp = client.send_ok(rb, &format!("uploading bundle of {}", b.name))?;
+    // The answer names the stored bundle; older gateways may answer without a body.
+    if let Ok(up) = resp.json::<BundleUploaded>() {
+        if up.size != 0 && up.size != b.size {
+            bail!(
+                "gateway stored {} bytes of the bundle of {}, expected {}",
+                up.size,
+                b.name,
+                b.size
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Update the function, or create it when the gateway does not know it; returns the status.
+pub fn deploy_one(client: &Client, d: &FunctionDeployment) -> Result<String> {
+    let resp = client.send_json(Method::PUT, "/system/functions", d)?;
+    let resp = if resp.status() == StatusCode::NOT_FOUND {
+        client.send_json(Method::POST, "/system/functions", d)?
+    } else {
+        resp
+    };
+    let resp = ensure_success(resp, &format!("deploying {}", d.service))?;
+    Ok(status_text(resp.status()))
+}

@@ -1,0 +1,358 @@
+//! Commands on deployed functions: `list`, `describe`, `invoke`, `remove` and `scale`,
+//! each one or two gateway calls through [`Client`].
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use reqwest::{Method, StatusCode};
+use virga_types::{DeleteFunctionRequest, FunctionStatus, ScaleServiceRequest};
+
+use crate::client::{ensure_success, Client};
+use crate::stack::Stack;
+
+/// Options of `virga list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print the gateway's JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// More columns: available replicas, created, process.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// Options of `virga describe`.
+#[derive(Debug, clap::Args)]
+pub struct DescribeArgs {
+    /// Function name.
+    pub name: String,
+    /// Print the gateway's JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `virga invoke`.
+#[derive(Debug, clap::Args)]
+pub struct InvokeArgs {
+    /// Function name.
+    pub name: String,
+    /// HTTP method.
+    #[arg(short, long, default_value = "POST")]
+    pub method: String,
+    /// Request header as K=V (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "K=V")]
+    pub headers: Vec<String>,
+    /// Query parameter as k=v (repeatable).
+    #[arg(long = "query", value_name = "k=v")]
+    pub query: Vec<String>,
+    /// Content-Type of the body.
+    #[arg(long, default_value = "text/plain")]
+    pub content_type: String,
+    /// Extra path after /function/NAME.
+    #[arg(long, default_value = "")]
+    pub path: String,
+}
+
+/// Options of `virga remove`.
+#[derive(Debug, clap::Args)]
+pub struct RemoveArgs {
+    /// Function name (or use -f to remove every function of a stack file).
+    #[arg(required_unless_present = "file")]
+    pub name: Option<String>,
+    /// Stack file whose functions to remove.
+    #[arg(short = 'f', long = "yaml")]
+    pub file: Option<PathBuf>,
+    /// With -f: only functions whose name matches (`*` allowed).
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+/// Options of `virga scale`.
+#[derive(Debug, clap::Args)]
+pub struct ScaleArgs {
+    /// Function name.
+    pub name: String,
+    /// Wanted instances (0 allowed).
+    #[arg(long)]
+    pub replicas: u64,
+}
+
+/// Run `virga list`.
+pub fn list(client: &Client, args: ListArgs) -> Result<()> {
+    if args.json {
+        println!(
+            "{}",
+            client
+                .get_text("/system/functions", "listing functions")?
+                .trim_end()
+        );
+        return Ok(());
+    }
+    let mut fns: Vec<FunctionStatus> = client.get_json("/system/functions", "listing functions")?;
+    fns.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rows = vec![vec![
+        "Function".to_string(),
+        "Invocations".to_string(),
+        "Replicas".to_string(),
+        "Image".to_string(),
+    ]];
+    if args.verbose {
+        rows[0].extend([
+            "Available".to_string(),
+            "Created".to_string(),
+            "Process".to_string(),
+        ]);
+    }
+    for f in &fns {
+        let mut row = vec![
+            f.name.clone(),
+            format!("{:.0}", f.invocation_count),
+            f.replicas.to_string(),
+            f.image.clone(),
+        ];
+        if args.verbose {
+            row.push(f.available_replicas.to_string());
+            row.push(f.created_at.format("%Y-%m-%d %H:%M:%S").to_string());
+            row.push(f.env_process.clone());
+        }
+        rows.push(row);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// Print rows as left-aligned columns.
+pub fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+/// Run `virga describe`.
+pub fn describe(client: &Client, args: DescribeArgs) -> Result<()> {
+    virga_types::validate_name("function name", &args.name)?;
+    let path = format!("/system/function/{}", args.name);
+    let what = format!("describing {}", args.name);
+    if args.json {
+        println!("{}", client.get_text(&path, &what)?.trim_end());
+        return Ok(());
+    }
+    let f: FunctionStatus = client.get_json(&path, &what)?;
+    let status = if f.available_replicas > 0 {
+        "Ready"
+    } else {
+        "Not Ready"
+    };
+    let mut rows: Vec<(&str, String)> = vec![
+        ("Name", f.name.clone()),
+        ("Status", status.to_string()),
+        ("Replicas", f.replicas.to_string()),
+        ("Available replicas", f.available_replicas.to_string()),
+        ("Invocations", format!("{:.0}", f.invocation_count)),
+        ("Image", f.image.clone()),
+        ("Function process", f.env_process.clone()),
+        ("URL", client.function_url(&f.name)),
+        ("Created", f.created_at.to_rfc3339()),
+    ];
+    if !f.namespace.is_empty() {
+        rows.push(("Namespace", f.namespace.clone()));
+    }
+    rows.push(("Labels", map_text(f.labels.as_ref())));
+    rows.push(("Annotations", map_text(f.annotations.as_ref())));
+    rows.push(("Environment", map_text(Some(&f.env_vars))));
+    rows.push(("Secrets", f.secrets.join(", ")));
+    rows.push(("Constraints", f.constraints.join(", ")));
+    let res = |r: &Option<virga_types::FunctionResources>| match r {
+        Some(r) => format!("memory: {} cpu: {}", or_dash(&r.memory), or_dash(&r.cpu)),
+        None => String::new(),
+    };
+    rows.push(("Requests", res(&f.requests)));
+    rows.push(("Limits", res(&f.limits)));
+    if f.read_only_root_filesystem {
+        rows.push(("Read-only root", "true".to_string()));
+    }
+    for (k, v) in rows {
+        println!(
+            "{:<19} {}",
+            format!("{k}:"),
+            if v.is_empty() { "<none>" } else { &v }
+        );
+    }
+    Ok(())
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+fn map_text(m: Option<&BTreeMap<String, String>>) -> String {
+    m.map(|m| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+    .unwrap_or_default()
+}
+
+/// Split `K=V` (or `K:V` for headers); errors name the flag.
+fn split_pair<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str)> {
+    match s.split_once('=').or_else(|| s.split_once(':')) {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim(), v.trim_start())),
+        _ => bail!("{flag} {s:?}: expected KEY=VALUE"),
+    }
+}
+
+/// Run `virga invoke`: stdin is the body, the answer goes to stdout (stderr and exit 1 on non-2xx).
+pub fn invoke(client: &Client, args: InvokeArgs) -> Result<()> {
+    virga_types::validate_name("function name", &args.name)?;
+    let method = Method::from_bytes(args.method.to_uppercase().as_bytes())
+        .with_context(|| format!("{:?} is not an HTTP method", args.method))?;
+    let mut body = Vec::new();
+    let stdin = std::io::stdin();
+    let skip_stdin =
+        stdin.is_terminal() && matches!(method, Method::GET | Method::HEAD | Method::DELETE);
+    if !skip_stdin {
+        if stdin.is_terminal() {
+            eprintln!("Reading from STDIN - hit (Control + D) to stop.");
+        }
+        stdin
+            .lock()
+            .read_to_end(&mut body)
+            .context("cannot read stdin")?;
+    }
+    let extra = args.path.trim_start_matches('/');
+    let path = if extra.is_empty() {
+        format!("/function/{}", args.name)
+    } else {
+        format!("/function/{}/{extra}", args.name)
+    };
+    let mut rb = client.request(method, &path);
+    let mut query = Vec::new();
+    for q in &args.query {
+        let (k, v) = q.split_once('=').unwrap_or((q.as_str(), ""));
+        query.push((k.to_string(), v.to_string()));
+    }
+    if !query.is_empty() {
+        rb = rb.query(&query);
+    }
+    rb = rb.header(reqwest::header::CONTENT_TYPE, &args.content_type);
+    for h in &args.headers {
+        let (k, v) = split_pair(h, "--header")?;
+        rb = rb.header(k, v);
+    }
+    let resp = client.send(rb.body(body))?;
+    let status = resp.status();
+    let bytes = resp.bytes().context("cannot read the function's answer")?;
+    if status.is_success() {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&bytes)?;
+        out.flush()?;
+        return Ok(());
+    }
+    let mut err = std::io::stderr().lock();
+    err.write_all(&bytes)?;
+    if !bytes.ends_with(b"\n") && !bytes.is_empty() {
+        err.write_all(b"\n")?;
+    }
+    writeln!(
+        err,
+        "Function {} answered {}",
+        args.name,
+        crate::client::status_text(status)
+    )?;
+    err.flush()?;
+    std::process::exit(1);
+}
+
+/// Run `virga remove`.
+pub fn remove(client_for: impl Fn(Option<&str>) -> Result<Client>, args: RemoveArgs) -> Result<()> {
+    let (client, names) = match (&args.name, &args.file) {
+        (Some(name), _) => (client_for(None)?, vec![name.clone()]),
+        (None, Some(file)) => {
+            let stack = Stack::load(file)?;
+            let names = stack
+                .select(args.filter.as_deref())?
+                .into_iter()
+                .map(|(n, _)| n.to_string())
+                .collect();
+            (client_for(Some(&stack.provider.gateway))?, names)
+        }
+        (None, None) => bail!("give a function name or -f stack.yml"),
+    };
+    let mut failed = 0;
+    for name in &names {
+        let body = DeleteFunctionRequest {
+            function_name: name.clone(),
+            namespace: String::new(),
+        };
+        let resp = client.send_json(Method::DELETE, "/system/functions", &body)?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            eprintln!("Function {name} not found on {}", client.base());
+            failed += 1;
+            continue;
+        }
+        match ensure_success(resp, &format!("removing {name}")) {
+            Ok(_) => println!("Removed {name}"),
+            Err(e) => {
+                eprintln!("{e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} function(s) not removed", names.len());
+    }
+    Ok(())
+}
+
+/// Run `virga scale`.
+pub fn scale(client: &Client, args: ScaleArgs) -> Result<()> {
+    virga_types::validate_name("function name", &args.name)?;
+    let body = ScaleServiceRequest {
+        service_name: args.name.clone(),
+        namespace: String::new(),
+        replicas: args.replicas,
+    };
+    let path = format!("/system/scale-function/{}", args.name);
+    let resp = client.send_json(Method::POST, &path, &body)?;
+    ensure_success(resp, &format!("scaling {}", args.name))?;
+    println!("Scaled {} to {} replica(s)", args.name, args.replicas);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_header_pairs() {
+        assert_eq!(split_pair("X-A=1", "--header").unwrap(), ("X-A", "1"));
+        assert_eq!(split_pair("X-A: 1", "--header").unwrap(), ("X-A", "1"));
+        assert!(split_pair("nope", "--header").is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! Test harness: starts the real `virga up` on an ephemeral port with a temporary data
+//! directory and talks to it over real HTTP. The process is killed when the guard drops.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+
+/// Password every test platform uses.
+pub const PASSWORD: &str = "test-password";
+
+/// A running `virga up`.
+pub struct Platform {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The data directory (kept across restarts of the same test).
+    pub data_dir: PathBuf,
+    /// HTTP client.
+    pub http: Client,
+    extra_args: Vec<String>,
+}
+
+/// Path of the `virga` binary under test.
+pub fn virga_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_virga")
+}
+
+impl Platform {
+    /// Start a platform on a fresh temporary data directory.
+    pub fn start(data_dir: &Path) -> Platform {
+        Platform::start_with(data_dir, &[])
+    }
+
+    /// Start with extra `virga up` arguments.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Platform {
+        let mut p = Platform {
+            child: None,
+            url: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            http: Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        p.launch();
+        p
+    }
+
+    fn launch(&mut self) {
+        let mut child = Command::new(virga_bin())
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env("VIRGA_ADMIN_PASSWORD", PASSWORD)
+            .env("VIRGA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start virga up");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("virga up printed nothing").unwrap();
+        let url = first
+            .strip_prefix("Virga gateway listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .trim()
+            .to_string();
+        // Keep draining stdout so the platform never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    /// kill -9 the platform (its instances die with it).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM the platform and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("platform running");
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().unwrap()
+    }
+
+    /// Start again on the same data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the platform first");
+        self.launch();
+    }
+
+    /// A request to the gateway with admin credentials.
+    pub fn sys(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .basic_auth("admin", Some(PASSWORD))
+    }
+
+    /// A request without credentials.
+    pub fn anon(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.url))
+    }
+
+    /// Deploy a function with `envProcess`; asserts 202.
+    pub fn deploy_process(&self, name: &str, process: &str, extra: serde_json::Value) {
+        let mut body = serde_json::json!({"service": name, "image": "", "envProcess": process});
+        if let serde_json::Value::Object(m) = extra {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        let r = self
+            .sys(reqwest::Method::POST, "/system/functions")
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 202, "deploy {name}: {}", r.text().unwrap());
+    }
+
+    /// POST `body` to `/function/{name}`.
+    pub fn invoke(&self, name: &str, body: &str) -> Response {
+        self.anon(reqwest::Method::POST, &format!("/function/{name}"))
+            .body(body.to_string())
+            .send()
+            .unwrap()
+    }
+
+    /// Poll until `check` holds or `limit` passes.
+    pub fn eventually(&self, limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if check() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Write an executable shell script into `dir` and return its path.
+pub fn script(dir: &Path, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p.to_string_lossy().into_owned()
+}

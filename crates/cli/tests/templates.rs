@@ -1,0 +1,210 @@
+//! The embedded templates really serve: `virga new` a function, `virga build` it, unpack
+//! the bundle with `tar`, start the runtime on a free port as the watchdog would, and
+//! make real requests. Runtimes missing from the machine (node) skip their test.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const VIRGA: &str = env!("CARGO_BIN_EXE_virga");
+
+/// Kills the runtime when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn virga(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(VIRGA)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("VIRGA_URL")
+        .output()
+        .expect("run virga");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "virga {args:?} failed:\n{text}");
+    text
+}
+
+/// `virga new NAME --lang LANG` + `virga build`, then the bundle unpacked with tar.
+fn built_bundle(dir: &Path, name: &str, lang: &str) -> PathBuf {
+    virga(dir, &["new", name, "--lang", lang]);
+    let out = virga(dir, &["build", "--filter", name]);
+    assert!(
+        out.contains(&format!("virga.local/{name}@sha256:")),
+        "{out}"
+    );
+    let ext = dir.join(format!("{name}-extracted"));
+    std::fs::create_dir_all(&ext).unwrap();
+    let archive = dir.join("build").join(format!("{name}.tar.gz"));
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&ext)
+        .status()
+        .expect("run tar");
+    assert!(status.success());
+    assert!(ext.join("virga-bundle.json").is_file());
+    ext
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(dir: &Path, program: &str, arg: &str, port: u16) -> Running {
+    let child = Command::new(program)
+        .arg(arg)
+        .current_dir(dir)
+        .env("upstream_url", format!("http://127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {program}: {e}"));
+    let running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{program} {arg} did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    running
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn python3_http_template_serves_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ext = built_bundle(tmp.path(), "hello", "python3-http");
+    let port = free_port();
+    let _server = start(&ext, "python3", "index.py", port);
+    let c = http();
+    let base = format!("http://127.0.0.1:{port}");
+    let r = c.get(&base).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "Hello from Virga!");
+
+    // A handler exercising the event fields, JSON bodies and errors.
+    std::fs::write(
+        ext.join("function/handler.py"),
+        "def handle(event, context):\n\
+         \x20   if event.path == '/boom':\n\
+         \x20       raise RuntimeError('kaput')\n\
+         \x20   return {'statusCode': 201, 'headers': {'X-Fn': 'yes'},\n\
+         \x20           'body': {'method': event.method, 'q': event.query,\n\
+         \x20                    'body': event.body.decode(), 'path': event.path}}\n",
+    )
+    .unwrap();
+    drop(_server);
+    let port = free_port();
+    let _server = start(&ext, "python3", "index.py", port);
+    let base = format!("http://127.0.0.1:{port}");
+    let r = c
+        .post(format!("{base}/p?a=1&a=2&b=x"))
+        .body("ping")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-fn"], "yes");
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"method": "POST", "q": {"a": "1", "b": "x"}, "body": "ping", "path": "/p"})
+    );
+    let r = c.get(format!("{base}/boom")).send().unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(r.text().unwrap().contains("kaput"));
+    // Still serving after the error, on a kept-alive connection.
+    assert_eq!(c.get(&base).send().unwrap().status(), 201);
+}
+
+#[test]
+fn node_template_serves_requests() {
+    if !have("node") {
+        eprintln!("node not installed: skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ext = built_bundle(tmp.path(), "greet", "node");
+    let port = free_port();
+    let _server = start(&ext, "node", "index.js", port);
+    let r = http()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("content-type", "application/json")
+        .body(r#"{"name":"virga"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"message": "Hello from Virga!", "input": {"name": "virga"}})
+    );
+}
+
+/// Run a classic (serializing) bundle's fprocess once with `input` on stdin.
+fn run_classic(ext: &Path, input: &str) -> String {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ext.join("virga-bundle.json")).unwrap()).unwrap();
+    assert_eq!(manifest["env"]["mode"], "serializing");
+    let fprocess = manifest["env"]["fprocess"].as_str().unwrap().to_string();
+    let mut parts = fprocess.split_whitespace();
+    let mut child = Command::new(parts.next().unwrap())
+        .args(parts)
+        .current_dir(ext)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn classic_templates_read_stdin_and_write_stdout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ext = built_bundle(tmp.path(), "shout", "bash");
+    assert_eq!(run_classic(&ext, "hello"), "HELLO");
+    let ext = built_bundle(tmp.path(), "echo", "python3");
+    assert_eq!(run_classic(&ext, "hi there"), "hi there\n");
+}

@@ -1,0 +1,107 @@
+//! The gateway's one error type and its mapping to HTTP status codes. Bodies are plain text
+//! messages, as OpenFaaS's gateway answers, so every client can show them as they are.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use thiserror::Error;
+use virga_provider_local::ProviderError;
+use virga_store::StoreError;
+use virga_types::Invalid;
+
+/// Everything a handler can fail with.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// The caller sent something unacceptable (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or wrong credentials (401).
+    #[error("unauthorized: give the admin credentials with HTTP basic auth")]
+    Unauthorized,
+    /// Unknown function, secret or route (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Already exists (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Body over the limit (413).
+    #[error("request body is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    /// The instance could not be reached (502).
+    #[error("{0}")]
+    BadGateway(String),
+    /// No instance could serve in time (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The function took too long (504).
+    #[error("{0}")]
+    Timeout(String),
+    /// Our fault (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!("{status}: {self}");
+        }
+        let mut resp = (status, format!("{self}\n")).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"virga\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Exists { .. } => ApiError::Conflict(e.to_string()),
+            StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::BadBundle(_) => ApiError::BadRequest(e.to_string()),
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            ProviderError::NotReady { .. } => ApiError::Unavailable(e.to_string()),
+            ProviderError::Prepare { .. } => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+/// Parse a JSON body, naming the offending field and position on failure.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}

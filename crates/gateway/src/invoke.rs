@@ -1,0 +1,163 @@
+//! `/function/{name}[.{namespace}][/path]`: the synchronous invoke path. It leases a ready
+//! instance from the provider (which starts one if the function is at zero), forwards method,
+//! extra path, query, headers and a streaming body to the instance's watchdog, and streams the
+//! answer back with `X-Call-Id` and `X-Duration-Seconds`. This is the hot path: one lease, one
+//! upstream request, no buffering.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
+use http_body_util::{LengthLimitError, Limited};
+
+use crate::functions::split_namespace;
+use crate::{ApiError, AppState};
+
+static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
+static X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
+static X_DURATION: HeaderName = HeaderName::from_static("x-duration-seconds");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that belong to one hop and must not be forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Proxy one call to the function named in the path.
+pub(crate) async fn proxy(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    match forward(&state, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `/function/NAME.NS/a/b` → ("NAME.NS", "/a/b").
+fn split_path(path: &str) -> (&str, &str) {
+    let rest = path.strip_prefix("/function/").unwrap_or(path);
+    match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    }
+}
+
+async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let (full_name, rest) = split_path(parts.uri.path());
+    let name = split_namespace(full_name)?.to_string();
+    let limit = state.cfg.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    let lease = state.provider.lease(&name).await?;
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(lease.addr().to_string())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| ApiError::BadRequest(format!("bad request path: {e}")))?;
+    let call_id = prepare_headers(&mut parts.headers);
+    let body = match declared {
+        Some(_) => body,
+        None => Body::new(Limited::new(body, limit)),
+    };
+    let upstream = state.client.request(Request::from_parts(parts, body));
+    let result = tokio::time::timeout(state.cfg.upstream_timeout, upstream).await;
+    state.count_invocation(&name);
+    let resp = match result {
+        Err(_) => {
+            return Err(ApiError::Timeout(format!(
+                "function {name:?} did not answer within {:?}",
+                state.cfg.upstream_timeout
+            )))
+        }
+        Ok(Err(e)) => return Err(upstream_error(&name, lease.instance(), e, limit)),
+        Ok(Ok(resp)) => resp,
+    };
+    let (mut parts, body) = resp.into_parts();
+    for h in &HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    parts.headers.insert(X_CALL_ID.clone(), call_id);
+    if !parts.headers.contains_key(&X_DURATION) {
+        let secs = format!("{:.6}", started.elapsed().as_secs_f64());
+        if let Ok(v) = HeaderValue::from_str(&secs) {
+            parts.headers.insert(X_DURATION.clone(), v);
+        }
+    }
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Drop hop-by-hop headers and add the OpenFaaS call headers; returns the call id.
+fn prepare_headers(h: &mut HeaderMap) -> HeaderValue {
+    for name in &HOP_BY_HOP {
+        h.remove(name);
+    }
+    if let Some(host) = h.remove(header::HOST) {
+        h.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    let call_id = match h.get(&X_CALL_ID) {
+        Some(v) => v.clone(),
+        None => {
+            let v = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+            h.insert(X_CALL_ID.clone(), v.clone());
+            v
+        }
+    };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.insert(X_START_TIME.clone(), HeaderValue::from(nanos as u64));
+    call_id
+}
+
+fn upstream_error(
+    name: &str,
+    instance: &str,
+    e: hyper_util::client::legacy::Error,
+    limit: usize,
+) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if s.is::<LengthLimitError>() {
+            return ApiError::TooLarge(limit);
+        }
+        source = s.source();
+    }
+    ApiError::BadGateway(format!(
+        "function {name:?} (instance {instance}) did not answer: {e}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_function_paths() {
+        assert_eq!(split_path("/function/echo"), ("echo", "/"));
+        assert_eq!(split_path("/function/echo/"), ("echo", "/"));
+        assert_eq!(
+            split_path("/function/echo.openfaas-fn/a/b"),
+            ("echo.openfaas-fn", "/a/b")
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! What an instance of a function runs: the watchdog environment (template defaults from the
+//! bundle manifest, then the function's envVars, then envProcess), its working directory and
+//! its secrets, written 0600 under the run directory.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use virga_store::Store;
+use virga_types::{BundleManifest, BundleRef, FunctionDeployment, BUNDLE_MANIFEST};
+
+use crate::{ProviderConfig, ProviderError};
+
+/// Everything needed to start instances of one function.
+#[derive(Debug)]
+pub struct InstanceSpec {
+    /// Function name.
+    pub name: String,
+    /// Environment of the watchdog (and so of the function).
+    pub env: BTreeMap<String, String>,
+    /// Working directory: the unpacked bundle, or an empty home.
+    pub workdir: PathBuf,
+    /// The last reason an instance failed, for error messages.
+    pub(crate) last_failure: Mutex<String>,
+}
+
+impl InstanceSpec {
+    /// Resolve the bundle, write secrets and build the environment for `d`.
+    pub fn prepare(
+        cfg: &ProviderConfig,
+        store: &Store,
+        d: &FunctionDeployment,
+    ) -> Result<InstanceSpec, ProviderError> {
+        let name = d.service.clone();
+        let fail = |reason: String| ProviderError::Prepare {
+            name: name.clone(),
+            reason,
+        };
+        let fn_dir = cfg.run_dir.join(&name);
+        let mut env = BTreeMap::new();
+        let workdir = match BundleRef::parse(&d.image) {
+            Some(r) => {
+                let dir = store.bundles().path(&r.digest).ok_or_else(|| {
+                    fail(format!(
+                        "bundle sha256:{} is not uploaded; run `virga deploy` again",
+                        r.digest
+                    ))
+                })?;
+                let manifest: BundleManifest = match fs::read(dir.join(BUNDLE_MANIFEST)) {
+                    Ok(bytes) => serde_json::from_slice(&bytes)
+                        .map_err(|e| fail(format!("{BUNDLE_MANIFEST}: {e}")))?,
+                    Err(_) => BundleManifest::default(),
+                };
+                env.extend(manifest.env);
+                dir
+            }
+            None => {
+                // Only envProcess: a classic function run per request, from an empty home.
+                env.insert("mode".into(), "serializing".into());
+                let home = fn_dir.join("home");
+                mkdir_private(&home).map_err(|e| fail(format!("create home: {e}")))?;
+                home
+            }
+        };
+        env.extend(d.env_vars.clone());
+        if !d.env_process.is_empty() {
+            env.insert("fprocess".into(), d.env_process.clone());
+        }
+        if !env.contains_key("fprocess") {
+            return Err(fail(
+                "no fprocess: the bundle names none and envProcess is empty".into(),
+            ));
+        }
+        let secrets_dir = fn_dir.join("secrets");
+        write_secrets(store, &secrets_dir, &d.secrets).map_err(fail)?;
+        env.insert(
+            "secret_mount_path".into(),
+            secrets_dir.to_string_lossy().into_owned(),
+        );
+        Ok(InstanceSpec {
+            name,
+            env,
+            workdir,
+            last_failure: Mutex::new(String::new()),
+        })
+    }
+
+    pub(crate) fn record_failure(&self, why: String) {
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    pub(crate) fn describe_failure(&self) -> String {
+        let last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_empty() {
+            "instances are still starting".to_string()
+        } else {
+            format!("last instance failure: {last}")
+        }
+    }
+}
+
+fn mkdir_private(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Write each listed secret to `dir/NAME` with mode 0600; a missing secret is an error.
+fn write_secrets(store: &Store, dir: &Path, names: &[String]) -> Result<(), String> {
+    let _ = fs::remove_dir_all(dir);
+    mkdir_private(dir).map_err(|e| format!("create secrets dir: {e}"))?;
+    for name in names {
+        let value = store
+            .secret(name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("secret {name:?} does not exist: create it first"))?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join(name))
+            .map_err(|e| format!("write secret {name}: {e}"))?;
+        f.write_all(&value)
+            .map_err(|e| format!("write secret {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Remove a function's runtime files.
+pub(crate) fn remove_files(cfg: &ProviderConfig, name: &str) {
+    let _ = fs::remove_dir_all(cfg.run_dir.join(name));
+}

@@ -1,0 +1,156 @@
+//! Content-addressed bundles: `bundles/HEX.tar.gz` is the archive as uploaded and
+//! `bundles/HEX/` its unpacked tree, which instances run from. Both appear atomically
+//! (written under a temporary name, fsync'd, renamed), so a crash never leaves half a bundle.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+use virga_types::is_sha256_hex;
+
+use crate::{Result, StoreError};
+
+/// The bundle directory.
+pub struct Bundles {
+    dir: PathBuf,
+    seq: AtomicU64,
+}
+
+impl Bundles {
+    /// Open `dir`, removing temporary files a crash may have left.
+    pub fn open(dir: &Path) -> Result<Bundles> {
+        let tmp = dir.join("tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(StoreError::io("clear bundles/tmp"))?;
+        }
+        fs::create_dir_all(&tmp).map_err(StoreError::io("create bundles/tmp"))?;
+        Ok(Bundles {
+            dir: dir.to_path_buf(),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// A fresh path to write an upload to before [`Bundles::commit`].
+    pub fn temp_path(&self) -> PathBuf {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.dir
+            .join("tmp")
+            .join(format!("upload-{}-{n}", std::process::id()))
+    }
+
+    /// The unpacked tree of bundle `hex`, if stored.
+    pub fn path(&self, hex: &str) -> Option<PathBuf> {
+        let p = self.dir.join(hex);
+        (is_sha256_hex(hex) && p.is_dir()).then_some(p)
+    }
+
+    /// Check that the file at `tmp` hashes to `hex`, then store and unpack it.
+    /// Returns the archive's size. The temporary file is consumed either way.
+    pub fn commit(&self, tmp: &Path, hex: &str) -> Result<u64> {
+        let result = self.commit_inner(tmp, hex);
+        let _ = fs::remove_file(tmp);
+        result
+    }
+
+    fn commit_inner(&self, tmp: &Path, hex: &str) -> Result<u64> {
+        if !is_sha256_hex(hex) {
+            return Err(StoreError::BadBundle(format!(
+                "{hex:?} is not a sha256 digest (64 lower-case hex digits)"
+            )));
+        }
+        let mut file = File::open(tmp).map_err(StoreError::io("open upload"))?;
+        let mut hasher = Sha256::new();
+        let size = io::copy(&mut file, &mut HashWriter(&mut hasher))
+            .map_err(StoreError::io("read upload"))?;
+        let got = hex::encode(hasher.finalize());
+        if got != hex {
+            return Err(StoreError::BadBundle(format!(
+                "content hashes to sha256:{got}, not sha256:{hex}"
+            )));
+        }
+        if self.path(hex).is_some() {
+            return Ok(size);
+        }
+        file.sync_all().map_err(StoreError::io("fsync upload"))?;
+        let archive = self.dir.join(format!("{hex}.tar.gz"));
+        fs::rename(tmp, &archive).map_err(StoreError::io("store bundle"))?;
+        let unpack_tmp = self.temp_path();
+        unpack(&archive, &unpack_tmp)?;
+        fs::rename(&unpack_tmp, self.dir.join(hex)).map_err(StoreError::io("store bundle"))?;
+        sync_dir(&self.dir)?;
+        Ok(size)
+    }
+}
+
+/// Unpack a gzip'd tar; the tar crate refuses entries that escape `dest`.
+fn unpack(archive: &Path, dest: &Path) -> Result<()> {
+    let file = File::open(archive).map_err(StoreError::io("open bundle"))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    tar.set_preserve_permissions(true);
+    tar.unpack(dest).map_err(|e| {
+        let _ = fs::remove_dir_all(dest);
+        StoreError::BadBundle(format!("not a valid .tar.gz: {e}"))
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io("fsync bundles dir"))
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targz() -> Vec<u8> {
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let data = b"print('hi')\n";
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "index.py", &data[..]).unwrap();
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn commit_verifies_hash_and_unpacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Bundles::open(dir.path()).unwrap();
+        let bytes = targz();
+        let hex = hex::encode(Sha256::digest(&bytes));
+        let tmp = b.temp_path();
+        fs::write(&tmp, &bytes).unwrap();
+        assert!(matches!(
+            b.commit(&tmp, &"0".repeat(64)),
+            Err(StoreError::BadBundle(_))
+        ));
+        let tmp = b.temp_path();
+        fs::write(&tmp, &bytes).unwrap();
+        assert_eq!(b.commit(&tmp, &hex).unwrap(), bytes.len() as u64);
+        let p = b.path(&hex).unwrap();
+        assert_eq!(fs::read(p.join("index.py")).unwrap(), b"print('hi')\n");
+        assert_eq!(
+            fs::read(dir.path().join(format!("{hex}.tar.gz"))).unwrap(),
+            bytes
+        );
+    }
+}

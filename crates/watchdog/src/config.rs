@@ -1,0 +1,399 @@
+//! Watchdog configuration read from the same environment variables as the
+//! OpenFaaS classic watchdog and of-watchdog, plus Go-style duration parsing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use hyper::Uri;
+
+/// Default for `read_timeout`, `write_timeout` and `exec_timeout`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default port, as in OpenFaaS.
+const DEFAULT_PORT: u16 = 8080;
+/// Go's `bufio.MaxScanTokenSize`, the of-watchdog default line buffer.
+const DEFAULT_LOG_BUFFER_SIZE: usize = 64 * 1024;
+
+/// An invalid or missing configuration value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable is absent or empty.
+    #[error("environment variable `{0}` is required")]
+    Missing(&'static str),
+    /// A variable is present but cannot be parsed.
+    #[error("invalid value {value:?} for `{name}`: {reason}")]
+    Invalid {
+        /// Variable name.
+        name: &'static str,
+        /// Raw value.
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+/// How requests are handed to the function process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One long-running process; requests are reverse-proxied to `upstream_url`.
+    Http,
+    /// One process per request; stdin/stdout are streamed.
+    Streaming,
+    /// One process per request; whole body in, whole stdout out (classic watchdog).
+    Serializing,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "http" => Ok(Mode::Http),
+            "streaming" => Ok(Mode::Streaming),
+            "serializing" => Ok(Mode::Serializing),
+            other => Err(format!(
+                "unsupported mode {other:?} (expected http, streaming or serializing)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Http => "http",
+            Mode::Streaming => "streaming",
+            Mode::Serializing => "serializing",
+        })
+    }
+}
+
+/// Complete watchdog configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Function command line, already split on whitespace (never empty).
+    pub fprocess: Vec<String>,
+    /// Request handling mode.
+    pub mode: Mode,
+    /// Upstream base URL (http mode only).
+    pub upstream_url: Option<Uri>,
+    /// Per-request execution limit; `None` means unlimited.
+    pub exec_timeout: Option<Duration>,
+    /// Limit for reading a request; `None` means unlimited.
+    pub read_timeout: Option<Duration>,
+    /// Limit for writing a response, also the shutdown grace; `None` means unlimited.
+    pub write_timeout: Option<Duration>,
+    /// Maximum concurrent function requests; 0 means unlimited.
+    pub max_inflight: usize,
+    /// TCP port; 0 binds an ephemeral port.
+    pub port: u16,
+    /// Listen address (`bind_address`, default 127.0.0.1).
+    pub bind_address: IpAddr,
+    /// Response Content-Type override for serializing/streaming modes.
+    pub content_type: Option<String>,
+    /// Prefix function log lines with a timestamp and stream name.
+    pub prefix_logs: bool,
+    /// Interval of the periodic upstream health check (http mode).
+    pub healthcheck_interval: Duration,
+    /// Accepted for compatibility; no lock file is written.
+    pub suppress_lock: bool,
+    /// Maximum length of one function log line before it is split.
+    pub log_buffer_size: usize,
+    /// Set `Http_*` CGI variables for per-request processes (`cgi_headers`).
+    pub cgi_headers: bool,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Self::from_map(&vars)
+    }
+
+    /// Builds a configuration from an explicit variable map (used by tests).
+    pub fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+
+        let fprocess_raw = get("fprocess")
+            .or_else(|| get("function_process"))
+            .ok_or(ConfigError::Missing("fprocess"))?;
+        let fprocess = split_command(fprocess_raw);
+
+        let mode = match get("mode") {
+            Some(v) => v.parse().map_err(|reason| invalid("mode", v, reason))?,
+            None => Mode::Streaming,
+        };
+
+        let upstream_url = match get("upstream_url") {
+            Some(v) => Some(parse_upstream(v)?),
+            None => None,
+        };
+        if mode == Mode::Http && upstream_url.is_none() {
+            return Err(ConfigError::Missing("upstream_url"));
+        }
+
+        let duration = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
+            match get(name) {
+                Some(v) => {
+                    let d = parse_duration(v).map_err(|reason| invalid(name, v, reason))?;
+                    Ok((!d.is_zero()).then_some(d))
+                }
+                None => Ok(Some(DEFAULT_TIMEOUT)),
+            }
+        };
+        let exec_timeout = duration("exec_timeout")?;
+        let read_timeout = duration("read_timeout")?;
+        let write_timeout = duration("write_timeout")?;
+
+        let healthcheck_interval = match get("healthcheck_interval") {
+            Some(v) => {
+                parse_duration(v).map_err(|reason| invalid("healthcheck_interval", v, reason))?
+            }
+            None => Duration::ZERO,
+        };
+        // of-watchdog defaults the interval to write_timeout.
+        let healthcheck_interval = if healthcheck_interval.is_zero() {
+            write_timeout.unwrap_or(DEFAULT_TIMEOUT)
+        } else {
+            healthcheck_interval
+        };
+
+        let max_inflight = parse_num("max_inflight", get("max_inflight"), 0usize)?;
+        let port = parse_num("port", get("port"), DEFAULT_PORT)?;
+        let log_buffer_size = parse_num(
+            "log_buffer_size",
+            get("log_buffer_size"),
+            DEFAULT_LOG_BUFFER_SIZE,
+        )?
+        .max(1);
+
+        let bind_address = match get("bind_address") {
+            Some(v) => v
+                .parse()
+                .map_err(|e: std::net::AddrParseError| invalid("bind_address", v, e.to_string()))?,
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+
+        Ok(Config {
+            fprocess,
+            mode,
+            upstream_url,
+            exec_timeout,
+            read_timeout,
+            write_timeout,
+            max_inflight,
+            port,
+            bind_address,
+            content_type: get("content_type").map(str::to_owned),
+            prefix_logs: parse_bool("prefix_logs", get("prefix_logs"), true)?,
+            healthcheck_interval,
+            suppress_lock: parse_bool("suppress_lock", get("suppress_lock"), false)?,
+            log_buffer_size,
+            cgi_headers: parse_bool("cgi_headers", get("cgi_headers"), true)?,
+        })
+    }
+}
+
+fn invalid(name: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_num<T: FromStr>(name: &'static str, v: Option<&str>, default: T) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match v {
+        Some(v) => v
+            .parse()
+            .map_err(|e: T::Err| invalid(name, v, e.to_string())),
+        None => Ok(default),
+    }
+}
+
+fn parse_bool(name: &'static str, v: Option<&str>, default: bool) -> Result<bool, ConfigError> {
+    match v.map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off") => Ok(false),
+        Some(_) => Err(invalid(
+            name,
+            v.unwrap_or_default(),
+            "expected true or false",
+        )),
+    }
+}
+
+/// Splits a command line on whitespace, as OpenFaaS does (no shell quoting).
+pub fn split_command(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+fn parse_upstream(v: &str) -> Result<Uri, ConfigError> {
+    let uri: Uri = v
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| invalid("upstream_url", v, e.to_string()))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(invalid(
+            "upstream_url",
+            v,
+            "only http:// upstreams are supported",
+        ));
+    }
+    if uri.authority().is_none() {
+        return Err(invalid("upstream_url", v, "missing host"));
+    }
+    Ok(uri)
+}
+
+/// Parses a Go-style duration (`10s`, `1m30s`, `500ms`, `1.5h`) or a plain
+/// integer meaning seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    if s.starts_with('-') {
+        return Err("negative durations are not allowed".into());
+    }
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let mut total_nanos: f64 = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_len);
+        if num.is_empty() || num == "." {
+            return Err(format!("invalid duration {s:?}"));
+        }
+        let value: f64 = num.parse().map_err(|_| format!("invalid number {num:?}"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            "" => return Err(format!("missing unit in duration {s:?}")),
+            other => return Err(format!("unknown unit {other:?} in duration {s:?}")),
+        };
+        total_nanos += value * scale;
+        rest = tail;
+    }
+    if !total_nanos.is_finite() || total_nanos > u64::MAX as f64 {
+        return Err(format!("duration {s:?} is too large"));
+    }
+    Ok(Duration::from_nanos(total_nanos.round() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("10").is_ok());
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1.5").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_map(&map(&[("fprocess", "  cat  -n ")])).unwrap();
+        assert_eq!(c.fprocess, vec!["cat", "-n"]);
+        assert_eq!(c.mode, Mode::Streaming);
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.exec_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(c.read_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(c.write_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(c.healthcheck_interval, Duration::from_secs(10));
+        assert_eq!(c.bind_address, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(c.max_inflight, 0);
+        assert!(c.prefix_logs);
+        assert!(c.cgi_headers);
+        assert!(c.content_type.is_none());
+    }
+
+    #[test]
+    fn explicit_values() {
+        let c = Config::from_map(&map(&[
+            ("fprocess", "python3 server.py"),
+            ("mode", "http"),
+            ("upstream_url", "http://127.0.0.1:5000"),
+            ("exec_timeout", "0"),
+            ("write_timeout", "2s"),
+            ("read_timeout", "3"),
+            ("max_inflight", "4"),
+            ("port", "0"),
+            ("bind_address", "0.0.0.0"),
+            ("prefix_logs", "false"),
+            ("content_type", "text/plain"),
+        ]))
+        .unwrap();
+        assert_eq!(c.mode, Mode::Http);
+        assert_eq!(c.exec_timeout, None);
+        assert_eq!(c.write_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(c.read_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(c.healthcheck_interval, Duration::from_secs(2));
+        assert_eq!(c.max_inflight, 4);
+        assert_eq!(c.port, 0);
+        assert_eq!(c.bind_address.to_string(), "0.0.0.0");
+        assert!(!c.prefix_logs);
+        assert_eq!(c.content_type.as_deref(), Some("text/plain"));
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(
+            Config::from_map(&map(&[])),
+            Err(ConfigError::Missing("fprocess"))
+        ));
+        assert!(matches!(
+            Config::from_map(&map(&[("fprocess", "x"), ("mode", "http")])),
+            Err(ConfigError::Missing("upstream_url"))
+        ));
+        assert!(Config::from_map(&map(&[("fprocess", "x"), ("mode", "static")])).is_err());
+        assert!(Config::from_map(&map(&[("fprocess", "x"), ("port", "99999")])).is_err());
+        assert!(Config::from_map(&map(&[("fprocess", "x"), ("exec_timeout", "ten")])).is_err());
+        assert!(Config::from_map(&map(&[
+            ("fprocess", "x"),
+            ("mode", "http"),
+            ("upstream_url", "https://x")
+        ]))
+        .is_err());
+    }
+}

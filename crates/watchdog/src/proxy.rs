@@ -1,0 +1,382 @@
+//! HTTP mode: supervises one long-running function process (restarting it with
+//! a backoff when it exits) and reverse-proxies requests to `upstream_url`.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::body::{text, ResponseBody};
+use crate::config::Config;
+use crate::process::{signal_group, FunctionSpec, LineLogger};
+
+/// How long a readiness probe result is reused.
+const HEALTH_CACHE: Duration = Duration::from_millis(5);
+/// Bound on one readiness TCP connect.
+const CONNECT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Restart backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A process that ran this long resets the backoff.
+const STABLE_RUN: Duration = Duration::from_secs(10);
+/// Grace between SIGTERM and SIGKILL at shutdown.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Hop-by-hop headers that must not be forwarded.
+const HOP_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The http-mode handler: upstream supervisor plus reverse proxy.
+pub struct Proxy {
+    spec: FunctionSpec,
+    client: Client<HttpConnector, Incoming>,
+    scheme_authority: String,
+    base_path: String,
+    upstream_addr: String,
+    exec_timeout: Option<Duration>,
+    healthcheck_interval: Duration,
+    running: AtomicBool,
+    health: Mutex<Option<(Instant, bool)>>,
+    shutdown: watch::Sender<bool>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Proxy {
+    /// Creates the proxy (the function process is started by [`Proxy::start`]).
+    pub fn new(config: &Config, upstream: &Uri) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let authority = upstream.authority().map(|a| a.as_str()).unwrap_or_default();
+        let host = upstream.host().unwrap_or("127.0.0.1");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = upstream.port_u16().unwrap_or(80);
+        let upstream_addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Arc::new(Proxy {
+            spec: FunctionSpec::from_config(config),
+            client,
+            scheme_authority: format!("http://{authority}"),
+            base_path: upstream.path().trim_end_matches('/').to_owned(),
+            upstream_addr,
+            exec_timeout: config.exec_timeout,
+            healthcheck_interval: config.healthcheck_interval,
+            running: AtomicBool::new(false),
+            health: Mutex::new(None),
+            shutdown: watch::channel(false).0,
+            supervisor: Mutex::new(None),
+        })
+    }
+
+    /// Starts the supervisor that keeps the function process running.
+    pub fn start(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        let handle = tokio::spawn(async move { this.supervise().await });
+        *lock(&self.supervisor) = Some(handle);
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.periodic_health().await });
+    }
+
+    /// Stops the function process and waits for the supervisor to finish.
+    pub async fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+        let handle = lock(&self.supervisor).take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+    }
+
+    /// Whether the upstream accepts TCP connections (probed on demand, briefly cached).
+    pub async fn is_ready(&self) -> bool {
+        if !self.running.load(Ordering::Acquire) {
+            return false;
+        }
+        if let Some((at, ok)) = *lock(&self.health) {
+            if at.elapsed() < HEALTH_CACHE {
+                return ok;
+            }
+        }
+        let ok = matches!(
+            tokio::time::timeout(
+                CONNECT_PROBE_TIMEOUT,
+                TcpStream::connect(&self.upstream_addr)
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        *lock(&self.health) = Some((Instant::now(), ok));
+        ok
+    }
+
+    /// Logs upstream health transitions every `healthcheck_interval`.
+    async fn periodic_health(self: Arc<Self>) {
+        let mut rx = self.shutdown.subscribe();
+        let mut last = None;
+        loop {
+            let ok = self.is_ready().await;
+            if last != Some(ok) {
+                if ok {
+                    tracing::info!(upstream = %self.upstream_addr, "upstream is accepting connections");
+                } else if last.is_some() {
+                    tracing::warn!(upstream = %self.upstream_addr, "upstream is not accepting connections");
+                }
+                last = Some(ok);
+            }
+            // Poll quickly until the first success so the startup log is timely.
+            let wait = if ok || last.is_none() {
+                self.healthcheck_interval
+            } else {
+                self.healthcheck_interval.min(Duration::from_millis(200))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped(&mut rx) => return,
+            }
+        }
+    }
+
+    /// Keeps the function process running until shutdown.
+    async fn supervise(self: Arc<Self>) {
+        let mut rx = self.shutdown.subscribe();
+        let mut backoff = BACKOFF_MIN;
+        let program = self.spec.program().to_owned();
+        loop {
+            if *rx.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            match self.command().spawn() {
+                Err(e) => {
+                    tracing::error!(program, error = %e, "failed to start function process");
+                }
+                Ok(mut child) => {
+                    let pid = child.id();
+                    tracing::info!(program, pid, "started function process");
+                    let logger = |name| LineLogger {
+                        name,
+                        prefix: self.spec.prefix_logs,
+                        max_line: self.spec.log_buffer_size,
+                    };
+                    if let Some(out) = child.stdout.take() {
+                        logger("stdout").forward(out, 0);
+                    }
+                    if let Some(err) = child.stderr.take() {
+                        logger("stderr").forward(err, 0);
+                    }
+                    self.running.store(true, Ordering::Release);
+                    *lock(&self.health) = None;
+                    tokio::select! {
+                        status = child.wait() => {
+                            self.mark_down();
+                            // Clean up anything the process left in its group.
+                            if let Some(pid) = pid {
+                                signal_group(pid, libc::SIGKILL);
+                            }
+                            match status {
+                                Ok(s) => tracing::warn!(program, pid, status = %s,
+                                    "function process exited; restarting in {backoff:?}"),
+                                Err(e) => tracing::warn!(program, error = %e,
+                                    "failed to wait for function process; restarting"),
+                            }
+                        }
+                        _ = stopped(&mut rx) => {
+                            self.mark_down();
+                            stop_child(&mut child, pid).await;
+                            tracing::info!(program, pid, "stopped function process");
+                            return;
+                        }
+                    }
+                }
+            }
+            if started.elapsed() >= STABLE_RUN {
+                backoff = BACKOFF_MIN;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stopped(&mut rx) => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn mark_down(&self) {
+        self.running.store(false, Ordering::Release);
+        *lock(&self.health) = Some((Instant::now(), false));
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&*self.spec.program_path);
+        cmd.arg0(self.spec.program())
+            .args(self.spec.argv.iter().skip(1))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        #[cfg(target_os = "linux")]
+        // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+        unsafe {
+            // The child must not outlive a watchdog that is killed outright.
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Forwards one request to the upstream and streams the answer back.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        if !self.running.load(Ordering::Acquire) {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "function process is not running (restarting)",
+            );
+        }
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let target = format!(
+            "{}{}{}",
+            self.scheme_authority, self.base_path, path_and_query
+        );
+        parts.uri = match target.parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot build upstream URL: {e}"),
+                )
+            }
+        };
+        parts.version = Version::HTTP_11;
+        strip_hop_headers(&mut parts.headers);
+        if let Some(host) = parts.headers.remove(HOST) {
+            parts
+                .headers
+                .entry(HeaderName::from_static("x-forwarded-host"))
+                .or_insert(host);
+        }
+        if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
+            parts
+                .headers
+                .append(HeaderName::from_static("x-forwarded-for"), ip);
+        }
+
+        let fut = self.client.request(Request::from_parts(parts, body));
+        let result = match self.exec_timeout {
+            Some(t) => match tokio::time::timeout(t, fut).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(timeout = ?t, "upstream exceeded exec_timeout");
+                    return text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("function exceeded exec_timeout of {t:?}"),
+                    );
+                }
+            },
+            None => fut.await,
+        };
+        match result {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_headers(&mut parts.headers);
+                Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+            }
+            Err(e) => {
+                if e.is_connect() {
+                    *lock(&self.health) = Some((Instant::now(), false));
+                }
+                let msg = error_chain(&e);
+                tracing::warn!(error = %msg, "upstream request failed");
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream unreachable: {msg}"),
+                )
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown was requested (the borrow guard is dropped inside).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Terminates the child gracefully, then forcibly.
+async fn stop_child(child: &mut tokio::process::Child, pid: Option<u32>) {
+    let Some(pid) = pid else {
+        let _ = child.kill().await;
+        return;
+    };
+    signal_group(pid, libc::SIGTERM);
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        signal_group(pid, libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+    signal_group(pid, libc::SIGKILL);
+}
+
+fn strip_hop_headers(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_HEADERS {
+        headers.remove(*name);
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

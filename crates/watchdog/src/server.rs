@@ -1,0 +1,269 @@
+//! The HTTP listener: routing between health endpoints and the function,
+//! the in-flight limit, common response headers and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::body::{text, with_guard, ResponseBody};
+use crate::config::{Config, Mode};
+use crate::process::ExecSettings;
+use crate::proxy::Proxy;
+use crate::{serializing, streaming, WatchdogError};
+
+const X_DURATION_SECONDS: HeaderName = HeaderName::from_static("x-duration-seconds");
+const X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
+
+enum Handler {
+    Serializing(ExecSettings),
+    Streaming(ExecSettings),
+    Http(Arc<Proxy>),
+}
+
+struct State {
+    handler: Handler,
+    max_inflight: usize,
+    inflight: Arc<AtomicUsize>,
+}
+
+/// Decrements the in-flight counter when dropped.
+struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl State {
+    fn acquire(&self) -> Option<InflightGuard> {
+        let max = self.max_inflight;
+        self.inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InflightGuard(Arc::clone(&self.inflight)))
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        match req.uri().path() {
+            "/_/health" => self.health(false).await,
+            "/_/ready" => self.health(true).await,
+            _ => self.function(req, peer).await,
+        }
+    }
+
+    async fn health(&self, ready: bool) -> Response<ResponseBody> {
+        if ready
+            && self.max_inflight > 0
+            && self.inflight.load(Ordering::Acquire) >= self.max_inflight
+        {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "at max_inflight capacity");
+        }
+        let ok = match &self.handler {
+            Handler::Http(proxy) => proxy.is_ready().await,
+            Handler::Serializing(_) | Handler::Streaming(_) => true,
+        };
+        if ok {
+            let mut resp = Response::new(crate::body::full("OK"));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp
+        } else {
+            text(StatusCode::SERVICE_UNAVAILABLE, "function is not ready")
+        }
+    }
+
+    async fn function(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let Some(guard) = self.acquire() else {
+            return text(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Concurrent request limit exceeded. Max concurrent requests: {}",
+                    self.max_inflight
+                ),
+            );
+        };
+        let call_id = req.headers().get(&X_CALL_ID).cloned();
+        let resp = match &self.handler {
+            Handler::Serializing(s) => serializing::handle(s, req).await,
+            Handler::Streaming(s) => streaming::handle(s, req).await,
+            Handler::Http(p) => p.handle(req, peer).await,
+        };
+        let (mut parts, body) = resp.into_parts();
+        let secs = format!("{:.6}", start.elapsed().as_secs_f64());
+        if let Ok(v) = HeaderValue::from_str(&secs) {
+            parts.headers.insert(X_DURATION_SECONDS, v);
+        }
+        if let Some(id) = call_id {
+            parts.headers.entry(X_CALL_ID).or_insert(id);
+        }
+        // The guard lives until the (possibly streamed) body is done.
+        Response::from_parts(parts, with_guard(body, guard))
+    }
+}
+
+/// A bound, not yet serving watchdog.
+pub struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: Arc<State>,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+}
+
+impl Server {
+    /// Binds the listener (`bind_address:port`) without starting the function.
+    pub async fn bind(config: Config) -> Result<Self, WatchdogError> {
+        let addr = SocketAddr::new(config.bind_address, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| WatchdogError::Bind { addr, source })?;
+        let addr = listener.local_addr()?;
+        let handler = match config.mode {
+            Mode::Serializing => Handler::Serializing(ExecSettings::from_config(&config)),
+            Mode::Streaming => Handler::Streaming(ExecSettings::from_config(&config)),
+            Mode::Http => {
+                let upstream = config
+                    .upstream_url
+                    .clone()
+                    .ok_or(crate::config::ConfigError::Missing("upstream_url"))?;
+                Handler::Http(Proxy::new(&config, &upstream))
+            }
+        };
+        Ok(Server {
+            listener,
+            addr,
+            state: Arc::new(State {
+                handler,
+                max_inflight: config.max_inflight,
+                inflight: Arc::new(AtomicUsize::new(0)),
+            }),
+            read_timeout: config.read_timeout,
+            write_timeout: config.write_timeout,
+        })
+    }
+
+    /// The address actually bound (useful with `port=0`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts the function (http mode) and serves until `shutdown` resolves,
+    /// then drains in-flight requests (bounded by write_timeout) and stops the function.
+    pub async fn serve<F>(self, shutdown: F) -> Result<(), WatchdogError>
+    where
+        F: Future<Output = ()>,
+    {
+        let Server {
+            listener,
+            state,
+            read_timeout,
+            write_timeout,
+            ..
+        } = self;
+        if let Handler::Http(proxy) = &state.handler {
+            proxy.start();
+        }
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(read_timeout)
+            .keep_alive(true);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Usually EMFILE: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let state = Arc::clone(&state);
+                    let svc = service_fn(move |req| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(state.route(req, peer).await) }
+                    });
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection error");
+                        }
+                    });
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down: waiting for in-flight requests");
+        let drained = match write_timeout {
+            Some(t) => tokio::time::timeout(t, graceful.shutdown()).await.is_ok(),
+            None => {
+                graceful.shutdown().await;
+                true
+            }
+        };
+        if !drained {
+            tracing::warn!("in-flight requests did not finish within write_timeout");
+        }
+        if let Handler::Http(proxy) = &state.handler {
+            proxy.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("received SIGTERM"),
+                _ = ctrl_c => tracing::info!("received SIGINT"),
+            }
+        }
+        Err(_) => ctrl_c.await,
+    }
+}
+
+/// Binds, prints `virga-watchdog listening on <addr>` to stdout, and serves
+/// until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<(), WatchdogError> {
+    let mode = config.mode;
+    let server = Server::bind(config).await?;
+    let addr = server.local_addr();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "virga-watchdog listening on {addr}")?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, %mode, "watchdog started");
+    server.serve(shutdown_signal()).await
+}

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Upper-cases whatever is sent.
+tr '[:lower:]' '[:upper:]'

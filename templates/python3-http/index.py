@@ -1,0 +1,190 @@
+"""Virga python3-http runtime: a small threaded HTTP/1.1 server (standard library only)
+that hands each request to function/handler.py's handle(event, context).
+
+Listens on 127.0.0.1 and the port of $upstream_url (default 5000). Set write_debug=true
+(or VIRGA_LOG_REQUESTS=1) to log one line per request on stderr.
+"""
+
+import json
+import os
+import socket
+import sys
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+# The bundle root (so `function` is importable), the handler's own directory (so it can
+# import its sibling modules), then the dependencies `virga build` installed into python/.
+for extra in (os.path.join(ROOT, "python"), os.path.join(ROOT, "function"), ROOT):
+    if os.path.isdir(extra) and extra not in sys.path:
+        sys.path.insert(0, extra)
+
+from function import handler  # noqa: E402
+
+REASONS = BaseHTTPRequestHandler.responses
+LOG_REQUESTS = os.getenv("write_debug", "").lower() in ("1", "true", "yes") or os.getenv(
+    "VIRGA_LOG_REQUESTS", ""
+).lower() in ("1", "true", "yes")
+
+
+class Event:
+    """What the handler receives about the request."""
+
+    __slots__ = ("body", "headers", "method", "query", "path")
+
+    def __init__(self, body, headers, method, query, path):
+        self.body = body
+        self.headers = headers
+        self.method = method
+        self.query = query
+        self.path = path
+
+
+class Context:
+    """Information about where the function runs."""
+
+    __slots__ = ("hostname",)
+
+    def __init__(self):
+        self.hostname = os.getenv("HOSTNAME", socket.gethostname())
+
+
+CONTEXT = Context()
+
+
+def encode_body(body, headers):
+    """Turn a handler body into bytes, setting a JSON content type for dicts and lists."""
+    if body is None:
+        return b""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, (dict, list)):
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
+        return json.dumps(body).encode("utf-8")
+    return str(body).encode("utf-8")
+
+
+def format_result(result):
+    """Map what handle() returned to (status, headers, body bytes)."""
+    headers = {}
+    status = 200
+    if result is None:
+        return status, headers, b""
+    if isinstance(result, dict):
+        status = int(result.get("statusCode", 200) or 200)
+        headers.update(result.get("headers") or {})
+        return status, headers, encode_body(result.get("body"), headers)
+    if isinstance(result, tuple) and 2 <= len(result) <= 3:
+        body, status = result[0], int(result[1])
+        if len(result) == 3 and result[2]:
+            headers.update(result[2])
+        return status, headers, encode_body(body, headers)
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return status, headers, bytes(result)
+    return status, headers, str(result).encode("utf-8")
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Reads one request, calls the function, writes the whole response in one write."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+        if LOG_REQUESTS:
+            sys.stderr.write("%s - %s\n" % (self.address_string(), format % args))
+
+    def read_body(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size_line = self.rfile.readline()
+                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    # Trailers end with an empty line.
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def handle_any(self):
+        try:
+            body = self.read_body()
+        except (ValueError, OSError):
+            self.respond(400, {"Content-Type": "text/plain"}, b"malformed request body\n")
+            self.close_connection = True
+            return
+        parts = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        event = Event(body, self.headers, self.command, query, parts.path)
+        try:
+            status, headers, payload = format_result(handler.handle(event, CONTEXT))
+        except Exception as e:  # the handler's error is the response; keep serving
+            traceback.print_exc(file=sys.stderr)
+            status, headers, payload = 500, {"Content-Type": "text/plain"}, str(e).encode()
+        self.respond(status, headers, payload)
+
+    def respond(self, status, headers, payload):
+        reason = REASONS.get(status, ("",))[0]
+        lines = ["HTTP/1.1 %d %s" % (status, reason)]
+        for key, value in headers.items():
+            if key.lower() in ("content-length", "transfer-encoding", "connection"):
+                continue
+            lines.append("%s: %s" % (key, value))
+        if not any(k.lower() == "content-type" for k in headers) and payload:
+            lines.append("Content-Type: text/plain; charset=utf-8")
+        lines.append("Content-Length: %d" % len(payload))
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(head if self.command == "HEAD" else head + payload)
+        self.log_request(status, len(payload))
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_any
+
+
+class Server(ThreadingHTTPServer):
+    """Threaded server with a deeper accept queue for bursts of connections."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+
+def listen_port():
+    """The port of $upstream_url, or 5000."""
+    url = os.getenv("upstream_url", "")
+    if url:
+        if "://" not in url:
+            url = "http://" + url
+        try:
+            port = urlsplit(url).port
+        except ValueError:
+            port = None
+        if port:
+            return port
+    return 5000
+
+
+def main():
+    port = listen_port()
+    server = Server(("127.0.0.1", port), Handler)
+    if LOG_REQUESTS:
+        sys.stderr.write("python3-http listening on 127.0.0.1:%d\n" % port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
