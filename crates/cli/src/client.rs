@@ -72,6 +72,15 @@ impl Client {
         rb
     }
 
+    /// A request to `path` with auth but no overall timeout, for answers that stream (logs -f).
+    pub fn request_streaming(&self, method: Method, path: &str) -> RequestBuilder {
+        let mut rb = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(c) = &self.auth {
+            rb = rb.basic_auth(&c.username, Some(&c.password));
+        }
+        rb
+    }
+
     /// Send a request; transport errors and 401 become errors, other answers are returned.
     pub fn send(&self, rb: RequestBuilder) -> Result<Response> {
         let resp = rb.send().map_err(|e| self.transport_error(&e))?;

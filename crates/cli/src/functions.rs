@@ -53,6 +53,12 @@ pub struct InvokeArgs {
     /// Extra path after /function/NAME.
     #[arg(long, default_value = "")]
     pub path: String,
+    /// Queue the call (POST /async-function/NAME) and print its call id.
+    #[arg(long = "async")]
+    pub async_call: bool,
+    /// With --async: where to POST the result.
+    #[arg(long, value_name = "URL", requires = "async_call")]
+    pub callback: Option<String>,
 }
 
 /// Options of `virga remove`.
@@ -246,10 +252,15 @@ pub fn invoke(client: &Client, args: InvokeArgs) -> Result<()> {
             .context("cannot read stdin")?;
     }
     let extra = args.path.trim_start_matches('/');
-    let path = if extra.is_empty() {
-        format!("/function/{}", args.name)
+    let route = if args.async_call {
+        "async-function"
     } else {
-        format!("/function/{}/{extra}", args.name)
+        "function"
+    };
+    let path = if extra.is_empty() {
+        format!("/{route}/{}", args.name)
+    } else {
+        format!("/{route}/{}/{extra}", args.name)
     };
     let mut rb = client.request(method, &path);
     let mut query = Vec::new();
@@ -265,8 +276,16 @@ pub fn invoke(client: &Client, args: InvokeArgs) -> Result<()> {
         let (k, v) = split_pair(h, "--header")?;
         rb = rb.header(k, v);
     }
+    if let Some(url) = &args.callback {
+        rb = rb.header("X-Callback-Url", url);
+    }
     let resp = client.send(rb.body(body))?;
     let status = resp.status();
+    if args.async_call && status.is_success() {
+        let id = resp.headers().get("x-call-id").and_then(|v| v.to_str().ok());
+        println!("{}", id.unwrap_or_default());
+        return Ok(());
+    }
     let bytes = resp.bytes().context("cannot read the function's answer")?;
     if status.is_success() {
         let mut out = std::io::stdout().lock();

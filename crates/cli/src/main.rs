@@ -11,8 +11,10 @@ mod deploy;
 mod examples;
 mod functions;
 mod login;
+mod logs;
 mod new;
 mod pack;
+mod queue;
 mod secrets;
 mod stack;
 mod templates;
@@ -56,6 +58,15 @@ enum Command {
     Remove(functions::RemoveArgs),
     /// Set the number of instances of a function.
     Scale(functions::ScaleArgs),
+    /// Print a function's logs; -f follows new lines until Ctrl-C.
+    Logs(logs::LogsArgs),
+    /// Show the async-call queues: depth, in flight, dead letters.
+    Queue(queue::QueueArgs),
+    /// List, retry or purge async calls whose attempts are exhausted.
+    DeadLetters {
+        #[command(subcommand)]
+        command: queue::DeadLetterCommand,
+    },
     /// Manage secrets.
     Secret {
         #[command(subcommand)]
@@ -92,6 +103,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             args,
         ),
         Command::Scale(args) => functions::scale(&connect()?, args),
+        Command::Logs(args) => logs::run(&connect()?, args),
         Command::Secret { command } => secrets::run(&connect()?, command),
+        Command::Queue(args) => queue::show(&connect()?, args),
+        Command::DeadLetters { command } => queue::dead_letters(&connect()?, command),
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use virga_gateway::{AppState, Credentials, GatewayConfig};
-use virga_provider_local::{LocalProvider, ProviderConfig};
+use virga_provider_local::{LocalProvider, ProviderConfig, Runc};
 use virga_store::Store;
 
 /// Options of `virga up`.
@@ -38,9 +38,46 @@ pub struct UpArgs {
     /// Path of the virga-watchdog binary (default: next to this binary, then PATH).
     #[arg(long, env = "VIRGA_WATCHDOG")]
     pub watchdog: Option<PathBuf>,
+    /// How function instances are isolated: runc sandboxes, plain processes, or runc when
+    /// usable (root and runc installed) and processes otherwise.
+    #[arg(long, value_enum, default_value = "auto", env = "VIRGA_ISOLATION")]
+    pub isolation: Isolation,
+    /// Queue of async calls: `embedded` (a log in the data directory) or `nats://HOST:PORT`
+    /// (NATS JetStream, shareable by several gateways).
+    #[arg(long, default_value = "embedded", env = "VIRGA_QUEUE")]
+    pub queue: String,
     /// Log format of the platform's own logs.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Isolation of function instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Isolation {
+    /// runc if usable, else processes (said at start and in /system/info).
+    Auto,
+    /// Always runc; fail to start without it.
+    Runc,
+    /// Plain processes, no sandbox.
+    Process,
+}
+
+/// The sandbox runtime the chosen isolation asks for.
+fn sandbox_runtime(mode: Isolation, data_dir: &Path, watchdog: &Path) -> Result<Option<Arc<Runc>>> {
+    if mode == Isolation::Process {
+        return Ok(None);
+    }
+    match Runc::new(&data_dir.join("sandbox"), watchdog) {
+        Ok(rt) => Ok(Some(Arc::new(rt))),
+        Err(e) if mode == Isolation::Runc => bail!("runc sandboxes are unavailable: {e}"),
+        Err(e) => {
+            tracing::warn!(
+                "runc sandboxes are unavailable ({e}): functions run as PLAIN PROCESSES, \
+                 without isolation"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Format of the platform's logs.
@@ -77,11 +114,19 @@ async fn serve(args: UpArgs) -> Result<()> {
             .with_context(|| format!("open the data directory {}", args.data_dir.display()))?,
     );
     let password = admin_password(&args.data_dir)?;
+    let watchdog = watchdog_path(args.watchdog.as_deref())?;
+    let sandbox = sandbox_runtime(args.isolation, &args.data_dir, &watchdog)?;
     let provider = Arc::new(LocalProvider::new(
         ProviderConfig {
-            watchdog: watchdog_path(args.watchdog.as_deref())?,
+            watchdog,
             run_dir: args.data_dir.join("run"),
             ready_timeout: Duration::from_secs(args.ready_timeout),
+            sandbox: sandbox.clone(),
+            metrics: Arc::new(virga_metrics::Metrics::new()),
+            logs: Arc::new(virga_logs::LogHub::new(virga_logs::LogConfig {
+                dir: Some(args.data_dir.join("logs")),
+                ..virga_logs::LogConfig::default()
+            })),
         },
         store.clone(),
     )?);
@@ -97,6 +142,7 @@ async fn serve(args: UpArgs) -> Result<()> {
         provider.clone(),
         Credentials::new("admin", &password),
     );
+    crate::queue::start(&state, &args.queue, &args.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| {
@@ -117,18 +163,24 @@ async fn serve(args: UpArgs) -> Result<()> {
         .context("serve HTTP")?;
     tracing::info!("stopping instances");
     provider.shutdown().await;
+    if let Some(rt) = sandbox {
+        rt.shutdown();
+    }
     Ok(())
 }
 
 fn announce(addr: SocketAddr, data_dir: &Path, restored: usize, isolation: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "Virga gateway listening on http://{addr}");
+    let _ = writeln!(out, "  console: http://{addr}/ui/ (user admin)");
     let _ = writeln!(out, "  data directory: {}", data_dir.display());
     let _ = writeln!(out, "  functions restored: {restored}");
-    let _ = writeln!(
-        out,
-        "  isolation: {isolation} (function instances run as local processes)"
-    );
+    let how = if isolation == "runc" {
+        "each instance in its own runc sandbox"
+    } else {
+        "plain processes, NO sandbox"
+    };
+    let _ = writeln!(out, "  isolation: {isolation} ({how})");
     if std::env::var_os("VIRGA_ADMIN_PASSWORD").is_some() {
         let _ = writeln!(out, "  login: admin, password from VIRGA_ADMIN_PASSWORD");
     } else {

@@ -35,13 +35,17 @@ pub enum ApiError {
     /// The function took too long (504).
     #[error("{0}")]
     Timeout(String),
+    /// The function failed in a way the platform detected, e.g. an OOM kill (500).
+    #[error("{0}")]
+    FunctionFailed(String),
     /// Our fault (500).
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    /// The HTTP status this error answers with.
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -51,7 +55,9 @@ impl ApiError {
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::FunctionFailed(_) | ApiError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }

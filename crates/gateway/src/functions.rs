@@ -49,6 +49,8 @@ fn initial_replicas(d: &FunctionDeployment) -> Result<u64, ApiError> {
 fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, ApiError> {
     let mut d: FunctionDeployment = parse_json(body)?;
     validate_deployment(&mut d)?;
+    virga_queue::FunctionPolicy::from_annotations(d.annotations.as_ref())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(d)
 }
 

@@ -32,12 +32,24 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
-/// Proxy one call to the function named in the path.
+/// Proxy one call to the function named in the path, recording it in the metrics.
 pub(crate) async fn proxy(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    match forward(&state, req).await {
+    let started = Instant::now();
+    let (full_name, _) = split_path(req.uri().path());
+    let metrics = split_namespace(full_name)
+        .ok()
+        .and_then(|name| state.function_metrics(name));
+    if let Some(m) = &metrics {
+        m.started();
+    }
+    let resp = match forward(&state, req).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
+    };
+    if let Some(m) = metrics {
+        m.finished(resp.status().as_u16(), started.elapsed());
     }
+    resp
 }
 
 /// `/function/NAME.NS/a/b` → ("NAME.NS", "/a/b").
@@ -49,7 +61,8 @@ fn split_path(path: &str) -> (&str, &str) {
     }
 }
 
-async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
+/// Forward one `/function/...` request to an instance (also used by the async workers).
+pub(crate) async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let (full_name, rest) = split_path(parts.uri.path());
@@ -80,7 +93,15 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
     };
     let upstream = state.client.request(Request::from_parts(parts, body));
     let result = tokio::time::timeout(state.cfg.upstream_timeout, upstream).await;
-    state.count_invocation(&name);
+    // Only a failed call can have been an OOM kill; reading the cgroup costs a file read.
+    let failed = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
+    if failed && lease.take_oom_kill() {
+        state.metrics.oom_kill(&name);
+        return Err(ApiError::FunctionFailed(format!(
+            "function {name:?} ran out of memory and was killed (instance {}): raise limits.memory",
+            lease.instance()
+        )));
+    }
     let resp = match result {
         Err(_) => {
             return Err(ApiError::Timeout(format!(

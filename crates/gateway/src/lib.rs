@@ -5,16 +5,18 @@
 //! Follow one request: `router` (this file) → `invoke::proxy` → `LocalProvider::lease` →
 //! the instance's watchdog; management calls go `functions` / `secrets` → store → provider.
 
+mod asyncfn;
 mod auth;
 mod bundles;
+mod console;
 mod error;
 mod functions;
 mod invoke;
+mod logs;
+mod metrics;
 mod secrets;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -26,6 +28,7 @@ use virga_provider_local::LocalProvider;
 use virga_store::Store;
 use virga_types::{GatewayInfo, ProviderInfo, VersionInfo, DEFAULT_NAMESPACE};
 
+pub use asyncfn::enable_async;
 pub use auth::Credentials;
 pub use error::ApiError;
 
@@ -57,7 +60,13 @@ pub struct AppState {
     pub(crate) provider: Arc<LocalProvider>,
     pub(crate) credentials: Credentials,
     pub(crate) client: Client<HttpConnector, axum::body::Body>,
-    invocations: RwLock<HashMap<String, Arc<AtomicU64>>>,
+    /// The platform's metrics (shared with the provider).
+    pub metrics: Arc<virga_metrics::Metrics>,
+    /// The instances' logs (shared with the provider).
+    pub(crate) logs: Arc<virga_logs::LogHub>,
+    fn_metrics: metrics::FunctionHandles,
+    /// The async-call queue and workers, once enabled.
+    async_calls: std::sync::OnceLock<asyncfn::AsyncCalls>,
 }
 
 impl AppState {
@@ -76,47 +85,25 @@ impl AppState {
         Arc::new(AppState {
             cfg,
             store,
-            provider,
             credentials,
             client,
-            invocations: RwLock::new(HashMap::new()),
+            metrics: provider.metrics().clone(),
+            logs: provider.logs().clone(),
+            provider,
+            fn_metrics: metrics::FunctionHandles::default(),
+            async_calls: std::sync::OnceLock::new(),
         })
     }
 
-    /// Count one invocation of `name`.
-    pub(crate) fn count_invocation(&self, name: &str) {
-        if let Some(c) = self
-            .invocations
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
-            c.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        self.invocations
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name.to_string())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Invocations of `name` since start.
+    /// Invocations of `name` since start (the sum of `gateway_function_invocation_total`).
     pub(crate) fn invocation_count(&self, name: &str) -> u64 {
-        self.invocations
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        self.fn_metrics.get(name).map_or(0, |m| m.invocations())
     }
 
-    /// Forget the counters of a removed function.
+    /// Forget the counters and in-memory logs of a removed function.
     pub(crate) fn forget(&self, name: &str) {
-        self.invocations
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        self.fn_metrics.remove(name);
+        self.logs.forget(name);
     }
 }
 
@@ -141,6 +128,16 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(secrets::delete),
         )
         .route("/system/namespaces", get(namespaces))
+        .route("/system/logs", get(logs::get_logs))
+        .route("/system/virga/queues", get(asyncfn::queues))
+        .route(
+            "/system/virga/dead-letters",
+            get(asyncfn::list_dead).delete(asyncfn::purge_dead),
+        )
+        .route(
+            "/system/virga/dead-letters/{id}/retry",
+            post(asyncfn::retry_dead),
+        )
         .route(
             "/system/virga/bundles/{digest}",
             head(bundles::exists).put(bundles::upload),
@@ -149,10 +146,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
     Router::new()
         .route("/healthz", get(|| async { "OK" }))
+        .route("/metrics", get(metrics::scrape))
         .route("/function/{name}", any(invoke::proxy))
         .route("/function/{name}/", any(invoke::proxy))
         .route("/function/{name}/{*rest}", any(invoke::proxy))
+        .route("/async-function/{name}", any(asyncfn::accept))
+        .route("/async-function/{name}/", any(asyncfn::accept))
+        .route("/async-function/{name}/{*rest}", any(asyncfn::accept))
         .merge(system)
+        .merge(console::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }

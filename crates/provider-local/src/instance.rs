@@ -3,14 +3,15 @@
 //! forwards its output to the platform log, and replaces it if it dies while still wanted.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+
+use crate::launch::Launch;
 use tokio::sync::Notify;
 
 use crate::Function;
@@ -27,6 +28,9 @@ pub(crate) struct Instance {
     pid: AtomicU32,
     stopping: AtomicBool,
     stop: Notify,
+    launch: OnceLock<Arc<Launch>>,
+    /// OOM kills already reported, so each is reported once.
+    oom_seen: AtomicU64,
 }
 
 impl Instance {
@@ -39,6 +43,8 @@ impl Instance {
             pid: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
+            launch: OnceLock::new(),
+            oom_seen: AtomicU64::new(0),
         }
     }
 
@@ -76,6 +82,17 @@ impl Lease {
     /// The instance id (for logs).
     pub fn instance(&self) -> &str {
         &self.inst.id
+    }
+}
+
+impl Lease {
+    /// True when the instance's function was OOM-killed since the last time this was asked.
+    pub fn take_oom_kill(&self) -> bool {
+        let Some(launch) = self.inst.launch.get() else {
+            return false;
+        };
+        let now = launch.oom_kills();
+        now > self.inst.oom_seen.swap(now, Ordering::SeqCst)
     }
 }
 
@@ -130,29 +147,28 @@ pub(crate) async fn run(func: Arc<Function>, inst: Arc<Instance>) {
 
 /// Spawn, wait for readiness, serve until exit or stop. Ok(true) if it ever became ready.
 async fn start_and_wait(func: &Arc<Function>, inst: &Arc<Instance>) -> Result<bool, String> {
+    let (launch, cmd) = Launch::prepare(func, &inst.id).await?;
+    let launch = Arc::new(launch);
+    let _ = inst.launch.set(launch.clone());
+    let result = serve(func, inst, cmd, &launch).await;
+    if launch.oom_kills() > inst.oom_seen.load(Ordering::SeqCst) && result.is_err() {
+        func.spec
+            .record_failure("the instance ran out of memory and was killed".into());
+    }
+    launch.kill().await;
+    if let Some(launch) = Arc::into_inner(launch) {
+        launch.cleanup().await;
+    }
+    result
+}
+
+async fn serve(
+    func: &Arc<Function>,
+    inst: &Arc<Instance>,
+    mut cmd: Command,
+    launch: &Launch,
+) -> Result<bool, String> {
     let spec = &func.spec;
-    let mut cmd = Command::new(&func.cfg.watchdog);
-    cmd.env_clear()
-        .envs(inherited_env())
-        .envs(&spec.env)
-        .env("port", "0")
-        .current_dir(&spec.workdir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if spec.env.get("mode").map(String::as_str) == Some("http") {
-        let upstream = spec.env.get("upstream_url").cloned().unwrap_or_default();
-        cmd.env("upstream_url", with_free_port(&upstream)?);
-    }
-    // SAFETY: prctl is async-signal-safe; it makes the watchdog die with the platform.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", func.cfg.watchdog.display()))?;
@@ -160,10 +176,12 @@ async fn start_and_wait(func: &Arc<Function>, inst: &Arc<Instance>) -> Result<bo
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     if let Some(err) = stderr {
-        tokio::spawn(forward_log(spec.name.clone(), inst.id.clone(), err));
+        let log = func.cfg.logs.function(&spec.name);
+        tokio::spawn(forward_log(log, inst.id.clone(), err));
     }
     let boot = async {
-        let addr = read_addr(&spec.name, &inst.id, stdout).await?;
+        let addr =
+            launch.reach(read_addr(func.cfg.logs.function(&spec.name), &inst.id, stdout).await?);
         let _ = inst.addr.set(addr);
         wait_ready(addr).await;
         Ok::<_, String>(())
@@ -197,28 +215,8 @@ fn exit_reason(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
-/// Variables passed through from the platform's environment; the rest is not the function's.
-fn inherited_env() -> Vec<(String, String)> {
-    ["PATH", "LANG", "LC_ALL", "TZ"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .chain([("HOME".to_string(), "/tmp".to_string())])
-        .collect()
-}
-
-/// `upstream_url` with its port replaced by a free one, so replicas do not collide.
-fn with_free_port(upstream: &str) -> Result<String, String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port();
-    let rest = upstream.strip_prefix("http://").unwrap_or("127.0.0.1:5000");
-    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
-    Ok(format!("http://127.0.0.1:{port}{path}"))
-}
-
 async fn read_addr(
-    name: &str,
+    log: Arc<virga_logs::FunctionLog>,
     id: &str,
     stdout: Option<tokio::process::ChildStdout>,
 ) -> Result<SocketAddr, String> {
@@ -230,14 +228,11 @@ async fn read_addr(
                 .trim()
                 .parse()
                 .map_err(|e| format!("bad address {addr:?}: {e}"))?;
-            tokio::spawn(forward_log(
-                name.to_string(),
-                id.to_string(),
-                lines.into_inner(),
-            ));
+            tokio::spawn(forward_log(log, id.to_string(), lines.into_inner()));
             return Ok(addr);
         }
-        tracing::info!(target: "function", function = %name, instance = %id, "{line}");
+        tracing::debug!(target: "function", function = %log.name(), instance = %id, "{line}");
+        log.push(id, &line);
     }
     Err("watchdog exited before listening".into())
 }
@@ -267,10 +262,16 @@ async fn probe(addr: SocketAddr) -> bool {
     matches!(s.read(&mut buf).await, Ok(n) if n >= 12 && &buf[9..12] == b"200")
 }
 
-async fn forward_log<R: AsyncRead + Unpin>(name: String, id: String, r: R) {
-    let mut lines = BufReader::new(r).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "function", function = %name, instance = %id, "{line}");
+/// Push every line of `r` into the function's log (read as bytes: bad UTF-8 cannot stop it).
+async fn forward_log<R: AsyncRead + Unpin>(log: Arc<virga_logs::FunctionLog>, id: String, r: R) {
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    while matches!(r.read_until(b'\n', &mut buf).await, Ok(n) if n > 0) {
+        let text = String::from_utf8_lossy(&buf);
+        let line = text.trim_end_matches(['\n', '\r']);
+        tracing::debug!(target: "function", function = %log.name(), instance = %id, "{line}");
+        log.push(&id, line);
+        buf.clear();
     }
 }
 

@@ -6,6 +6,8 @@
 //! the line the watchdog prints when it binds (`port=0`), so instances never race for ports.
 
 mod instance;
+mod launch;
+mod sandbox;
 mod spec;
 
 use std::collections::HashMap;
@@ -20,7 +22,8 @@ use virga_store::{Store, StoredFunction};
 
 use instance::Instance;
 pub use instance::Lease;
-pub use spec::InstanceSpec;
+pub use sandbox::Runc;
+pub use spec::{InstanceSpec, OUTBOUND_ANNOTATION};
 
 /// Settings of the local provider.
 #[derive(Debug, Clone)]
@@ -31,6 +34,12 @@ pub struct ProviderConfig {
     pub run_dir: PathBuf,
     /// How long a request waits for an instance to become ready.
     pub ready_timeout: Duration,
+    /// Where cold starts and OOM kills are counted.
+    pub metrics: Arc<virga_metrics::Metrics>,
+    /// Where every instance's stdout/stderr lines go.
+    pub logs: Arc<virga_logs::LogHub>,
+    /// The sandbox runtime; `None` runs instances as plain processes.
+    pub sandbox: Option<Arc<Runc>>,
 }
 
 /// Errors the provider reports to the gateway.
@@ -59,6 +68,9 @@ pub enum ProviderError {
     },
 }
 
+/// Instance numbers, unique for the platform's life (sandbox names derive from them).
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
 /// One function's instances.
 pub(crate) struct Function {
     pub(crate) spec: Arc<InstanceSpec>,
@@ -67,7 +79,6 @@ pub(crate) struct Function {
     /// Woken whenever an instance becomes ready or dies.
     pub(crate) changed: Notify,
     pub(crate) stopped: AtomicBool,
-    pub(crate) next_id: AtomicU64,
     /// Consecutive instances that died before serving; drives restart backoff.
     pub(crate) crash_streak: AtomicUsize,
     pub(crate) cfg: Arc<ProviderConfig>,
@@ -93,7 +104,7 @@ impl Function {
             let id = format!(
                 "{}-{}",
                 self.spec.name,
-                self.next_id.fetch_add(1, Ordering::Relaxed)
+                NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed)
             );
             let inst = Arc::new(Instance::new(id));
             list.push(inst.clone());
@@ -143,7 +154,11 @@ impl LocalProvider {
 
     /// The isolation instances run under, as shown in `/system/info`.
     pub fn isolation(&self) -> &'static str {
-        "process"
+        if self.cfg.sandbox.is_some() {
+            "runc"
+        } else {
+            "process"
+        }
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Function>>> {
@@ -174,7 +189,6 @@ impl LocalProvider {
             instances: Mutex::new(Vec::new()),
             changed: Notify::new(),
             stopped: AtomicBool::new(false),
-            next_id: AtomicU64::new(1),
             crash_streak: AtomicUsize::new(0),
             cfg: self.cfg.clone(),
         });
@@ -221,13 +235,18 @@ impl LocalProvider {
         let func = self.get(name)?;
         let started = tokio::time::Instant::now();
         let deadline = started + self.cfg.ready_timeout;
+        let mut waited = false;
         loop {
             let notified = func.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(lease) = instance::pick(&func.lock()) {
+                if waited {
+                    self.cfg.metrics.cold_start(name, started.elapsed());
+                }
                 return Ok(lease);
             }
+            waited = true;
             if func.stopped.load(Ordering::SeqCst) {
                 return Err(ProviderError::NotFound(name.to_string()));
             }
@@ -244,6 +263,38 @@ impl LocalProvider {
                 });
             }
         }
+    }
+
+    /// Whether a function of that name is deployed here.
+    pub fn contains(&self, name: &str) -> bool {
+        self.map().contains_key(name)
+    }
+
+    /// Wanted, starting and ready instances of every function, for `/metrics`.
+    pub fn gauges(&self) -> Vec<virga_metrics::FunctionGauges> {
+        let all: Vec<_> = self.map().values().cloned().collect();
+        all.iter()
+            .map(|f| {
+                let list = f.lock();
+                let ready = list.iter().filter(|i| i.is_ready()).count() as u64;
+                virga_metrics::FunctionGauges {
+                    name: f.spec.name.clone(),
+                    replicas: f.desired.load(Ordering::SeqCst),
+                    starting: list.len() as u64 - ready,
+                    ready,
+                }
+            })
+            .collect()
+    }
+
+    /// The metrics registry instances report into.
+    pub fn metrics(&self) -> &Arc<virga_metrics::Metrics> {
+        &self.cfg.metrics
+    }
+
+    /// The hub holding the instances' output.
+    pub fn logs(&self) -> &Arc<virga_logs::LogHub> {
+        &self.cfg.logs
     }
 
     /// Stop every instance (platform shutdown) and wait for them to exit.

@@ -10,8 +10,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use virga_store::Store;
-use virga_types::{BundleManifest, BundleRef, FunctionDeployment, BUNDLE_MANIFEST};
+use virga_types::{
+    parse_cpu, parse_memory, BundleManifest, BundleRef, FunctionDeployment, BUNDLE_MANIFEST,
+};
 
+/// Annotation that turns off a sandboxed function's outbound network access.
+pub const OUTBOUND_ANNOTATION: &str = "virga.network.outbound";
+/// Memory limit when a function gives none.
+const DEFAULT_MEMORY: u64 = 256 << 20;
+/// Process/thread limit of every sandbox.
+const DEFAULT_PIDS: i64 = 128;
+/// Size of every sandbox's private /tmp.
+const TMP_SIZE: u64 = 64 << 20;
+
+use crate::sandbox::Limits;
 use crate::{ProviderConfig, ProviderError};
 
 /// Everything needed to start instances of one function.
@@ -23,6 +35,12 @@ pub struct InstanceSpec {
     pub env: BTreeMap<String, String>,
     /// Working directory: the unpacked bundle, or an empty home.
     pub workdir: PathBuf,
+    /// Directory holding the function's secrets (one 0600 file each).
+    pub secrets_dir: PathBuf,
+    /// Sandbox limits (memory, CPU, pids, /tmp size).
+    pub(crate) limits: Limits,
+    /// Whether a sandboxed instance may reach beyond the host.
+    pub(crate) outbound: bool,
     /// The last reason an instance failed, for error messages.
     pub(crate) last_failure: Mutex<String>,
 }
@@ -76,14 +94,26 @@ impl InstanceSpec {
         }
         let secrets_dir = fn_dir.join("secrets");
         write_secrets(store, &secrets_dir, &d.secrets).map_err(fail)?;
+        if cfg.sandbox.is_some() {
+            crate::sandbox::hand_over_secrets(&secrets_dir).map_err(fail)?;
+        }
         env.insert(
             "secret_mount_path".into(),
             secrets_dir.to_string_lossy().into_owned(),
         );
+        let limits = limits(d).map_err(fail)?;
+        let outbound = d
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OUTBOUND_ANNOTATION))
+            .is_none_or(|v| v != "false");
         Ok(InstanceSpec {
             name,
             env,
             workdir,
+            secrets_dir,
+            limits,
+            outbound,
             last_failure: Mutex::new(String::new()),
         })
     }
@@ -100,6 +130,24 @@ impl InstanceSpec {
             format!("last instance failure: {last}")
         }
     }
+}
+
+fn limits(d: &FunctionDeployment) -> Result<Limits, String> {
+    let l = d.limits.clone().unwrap_or_default();
+    let memory = match l.memory.as_str() {
+        "" => DEFAULT_MEMORY,
+        m => parse_memory(m).map_err(|e| format!("limits.memory: {e}"))?,
+    };
+    let cpu = match l.cpu.as_str() {
+        "" => None,
+        c => Some(parse_cpu(c).map_err(|e| format!("limits.cpu: {e}"))?),
+    };
+    Ok(Limits {
+        memory,
+        cpu,
+        pids: DEFAULT_PIDS,
+        tmp: TMP_SIZE,
+    })
 }
 
 fn mkdir_private(dir: &Path) -> std::io::Result<()> {

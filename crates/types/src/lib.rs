@@ -4,10 +4,12 @@
 
 mod api;
 mod bundle;
+mod resources;
 mod validate;
 
 pub use api::*;
 pub use bundle::*;
+pub use resources::*;
 pub use validate::*;
 
 /// The one namespace Virga serves for now, named like OpenFaaS's default.

@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::{BundleRef, FunctionDeployment, Secret, DEFAULT_NAMESPACE};
+use crate::{parse_cpu, parse_memory, BundleRef, FunctionDeployment, Secret, DEFAULT_NAMESPACE};
 
 /// A request body that is well-formed JSON but not acceptable.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -81,6 +81,16 @@ pub fn validate_deployment(d: &mut FunctionDeployment) -> Result<(), Invalid> {
     }
     for s in &d.secrets {
         validate_name("secrets", s)?;
+    }
+    for (field, r) in [("limits", &d.limits), ("requests", &d.requests)] {
+        if let Some(r) = r {
+            if !r.memory.is_empty() {
+                parse_memory(&r.memory).map_err(|e| invalid(&format!("{field}.memory"), e))?;
+            }
+            if !r.cpu.is_empty() {
+                parse_cpu(&r.cpu).map_err(|e| invalid(&format!("{field}.cpu"), e))?;
+            }
+        }
     }
     for k in d.env_vars.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {

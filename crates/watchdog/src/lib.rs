@@ -8,6 +8,7 @@
 pub mod body;
 pub mod cgi;
 pub mod config;
+pub mod init;
 pub mod process;
 pub mod proxy;
 pub mod serializing;

@@ -261,3 +261,31 @@ pub fn describe_status(status: &std::process::ExitStatus) -> String {
         (None, None) => status.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_programs_on_path() {
+        let sh = resolve_program("sh");
+        assert!(sh.is_absolute(), "{sh:?}");
+        assert_eq!(resolve_program("./x"), PathBuf::from("./x"));
+        assert_eq!(
+            resolve_program("no-such-program-virga"),
+            PathBuf::from("no-such-program-virga")
+        );
+    }
+
+    #[tokio::test]
+    async fn forward_captures_output() {
+        let logger = LineLogger {
+            name: "stderr",
+            prefix: true,
+            max_line: 4,
+        };
+        let data: &[u8] = b"line one\nsecond\n";
+        let captured = logger.forward(data, 10).await.unwrap();
+        assert_eq!(captured, b"line one\ns");
+    }
+}

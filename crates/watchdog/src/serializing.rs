@@ -41,8 +41,9 @@ pub(crate) async fn read_body(
     })
 }
 
-async fn read_all<R: AsyncRead + Unpin>(reader: Option<R>) -> Vec<u8> {
-    let mut out = Vec::new();
+async fn read_all<R: AsyncRead + Unpin>(reader: Option<R>, capacity: usize) -> Vec<u8> {
+    // Pre-sized so typical outputs arrive in a single read(2).
+    let mut out = Vec::with_capacity(capacity);
     if let Some(mut r) = reader {
         // A read error just truncates the output; the exit status decides the result.
         let _ = r.read_to_end(&mut out).await;
@@ -94,8 +95,13 @@ pub async fn handle(settings: &ExecSettings, req: Request<Incoming>) -> Response
                 }
             }
         };
-        let ((), out, err) = tokio::join!(write, read_all(stdout), read_all(stderr));
-        let status = child.wait().await;
+        let ((), out, err) =
+            tokio::join!(write, read_all(stdout, 16 * 1024), read_all(stderr, 1024));
+        // Usually already exited once its pipes closed: skip the pidfd wait.
+        let status = match child.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            _ => child.wait().await,
+        };
         (out, err, status)
     };
     let outcome = match settings.exec_timeout {
@@ -111,7 +117,8 @@ pub async fn handle(settings: &ExecSettings, req: Request<Incoming>) -> Response
             format!("function exceeded exec_timeout of {t:?} and was killed"),
         );
     };
-    group.disarm();
+    // One process per request: whatever it left running in its group goes with it.
+    group.kill();
     settings.stderr_logger().all(&err);
     respond(settings, &parts.headers, out, &err, status)
 }

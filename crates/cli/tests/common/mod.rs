@@ -55,6 +55,7 @@ impl Platform {
         let mut child = Command::new(virga_bin())
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
+            .args(self.isolation_args())
             .args(&self.extra_args)
             .env("VIRGA_ADMIN_PASSWORD", PASSWORD)
             .env("VIRGA_LOG", "warn")
@@ -74,6 +75,74 @@ impl Platform {
         std::thread::spawn(move || for _ in lines {});
         self.url = url;
         self.child = Some(child);
+    }
+
+    /// Plain processes unless the test asks for an isolation itself: most tests are about
+    /// the API, and their helper scripts live on the host. Sandbox tests pass `--isolation runc`.
+    fn isolation_args(&self) -> Vec<&'static str> {
+        if self.extra_args.iter().any(|a| a == "--isolation") {
+            Vec::new()
+        } else {
+            vec!["--isolation", "process"]
+        }
+    }
+
+    /// Upload a bundle of `files` whose watchdog runs `fprocess` per request (classic mode)
+    /// and deploy it as `name` with the extra FunctionDeployment fields in `extra`.
+    pub fn deploy_bundle(
+        &self,
+        name: &str,
+        files: &[(&str, &str)],
+        fprocess: &str,
+        extra: serde_json::Value,
+    ) {
+        use sha2::Digest;
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let manifest = serde_json::json!({
+            "lang": "test",
+            "env": {"fprocess": fprocess, "mode": "serializing"}
+        })
+        .to_string();
+        let mut all: Vec<(&str, &str)> = files.to_vec();
+        all.push(("virga-bundle.json", &manifest));
+        for (path, body) in all {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o755);
+            h.set_cksum();
+            tar.append_data(&mut h, path, body.as_bytes()).unwrap();
+        }
+        let bytes = tar.into_inner().unwrap().finish().unwrap();
+        let hex = hex::encode(sha2::Sha256::digest(&bytes));
+        let r = self
+            .sys(reqwest::Method::PUT, &format!("/system/virga/bundles/sha256:{hex}"))
+            .body(bytes)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "upload: {}", r.text().unwrap());
+        let mut body = serde_json::json!({
+            "service": name,
+            "image": format!("virga.local/{name}@sha256:{hex}"),
+        });
+        if let serde_json::Value::Object(m) = extra {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        let r = self
+            .sys(reqwest::Method::POST, "/system/functions")
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 202, "deploy {name}: {}", r.text().unwrap());
+    }
+
+    /// Deploy a shell script as a classic function (`sh handler.sh` per request).
+    pub fn deploy_script(&self, name: &str, body: &str, extra: serde_json::Value) {
+        self.deploy_bundle(name, &[("handler.sh", body)], "sh handler.sh", extra);
     }
 
     /// kill -9 the platform (its instances die with it).

@@ -1,0 +1,251 @@
+//! The systems under test: a fresh `virga up` in a temporary data directory (with
+//! deployment through the OpenFaaS API or through `virga new` + `virga deploy`), and a
+//! standalone `virga-watchdog` started with a given environment, e.g. the one an unpacked
+//! bundle's `virga-bundle.json` asks for.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::runner::{free_port, read_text, Proc};
+
+/// Admin password given to the platforms the benchmarks start.
+const ADMIN_PASSWORD: &str = "virga-bench-admin";
+
+/// How long a process gets to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where the binaries under test are.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    /// The `virga` CLI.
+    pub virga: PathBuf,
+    /// `virga-watchdog`.
+    pub watchdog: PathBuf,
+    /// This very binary (it doubles as the fast upstream server).
+    pub bench: PathBuf,
+}
+
+impl Bins {
+    /// Looks in `dir`, by default the directory of the running `virga-bench`.
+    pub fn locate(dir: Option<&Path>) -> Result<Bins> {
+        let bench = std::env::current_exe().context("locate virga-bench itself")?;
+        let dir = match dir {
+            Some(d) => d.to_path_buf(),
+            None => bench
+                .parent()
+                .context("virga-bench has no parent directory")?
+                .to_path_buf(),
+        };
+        let find = |name: &str| -> Result<PathBuf> {
+            let p = dir.join(name);
+            if !p.is_file() {
+                bail!(
+                    "{} not found: build it first with `cargo build --release --bins` (or pass --bin-dir)",
+                    p.display()
+                );
+            }
+            Ok(p)
+        };
+        Ok(Bins {
+            virga: find("virga")?,
+            watchdog: find("virga-watchdog")?,
+            bench,
+        })
+    }
+}
+
+/// A running `virga up` with its own data directory.
+pub struct Platform {
+    proc: Proc,
+    /// Gateway base URL, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    work: PathBuf,
+    bins: Bins,
+}
+
+impl Platform {
+    /// Starts `virga up --listen 127.0.0.1:0` with a data directory under `work`.
+    pub fn start(bins: &Bins, work: &Path) -> Result<Platform> {
+        let data = work.join("data");
+        std::fs::create_dir_all(&data)?;
+        let mut cmd = Command::new(&bins.virga);
+        cmd.args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("VIRGA_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("VIRGA_LOG", "warn")
+            .current_dir(work);
+        let mut proc = Proc::spawn("virga up", cmd, &work.join("virga-up.log"))?;
+        let line = proc.first_line(START_TIMEOUT)?;
+        let url = line
+            .strip_prefix("Virga gateway listening on ")
+            .with_context(|| format!("unexpected first line from virga up: {line:?}"))?
+            .trim()
+            .to_string();
+        Ok(Platform {
+            proc,
+            url,
+            work: work.to_path_buf(),
+            bins: bins.clone(),
+        })
+    }
+
+    /// URL that invokes function `name` through the gateway.
+    pub fn function_url(&self, name: &str) -> String {
+        format!("{}/function/{name}", self.url)
+    }
+
+    /// Deploys with `POST /system/functions` (an OpenFaaS `FunctionDeployment` document).
+    pub fn deploy_json(&mut self, deployment: &serde_json::Value) -> Result<()> {
+        self.proc.check_alive()?;
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/system/functions", self.url))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(deployment)
+            .send()
+            .context("POST /system/functions")?;
+        let status = r.status();
+        if !status.is_success() {
+            bail!(
+                "deploying {deployment} failed: HTTP {status}: {}",
+                r.text().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// `virga new NAME --lang LANG` then `virga deploy` in a fresh directory under the
+    /// platform's work directory; returns the bundle archive `build/NAME.tar.gz`.
+    pub fn deploy_template(&mut self, name: &str, lang: &str) -> Result<PathBuf> {
+        let dir = self.work.join(format!("src-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        self.virga(&dir, &["new", name, "--lang", lang])?;
+        self.virga(
+            &dir,
+            &["deploy", "-f", "stack.yml", "-g", &self.url.clone()],
+        )?;
+        let archive = dir.join("build").join(format!("{name}.tar.gz"));
+        if !archive.is_file() {
+            self.virga(&dir, &["build", "-f", "stack.yml"])?;
+        }
+        if !archive.is_file() {
+            bail!("`virga deploy` left no bundle at {}", archive.display());
+        }
+        Ok(archive)
+    }
+
+    fn virga(&mut self, dir: &Path, args: &[&str]) -> Result<()> {
+        self.proc.check_alive()?;
+        let out = Command::new(&self.bins.virga)
+            .args(args)
+            .current_dir(dir)
+            .env("VIRGA_PASSWORD", ADMIN_PASSWORD)
+            .env("VIRGA_CONFIG_DIR", self.work.join("cli-config"))
+            .output()
+            .with_context(|| format!("run virga {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "`virga {}` failed ({}):\n{}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Adds the end of the platform's log to an error about it.
+    pub fn explain(&mut self, err: anyhow::Error) -> anyhow::Error {
+        match self.proc.check_alive() {
+            Err(dead) => err.context(dead.to_string()),
+            Ok(()) => err.context(format!("virga up is running{}", self.proc.log_tail())),
+        }
+    }
+}
+
+/// A standalone `virga-watchdog`.
+pub struct Watchdog {
+    _proc: Proc,
+    /// Base URL it listens on.
+    pub url: String,
+}
+
+impl Watchdog {
+    /// Starts the watchdog with `env` (plus `port=0`, and a free port in `upstream_url`
+    /// in http mode), in directory `cwd`, logging to `log`.
+    pub fn start(
+        bins: &Bins,
+        env: &BTreeMap<String, String>,
+        cwd: &Path,
+        log: &Path,
+    ) -> Result<Watchdog> {
+        let mut env = env.clone();
+        env.insert("port".into(), "0".into());
+        if env.get("mode").map(String::as_str) == Some("http") {
+            let upstream = env.get("upstream_url").cloned().unwrap_or_default();
+            env.insert("upstream_url".into(), with_free_port(&upstream)?);
+        }
+        let mut cmd = Command::new(&bins.watchdog);
+        cmd.envs(&env).current_dir(cwd);
+        let mut proc = Proc::spawn("virga-watchdog", cmd, log)?;
+        let line = proc.first_line(START_TIMEOUT)?;
+        let addr = line
+            .strip_prefix("virga-watchdog listening on ")
+            .with_context(|| format!("unexpected first line from virga-watchdog: {line:?}"))?
+            .trim();
+        Ok(Watchdog {
+            url: format!("http://{addr}"),
+            _proc: proc,
+        })
+    }
+}
+
+/// `http://127.0.0.1:PORT/PATH` with PORT a free port and PATH kept from `upstream`.
+fn with_free_port(upstream: &str) -> Result<String> {
+    let rest = upstream
+        .strip_prefix("http://")
+        .with_context(|| format!("upstream_url {upstream:?} is not http://"))?;
+    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+    Ok(format!("http://127.0.0.1:{}{path}", free_port()?))
+}
+
+/// Unpacks a bundle archive into `dest`; returns the watchdog env of its `virga-bundle.json`.
+pub fn unpack_bundle(archive: &Path, dest: &Path) -> Result<BTreeMap<String, String>> {
+    let file =
+        std::fs::File::open(archive).with_context(|| format!("open {}", archive.display()))?;
+    tar::Archive::new(flate2::read::GzDecoder::new(file))
+        .unpack(dest)
+        .with_context(|| format!("unpack {} into {}", archive.display(), dest.display()))?;
+    let manifest_path = dest.join("virga-bundle.json");
+    let manifest: serde_json::Value = serde_json::from_str(&read_text(&manifest_path)?)
+        .with_context(|| format!("parse {}", manifest_path.display()))?;
+    let env = manifest
+        .get("env")
+        .and_then(|e| e.as_object())
+        .with_context(|| format!("{} has no env object", manifest_path.display()))?;
+    env.iter()
+        .map(|(k, v)| {
+            let v = v
+                .as_str()
+                .with_context(|| format!("env {k} in the bundle manifest is not a string"))?;
+            Ok((k.clone(), v.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_gets_a_free_port_and_keeps_its_path() {
+        let u = with_free_port("http://127.0.0.1:5000/base").unwrap();
+        assert!(u.starts_with("http://127.0.0.1:") && u.ends_with("/base"));
+        assert!(!u.contains(":5000"));
+        assert!(with_free_port("https://x").is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! The crash test: 2,000 async calls, kill -9 of `virga up` while they are being delivered,
+//! restart; every call that got a 202 must be delivered at least once, and duplicates carry
+//! the same call id.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::script;
+use crate::support::{lines, Backend, Setup};
+
+const CALLS: usize = 2000;
+
+pub fn kill9_delivers_every_accepted_call(b: Backend) {
+    let started = Instant::now();
+    let mut s = Setup::start(b);
+    let file = s.dir.join("seen.calls");
+    let sh = script(
+        &s.dir,
+        "seen.sh",
+        &format!("cat >/dev/null; echo \"$Http_X_Call_Id\" >> {}", file.display()),
+    );
+    s.p.deploy_process("seen", &sh, json!({}));
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    let url = s.p.url.clone();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let accepted = accepted.clone();
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                for i in (t..CALLS).step_by(8) {
+                    let id = format!("crash-{i}");
+                    let r = http
+                        .post(format!("{url}/async-function/seen"))
+                        .header("X-Call-Id", &id)
+                        .body("x")
+                        .send();
+                    match r {
+                        Ok(r) if r.status() == 202 => {
+                            accepted.lock().unwrap().insert(id);
+                        }
+                        // The platform was killed: stop sending.
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill while calls are being delivered.
+    let mid = s.p.eventually(Duration::from_secs(30), || lines(&file).len() >= 300);
+    assert!(mid, "deliveries did not start");
+    s.p.kill9();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    let before = lines(&file).len();
+    s.p.restart();
+    let all = s.p.eventually(Duration::from_secs(45), || {
+        let seen: HashSet<String> = lines(&file).into_iter().collect();
+        accepted.iter().all(|id| seen.contains(id))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = lines(&file);
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in &seen {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    let delivered = accepted.iter().filter(|id| counts.contains_key(id.as_str())).count();
+    let duplicates: usize = counts.values().map(|&n| n.saturating_sub(1)).sum();
+    println!(
+        "crash test ({b:?}): accepted {} / delivered {} / duplicates {} \
+         ({before} delivered before kill -9, {:.1}s)",
+        accepted.len(),
+        delivered,
+        duplicates,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(all, "{} accepted calls never delivered", accepted.len() - delivered);
+    assert!(accepted.len() >= 300);
+    // Duplicates carry the same call id: every id seen was an accepted one.
+    for id in counts.keys() {
+        assert!(id.starts_with("crash-"), "unknown call id {id:?}");
+    }
+}

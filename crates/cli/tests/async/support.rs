@@ -1,0 +1,278 @@
+//! What the async tests need besides the platform: a nats-server with JetStream on a free
+//! loopback port (killed on drop), a callback receiver that records requests, an HTTP-mode
+//! Python function that fails its first N calls with a chosen status, and the backend switch.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::{Platform, PASSWORD};
+
+/// Which queue backend a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Nats,
+}
+
+/// A nats-server with JetStream, killed when dropped.
+pub struct NatsServer {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server (scripts/setup installs the Debian package nats-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A platform on one backend, with its temp dir and (for NATS) its server.
+pub struct Setup {
+    pub p: Platform,
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    _nats: Option<NatsServer>,
+}
+
+impl Setup {
+    pub fn start(backend: Backend) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let nats = (backend == Backend::Nats).then(NatsServer::start);
+        let mut args = Vec::new();
+        if let Some(n) = &nats {
+            args = vec!["--queue", n.url.as_str()];
+        }
+        let p = Platform::start_with(&dir.join("data"), &args);
+        Setup {
+            p,
+            dir,
+            _tmp: tmp,
+            _nats: nats,
+        }
+    }
+
+    /// POST `body` to `/async-function/{name}` with `headers`.
+    pub fn call_async(&self, name: &str, body: &str, headers: &[(&str, &str)]) -> reqwest::blocking::Response {
+        let mut rb = self
+            .p
+            .anon(reqwest::Method::POST, &format!("/async-function/{name}"))
+            .body(body.to_string());
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        rb.send().unwrap()
+    }
+
+    /// `GET /system/virga/queues`.
+    pub fn queues(&self) -> serde_json::Value {
+        self.p
+            .sys(reqwest::Method::GET, "/system/virga/queues")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    /// `GET /system/virga/dead-letters`.
+    pub fn dead_letters(&self) -> Vec<serde_json::Value> {
+        self.p
+            .sys(reqwest::Method::GET, "/system/virga/dead-letters")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    /// Run the `virga` CLI against this platform.
+    pub fn virga(&self, args: &[&str]) -> std::process::Output {
+        Command::new(crate::common::virga_bin())
+            .args(args)
+            .env("VIRGA_URL", &self.p.url)
+            .env("VIRGA_PASSWORD", PASSWORD)
+            .env("VIRGA_CONFIG_DIR", self.dir.join(".config"))
+            .env_remove("OPENFAAS_URL")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run virga")
+    }
+
+    /// Deploy an HTTP-mode Python function answering `echo:BODY`; its first `fails` calls
+    /// answer `fail_status`. Every call appends its X-Call-Id to `DIR/NAME.calls`.
+    pub fn deploy_flaky(&self, name: &str, fails: u32, fail_status: u16, annotations: serde_json::Value) -> PathBuf {
+        let calls = self.dir.join(format!("{name}.calls"));
+        let server = self.dir.join(format!("{name}.py"));
+        std::fs::write(&server, FLAKY_PY).unwrap();
+        // The provider gives each instance its own upstream port in `upstream_url`.
+        let port = free_port();
+        self.p.deploy_process(
+            name,
+            &format!("python3 {}", server.display()),
+            serde_json::json!({
+                "envVars": {
+                    "mode": "http",
+                    "upstream_url": format!("http://127.0.0.1:{port}"),
+                    "FLAKY_CALLS": calls.display().to_string(),
+                    "FLAKY_FAILS": fails.to_string(),
+                    "FLAKY_STATUS": fail_status.to_string(),
+                },
+                "annotations": annotations,
+            }),
+        );
+        calls
+    }
+}
+
+const FLAKY_PY: &str = r#"
+import http.server, os
+CALLS = os.environ["FLAKY_CALLS"]
+FAILS = int(os.environ["FLAKY_FAILS"])
+STATUS = int(os.environ["FLAKY_STATUS"])
+class H(http.server.BaseHTTPRequestHandler):
+    def handle_one(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with open(CALLS, "a") as f:
+            f.write(self.headers.get("X-Call-Id", "") + "\n")
+        with open(CALLS) as f:
+            n = sum(1 for _ in f)
+        status = STATUS if n <= FAILS else 200
+        reply = (b"echo:" + body) if status == 200 else b"not yet"
+        self.send_response(status)
+        self.send_header("Content-Type", "text/x-flaky")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+    do_POST = handle_one
+    def log_message(self, *a):
+        pass
+PORT = int(os.environ["upstream_url"].rsplit(":", 1)[1].split("/")[0])
+http.server.ThreadingHTTPServer(("127.0.0.1", PORT), H).serve_forever()
+"#;
+
+/// One request the callback receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+    pub at: Instant,
+}
+
+/// A tiny HTTP server recording every request; answers 200.
+pub struct Receiver {
+    pub url: String,
+    pub got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/cb", listener.local_addr().unwrap());
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let g = g.clone();
+                std::thread::spawn(move || serve_one(stream, &g));
+            }
+        });
+        Receiver { url, got }
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Wait for `n` requests (up to `limit`).
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let r = self.requests();
+            if r.len() >= n || Instant::now() > deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn serve_one(stream: TcpStream, got: &Mutex<Vec<Received>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = reader.read_exact(&mut body);
+    got.lock().unwrap().push(Received {
+        path,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        at: Instant::now(),
+    });
+    let mut s = stream;
+    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+}
+
+/// Lines of a file (empty if missing).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,239 @@
+//! Isolation through the real runc: limits are enforced, a function sees nothing of the
+//! platform or of other functions, and nothing is left behind. These tests need root and
+//! runc (`scripts/setup` installs it); they fail rather than skip without them.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::Platform;
+use reqwest::Method;
+use serde_json::json;
+
+fn start(dir: &Path) -> Platform {
+    let p = Platform::start_with(dir, &["--isolation", "runc"]);
+    let info: serde_json::Value = p.sys(Method::GET, "/system/info").send().unwrap().json().unwrap();
+    assert_eq!(info["provider"]["isolation"], "runc");
+    p
+}
+
+/// Everything the platform with data directory `dir` has on the host: containers, cgroups,
+/// network slots and namespaces.
+fn leftovers(dir: &Path) -> Vec<String> {
+    let key = std::fs::read_to_string(dir.join("sandbox/key")).unwrap();
+    let mut found = Vec::new();
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(dir.join("sandbox/state"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    found.extend(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| format!("container {l}")),
+    );
+    for ctrl in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let parent = ctrl.path().join(format!("virga-{key}"));
+        for child in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            if child.file_type().unwrap().is_dir() {
+                found.push(format!("cgroup {}", child.path().display()));
+            }
+        }
+    }
+    for slot in std::fs::read_dir("/run/virga-net/slots").into_iter().flatten().flatten() {
+        if std::fs::read_to_string(slot.path()).unwrap_or_default() == key {
+            let n = slot.file_name().to_string_lossy().into_owned();
+            found.push(format!("network slot {n}"));
+            if Path::new(&format!("/run/netns/virga-{n}")).exists() {
+                found.push(format!("netns virga-{n}"));
+            }
+            if Path::new(&format!("/sys/class/net/vg{n}")).exists() {
+                found.push(format!("veth vg{n}"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn memory_limit_kills_with_a_clear_message_and_others_keep_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path());
+    p.deploy_script("echo", "cat", json!({}));
+    p.deploy_bundle(
+        "hog",
+        &[(
+            "hog.py",
+            "import sys\nn = int(sys.stdin.read() or '0')\nblocks = [bytearray(n << 20)]\nprint('allocated', n, 'MiB')\n",
+        )],
+        "python3 hog.py",
+        json!({"limits": {"memory": "64Mi"}}),
+    );
+    assert_eq!(p.invoke("hog", "8").text().unwrap().trim(), "allocated 8 MiB");
+    let r = p.invoke("hog", "300");
+    assert!(r.status().is_server_error(), "{}", r.status());
+    let msg = r.text().unwrap();
+    assert!(msg.contains("out of memory"), "{msg}");
+    assert_eq!(p.invoke("echo", "alive").text().unwrap(), "alive");
+    assert_eq!(p.invoke("hog", "8").text().unwrap().trim(), "allocated 8 MiB");
+}
+
+#[test]
+fn fork_bomb_is_stopped_and_cpu_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path());
+    p.deploy_script("echo", "cat", json!({}));
+    // Forks until the kernel refuses; the children stay alive (without our stdout).
+    p.deploy_bundle(
+        "bomb",
+        &[(
+            "bomb.py",
+            "import os, time\nn = 0\ntry:\n    while n < 100000:\n        if os.fork() == 0:\n            os.close(1); os.close(2); time.sleep(60); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print(n, e.errno)\n",
+        )],
+        "python3 bomb.py",
+        json!({"envVars": {"exec_timeout": "10s"}}),
+    );
+    // Twice: what the first call left behind must not starve the second.
+    for round in 0..2 {
+        let started = Instant::now();
+        let r = p.invoke("bomb", "");
+        assert!(started.elapsed() < Duration::from_secs(20));
+        let status = r.status();
+        let text = r.text().unwrap();
+        eprintln!("fork bomb round {round}: {status}, forks before refusal and errno: {}", text.trim());
+        assert_eq!(status, 200, "{text}");
+        let (forks, errno) = text.trim().split_once(' ').unwrap();
+        let forks: usize = forks.parse().unwrap();
+        assert!((50..128).contains(&forks), "forks {forks}");
+        assert_eq!(errno, libc::EAGAIN.to_string());
+        assert_eq!(p.invoke("echo", "alive").text().unwrap(), "alive");
+    }
+
+    p.deploy_bundle(
+        "spin",
+        &[(
+            "spin.py",
+            "import time\nend = time.time() + 2.0\nwhile time.time() < end:\n    pass\nprint(time.process_time())\n",
+        )],
+        "python3 spin.py",
+        json!({"limits": {"cpu": "0.5"}}),
+    );
+    let cpu: f64 = p.invoke("spin", "").text().unwrap().trim().parse().unwrap();
+    eprintln!("busy loop for 2 s of wall time used {cpu:.2} s of CPU with cpu: 0.5");
+    assert!((0.6..=1.3).contains(&cpu), "cpu seconds {cpu}");
+}
+
+#[test]
+fn a_function_sees_nothing_of_the_platform_or_other_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path());
+    for (name, value) in [("mine", "my-secret"), ("theirs", "their-secret")] {
+        let r = p
+            .sys(Method::POST, "/system/secrets")
+            .json(&json!({"name": name, "value": value}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    p.deploy_script("other", "cat", json!({"secrets": ["theirs"]}));
+    let data = std::fs::canonicalize(dir.path()).unwrap();
+    let probe = format!(
+        r#"
+try() {{ if "$@" >/dev/null 2>&1; then echo "$*: yes"; else echo "$*: no"; fi; }}
+echo "uid $(id -u)"
+try cat {data}/state.redb
+try ls {data}/bundles
+try cat {data}/admin-password
+try ls /var/openfaas/secrets/theirs
+try touch /home/app/x
+try touch /x
+try touch /usr/x
+try touch /tmp/x
+echo "secrets $(ls /var/openfaas/secrets | tr '\n' ' ')"
+echo "secret $(cat /var/openfaas/secrets/mine)"
+echo "processes $(ls /proc | grep -c '^[0-9]')"
+echo "init $(cat /proc/1/cmdline | tr '\0' ' ')"
+"#,
+        data = data.display()
+    );
+    p.deploy_script("probe", &probe, json!({"secrets": ["mine"]}));
+    let out = p.invoke("probe", "").text().unwrap();
+    eprintln!("{out}");
+    let uid: u32 = out.lines().next().unwrap().trim_start_matches("uid ").parse().unwrap();
+    assert_ne!(uid, 0, "runs as root");
+    for line in [
+        &format!("cat {}/state.redb: no", data.display()),
+        &format!("ls {}/bundles: no", data.display()),
+        &format!("cat {}/admin-password: no", data.display()),
+        "ls /var/openfaas/secrets/theirs: no",
+        "touch /home/app/x: no",
+        "touch /x: no",
+        "touch /usr/x: no",
+        "touch /tmp/x: yes",
+        "secrets mine ",
+        "secret my-secret",
+    ] {
+        assert!(out.lines().any(|l| l == line), "expected {line:?} in:\n{out}");
+    }
+    let procs: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("processes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(procs < 10, "sees {procs} processes: host processes are visible");
+    assert!(out.contains("init /virga/watchdog"), "{out}");
+}
+
+#[test]
+fn deleting_and_stopping_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = start(dir.path());
+    p.deploy_script("a", "cat", json!({}));
+    p.deploy_script("b", "cat", json!({"annotations": {"virga.network.outbound": "false"}}));
+    assert_eq!(p.invoke("a", "x").text().unwrap(), "x");
+    assert_eq!(p.invoke("b", "y").text().unwrap(), "y");
+    let before = leftovers(dir.path());
+    assert!(before.iter().any(|l| l.starts_with("container")), "{before:?}");
+    assert!(before.iter().any(|l| l.starts_with("netns")), "{before:?}");
+
+    let r = p
+        .sys(Method::DELETE, "/system/functions")
+        .json(&json!({"functionName": "a"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ok = p.eventually(Duration::from_secs(10), || {
+        leftovers(dir.path()).iter().filter(|l| l.starts_with("container")).count() == 1
+    });
+    assert!(ok, "{:?}", leftovers(dir.path()));
+
+    assert!(p.terminate().success());
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+
+    // After kill -9 the next start removes what the crashed run left and serves again.
+    p.restart();
+    assert_eq!(p.invoke("b", "again").text().unwrap(), "again");
+    p.kill9();
+    p.restart();
+    assert_eq!(p.invoke("b", "still").text().unwrap(), "still");
+    assert!(p.terminate().success());
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn outbound_network_is_on_by_default_and_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path());
+    let show = "cat /proc/net/route | awk 'NR > 1 && $2 == \"00000000\" { print \"default route\" }'; echo done";
+    p.deploy_script("open", show, json!({}));
+    p.deploy_script(
+        "closed",
+        show,
+        json!({"annotations": {"virga.network.outbound": "false"}}),
+    );
+    assert_eq!(p.invoke("open", "").text().unwrap(), "default route\ndone\n");
+    assert_eq!(p.invoke("closed", "").text().unwrap(), "done\n");
+}

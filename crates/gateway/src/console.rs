@@ -1,0 +1,143 @@
+//! The web console: a small single-page app served at `/ui/` from files embedded in the binary
+//! (`crates/gateway/console/`: plain HTML, CSS and JavaScript, no build step, no CDN, no
+//! external fonts, so it works offline). The files are public and hold no data at all:
+//! everything the console shows comes from the authenticated API. The page asks for the admin
+//! password, checks it with `GET /system/info`, keeps it in the tab's `sessionStorage` and sends
+//! it as HTTP basic auth on every `/system/*` call it makes; function calls go to `/function/*`
+//! like any other client's.
+//!
+//! Responses carry `Cache-Control: no-cache` with an `ETag` (a revalidation is a cheap 304 and a
+//! new binary's files are never mixed with old ones), and a strict `Content-Security-Policy`
+//! that allows only this origin, so the page cannot load or send anything elsewhere.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use axum::extract::Path;
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::Router;
+use include_dir::{include_dir, Dir};
+use sha2::{Digest, Sha256};
+
+static ASSETS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/console");
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The console's routes: `/ui` (redirect), `/ui/` (the page) and `/ui/{*path}` (its assets).
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
+        .route("/ui/", get(|headers: HeaderMap| async move { serve("index.html", &headers) }))
+        .route(
+            "/ui/{*path}",
+            get(|Path(path): Path<String>, headers: HeaderMap| async move {
+                serve(&path, &headers)
+            }),
+        )
+}
+
+/// The `Content-Type` of an asset, by its extension.
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("ico") => "image/x-icon",
+        Some("json") => "application/json",
+        Some("txt") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Strong ETags of every embedded file, computed once.
+fn etags() -> &'static HashMap<&'static str, String> {
+    static ETAGS: OnceLock<HashMap<&'static str, String>> = OnceLock::new();
+    ETAGS.get_or_init(|| {
+        let mut map = HashMap::new();
+        for f in ASSETS.files() {
+            if let Some(p) = f.path().to_str() {
+                let digest = Sha256::digest(f.contents());
+                map.insert(p, format!("\"{}\"", hex::encode(&digest[..12])));
+            }
+        }
+        map
+    })
+}
+
+fn serve(path: &str, headers: &HeaderMap) -> Response {
+    let file = (!path.split('/').any(|seg| seg == ".." || seg.is_empty()))
+        .then(|| ASSETS.get_file(path))
+        .flatten();
+    let Some(file) = file else {
+        return (StatusCode::NOT_FOUND, "no such console file\n").into_response();
+    };
+    let etag = etags().get(path).cloned().unwrap_or_default();
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !etag.is_empty() && v.split(',').any(|t| t.trim() == etag));
+    let mut resp = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        file.contents().into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(path)),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embeds_the_console_files() {
+        for f in ["index.html", "app.js", "style.css", "favicon.svg"] {
+            assert!(ASSETS.get_file(f).is_some(), "{f} is not embedded");
+            assert!(etags().contains_key(f));
+        }
+        assert_eq!(content_type("app.js"), "text/javascript; charset=utf-8");
+        assert_eq!(content_type("index.html"), "text/html; charset=utf-8");
+    }
+
+    #[test]
+    fn refuses_paths_outside_the_console() {
+        let h = HeaderMap::new();
+        assert_eq!(serve("../Cargo.toml", &h).status(), StatusCode::NOT_FOUND);
+        assert_eq!(serve("nope.js", &h).status(), StatusCode::NOT_FOUND);
+        assert_eq!(serve("app.js", &h).status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn answers_304_to_a_matching_etag() {
+        let mut h = HeaderMap::new();
+        let tag = etags()["style.css"].clone();
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(&tag).unwrap());
+        assert_eq!(serve("style.css", &h).status(), StatusCode::NOT_MODIFIED);
+    }
+}

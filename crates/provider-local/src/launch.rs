@@ -1,0 +1,115 @@
+//! How an instance's watchdog is started: as a plain child process (the fallback) or inside
+//! a runc sandbox. Both give the instance task a command to spawn; the sandbox also owns the
+//! container, network and cgroups to remove afterwards, and can tell about OOM kills.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::process::Command;
+
+use crate::sandbox::{Runc, Sandbox};
+use crate::Function;
+
+/// What an instance runs in.
+pub(crate) enum Launch {
+    /// A plain process on the host.
+    Process,
+    /// A runc container.
+    Sandbox(Arc<Runc>, Sandbox),
+}
+
+impl Launch {
+    /// Prepare instance `id` of `func` and the command that starts it.
+    pub(crate) async fn prepare(func: &Arc<Function>, id: &str) -> Result<(Launch, Command), String> {
+        let spec = &func.spec;
+        let (launch, mut cmd) = match &func.cfg.sandbox {
+            None => {
+                let mut cmd = Command::new(&func.cfg.watchdog);
+                cmd.current_dir(&spec.workdir);
+                (Launch::Process, cmd)
+            }
+            Some(rt) => {
+                let (rt2, spec2, id2) = (rt.clone(), spec.clone(), id.to_string());
+                let sb = tokio::task::spawn_blocking(move || rt2.create(&id2, &spec2))
+                    .await
+                    .map_err(|e| format!("sandbox setup panicked: {e}"))?
+                    .map_err(|e| format!("cannot create sandbox: {e}"))?;
+                let cmd = rt.command(&sb);
+                (Launch::Sandbox(rt.clone(), sb), cmd)
+            }
+        };
+        cmd.env_clear()
+            .envs(inherited_env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Launch::Process = launch {
+            cmd.envs(&spec.env).env("port", "0");
+            if spec.env.get("mode").map(String::as_str) == Some("http") {
+                let upstream = spec.env.get("upstream_url").cloned().unwrap_or_default();
+                cmd.env("upstream_url", with_free_port(&upstream)?);
+            }
+        }
+        // SAFETY: prctl is async-signal-safe; the child dies with the platform.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Ok((launch, cmd))
+    }
+
+    /// Where to reach the watchdog that printed `printed` as its listening address.
+    pub(crate) fn reach(&self, printed: SocketAddr) -> SocketAddr {
+        match self {
+            Launch::Process => printed,
+            Launch::Sandbox(_, sb) => SocketAddr::new(sb.ip().into(), printed.port()),
+        }
+    }
+
+    /// OOM kills so far in the instance's memory cgroup (0 outside a sandbox).
+    pub(crate) fn oom_kills(&self) -> u64 {
+        match self {
+            Launch::Process => 0,
+            Launch::Sandbox(rt, sb) => rt.oom_kills(sb),
+        }
+    }
+
+    /// Kill whatever still runs.
+    pub(crate) async fn kill(&self) {
+        if let Launch::Sandbox(rt, sb) = self {
+            rt.kill(sb);
+        }
+    }
+
+    /// Remove the container, network and cgroups.
+    pub(crate) async fn cleanup(self) {
+        if let Launch::Sandbox(rt, sb) = self {
+            let _ = tokio::task::spawn_blocking(move || rt.destroy(&sb)).await;
+        }
+    }
+}
+
+/// Variables passed through from the platform's environment; the rest is not the function's.
+fn inherited_env() -> Vec<(String, String)> {
+    ["PATH", "LANG", "LC_ALL", "TZ"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .chain([("HOME".to_string(), "/tmp".to_string())])
+        .collect()
+}
+
+/// `upstream_url` with its port replaced by a free one, so replicas do not collide.
+fn with_free_port(upstream: &str) -> Result<String, String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let rest = upstream.strip_prefix("http://").unwrap_or("127.0.0.1:5000");
+    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+    Ok(format!("http://127.0.0.1:{port}{path}"))
+}

@@ -1,0 +1,315 @@
+//! Sandboxes through a real OCI runtime (runc). Each instance is one container whose init is
+//! the watchdog: read-only root, code and secrets mounted read-only, non-root, no
+//! capabilities, seccomp, its own namespaces (network via `net`) and cgroup limits (`oci`).
+//!
+//! Everything a sandbox creates is named after this platform's key (kept in the data
+//! directory), so a restart after a crash finds and removes what the last run left behind:
+//! containers in the runc state directory, cgroups under `/virga-KEY`, network slots.
+
+mod net;
+mod oci;
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use crate::spec::InstanceSpec;
+pub(crate) use oci::Limits;
+use oci::{Layout, APP_UID, ETC_BINDS, WATCHDOG_PATH};
+
+/// The runc-based sandbox runtime of one platform.
+#[derive(Debug)]
+pub struct Runc {
+    runc: PathBuf,
+    state: PathBuf,
+    rootfs: PathBuf,
+    bundles: PathBuf,
+    watchdog: PathBuf,
+    key: String,
+    net: net::Network,
+}
+
+/// One created (not necessarily running) sandbox.
+#[derive(Debug)]
+pub(crate) struct Sandbox {
+    id: String,
+    bundle: PathBuf,
+    net: net::NetLease,
+}
+
+impl Sandbox {
+    /// The instance's address (its network namespace's end of the veth pair).
+    pub(crate) fn ip(&self) -> Ipv4Addr {
+        self.net.ip
+    }
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+impl Runc {
+    /// Set up sandboxing in `dir` (under the data directory), or say why it cannot be used.
+    pub fn new(dir: &Path, watchdog: &Path) -> Result<Runc, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root".into());
+        }
+        let runc = find_on_path("runc").ok_or("runc is not installed (apt-get install runc)")?;
+        fs::create_dir_all(dir).map_err(io("create sandbox dir"))?;
+        let key = platform_key(dir)?;
+        let rt = Runc {
+            runc,
+            state: dir.join("state"),
+            rootfs: dir.join("rootfs"),
+            bundles: dir.join("bundles"),
+            watchdog: watchdog.to_path_buf(),
+            net: net::Network::new(&key)?,
+            key,
+        };
+        rt.remove_leftovers();
+        fs::create_dir_all(&rt.bundles).map_err(io("create bundles dir"))?;
+        make_rootfs(&rt.rootfs)?;
+        net::enable_forwarding();
+        Ok(rt)
+    }
+
+    fn runc_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.runc);
+        c.arg("--root").arg(&self.state);
+        c
+    }
+
+    /// Remove containers, network slots and cgroups a previous run left behind.
+    fn remove_leftovers(&self) {
+        if let Ok(out) = self.runc_cmd().args(["list", "-q"]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                tracing::info!("removing leftover sandbox {id}");
+                let _ = self.runc_cmd().args(["delete", "-f", id]).output();
+            }
+        }
+        self.net.release_all();
+        let _ = fs::remove_dir_all(&self.bundles);
+        for dir in self.cgroup_dirs() {
+            remove_cgroup_tree(&dir);
+        }
+    }
+
+    /// This platform's cgroup parent in every mounted hierarchy.
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let name = format!("virga-{}", self.key);
+        let root = Path::new("/sys/fs/cgroup");
+        let mut dirs: Vec<PathBuf> = fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join(&name))
+            .filter(|p| p.is_dir())
+            .collect();
+        if root.join(&name).is_dir() {
+            dirs.push(root.join(&name));
+        }
+        dirs
+    }
+
+    /// Create the container bundle and network of instance `id`.
+    pub(crate) fn create(&self, id: &str, spec: &InstanceSpec) -> Result<Sandbox, String> {
+        let cid = format!("{}-{id}", self.key);
+        let bundle = self.bundles.join(&cid);
+        fs::create_dir_all(&bundle).map_err(io("create sandbox bundle"))?;
+        let net = match self.net.allocate(spec.outbound) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&bundle);
+                return Err(e);
+            }
+        };
+        let sandbox = Sandbox {
+            id: cid,
+            bundle,
+            net,
+        };
+        if let Err(e) = self.write_config(&sandbox, spec) {
+            self.destroy(&sandbox);
+            return Err(e);
+        }
+        Ok(sandbox)
+    }
+
+    fn write_config(&self, sb: &Sandbox, spec: &InstanceSpec) -> Result<(), String> {
+        let mut env = spec.env.clone();
+        env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+        env.insert("HOME".into(), "/tmp".into());
+        env.insert("port".into(), "8080".into());
+        env.insert("bind_address".into(), "0.0.0.0".into());
+        env.insert("secret_mount_path".into(), virga_types::SECRETS_MOUNT.into());
+        let layout = Layout {
+            rootfs: &self.rootfs,
+            watchdog: &self.watchdog,
+            code: &spec.workdir,
+            secrets: &spec.secrets_dir,
+            netns: &sb.net.netns,
+            cgroups_path: &format!("/virga-{}/{}", self.key, sb.id),
+        };
+        let config = oci::build(&env, &layout, spec.limits)?;
+        config
+            .save(sb.bundle.join("config.json"))
+            .map_err(|e| format!("write config.json: {e}"))
+    }
+
+    /// The command that runs the sandbox in the foreground (`runc run`).
+    pub(crate) fn command(&self, sb: &Sandbox) -> Command {
+        let mut c = Command::new(&self.runc);
+        c.arg("--root")
+            .arg(&self.state)
+            .arg("run")
+            .arg("--bundle")
+            .arg(&sb.bundle)
+            .arg(&sb.id)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Kill the sandbox's processes at once.
+    pub(crate) fn kill(&self, sb: &Sandbox) {
+        let _ = self.runc_cmd().args(["kill", &sb.id, "KILL"]).output();
+    }
+
+    /// Remove the container, its cgroups, its network and its bundle.
+    pub(crate) fn destroy(&self, sb: &Sandbox) {
+        let _ = self.runc_cmd().args(["delete", "-f", &sb.id]).output();
+        self.net.release(&sb.net);
+        let _ = fs::remove_dir_all(&sb.bundle);
+        for dir in self.cgroup_dirs() {
+            remove_cgroup_tree(&dir.join(&sb.id));
+        }
+    }
+
+    /// How many times the kernel's OOM killer fired in the sandbox's memory cgroup.
+    pub(crate) fn oom_kills(&self, sb: &Sandbox) -> u64 {
+        let rel = format!("virga-{}/{}", self.key, sb.id);
+        let v1 = Path::new("/sys/fs/cgroup/memory").join(&rel).join("memory.oom_control");
+        let v2 = Path::new("/sys/fs/cgroup").join(&rel).join("memory.events");
+        [v1, v2]
+            .iter()
+            .filter_map(|p| fs::read_to_string(p).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Remove everything of this platform (shutdown, after instances stopped).
+    pub fn shutdown(&self) {
+        self.remove_leftovers();
+    }
+}
+
+/// The platform's key: random at first start, then kept in the sandbox directory.
+fn platform_key(dir: &Path) -> Result<String, String> {
+    let path = dir.join("key");
+    if let Ok(k) = fs::read_to_string(&path) {
+        let k = k.trim().to_string();
+        if k.len() == 8 && k.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(k);
+        }
+    }
+    let mut bytes = [0u8; 4];
+    // SAFETY: getrandom fills the buffer we pass with its exact length.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        return Err("getrandom failed".into());
+    }
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    fs::write(&path, &key).map_err(io("write sandbox key"))?;
+    Ok(key)
+}
+
+/// rmdir a cgroup directory and its children, deepest first (cgroupfs has no recursive delete).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// The shared read-only root: mount points, links into /usr, and a minimal /etc.
+fn make_rootfs(root: &Path) -> Result<(), String> {
+    if root.exists() {
+        fs::remove_dir_all(root).map_err(io("clear rootfs"))?;
+    }
+    for d in [
+        "proc", "dev", "sys", "usr", "tmp", "home/app", "var/openfaas/secrets", "virga", "etc",
+    ] {
+        fs::create_dir_all(root.join(d)).map_err(io("create rootfs"))?;
+    }
+    for top in ["bin", "lib", "lib64", "sbin", "lib32", "libx32"] {
+        let host = Path::new("/").join(top);
+        match fs::read_link(&host) {
+            Ok(target) => symlink(target, root.join(top)).map_err(io("link rootfs"))?,
+            Err(_) if host.is_dir() => {
+                return Err(format!(
+                    "{} is a directory: sandboxes need a merged-/usr host (Debian 12 is one)",
+                    host.display()
+                ))
+            }
+            Err(_) => {}
+        }
+    }
+    for etc in ETC_BINDS {
+        let host = Path::new(etc);
+        let target = root.join(etc.trim_start_matches('/'));
+        if host.is_dir() {
+            fs::create_dir_all(&target).map_err(io("create rootfs"))?;
+        } else if host.exists() {
+            fs::write(&target, "").map_err(io("create rootfs"))?;
+        }
+    }
+    fs::write(root.join(WATCHDOG_PATH.trim_start_matches('/')), "").map_err(io("create rootfs"))?;
+    fs::write(
+        root.join("etc/passwd"),
+        format!("root:x:0:0:root:/:/usr/sbin/nologin\napp:x:{APP_UID}:{APP_UID}:app:/home/app:/usr/sbin/nologin\n"),
+    )
+    .map_err(io("create rootfs"))?;
+    fs::write(root.join("etc/group"), format!("root:x:0:\napp:x:{APP_UID}:\n"))
+        .map_err(io("create rootfs"))?;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).map_err(io("chmod rootfs"))?;
+    // runc gives a tmpfs the mode of the directory it is mounted on.
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))
+        .map_err(io("chmod rootfs/tmp"))?;
+    Ok(())
+}
+
+/// Give the sandbox user read access to a function's secrets (files 0600, dir 0700, owned by the sandbox user).
+pub(crate) fn hand_over_secrets(dir: &Path) -> Result<(), String> {
+    let chown = |p: &Path| {
+        std::os::unix::fs::chown(p, Some(APP_UID), Some(APP_UID))
+            .map_err(|e| format!("chown {}: {e}", p.display()))
+    };
+    for e in fs::read_dir(dir).map_err(io("read secrets dir"))?.flatten() {
+        chown(&e.path())?;
+        fs::set_permissions(e.path(), fs::Permissions::from_mode(0o600))
+            .map_err(io("chmod secret"))?;
+    }
+    chown(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("chmod secrets dir"))
+}

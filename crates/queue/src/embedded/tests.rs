@@ -1,0 +1,152 @@
+//! Tests of the embedded queue: durability across reopen, delayed retries under an injected
+//! clock, dead letters, and group commit.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::codec::sample_call;
+use crate::{Clock, Queue};
+
+struct FakeClock(AtomicU64);
+
+impl Clock for FakeClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn open(dir: &std::path::Path, clock: Arc<FakeClock>) -> Queue {
+    let mut cfg = EmbeddedConfig::new(dir.to_path_buf());
+    cfg.timing = Timing {
+        clock,
+        jitter: Arc::new(|| 0.0),
+    };
+    Queue::Embedded(Embedded::open(cfg).unwrap())
+}
+
+fn clock() -> Arc<FakeClock> {
+    Arc::new(FakeClock(AtomicU64::new(1_000_000)))
+}
+
+async fn receive(q: &Queue, name: &str) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(5), q.receive(name))
+        .await
+        .expect("a call is due")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pending_calls_survive_reopen_and_acked_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = open(dir.path(), clock());
+        for i in 0..3 {
+            q.enqueue(sample_call(&format!("c{i}"))).await.unwrap();
+        }
+        let d = receive(&q, "default").await;
+        assert_eq!((d.call.id.as_str(), d.attempt), ("c0", 3));
+        q.ack(d).await.unwrap();
+        // Taken but never acked: delivered again after the restart.
+        let d = receive(&q, "default").await;
+        assert_eq!(d.call.id, "c1");
+        // A durable write after the ack flushes it.
+        q.enqueue(sample_call("c3")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let q = open(dir.path(), clock());
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(receive(&q, "default").await.call.id);
+    }
+    assert_eq!(ids, ["c1", "c2", "c3"]);
+    assert_eq!(q.stats().await.unwrap()[0].inflight, 3);
+}
+
+#[tokio::test]
+async fn a_retry_waits_for_its_time_by_the_injected_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let clk = clock();
+    let q = open(dir.path(), clk.clone());
+    let mut c = sample_call("r");
+    c.attempts = 0;
+    q.enqueue(c).await.unwrap();
+    let d = receive(&q, "default").await;
+    assert_eq!(d.attempt, 1);
+    q.retry(d, Duration::from_secs(30)).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(400), q.receive("default")).await;
+    assert!(early.is_err(), "delivered before its backoff");
+    assert_eq!(q.stats().await.unwrap()[0].depth, 1);
+    clk.0.fetch_add(30_000, Ordering::SeqCst);
+    let d = receive(&q, "default").await;
+    assert_eq!((d.call.id.as_str(), d.attempt), ("r", 2));
+    // The rescheduled copy is the durable one.
+    drop(d);
+    drop(q);
+    let q = open(dir.path(), clk.clone());
+    let d = receive(&q, "default").await;
+    assert_eq!(d.attempt, 2);
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_retried_and_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path(), clock());
+    q.enqueue(sample_call("d1")).await.unwrap();
+    q.enqueue(sample_call("d2")).await.unwrap();
+    for _ in 0..2 {
+        let d = receive(&q, "default").await;
+        q.dead_letter(d, 503, "503 after 3 attempts".into(), 5)
+            .await
+            .unwrap();
+    }
+    let dead = q.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!((dead[0].status, dead[0].call.attempts), (503, 3));
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats[0].depth, stats[0].inflight, stats[0].dead), (0, 0, 2));
+    assert!(q.retry_dead_letter("d1", 9).await.unwrap());
+    assert!(!q.retry_dead_letter("nope", 9).await.unwrap());
+    let d = receive(&q, "default").await;
+    assert_eq!((d.call.id.as_str(), d.attempt), ("d1", 1));
+    drop(q);
+    let q = open(dir.path(), clock());
+    assert_eq!(q.dead_letters().await.unwrap().len(), 1);
+    assert_eq!(q.purge_dead_letters().await.unwrap(), 1);
+    assert!(q.dead_letters().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn named_queues_are_separate() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path(), clock());
+    let mut slow = sample_call("s");
+    slow.queue = "slow".into();
+    q.enqueue(slow).await.unwrap();
+    q.enqueue(sample_call("f")).await.unwrap();
+    assert_eq!(receive(&q, "default").await.call.id, "f");
+    assert_eq!(receive(&q, "slow").await.call.id, "s");
+    let mut names = q.known_queues().await;
+    names.sort();
+    assert_eq!(names, ["default", "slow"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_accepts_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Arc::new(open(dir.path(), clock()));
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            q.enqueue(sample_call(&format!("g{i}"))).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let Queue::Embedded(e) = &*q else { panic!() };
+    assert!(e.syncs() < 200, "{} syncs for 200 accepts", e.syncs());
+    assert_eq!(q.stats().await.unwrap()[0].depth, 200);
+}
