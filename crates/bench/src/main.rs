@@ -37,6 +37,9 @@ struct Cli {
     /// Directory holding `virga` and `virga-watchdog` [default: virga-bench's own].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+    /// Isolation of `virga up`'s instances: process, runc or auto (VIRGA_ISOLATION).
+    #[arg(long, value_name = "MODE", default_value = "process")]
+    isolation: String,
     /// Exit with status 1 when a figure misses its target.
     #[arg(long)]
     fail_on_miss: bool,
@@ -84,6 +87,7 @@ fn bench(cli: &Cli) -> Result<ExitCode> {
         wrk: Wrk::new(work.path(), figures::BODY)?,
         settings: Settings::new(cli.quick),
         work: work.path().to_path_buf(),
+        isolation: cli.isolation.clone(),
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let load = report::load_average();

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use crate::runner::{free_port, read_text, Proc};
 
 /// Admin password given to the platforms the benchmarks start.
-const ADMIN_PASSWORD: &str = "virga-bench-admin";
+pub const ADMIN_PASSWORD: &str = "virga-bench-admin";
 
 /// How long a process gets to print its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -68,8 +68,9 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Starts `virga up --listen 127.0.0.1:0` with a data directory under `work`.
-    pub fn start(bins: &Bins, work: &Path) -> Result<Platform> {
+    /// Starts `virga up --listen 127.0.0.1:0` with a data directory under `work` and
+    /// instances isolated as `isolation` says (`VIRGA_ISOLATION`: process, runc, auto).
+    pub fn start(bins: &Bins, work: &Path, isolation: &str) -> Result<Platform> {
         let data = work.join("data");
         std::fs::create_dir_all(&data)?;
         let mut cmd = Command::new(&bins.virga);
@@ -77,6 +78,8 @@ impl Platform {
             .arg(&data)
             .env("VIRGA_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("VIRGA_LOG", "warn")
+            .env("VIRGA_ISOLATION", isolation)
+            .env("NO_COLOR", "1")
             .current_dir(work);
         let mut proc = Proc::spawn("virga up", cmd, &work.join("virga-up.log"))?;
         let line = proc.first_line(START_TIMEOUT)?;
@@ -190,7 +193,7 @@ impl Watchdog {
             env.insert("upstream_url".into(), with_free_port(&upstream)?);
         }
         let mut cmd = Command::new(&bins.watchdog);
-        cmd.envs(&env).current_dir(cwd);
+        cmd.envs(&env).env("NO_COLOR", "1").current_dir(cwd);
         let mut proc = Proc::spawn("virga-watchdog", cmd, log)?;
         let line = proc.first_line(START_TIMEOUT)?;
         let addr = line

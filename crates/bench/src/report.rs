@@ -18,6 +18,8 @@ pub enum Unit {
     ReqPerSec,
     /// Microseconds of latency.
     Micros,
+    /// Resident memory in MiB.
+    Mebibytes,
 }
 
 impl Unit {
@@ -25,6 +27,7 @@ impl Unit {
         match self {
             Unit::ReqPerSec => format!("{v:.0} req/s"),
             Unit::Micros => format!("{v:.0} µs"),
+            Unit::Mebibytes => format!("{v:.1} MiB"),
         }
     }
 }

@@ -282,7 +282,10 @@ pub fn invoke(client: &Client, args: InvokeArgs) -> Result<()> {
     let resp = client.send(rb.body(body))?;
     let status = resp.status();
     if args.async_call && status.is_success() {
-        let id = resp.headers().get("x-call-id").and_then(|v| v.to_str().ok());
+        let id = resp
+            .headers()
+            .get("x-call-id")
+            .and_then(|v| v.to_str().ok());
         println!("{}", id.unwrap_or_default());
         return Ok(());
     }

@@ -24,11 +24,11 @@ pub async fn start(state: &Arc<AppState>, spec: &str, data_dir: &Path) -> Result
                 .with_context(|| format!("open the async-call queue in {}", dir.display()))?,
         )
     } else if spec.starts_with("nats://") {
-        Queue::Nats(
+        Queue::Nats(Box::new(
             Nats::connect(NatsConfig::new(spec))
                 .await
                 .with_context(|| format!("open the async-call queue on {spec}"))?,
-        )
+        ))
     } else {
         bail!("--queue {spec:?}: expected `embedded` or nats://HOST:PORT");
     };
@@ -57,7 +57,10 @@ struct QueuesReport {
 pub fn show(client: &Client, args: QueueArgs) -> Result<()> {
     let what = "reading the queues";
     if args.json {
-        println!("{}", client.get_text("/system/virga/queues", what)?.trim_end());
+        println!(
+            "{}",
+            client.get_text("/system/virga/queues", what)?.trim_end()
+        );
         return Ok(());
     }
     let r: QueuesReport = client.get_json("/system/virga/queues", what)?;
@@ -108,7 +111,10 @@ pub fn dead_letters(client: &Client, cmd: DeadLetterCommand) -> Result<()> {
     const PATH: &str = "/system/virga/dead-letters";
     match cmd {
         DeadLetterCommand::List { json: true } => {
-            println!("{}", client.get_text(PATH, "listing dead letters")?.trim_end());
+            println!(
+                "{}",
+                client.get_text(PATH, "listing dead letters")?.trim_end()
+            );
         }
         DeadLetterCommand::List { json: false } => {
             let list: Vec<DeadLetterInfo> = client.get_json(PATH, "listing dead letters")?;
@@ -146,7 +152,10 @@ pub fn dead_letters(client: &Client, cmd: DeadLetterCommand) -> Result<()> {
             let v: serde_json::Value = ensure_success(resp, "purging dead letters")?
                 .json()
                 .context("reading the gateway's answer")?;
-            println!("Purged {} dead letter(s)", v["purged"].as_u64().unwrap_or(0));
+            println!(
+                "Purged {} dead letter(s)",
+                v["purged"].as_u64().unwrap_or(0)
+            );
         }
     }
     Ok(())

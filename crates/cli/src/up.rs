@@ -35,6 +35,12 @@ pub struct UpArgs {
     /// Seconds a request waits for an instance to become ready before it gets 503.
     #[arg(long, default_value_t = 30)]
     pub ready_timeout: u64,
+    /// Milliseconds a call waits for a free slot when every instance is at max_inflight (429 beyond).
+    #[arg(long, default_value_t = 1000)]
+    pub queue_timeout_ms: u64,
+    /// Seconds of lower load before the autoscaler removes replicas (the stabilisation window).
+    #[arg(long, default_value_t = 30)]
+    pub scale_down_window: u64,
     /// Path of the virga-watchdog binary (default: next to this binary, then PATH).
     #[arg(long, env = "VIRGA_WATCHDOG")]
     pub watchdog: Option<PathBuf>,
@@ -121,6 +127,7 @@ async fn serve(args: UpArgs) -> Result<()> {
             watchdog,
             run_dir: args.data_dir.join("run"),
             ready_timeout: Duration::from_secs(args.ready_timeout),
+            queue_timeout: Duration::from_millis(args.queue_timeout_ms),
             sandbox: sandbox.clone(),
             metrics: Arc::new(virga_metrics::Metrics::new()),
             logs: Arc::new(virga_logs::LogHub::new(virga_logs::LogConfig {
@@ -131,6 +138,13 @@ async fn serve(args: UpArgs) -> Result<()> {
         store.clone(),
     )?);
     let restored = provider.restore()?;
+    virga_scaler::spawn(
+        provider.clone(),
+        virga_scaler::ScalerConfig {
+            scale_down_window: Duration::from_secs(args.scale_down_window),
+            ..virga_scaler::ScalerConfig::default()
+        },
+    );
     let cfg = GatewayConfig {
         max_body_bytes: args.max_body_bytes,
         upstream_timeout: Duration::from_secs(args.upstream_timeout),

@@ -30,7 +30,7 @@
     colors: new Map(),
     samples: new Map(), // name -> [{t, count}]
     latency: [], // {t, name, ms, n}
-    metrics: { available: null, prev: null, lastTry: 0 },
+    metrics: { available: null, missing: false, prev: null, lastTry: 0 },
     timer: null,
     logs: null, // {name, ctrl}
     pendingDelete: null,
@@ -602,23 +602,23 @@
     return out;
   }
 
+  // Latency per function from the gateway's /metrics, when it has them; a gateway without the
+  // route is asked again after a minute.
   async function sampleMetrics() {
     const m = st.metrics;
     const now = Date.now();
-    if (m.available === false && now - m.lastTry < 60000) return;
+    if (m.missing && now - m.lastTry < 60000) return;
     m.lastTry = now;
     try {
       const r = await api('GET', '/metrics');
+      m.missing = !r.ok;
       if (!r.ok) {
         m.available = false;
         return;
       }
-      const cur = parseMetrics(await r.text());
-      if (cur.size === 0 && m.available !== true) {
-        m.available = false;
-        return;
-      }
-      m.available = true;
+      const text = await r.text();
+      m.available = text.includes('gateway_functions_seconds');
+      const cur = parseMetrics(text);
       if (m.prev) {
         for (const [name, c] of cur) {
           const p = m.prev.get(name) || { sum: 0, count: 0 };
@@ -628,7 +628,10 @@
       }
       m.prev = cur;
     } catch (e) {
-      if (e.status !== 401) m.available = false;
+      if (e.status !== 401) {
+        m.available = false;
+        m.missing = true;
+      }
     }
   }
 
@@ -652,6 +655,9 @@
           any = true;
         }
       }
+      // Before the page's first sample nothing is known: leave those buckets empty.
+      const first = bucketOf(s[0].t, now);
+      for (let i = 0; i < first; i++) v[i] = null;
       if (any) calls.set(name, v);
     }
     const acc = new Map();
@@ -676,7 +682,7 @@
   function niceMax(v) {
     if (v <= 0) return 1;
     const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+    for (const m of [1, 2, 4, 8, 10]) if (m * p >= v) return m * p;
     return 10 * p;
   }
 
@@ -687,12 +693,14 @@
     let max = 0;
     for (const v of data.values()) for (const x of v) if (x != null && x > max) max = x;
     max = niceMax(max);
+    // Counts get whole-number gridlines.
+    if (!unit) max = Math.max(4, Math.ceil(max / 4) * 4);
     for (let i = 0; i <= 4; i++) {
       const y = T + h - (h * i) / 4;
       node.append(svg('line', { x1: L, x2: L + w, y1: y, y2: y, class: 'grid' }));
       const label = svg('text', { x: L - 6, y: y + 3.5, 'text-anchor': 'end', class: 'axis-label' });
       const val = (max * i) / 4;
-      label.textContent = (val >= 100 || Number.isInteger(val) ? Math.round(val) : val.toFixed(1)) + unit;
+      label.textContent = String(Number(val.toPrecision(3))) + unit;
       node.append(label);
     }
     for (let m = 5; m >= 0; m--) {

@@ -78,9 +78,7 @@ fn split_path(path: &str) -> (&str, &str) {
 fn callback_url(v: &HeaderValue) -> Result<String, ApiError> {
     let bad = |why: &str| ApiError::BadRequest(format!("X-Callback-Url: {why}"));
     let s = v.to_str().map_err(|_| bad("must be plain ASCII text"))?;
-    let uri: Uri = s
-        .parse()
-        .map_err(|_| bad(&format!("{s:?} is not a URL")))?;
+    let uri: Uri = s.parse().map_err(|_| bad(&format!("{s:?} is not a URL")))?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => return Err(bad("https callbacks are not supported yet: use http://")),
@@ -293,7 +291,9 @@ pub(crate) struct Purged {
 }
 
 /// `DELETE /system/virga/dead-letters`: drop them all.
-pub(crate) async fn purge_dead(State(state): State<Arc<AppState>>) -> Result<Json<Purged>, ApiError> {
+pub(crate) async fn purge_dead(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Purged>, ApiError> {
     let purged = async_calls(&state)?
         .queue
         .purge_dead_letters()
@@ -346,7 +346,13 @@ mod tests {
     fn callback_urls_must_be_absolute_http() {
         let ok = HeaderValue::from_static("http://127.0.0.1:9000/cb?x=1");
         assert_eq!(callback_url(&ok).unwrap(), "http://127.0.0.1:9000/cb?x=1");
-        for bad in ["not a url", "/relative", "ftp://x/y", "https://x/y", "http://"] {
+        for bad in [
+            "not a url",
+            "/relative",
+            "ftp://x/y",
+            "https://x/y",
+            "http://",
+        ] {
             assert!(
                 callback_url(&HeaderValue::from_static(bad)).is_err(),
                 "{bad}"

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// Body over the limit (413).
     #[error("request body is larger than the limit of {0} bytes")]
     TooLarge(usize),
+    /// Every instance is at its `max_inflight` (429).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The instance could not be reached (502).
     #[error("{0}")]
     BadGateway(String),
@@ -52,6 +55,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -101,6 +105,7 @@ impl From<ProviderError> for ApiError {
         match e {
             ProviderError::NotFound(_) => ApiError::NotFound(e.to_string()),
             ProviderError::NotReady { .. } => ApiError::Unavailable(e.to_string()),
+            ProviderError::AtCapacity { .. } => ApiError::TooManyRequests(e.to_string()),
             ProviderError::Prepare { .. } => ApiError::BadRequest(e.to_string()),
         }
     }

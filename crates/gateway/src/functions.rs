@@ -12,14 +12,11 @@ use chrono::Utc;
 use virga_store::{StoreError, StoredFunction};
 use virga_types::{
     validate_deployment, validate_name, validate_namespace, DeleteFunctionRequest,
-    FunctionDeployment, FunctionStatus, ScaleServiceRequest,
+    FunctionDeployment, FunctionStatus, ScaleServiceRequest, ScalingPolicy,
 };
 
 use crate::error::parse_json;
 use crate::{ApiError, AppState};
-
-/// Label giving the minimum (and initial) replica count, as in OpenFaaS.
-const SCALE_MIN: &str = "com.openfaas.scale.min";
 
 fn status_of(state: &AppState, f: &StoredFunction) -> FunctionStatus {
     let name = &f.deployment.service;
@@ -34,16 +31,9 @@ fn status_of(state: &AppState, f: &StoredFunction) -> FunctionStatus {
     )
 }
 
-/// The replica count a new deployment starts with.
+/// The replica count a new deployment starts with (`com.openfaas.scale.min`, validated).
 fn initial_replicas(d: &FunctionDeployment) -> Result<u64, ApiError> {
-    match d.labels.as_ref().and_then(|l| l.get(SCALE_MIN)) {
-        None => Ok(1),
-        Some(v) => v.parse().map_err(|_| {
-            ApiError::BadRequest(format!(
-                "labels: {SCALE_MIN} must be a whole number, not {v:?}"
-            ))
-        }),
-    }
+    Ok(ScalingPolicy::from_labels(d.labels.as_ref())?.min)
 }
 
 fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, ApiError> {

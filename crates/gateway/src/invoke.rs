@@ -15,12 +15,16 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{LengthLimitError, Limited};
 
 use crate::functions::split_namespace;
+use crate::replay::Replayable;
 use crate::{ApiError, AppState};
 
 static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
 static X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
 static X_DURATION: HeaderName = HeaderName::from_static("x-duration-seconds");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Further attempts on another instance when the picked one refuses the connection.
+const MAX_RETRIES: usize = 2;
 
 /// Headers that belong to one hop and must not be forwarded.
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -75,24 +79,48 @@ pub(crate) async fn forward(state: &AppState, req: Request) -> Result<Response, 
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::TooLarge(limit));
     }
-    let lease = state.provider.lease(&name).await?;
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
     };
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(lease.addr().to_string())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| ApiError::BadRequest(format!("bad request path: {e}")))?;
     let call_id = prepare_headers(&mut parts.headers);
     let body = match declared {
         Some(_) => body,
         None => Body::new(Limited::new(body, limit)),
     };
-    let upstream = state.client.request(Request::from_parts(parts, body));
-    let result = tokio::time::timeout(state.cfg.upstream_timeout, upstream).await;
+    let body = Replayable::new(body);
+    let mut attempt = 0;
+    let (lease, result) = loop {
+        let lease = state.provider.lease(&name).await?;
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(lease.addr().to_string())
+            .path_and_query(path_and_query.as_str())
+            .build()
+            .map_err(|e| ApiError::BadRequest(format!("bad request path: {e}")))?;
+        let Some(attempt_body) = body.attempt() else {
+            return Err(ApiError::BadGateway(format!(
+                "function {name:?} (instance {}) failed while reading the request",
+                lease.instance()
+            )));
+        };
+        let mut req = Request::new(attempt_body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = parts.version;
+        *req.headers_mut() = parts.headers.clone();
+        let upstream = state.client.request(req);
+        let result = tokio::time::timeout(state.cfg.upstream_timeout, upstream).await;
+        // A refused connection never read the body: the instance died after it was picked,
+        // so try another one (its replacement if it was the only one).
+        if matches!(&result, Ok(Err(e)) if e.is_connect()) && attempt < MAX_RETRIES {
+            attempt += 1;
+            lease.mark_unreachable();
+            tracing::debug!(function = %name, instance = %lease.instance(), "retrying on another instance");
+            continue;
+        }
+        break (lease, result);
+    };
     // Only a failed call can have been an OOM kill; reading the cgroup costs a file read.
     let failed = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
     if failed && lease.take_oom_kill() {

@@ -14,6 +14,7 @@ mod functions;
 mod invoke;
 mod logs;
 mod metrics;
+mod replay;
 mod secrets;
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! One instance: a `virga-watchdog` process in its own process group. Its task starts it,
-//! reads the bound address from its first stdout line, waits for `/_/ready`, marks it ready,
+//! reads the bound address from its first stdout line, waits for the ready line, marks it ready,
 //! forwards its output to the platform log, and replaces it if it dies while still wanted.
 
 use std::net::SocketAddr;
@@ -8,7 +8,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use crate::launch::Launch;
@@ -18,6 +17,8 @@ use crate::Function;
 
 /// Prefix of the line the watchdog prints once bound.
 const LISTENING: &str = "virga-watchdog listening on ";
+/// The line the watchdog prints the moment its function can serve (readiness is pushed).
+const READY: &str = "virga-watchdog ready";
 
 /// A running (or starting) watchdog process.
 pub(crate) struct Instance {
@@ -31,11 +32,17 @@ pub(crate) struct Instance {
     launch: OnceLock<Arc<Launch>>,
     /// OOM kills already reported, so each is reported once.
     oom_seen: AtomicU64,
+    /// The watchdog's `max_inflight` (0: unlimited).
+    limit: usize,
+    /// Woken when a slot of a limited instance frees up (the function's `changed`).
+    wake: Option<Arc<Notify>>,
 }
 
 impl Instance {
-    pub(crate) fn new(id: String) -> Instance {
+    pub(crate) fn new(id: String, limit: usize, changed: &Arc<Notify>) -> Instance {
         Instance {
+            limit,
+            wake: (limit > 0).then(|| changed.clone()),
             id,
             addr: OnceLock::new(),
             ready: AtomicBool::new(false),
@@ -54,6 +61,21 @@ impl Instance {
 
     pub(crate) fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Whether the instance is ready and below its `max_inflight`.
+    pub(crate) fn has_room(&self) -> bool {
+        self.is_ready() && (self.limit == 0 || self.inflight() < self.limit)
+    }
+
+    /// Take one in-flight slot if the instance is below its limit.
+    fn claim(&self) -> bool {
+        let limit = self.limit;
+        self.inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (limit == 0 || n < limit).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
@@ -86,6 +108,12 @@ impl Lease {
 }
 
 impl Lease {
+    /// The instance refused connections: take it out of rotation so a retry goes elsewhere
+    /// (its task replaces it once the process is seen gone).
+    pub fn mark_unreachable(&self) {
+        self.inst.ready.store(false, Ordering::SeqCst);
+    }
+
     /// True when the instance's function was OOM-killed since the last time this was asked.
     pub fn take_oom_kill(&self) -> bool {
         let Some(launch) = self.inst.launch.get() else {
@@ -98,22 +126,31 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.inst.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.inst.inflight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(wake) = &self.inst.wake {
+            wake.notify_waiters();
+        }
     }
 }
 
-/// The ready instance with the fewest requests in flight.
+/// The ready instance with the fewest requests in flight that is below its `max_inflight`.
 pub(crate) fn pick(list: &[Arc<Instance>]) -> Option<Lease> {
-    let inst = list
-        .iter()
-        .filter(|i| i.is_ready())
-        .min_by_key(|i| i.inflight())?;
-    let addr = *inst.addr.get()?;
-    inst.inflight.fetch_add(1, Ordering::Relaxed);
-    Some(Lease {
-        inst: inst.clone(),
-        addr,
-    })
+    for _ in 0..list.len().max(1) {
+        let inst = list
+            .iter()
+            .filter(|i| i.has_room())
+            .min_by_key(|i| i.inflight())?;
+        let Some(&addr) = inst.addr.get() else {
+            continue;
+        };
+        if inst.claim() {
+            return Some(Lease {
+                inst: inst.clone(),
+                addr,
+            });
+        }
+    }
+    None
 }
 
 /// The life of one instance, from spawn to exit.
@@ -180,10 +217,17 @@ async fn serve(
         tokio::spawn(forward_log(log, inst.id.clone(), err));
     }
     let boot = async {
-        let addr =
-            launch.reach(read_addr(func.cfg.logs.function(&spec.name), &inst.id, stdout).await?);
-        let _ = inst.addr.set(addr);
-        wait_ready(addr).await;
+        let log = func.cfg.logs.function(&spec.name);
+        let stdout = stdout.ok_or("watchdog stdout not captured")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let printed = read_until(&log, &inst.id, &mut lines, LISTENING).await?;
+        let addr = printed
+            .trim()
+            .parse()
+            .map_err(|e| format!("bad address {printed:?}: {e}"))?;
+        let _ = inst.addr.set(launch.reach(addr));
+        read_until(&log, &inst.id, &mut lines, READY).await?;
+        tokio::spawn(forward_log(log, inst.id.clone(), lines.into_inner()));
         Ok::<_, String>(())
     };
     tokio::select! {
@@ -215,51 +259,21 @@ fn exit_reason(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
-async fn read_addr(
-    log: Arc<virga_logs::FunctionLog>,
+/// Read stdout lines (logging the others) until one starts with `prefix`; returns the rest of it.
+async fn read_until(
+    log: &virga_logs::FunctionLog,
     id: &str,
-    stdout: Option<tokio::process::ChildStdout>,
-) -> Result<SocketAddr, String> {
-    let stdout = stdout.ok_or("watchdog stdout not captured")?;
-    let mut lines = BufReader::new(stdout).lines();
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    prefix: &str,
+) -> Result<String, String> {
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(addr) = line.strip_prefix(LISTENING) {
-            let addr = addr
-                .trim()
-                .parse()
-                .map_err(|e| format!("bad address {addr:?}: {e}"))?;
-            tokio::spawn(forward_log(log, id.to_string(), lines.into_inner()));
-            return Ok(addr);
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return Ok(rest.to_string());
         }
         tracing::debug!(target: "function", function = %log.name(), instance = %id, "{line}");
         log.push(id, &line);
     }
-    Err("watchdog exited before listening".into())
-}
-
-/// Poll `/_/ready` until it answers 200; the caller bounds the wait.
-async fn wait_ready(addr: SocketAddr) {
-    let mut delay = Duration::from_millis(1);
-    loop {
-        if probe(addr).await {
-            return;
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(20));
-    }
-}
-
-async fn probe(addr: SocketAddr) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = TcpStream::connect(addr).await else {
-        return false;
-    };
-    let req = b"GET /_/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    if s.write_all(req).await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf).await, Ok(n) if n >= 12 && &buf[9..12] == b"200")
+    Err(format!("watchdog exited before printing {prefix:?}"))
 }
 
 /// Push every line of `r` into the function's log (read as bytes: bad UTF-8 cannot stop it).

@@ -2,11 +2,14 @@
 //! child processes, keeps the wanted number of them alive, and hands the gateway a ready
 //! instance (least in-flight first) for every request, starting one when a function is at zero.
 //!
-//! An instance is ready when its watchdog answers `/_/ready`; the provider learns the port from
-//! the line the watchdog prints when it binds (`port=0`), so instances never race for ports.
+//! An instance is ready when its watchdog says so on stdout (`virga-watchdog ready`, pushed,
+//! never polled); the provider learns the port from the line the watchdog prints when it binds
+//! (`port=0`), so instances never race for ports. Requests count into per-function atomics the
+//! autoscaler (`virga-scaler`) reads through [`LocalProvider::loads`].
 
 mod instance;
 mod launch;
+mod load;
 mod sandbox;
 mod spec;
 
@@ -19,9 +22,11 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::Notify;
 use virga_store::{Store, StoredFunction};
+use virga_types::ScalingPolicy;
 
 use instance::Instance;
 pub use instance::Lease;
+pub use load::FunctionLoad;
 pub use sandbox::Runc;
 pub use spec::{InstanceSpec, OUTBOUND_ANNOTATION};
 
@@ -34,6 +39,8 @@ pub struct ProviderConfig {
     pub run_dir: PathBuf,
     /// How long a request waits for an instance to become ready.
     pub ready_timeout: Duration,
+    /// How long a request waits for a free slot when every instance is at `max_inflight`.
+    pub queue_timeout: Duration,
     /// Where cold starts and OOM kills are counted.
     pub metrics: Arc<virga_metrics::Metrics>,
     /// Where every instance's stdout/stderr lines go.
@@ -58,6 +65,16 @@ pub enum ProviderError {
         /// What the instances were doing.
         reason: String,
     },
+    /// Every instance is at its `max_inflight` and none freed up in time.
+    #[error("function {name:?} is at capacity: every instance has {limit} requests in flight (max_inflight), waited {waited:?}")]
+    AtCapacity {
+        /// Function name.
+        name: String,
+        /// The per-instance limit.
+        limit: usize,
+        /// How long the request waited.
+        waited: Duration,
+    },
     /// The function's code or secrets could not be prepared.
     #[error("cannot prepare function {name:?}: {reason}")]
     Prepare {
@@ -76,8 +93,16 @@ pub(crate) struct Function {
     pub(crate) spec: Arc<InstanceSpec>,
     pub(crate) desired: AtomicU64,
     pub(crate) instances: Mutex<Vec<Arc<Instance>>>,
-    /// Woken whenever an instance becomes ready or dies.
-    pub(crate) changed: Notify,
+    /// Woken whenever an instance becomes ready or dies, or a limited instance frees a slot.
+    pub(crate) changed: Arc<Notify>,
+    /// The `com.openfaas.scale.*` labels.
+    pub(crate) policy: ScalingPolicy,
+    /// The watchdog's `max_inflight` (0: unlimited).
+    pub(crate) limit: usize,
+    /// Requests that asked for an instance, ever (the autoscaler's rps and idleness).
+    pub(crate) arrivals: AtomicU64,
+    /// Requests waiting for an instance right now.
+    pub(crate) waiting: AtomicUsize,
     pub(crate) stopped: AtomicBool,
     /// Consecutive instances that died before serving; drives restart backoff.
     pub(crate) crash_streak: AtomicUsize,
@@ -106,7 +131,7 @@ impl Function {
                 self.spec.name,
                 NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed)
             );
-            let inst = Arc::new(Instance::new(id));
+            let inst = Arc::new(Instance::new(id, self.limit, &self.changed));
             list.push(inst.clone());
             tokio::spawn(instance::run(self.clone(), inst));
         }
@@ -183,11 +208,26 @@ impl LocalProvider {
     /// (Re)start a function's instances from its stored definition.
     pub fn deploy(&self, f: &StoredFunction) -> Result<(), ProviderError> {
         let spec = InstanceSpec::prepare(&self.cfg, &self.store, &f.deployment)?;
+        let policy = ScalingPolicy::from_labels(f.deployment.labels.as_ref()).map_err(|e| {
+            ProviderError::Prepare {
+                name: f.deployment.service.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let limit = spec
+            .env
+            .get("max_inflight")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
         let func = Arc::new(Function {
             spec: Arc::new(spec),
             desired: AtomicU64::new(f.replicas),
             instances: Mutex::new(Vec::new()),
-            changed: Notify::new(),
+            changed: Arc::new(Notify::new()),
+            policy,
+            limit,
+            arrivals: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
             crash_streak: AtomicUsize::new(0),
             cfg: self.cfg.clone(),
@@ -230,36 +270,66 @@ impl LocalProvider {
             .ok_or_else(|| ProviderError::NotFound(name.to_string()))
     }
 
-    /// A ready instance of `name` (least in-flight), waiting for one to start when needed.
+    /// A ready instance of `name` (least in-flight, below its `max_inflight`), waiting for one
+    /// to start when the function is at zero, or briefly for a free slot when all are full.
     pub async fn lease(&self, name: &str) -> Result<Lease, ProviderError> {
         let func = self.get(name)?;
+        func.arrivals.fetch_add(1, Ordering::Relaxed);
+        if let Some(lease) = instance::pick(&func.lock()) {
+            return Ok(lease);
+        }
+        func.waiting.fetch_add(1, Ordering::Relaxed);
+        let result = self.wait_for_instance(&func).await;
+        func.waiting.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn wait_for_instance(&self, func: &Arc<Function>) -> Result<Lease, ProviderError> {
+        let name = &func.spec.name;
         let started = tokio::time::Instant::now();
-        let deadline = started + self.cfg.ready_timeout;
-        let mut waited = false;
+        let mut cold = false;
         loop {
             let notified = func.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(lease) = instance::pick(&func.lock()) {
-                if waited {
-                    self.cfg.metrics.cold_start(name, started.elapsed());
+            let full = {
+                let list = func.lock();
+                if let Some(lease) = instance::pick(&list) {
+                    if cold {
+                        self.cfg.metrics.cold_start(name, started.elapsed());
+                    }
+                    return Ok(lease);
                 }
-                return Ok(lease);
-            }
-            waited = true;
+                func.limit > 0 && list.iter().any(|i| i.is_ready())
+            };
             if func.stopped.load(Ordering::SeqCst) {
                 return Err(ProviderError::NotFound(name.to_string()));
             }
-            if func.desired.load(Ordering::SeqCst) == 0 {
+            if !full && func.desired.load(Ordering::SeqCst) == 0 {
                 // Scale from zero: the request waits for the instance it caused.
                 func.desired.store(1, Ordering::SeqCst);
                 func.reconcile();
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(ProviderError::NotReady {
-                    name: name.to_string(),
-                    waited: started.elapsed(),
-                    reason: func.spec.describe_failure(),
+            cold |= !full;
+            // Full instances make a request wait briefly (then 429); none ready, until one is.
+            let limit = if full {
+                self.cfg.queue_timeout
+            } else {
+                self.cfg.ready_timeout
+            };
+            if tokio::time::timeout_at(started + limit, notified).await.is_err() {
+                return Err(if full {
+                    ProviderError::AtCapacity {
+                        name: name.to_string(),
+                        limit: func.limit,
+                        waited: started.elapsed(),
+                    }
+                } else {
+                    ProviderError::NotReady {
+                        name: name.to_string(),
+                        waited: started.elapsed(),
+                        reason: func.spec.describe_failure(),
+                    }
                 });
             }
         }

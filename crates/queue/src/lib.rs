@@ -169,7 +169,7 @@ pub enum Queue {
     /// Append-only log in the data directory.
     Embedded(embedded::Embedded),
     /// NATS JetStream.
-    Nats(nats::Nats),
+    Nats(Box<nats::Nats>),
 }
 
 impl Queue {

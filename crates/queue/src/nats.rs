@@ -74,7 +74,11 @@ impl Nats {
                 ..Default::default()
             })
             .await
-            .map_err(|e| QueueError::Nats(format!("create stream {CALLS} (is JetStream on, nats-server -js?): {e}")))?;
+            .map_err(|e| {
+                QueueError::Nats(format!(
+                    "create stream {CALLS} (is JetStream on, nats-server -js?): {e}"
+                ))
+            })?;
         let dead = js
             .get_or_create_stream(stream::Config {
                 name: DEAD.into(),
@@ -233,7 +237,11 @@ impl Nats {
             .collect())
     }
 
-    pub(crate) async fn retry_dead_letter(&self, id: &str, now_ms: u64) -> Result<bool, QueueError> {
+    pub(crate) async fn retry_dead_letter(
+        &self,
+        id: &str,
+        now_ms: u64,
+    ) -> Result<bool, QueueError> {
         let _guard = self.dead_lock.lock().await;
         let Some((seq, d)) = self
             .dead_with_seq()

@@ -178,8 +178,7 @@ impl FunctionPolicy {
 pub fn validate_queue_name(v: &str) -> Result<(), String> {
     let ok = !v.is_empty()
         && v.len() <= 64
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(())

@@ -183,7 +183,12 @@ impl WorkerPool {
                 };
                 let call = d.call.clone();
                 self.give_up(d, &outcome, msg).await;
-                self.report(call, outcome, self.cfg.timing.clock.now_ms(), Duration::ZERO);
+                self.report(
+                    call,
+                    outcome,
+                    self.cfg.timing.clock.now_ms(),
+                    Duration::ZERO,
+                );
                 drop(permit);
                 continue;
             };
@@ -256,11 +261,7 @@ impl WorkerPool {
         tracing::warn!(call = %id, function = %d.call.function, "async call: dead-lettered: {reason}");
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
         let now = self.cfg.timing.clock.now_ms();
-        if let Err(e) = self
-            .queue
-            .dead_letter(d, outcome.status, reason, now)
-            .await
-        {
+        if let Err(e) = self.queue.dead_letter(d, outcome.status, reason, now).await {
             tracing::error!(call = %id, "async call: cannot store the dead letter: {e}");
         }
     }

@@ -5,11 +5,13 @@
 mod api;
 mod bundle;
 mod resources;
+mod scaling;
 mod validate;
 
 pub use api::*;
 pub use bundle::*;
 pub use resources::*;
+pub use scaling::*;
 pub use validate::*;
 
 /// The one namespace Virga serves for now, named like OpenFaaS's default.

@@ -19,7 +19,11 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
         "Ki" => 1024.0,
         "Mi" => 1024.0 * 1024.0,
         "Gi" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use k, M, G, Ki, Mi or Gi)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use k, M, G, Ki, Mi or Gi)"
+            ))
+        }
     };
     let bytes = n * mult;
     if !(bytes.is_finite() && bytes >= 4.0 * 1024.0 * 1024.0) {

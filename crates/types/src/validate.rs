@@ -2,7 +2,10 @@
 
 use thiserror::Error;
 
-use crate::{parse_cpu, parse_memory, BundleRef, FunctionDeployment, Secret, DEFAULT_NAMESPACE};
+use crate::{
+    parse_cpu, parse_memory, BundleRef, FunctionDeployment, ScalingPolicy, Secret,
+    DEFAULT_NAMESPACE,
+};
 
 /// A request body that is well-formed JSON but not acceptable.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -92,6 +95,7 @@ pub fn validate_deployment(d: &mut FunctionDeployment) -> Result<(), Invalid> {
             }
         }
     }
+    ScalingPolicy::from_labels(d.labels.as_ref())?;
     for k in d.env_vars.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(invalid(

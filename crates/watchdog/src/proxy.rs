@@ -134,6 +134,21 @@ impl Proxy {
         ok
     }
 
+    /// Resolves once the upstream first accepts a connection (probing right after it starts:
+    /// 1 ms apart, backing off to 10 ms).
+    pub async fn wait_ready(&self) {
+        let mut delay = Duration::from_millis(1);
+        loop {
+            if self.running.load(Ordering::Acquire)
+                && TcpStream::connect(&self.upstream_addr).await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(10));
+        }
+    }
+
     /// Logs upstream health transitions every `healthcheck_interval`.
     async fn periodic_health(self: Arc<Self>) {
         let mut rx = self.shutdown.subscribe();

@@ -161,6 +161,20 @@ impl Server {
         })
     }
 
+    /// Resolves the moment the function can serve: at once for the per-request modes, when
+    /// the upstream accepts connections in http mode (which starts with `serve`).
+    pub fn readiness(&self) -> impl Future<Output = ()> + Send + 'static {
+        let proxy = match &self.state.handler {
+            Handler::Http(p) => Some(Arc::clone(p)),
+            Handler::Serializing(_) | Handler::Streaming(_) => None,
+        };
+        async move {
+            if let Some(p) = proxy {
+                p.wait_ready().await;
+            }
+        }
+    }
+
     /// The address actually bound (useful with `port=0`).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -253,7 +267,11 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Binds, prints `virga-watchdog listening on <addr>` to stdout, and serves
+/// The stdout line that says the instance can serve now.
+pub const READY_LINE: &str = "virga-watchdog ready";
+
+/// Binds, prints `virga-watchdog listening on <addr>` to stdout, then `virga-watchdog ready`
+/// once the function can serve, and serves
 /// until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), WatchdogError> {
     let mode = config.mode;
@@ -264,6 +282,14 @@ pub async fn run(config: Config) -> Result<(), WatchdogError> {
         writeln!(out, "virga-watchdog listening on {addr}")?;
         out.flush()?;
     }
+    // Readiness is pushed to whoever started us, as one stdout line, instead of being polled.
+    let ready = server.readiness();
+    tokio::spawn(async move {
+        ready.await;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{READY_LINE}");
+        let _ = out.flush();
+    });
     tracing::info!(%addr, %mode, "watchdog started");
     server.serve(shutdown_signal()).await
 }

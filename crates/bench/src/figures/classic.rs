@@ -37,7 +37,7 @@ gateway (the last row's Δ is the gateway's share).";
 /// Measures the three paths and fills the section.
 pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     let work = ctx.dir(NAME)?;
-    let mut platform = Platform::start(&ctx.bins, &work)?;
+    let mut platform = Platform::start(&ctx.bins, &work, &ctx.isolation)?;
     eprintln!("classic: deploying cat");
     platform.deploy_json(&json!({"service": "bench-cat", "envProcess": "cat"}))?;
     let via_gateway = platform.function_url("bench-cat");

@@ -40,7 +40,7 @@ gateway's extra proxy hop is a large share of the work and shares the same two c
 /// Measures both upstreams; a failure keeps the figures measured so far.
 pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     let work = ctx.dir(NAME)?;
-    let mut platform = Platform::start(&ctx.bins, &work)?;
+    let mut platform = Platform::start(&ctx.bins, &work, &ctx.isolation)?;
 
     // python3-http starter, deployed the way a user would.
     eprintln!("gateway: deploying the python3-http starter");

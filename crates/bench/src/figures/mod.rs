@@ -4,6 +4,8 @@
 
 pub mod classic;
 pub mod gateway;
+pub mod queue;
+pub mod scaling;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,7 +28,10 @@ absolute numbers vary from machine to machine, the ratios much less. Load comes 
 request a `POST` with the 5-byte body `hello`. Throughput runs use `wrk -t2 -c32`; \
 per-request latency runs use `wrk -t1 -c1` (one request at a time). Every path is \
 warmed up with a discarded wrk run before it is measured. The benchmark, wrk and the \
-system under test share the same cores, as they would on a small self-hosted box.";
+system under test share the same cores, as they would on a small self-hosted box. \
+`virga up` runs with `--isolation process` (plain-process instances, like the standalone \
+watchdogs that serve as baselines), so the comparisons isolate the gateway; \
+`virga-bench --isolation runc` measures through runc sandboxes instead.";
 
 /// A figure group.
 pub struct Group {
@@ -53,6 +58,18 @@ pub const GROUPS: &[Group] = &[
         title: classic::TITLE,
         about: classic::ABOUT,
         run: classic::run,
+    },
+    Group {
+        name: queue::NAME,
+        title: queue::TITLE,
+        about: queue::ABOUT,
+        run: queue::run,
+    },
+    Group {
+        name: scaling::NAME,
+        title: scaling::TITLE,
+        about: scaling::ABOUT,
+        run: scaling::run,
     },
 ];
 
@@ -100,6 +117,9 @@ pub struct Ctx {
     pub settings: Settings,
     /// Scratch directory of this run.
     pub work: PathBuf,
+    /// How `virga up` isolates instances (`process` compares like with like: the
+    /// standalone watchdogs are plain processes too).
+    pub isolation: String,
 }
 
 impl Ctx {

@@ -11,7 +11,12 @@ use crate::support::{lines, Backend, Receiver, Setup};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A classic function appending `CALL_ID PATH QUERY` per call to DIR/NAME.calls.
-fn deploy_recorder(s: &Setup, name: &str, sleep: &str, annotations: serde_json::Value) -> std::path::PathBuf {
+fn deploy_recorder(
+    s: &Setup,
+    name: &str,
+    sleep: &str,
+    annotations: serde_json::Value,
+) -> std::path::PathBuf {
     let file = s.dir.join(format!("{name}.calls"));
     let sh = script(
         &s.dir,
@@ -28,12 +33,11 @@ fn deploy_recorder(s: &Setup, name: &str, sleep: &str, annotations: serde_json::
 pub fn accepts_with_202_and_call_id(b: Backend) {
     let s = Setup::start(b);
     let file = deploy_recorder(&s, "rec", "0", json!({}));
-    let r = s
-        .p
-        .anon(Method::POST, "/async-function/rec.openfaas-fn/a/b?x=1&y=2")
-        .body("hi")
-        .send()
-        .unwrap();
+    let r =
+        s.p.anon(Method::POST, "/async-function/rec.openfaas-fn/a/b?x=1&y=2")
+            .body("hi")
+            .send()
+            .unwrap();
     assert_eq!(r.status(), 202);
     let id = r.headers()["x-call-id"].to_str().unwrap().to_string();
     assert!(!id.is_empty());
@@ -42,16 +46,25 @@ pub fn accepts_with_202_and_call_id(b: Backend) {
     assert_eq!(r.headers()["x-call-id"], "my-own-id");
     let r = s.call_async("nope", "", &[]);
     assert_eq!(r.status(), 404);
-    assert!(s.p.eventually(WAIT, || lines(&file).len() >= 2), "not delivered");
+    assert!(
+        s.p.eventually(WAIT, || lines(&file).len() >= 2),
+        "not delivered"
+    );
     let got = lines(&file);
     assert!(got.contains(&format!("{id} /a/b x=1&y=2")), "{got:?}");
     assert!(got.contains(&"my-own-id / ".to_string()), "{got:?}");
     // The CLI: `virga invoke --async` prints the call id.
     let out = s.virga(&["invoke", "rec", "--async"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(cli_id.len(), 36, "{cli_id:?}");
-    assert!(s.p.eventually(WAIT, || lines(&file).iter().any(|l| l.starts_with(&cli_id))));
+    assert!(s
+        .p
+        .eventually(WAIT, || lines(&file).iter().any(|l| l.starts_with(&cli_id))));
 }
 
 pub fn callback_gets_body_and_headers(b: Backend) {
@@ -59,7 +72,11 @@ pub fn callback_gets_body_and_headers(b: Backend) {
     s.deploy_flaky("echo", 0, 503, json!({}));
     let cb = Receiver::start();
     let out = s.virga(&["invoke", "echo", "--async", "--callback", &cb.url]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let got = cb.wait_for(1, WAIT);
     assert_eq!(got.len(), 1, "no callback");
@@ -105,7 +122,10 @@ pub fn retries_503_with_backoff_then_succeeds(b: Backend) {
     assert_eq!(lines(&calls), vec![id.clone(), id.clone(), id]);
     // Waits: at least half of 400ms, then half of 800ms (jitter is in the upper half).
     let took = got[0].at - sent;
-    assert!(took >= Duration::from_millis(600), "retried too soon: {took:?}");
+    assert!(
+        took >= Duration::from_millis(600),
+        "retried too soon: {took:?}"
+    );
     let q = s.queues();
     assert!(q["retried"].as_u64().unwrap() >= 2, "{q}");
 }
@@ -120,10 +140,17 @@ pub fn dead_letters_list_retry_purge(b: Backend) {
     // Fails exactly three times: dead after 3 attempts, then a retry from the dead letters works.
     let calls = s.deploy_flaky("three", 3, 503, ann.clone());
     let cb = Receiver::start();
-    let r = s.call_async("three", "d", &[("X-Callback-Url", &cb.url), ("X-Call-Id", "dl-1")]);
+    let r = s.call_async(
+        "three",
+        "d",
+        &[("X-Callback-Url", &cb.url), ("X-Call-Id", "dl-1")],
+    );
     assert_eq!(r.status(), 202);
     let got = cb.wait_for(1, WAIT);
-    assert_eq!(got[0].headers["x-function-status"], "503", "callback told the final status");
+    assert_eq!(
+        got[0].headers["x-function-status"], "503",
+        "callback told the final status"
+    );
     let dead = s.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["id"], "dl-1");
@@ -135,7 +162,12 @@ pub fn dead_letters_list_retry_purge(b: Backend) {
     assert!(String::from_utf8_lossy(&out.stdout).contains("dl-1"));
     let out = s.virga(&["queue", "--json"]);
     let q: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let default = q["queues"].as_array().unwrap().iter().find(|q| q["queue"] == "default").unwrap();
+    let default = q["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "default")
+        .unwrap();
     assert_eq!(default["dead"], 1, "{q}");
     // A function that always fails does not stop the queue: other calls still get through.
     s.deploy_flaky("never", 1000, 503, ann);
@@ -146,14 +178,21 @@ pub fn dead_letters_list_retry_purge(b: Backend) {
     assert!(s.p.eventually(WAIT, || s.dead_letters().len() == 2));
     // Retry dl-1 from the CLI: its fourth attempt succeeds.
     let out = s.virga(&["dead-letters", "retry", "dl-1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = cb.wait_for(2, WAIT);
     assert_eq!(got[1].headers["x-function-status"], "200");
     assert_eq!(got[1].headers["x-call-id"], "dl-1");
     let dead = s.dead_letters();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["id"], "dl-2");
-    assert!(!s.virga(&["dead-letters", "retry", "no-such"]).status.success());
+    assert!(!s
+        .virga(&["dead-letters", "retry", "no-such"])
+        .status
+        .success());
     let out = s.virga(&["dead-letters", "purge"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Purged 1"));
     assert!(s.dead_letters().is_empty());
@@ -177,20 +216,36 @@ pub fn named_queue_isolation(b: Backend) {
     assert_eq!(s.call_async("fast", "", &[]).status(), 202);
     assert!(s.p.eventually(WAIT, || lines(&fast).len() == 1));
     let took = sent.elapsed();
-    assert!(took < Duration::from_millis(1800), "fast call waited {took:?} behind the slow queue");
+    assert!(
+        took < Duration::from_millis(1800),
+        "fast call waited {took:?} behind the slow queue"
+    );
     assert!(lines(&slow).len() < 4, "slow calls were not slow");
     let q = s.queues();
-    let slowq = q["queues"].as_array().unwrap().iter().find(|q| q["queue"] == "slow-queue").cloned();
+    let slowq = q["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "slow-queue")
+        .cloned();
     assert!(slowq.is_some(), "{q}");
     assert!(s.p.eventually(WAIT, || lines(&slow).len() == 4));
 }
 
 pub fn bad_input(b: Backend) {
-    let s = Setup::start(b);
+    let s = Setup::start_with(b, &["--max-body-bytes", "1000"]);
     let file = deploy_recorder(&s, "rec", "0", json!({}));
-    // Oversized body: 413 and nothing stored.
-    let big = "x".repeat((32 << 20) + 1);
-    let r = s.call_async("rec", &big, &[]);
+    // Oversized bodies, declared or streamed: 413 and nothing stored.
+    let r = s.call_async("rec", &"x".repeat(1001), &[]);
+    assert_eq!(r.status(), 413);
+    let r =
+        s.p.anon(Method::POST, "/async-function/rec")
+            .body(reqwest::blocking::Body::new(std::io::Cursor::new(vec![
+                b'y';
+                2400
+            ])))
+            .send()
+            .unwrap();
     assert_eq!(r.status(), 413);
     // Malformed callback URLs: 400.
     for bad in ["not a url", "/relative", "ftp://host/x"] {
@@ -199,13 +254,14 @@ pub fn bad_input(b: Backend) {
         assert!(r.text().unwrap().contains("X-Callback-Url"));
     }
     // Invalid retry annotations are refused at deploy, naming the annotation.
-    let r = s
-        .p
-        .sys(Method::POST, "/system/functions")
-        .json(&json!({"service": "badretry", "image": "", "envProcess": "cat",
-            "annotations": {"com.openfaas.retry.attempts": "lots"}}))
-        .send()
-        .unwrap();
+    let r =
+        s.p.sys(Method::POST, "/system/functions")
+            .json(
+                &json!({"service": "badretry", "image": "", "envProcess": "cat",
+            "annotations": {"com.openfaas.retry.attempts": "lots"}}),
+            )
+            .send()
+            .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().unwrap().contains("com.openfaas.retry.attempts"));
     // A callback to a closed port is retried, then counted as failed; the queue goes on.
@@ -215,11 +271,23 @@ pub fn bad_input(b: Backend) {
     for _ in 0..3 {
         assert_eq!(s.call_async("rec", "", &[]).status(), 202);
     }
-    assert!(s.p.eventually(Duration::from_secs(5), || lines(&file).len() == 4), "queue blocked");
-    assert!(s.p.eventually(WAIT, || s.queues()["callbacksFailed"] == 1), "{}", s.queues());
+    assert!(
+        s.p.eventually(Duration::from_secs(5), || lines(&file).len() == 4),
+        "queue blocked"
+    );
+    assert!(
+        s.p.eventually(WAIT, || s.queues()["callbacksFailed"] == 1),
+        "{}",
+        s.queues()
+    );
     // Nothing from the oversized call was stored or delivered.
     assert_eq!(lines(&file).len(), 4);
     let q = s.queues();
-    let total: u64 = q["queues"].as_array().unwrap().iter().map(|q| q["depth"].as_u64().unwrap() + q["inflight"].as_u64().unwrap()).sum();
+    let total: u64 = q["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["depth"].as_u64().unwrap() + q["inflight"].as_u64().unwrap())
+        .sum();
     assert_eq!(total, 0, "{q}");
 }

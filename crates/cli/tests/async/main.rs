@@ -2,9 +2,9 @@
 //! (embedded log and a real nats-server with JetStream): 202 + call id, callbacks, retries with
 //! backoff, dead letters, named queues, bad input, and a kill -9 crash test.
 
+mod cases;
 #[path = "../common/mod.rs"]
 mod common;
-mod cases;
 mod crash;
 mod support;
 

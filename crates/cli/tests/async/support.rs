@@ -75,6 +75,11 @@ pub struct Setup {
 
 impl Setup {
     pub fn start(backend: Backend) -> Setup {
+        Setup::start_with(backend, &[])
+    }
+
+    /// Start with extra `virga up` arguments.
+    pub fn start_with(backend: Backend, extra: &[&str]) -> Setup {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let nats = (backend == Backend::Nats).then(NatsServer::start);
@@ -82,6 +87,7 @@ impl Setup {
         if let Some(n) = &nats {
             args = vec!["--queue", n.url.as_str()];
         }
+        args.extend_from_slice(extra);
         let p = Platform::start_with(&dir.join("data"), &args);
         Setup {
             p,
@@ -92,7 +98,12 @@ impl Setup {
     }
 
     /// POST `body` to `/async-function/{name}` with `headers`.
-    pub fn call_async(&self, name: &str, body: &str, headers: &[(&str, &str)]) -> reqwest::blocking::Response {
+    pub fn call_async(
+        &self,
+        name: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::blocking::Response {
         let mut rb = self
             .p
             .anon(reqwest::Method::POST, &format!("/async-function/{name}"))
@@ -138,7 +149,13 @@ impl Setup {
 
     /// Deploy an HTTP-mode Python function answering `echo:BODY`; its first `fails` calls
     /// answer `fail_status`. Every call appends its X-Call-Id to `DIR/NAME.calls`.
-    pub fn deploy_flaky(&self, name: &str, fails: u32, fail_status: u16, annotations: serde_json::Value) -> PathBuf {
+    pub fn deploy_flaky(
+        &self,
+        name: &str,
+        fails: u32,
+        fail_status: u16,
+        annotations: serde_json::Value,
+    ) -> PathBuf {
         let calls = self.dir.join(format!("{name}.calls"));
         let server = self.dir.join(format!("{name}.py"));
         std::fs::write(&server, FLAKY_PY).unwrap();

@@ -214,6 +214,38 @@ impl Runc {
             .unwrap_or(0)
     }
 
+    /// CPU seconds used by the live sandboxes of function `name` (from their cgroups).
+    pub(crate) fn cpu_seconds(&self, name: &str) -> f64 {
+        let prefix = format!("{}-{name}-", self.key);
+        // cgroup v1 mounts the same counters under several names: take the largest sum.
+        let mut best = 0.0f64;
+        for parent in self.cgroup_dirs() {
+            let mut total = 0.0;
+            for e in fs::read_dir(&parent).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let Some(num) = n.strip_prefix(&prefix) else {
+                    continue;
+                };
+                if !num.bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                let v2 = fs::read_to_string(e.path().join("cpu.stat")).ok().and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok())
+                });
+                let v1 = || {
+                    fs::read_to_string(e.path().join("cpuacct.usage"))
+                        .ok()
+                        .and_then(|t| t.trim().parse::<f64>().ok())
+                        .map(|ns| ns / 1000.0)
+                };
+                total += v2.or_else(v1).unwrap_or(0.0) / 1e6;
+            }
+            best = best.max(total);
+        }
+        best
+    }
+
     /// Remove everything of this platform (shutdown, after instances stopped).
     pub fn shutdown(&self) {
         self.remove_leftovers();

@@ -27,8 +27,12 @@ impl DeadFile {
             Ok(data) => {
                 let mut pos = 0;
                 while pos + 8 <= data.len() {
-                    let len = u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]])
-                        as usize;
+                    let len = u32::from_le_bytes([
+                        data[pos],
+                        data[pos + 1],
+                        data[pos + 2],
+                        data[pos + 3],
+                    ]) as usize;
                     let crc = u32::from_le_bytes([
                         data[pos + 4],
                         data[pos + 5],

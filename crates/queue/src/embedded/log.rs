@@ -398,7 +398,9 @@ mod tests {
         for seq in 1..=5 {
             ack_record(&mut d, seq);
         }
-        log.write(batch(d, vec![], (1..=5).collect())).await.unwrap();
+        log.write(batch(d, vec![], (1..=5).collect()))
+            .await
+            .unwrap();
         // One more write so the writer rotates past the acks and compacts.
         let mut d = Vec::new();
         put_record(&mut d, 7, 0, &sample_call("y"));

@@ -202,19 +202,15 @@ impl Embedded {
         put_record(&mut data, new, due.max(1), &call);
         ack_record(&mut data, seq);
         let queue = call.queue.clone();
-        let written = self
-            .log
+        // On failure the call stays where it was: it is delivered again after a restart.
+        self.log
             .write(Batch {
                 data,
                 puts: vec![new],
                 acks: vec![seq],
                 done: None,
             })
-            .await;
-        if let Err(e) = written {
-            // Leave the call where it was: it is delivered again after a restart.
-            return Err(e);
-        }
+            .await?;
         let mut st = self.lock();
         let lane = st.lane(&queue);
         lane.calls.remove(&seq);
@@ -240,7 +236,11 @@ impl Embedded {
         self.dead.lock().await.letters.clone()
     }
 
-    pub(crate) async fn retry_dead_letter(&self, id: &str, now_ms: u64) -> Result<bool, QueueError> {
+    pub(crate) async fn retry_dead_letter(
+        &self,
+        id: &str,
+        now_ms: u64,
+    ) -> Result<bool, QueueError> {
         let mut file = self.dead.lock().await;
         let Some(i) = file.letters.iter().position(|d| d.call.id == id) else {
             return Ok(false);

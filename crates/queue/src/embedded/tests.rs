@@ -105,7 +105,10 @@ async fn dead_letters_are_listed_retried_and_purged() {
     assert_eq!(dead.len(), 2);
     assert_eq!((dead[0].status, dead[0].call.attempts), (503, 3));
     let stats = q.stats().await.unwrap();
-    assert_eq!((stats[0].depth, stats[0].inflight, stats[0].dead), (0, 0, 2));
+    assert_eq!(
+        (stats[0].depth, stats[0].inflight, stats[0].dead),
+        (0, 0, 2)
+    );
     assert!(q.retry_dead_letter("d1", 9).await.unwrap());
     assert!(!q.retry_dead_letter("nope", 9).await.unwrap());
     let d = receive(&q, "default").await;

@@ -1,0 +1,322 @@
+//! Scaling figures: cold start of the python3-http hello function from zero replicas to its
+//! first response (next to a bare `python3 -c pass` measured in the same run), the time from
+//! a load step to an extra replica serving, and the platform's idle memory with 100
+//! functions at zero plus the memory of one running instance.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+use super::{Ctx, BODY};
+use crate::platform::{Platform, ADMIN_PASSWORD};
+use crate::report::{Figure, Section, Target, Unit};
+use crate::runner::{wait_ok, Stats};
+
+/// Name for `--only`.
+pub const NAME: &str = "scaling";
+
+/// Section heading.
+pub const TITLE: &str = "Scaling: cold starts, load steps and memory at rest";
+
+/// What the figures mean.
+pub const ABOUT: &str = "\
+**Cold start**: the python3-http hello function (`virga new --lang python3-http`) is scaled \
+to 0 replicas with `POST /system/scale-function`, and once its instance is gone one `POST` \
+is timed from send to full response: the gateway holds it while an instance starts \
+(watchdog, then the Python runtime) and pushes readiness. The baseline is a bare \
+`python3 -c pass` spawned by virga-bench in the same run (targets: ≤ 80 ms p50 without a \
+warm pool; the warm pool and zygote are not built yet, so there is no warm-pool row). \
+**Load step**: a `capacity` function with target 1 (`sleep 0.2` per request) at one replica \
+gets 6 concurrent callers; timed is the step to the moment `availableReplicas` first \
+exceeds 1, against one cold start of that function (target: within 2 s of it). \
+**Memory at rest**: resident memory (VmRSS) of `virga up` with 100 deployed functions all \
+at zero (target ≤ 30 MiB; the row's baseline is the same platform with no function), and \
+of one running python3-http instance (watchdog plus runtime, summed over its process \
+group).";
+
+fn client() -> Result<Client> {
+    Ok(Client::builder().timeout(Duration::from_secs(60)).build()?)
+}
+
+fn sys(url: &str, method: reqwest::Method, path: &str) -> Result<reqwest::blocking::RequestBuilder> {
+    Ok(client()?
+        .request(method, format!("{url}{path}"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD)))
+}
+
+fn replicas(url: &str, name: &str) -> Result<(u64, u64)> {
+    let s: Value = sys(url, reqwest::Method::GET, &format!("/system/function/{name}"))?
+        .send()?
+        .json()?;
+    Ok((
+        s["replicas"].as_u64().unwrap_or(0),
+        s["availableReplicas"].as_u64().unwrap_or(0),
+    ))
+}
+
+fn scale(url: &str, name: &str, n: u64) -> Result<()> {
+    let r = sys(url, reqwest::Method::POST, &format!("/system/scale-function/{name}"))?
+        .json(&json!({"serviceName": name, "replicas": n}))
+        .send()?;
+    if !r.status().is_success() {
+        bail!("scale {name} to {n}: HTTP {}", r.status());
+    }
+    Ok(())
+}
+
+fn until(limit: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("condition not reached within {limit:?}")
+}
+
+/// Pid of the `virga up` whose data directory is `data`.
+fn platform_pid(data: &Path) -> Option<i32> {
+    let needle = data.to_string_lossy().into_owned();
+    procs().into_iter().find(|&pid| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        cmd.contains(" up ") && cmd.contains(&needle)
+    })
+}
+
+fn procs() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// VmRSS of `pid` in MiB.
+fn rss_mib(pid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Children of `parent` (direct) named `comm`.
+fn children(parent: i32, comm: &str) -> Vec<i32> {
+    procs()
+        .into_iter()
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<i32>().ok());
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            ppid == Some(parent) && name.trim() == comm
+        })
+        .collect()
+}
+
+/// Summed VmRSS of the process group `pgid`, in MiB.
+fn group_rss_mib(pgid: i32) -> f64 {
+    procs()
+        .into_iter()
+        // SAFETY: getpgid only reads another process's group id.
+        .filter(|&p| unsafe { libc::getpgid(p) } == pgid)
+        .map(rss_mib)
+        .sum()
+}
+
+/// Spawn `python3 -c pass` `n` times, in microseconds each.
+fn python_pass(n: usize) -> Result<Vec<f64>> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let st = Command::new("python3").args(["-c", "pass"]).status()?;
+            if !st.success() {
+                bail!("python3 -c pass failed: {st}");
+            }
+            Ok(t.elapsed().as_secs_f64() * 1e6)
+        })
+        .collect()
+}
+
+/// Time `n` calls each made at zero replicas, in microseconds.
+fn cold_starts(url: &str, name: &str, n: usize, data: &Path) -> Result<Vec<f64>> {
+    let pid = platform_pid(data).context("virga up's pid not found")?;
+    let http = client()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        scale(url, name, 0)?;
+        until(Duration::from_secs(20), || {
+            Ok(replicas(url, name)? == (0, 0) && children(pid, "virga-watchdog").is_empty())
+        })?;
+        let t = Instant::now();
+        let r = http.post(format!("{url}/function/{name}")).body(BODY).send()?;
+        let status = r.status();
+        let _ = r.bytes()?;
+        if !status.is_success() {
+            bail!("cold call answered {status}");
+        }
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(out)
+}
+
+/// Milliseconds from a 6-caller load step to a second ready replica, `runs` times.
+fn load_steps(url: &str, name: &str, runs: usize) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for _ in 0..runs {
+        scale(url, name, 1)?;
+        until(Duration::from_secs(20), || Ok(replicas(url, name)? == (1, 1)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let callers: Vec<_> = (0..6)
+            .map(|_| {
+                let (stop, target) = (stop.clone(), format!("{url}/function/{name}"));
+                std::thread::spawn(move || {
+                    let Ok(http) = client() else { return };
+                    while !stop.load(Ordering::SeqCst) {
+                        let _ = http.post(&target).body(BODY).send().and_then(|r| r.bytes());
+                    }
+                })
+            })
+            .collect();
+        let t = Instant::now();
+        let reached = until(Duration::from_secs(20), || Ok(replicas(url, name)?.1 > 1));
+        let took = t.elapsed().as_secs_f64() * 1e6;
+        stop.store(true, Ordering::SeqCst);
+        for c in callers {
+            let _ = c.join();
+        }
+        reached?;
+        out.push(took);
+    }
+    Ok(out)
+}
+
+/// Measures and fills the section.
+pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
+    let work = ctx.dir(NAME)?;
+    let data: PathBuf = work.join("data");
+    let mut platform = Platform::start(&ctx.bins, &work, &ctx.isolation)?;
+    let url = platform.url.clone();
+    let pid = platform_pid(&data).context("virga up's pid not found")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let empty_rss = rss_mib(pid);
+
+    eprintln!("scaling: deploying python3-http hello");
+    platform.deploy_template("bench-hello", "python3-http")?;
+    if let Err(e) = wait_ok(&platform.function_url("bench-hello"), BODY, Duration::from_secs(60)) {
+        return Err(platform.explain(e));
+    }
+    let quick = ctx.settings.iterations < 1000;
+    let n = if quick { 10 } else { 40 };
+    let mut py = python_pass(n / 2)?;
+    let mut cold = cold_starts(&url, "bench-hello", n, &data)?;
+    py.extend(python_pass(n - n / 2)?);
+    let py = s.measured(format!("python3 -c pass, {n} spawns"), stats(&mut py)?);
+    let cold = s.measured(
+        format!("python3-http hello, 0 → first response, {n} calls (no warm pool)"),
+        stats(&mut cold)?,
+    );
+    // One running instance's memory.
+    let wd = children(pid, "virga-watchdog");
+    let instance_rss = wd.first().map_or(0.0, |&w| group_rss_mib(w));
+
+    eprintln!("scaling: load step on a capacity function");
+    platform.deploy_json(&json!({
+        "service": "bench-busy",
+        "envProcess": "sleep 0.2",
+        "labels": {
+            "com.openfaas.scale.type": "capacity",
+            "com.openfaas.scale.target": "1",
+            "com.openfaas.scale.max": "4",
+        },
+    }))?;
+    let mut start_one = cold_starts(&url, "bench-busy", 3, &data)?;
+    let start_one = stats(&mut start_one)?;
+    let mut steps = load_steps(&url, "bench-busy", if quick { 2 } else { 5 })?;
+    let steps = s.measured("load step → second replica serving", stats(&mut steps)?);
+
+    eprintln!("scaling: 100 functions at zero");
+    for i in 0..100 {
+        platform.deploy_json(&json!({
+            "service": format!("idle-{i}"),
+            "envProcess": "cat",
+            "labels": {"com.openfaas.scale.min": "0"},
+        }))?;
+    }
+    scale(&url, "bench-hello", 0)?;
+    scale(&url, "bench-busy", 0)?;
+    until(Duration::from_secs(30), || Ok(children(pid, "virga-watchdog").is_empty()))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_rss = rss_mib(pid);
+    let idle_procs = children(pid, "virga-watchdog").len();
+
+    let fig = |name: String, vl: &str, v: f64, bl: &str, b: f64, unit, target| Figure {
+        name,
+        value_label: vl.into(),
+        value: v,
+        baseline_label: bl.into(),
+        baseline: b,
+        unit,
+        target,
+    };
+    s.figure(fig(
+        "cold start p50, python3-http hello, no warm pool (target ≤ 80 ms)".into(),
+        "0 → first response",
+        cold.p50_us,
+        "python3 -c pass",
+        py.p50_us,
+        Unit::Micros,
+        Target::AddedAtMost(80_000.0 - py.p50_us),
+    ));
+    s.figure(fig(
+        "cold start p99, python3-http hello, no warm pool".into(),
+        "0 → first response",
+        cold.p99_us,
+        "python3 -c pass p99",
+        py.p99_us,
+        Unit::Micros,
+        Target::None,
+    ));
+    s.figure(fig(
+        "load step → extra replica serving, p50 (target ≤ 2 s beyond a start)".into(),
+        "autoscaler",
+        steps.p50_us,
+        "one cold start",
+        start_one.p50_us,
+        Unit::Micros,
+        Target::AddedAtMost(2_000_000.0),
+    ));
+    s.figure(fig(
+        format!("platform RSS, 100 functions at zero ({idle_procs} instance processes)"),
+        "virga up",
+        idle_rss,
+        "no functions",
+        empty_rss,
+        Unit::Mebibytes,
+        Target::AddedAtMost(30.0 - empty_rss),
+    ));
+    s.figure(fig(
+        "one running python3-http instance".into(),
+        "watchdog + runtime",
+        instance_rss,
+        "virga up, idle",
+        idle_rss,
+        Unit::Mebibytes,
+        Target::None,
+    ));
+    Ok(())
+}
+
+fn stats(samples: &mut [f64]) -> Result<Stats> {
+    Stats::from_samples(samples).context("no samples")
+}

@@ -1,0 +1,265 @@
+//! The `com.openfaas.scale.*` labels, parsed into a [`ScalingPolicy`]: replica bounds, the
+//! load metric and its per-replica target, and whether (and after how long idle) a function
+//! may go to zero instances. Every bad value is reported with the label that carries it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::Invalid;
+
+/// Minimum replicas while the function is active (and the count it is deployed with).
+pub const LABEL_MIN: &str = "com.openfaas.scale.min";
+/// Maximum replicas the autoscaler may start.
+pub const LABEL_MAX: &str = "com.openfaas.scale.max";
+/// Load one replica is meant to carry.
+pub const LABEL_TARGET: &str = "com.openfaas.scale.target";
+/// What load means: `rps`, `capacity` (in-flight requests) or `cpu` (millicores).
+pub const LABEL_TYPE: &str = "com.openfaas.scale.type";
+/// Fraction of the target at which a replica counts as full.
+pub const LABEL_PROPORTION: &str = "com.openfaas.scale.target-proportion";
+/// Whether the function goes to zero instances when idle.
+pub const LABEL_ZERO: &str = "com.openfaas.scale.zero";
+/// How long without requests before going to zero, e.g. `15m`, `30s`.
+pub const LABEL_ZERO_DURATION: &str = "com.openfaas.scale.zero-duration";
+
+/// The load metric a function scales on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleType {
+    /// Requests per second.
+    Rps,
+    /// Requests in flight (including those waiting for an instance).
+    Capacity,
+    /// CPU used by the instances, in millicores.
+    Cpu,
+}
+
+/// How one function scales, from its labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingPolicy {
+    /// Lowest replica count while active.
+    pub min: u64,
+    /// Highest replica count.
+    pub max: u64,
+    /// Load per replica.
+    pub target: u64,
+    /// The load metric.
+    pub kind: ScaleType,
+    /// Fraction of `target` a replica is filled to before another is added.
+    pub target_proportion: f64,
+    /// Whether idleness scales to zero.
+    pub zero: bool,
+    /// Idle time before scaling to zero.
+    pub zero_duration: Duration,
+}
+
+impl Default for ScalingPolicy {
+    fn default() -> Self {
+        ScalingPolicy {
+            min: 1,
+            max: 20,
+            target: 50,
+            kind: ScaleType::Rps,
+            target_proportion: 0.9,
+            zero: false,
+            zero_duration: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+fn bad(label: &str, value: &str, what: &str) -> Invalid {
+    Invalid {
+        field: format!("labels: {label}"),
+        reason: format!("{value:?} is not valid: {what}"),
+    }
+}
+
+impl ScalingPolicy {
+    /// Parse the scaling labels (absent ones take OpenFaaS's defaults).
+    pub fn from_labels(labels: Option<&BTreeMap<String, String>>) -> Result<Self, Invalid> {
+        let mut p = ScalingPolicy::default();
+        let Some(labels) = labels else {
+            return Ok(p);
+        };
+        let get = |k: &str| labels.get(k).map(|v| v.trim());
+        let whole = |k: &str, v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| bad(k, v, "give a whole number"))
+        };
+        if let Some(v) = get(LABEL_MIN) {
+            p.min = whole(LABEL_MIN, v)?;
+        }
+        if let Some(v) = get(LABEL_MAX) {
+            p.max = whole(LABEL_MAX, v)?;
+            if p.max == 0 {
+                return Err(bad(LABEL_MAX, v, "must be at least 1"));
+            }
+        }
+        if p.min > p.max {
+            return Err(bad(
+                LABEL_MIN,
+                &p.min.to_string(),
+                &format!("larger than {LABEL_MAX} ({})", p.max),
+            ));
+        }
+        if let Some(v) = get(LABEL_TARGET) {
+            p.target = whole(LABEL_TARGET, v)?;
+            if p.target == 0 {
+                return Err(bad(LABEL_TARGET, v, "must be at least 1"));
+            }
+        }
+        if let Some(v) = get(LABEL_TYPE) {
+            p.kind = match v {
+                "rps" => ScaleType::Rps,
+                "capacity" => ScaleType::Capacity,
+                "cpu" => ScaleType::Cpu,
+                _ => return Err(bad(LABEL_TYPE, v, "use rps, capacity or cpu")),
+            };
+        }
+        if let Some(v) = get(LABEL_PROPORTION) {
+            p.target_proportion = v
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite() && *f > 0.0 && *f <= 1.0)
+                .ok_or_else(|| bad(LABEL_PROPORTION, v, "give a number above 0 and at most 1"))?;
+        }
+        if let Some(v) = get(LABEL_ZERO) {
+            p.zero = match v {
+                "true" => true,
+                "false" => false,
+                _ => return Err(bad(LABEL_ZERO, v, "use true or false")),
+            };
+        }
+        if let Some(v) = get(LABEL_ZERO_DURATION) {
+            p.zero_duration = parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                bad(
+                    LABEL_ZERO_DURATION,
+                    v,
+                    "give a duration like 15m, 30s or 500ms",
+                )
+            })?;
+        }
+        Ok(p)
+    }
+
+    /// Replicas wanted for `load`: ceil(load / (target × proportion)), within min..max
+    /// (never below 1: only idleness takes a function to zero).
+    pub fn desired(&self, load: f64) -> u64 {
+        let per_replica = self.target as f64 * self.target_proportion;
+        let raw = if load.is_finite() && load > 0.0 {
+            (load / per_replica).ceil().min(u64::MAX as f64) as u64
+        } else {
+            0
+        };
+        raw.clamp(self.min.max(1), self.max.max(1))
+    }
+}
+
+/// A Go-style duration: one or more `<number><unit>` parts with units ms, s, m, h.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (num, tail) = rest.split_at(split);
+        let n: f64 = num.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let secs = match unit {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => return None,
+        };
+        total += Duration::try_from_secs_f64(secs).ok()?;
+        rest = next;
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_follow_openfaas() {
+        let p = ScalingPolicy::from_labels(None).unwrap();
+        assert_eq!((p.min, p.max, p.target), (1, 20, 50));
+        assert_eq!(p.kind, ScaleType::Rps);
+        assert!(!p.zero);
+        assert_eq!(p.zero_duration, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn parses_every_label() {
+        let l = labels(&[
+            (LABEL_MIN, "2"),
+            (LABEL_MAX, "5"),
+            (LABEL_TARGET, "1"),
+            (LABEL_TYPE, "capacity"),
+            (LABEL_PROPORTION, "0.5"),
+            (LABEL_ZERO, "true"),
+            (LABEL_ZERO_DURATION, "1m30s"),
+        ]);
+        let p = ScalingPolicy::from_labels(Some(&l)).unwrap();
+        assert_eq!((p.min, p.max, p.target), (2, 5, 1));
+        assert_eq!(p.kind, ScaleType::Capacity);
+        assert_eq!(p.target_proportion, 0.5);
+        assert!(p.zero);
+        assert_eq!(p.zero_duration, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn bad_values_name_their_label() {
+        for (k, v) in [
+            (LABEL_MIN, "lots"),
+            (LABEL_MAX, "0"),
+            (LABEL_TARGET, "-1"),
+            (LABEL_TYPE, "memory"),
+            (LABEL_PROPORTION, "1.5"),
+            (LABEL_ZERO, "yes"),
+            (LABEL_ZERO_DURATION, "soon"),
+        ] {
+            let e = ScalingPolicy::from_labels(Some(&labels(&[(k, v)]))).unwrap_err();
+            assert!(e.to_string().contains(k), "{e}");
+        }
+        let e = ScalingPolicy::from_labels(Some(&labels(&[(LABEL_MIN, "5"), (LABEL_MAX, "2")])))
+            .unwrap_err();
+        assert!(e.to_string().contains(LABEL_MIN), "{e}");
+    }
+
+    #[test]
+    fn desired_is_ceil_of_load_over_effective_target() {
+        let p = ScalingPolicy {
+            target: 10,
+            target_proportion: 0.5,
+            max: 4,
+            ..ScalingPolicy::default()
+        };
+        assert_eq!(p.desired(0.0), 1);
+        assert_eq!(p.desired(5.0), 1);
+        assert_eq!(p.desired(5.1), 2);
+        assert_eq!(p.desired(100.0), 4);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h2s"), Some(Duration::from_secs(3602)));
+        assert_eq!(parse_duration("2"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}
