@@ -13,7 +13,12 @@ use serde_json::json;
 
 fn start(dir: &Path) -> Platform {
     let p = Platform::start_with(dir, &["--isolation", "runc"]);
-    let info: serde_json::Value = p.sys(Method::GET, "/system/info").send().unwrap().json().unwrap();
+    let info: serde_json::Value = p
+        .sys(Method::GET, "/system/info")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(info["provider"]["isolation"], "runc");
     p
 }
@@ -42,7 +47,11 @@ fn leftovers(dir: &Path) -> Vec<String> {
             }
         }
     }
-    for slot in std::fs::read_dir("/run/virga-net/slots").into_iter().flatten().flatten() {
+    for slot in std::fs::read_dir("/run/virga-net/slots")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         if std::fs::read_to_string(slot.path()).unwrap_or_default() == key {
             let n = slot.file_name().to_string_lossy().into_owned();
             found.push(format!("network slot {n}"));
@@ -71,13 +80,19 @@ fn memory_limit_kills_with_a_clear_message_and_others_keep_serving() {
         "python3 hog.py",
         json!({"limits": {"memory": "64Mi"}}),
     );
-    assert_eq!(p.invoke("hog", "8").text().unwrap().trim(), "allocated 8 MiB");
+    assert_eq!(
+        p.invoke("hog", "8").text().unwrap().trim(),
+        "allocated 8 MiB"
+    );
     let r = p.invoke("hog", "300");
     assert!(r.status().is_server_error(), "{}", r.status());
     let msg = r.text().unwrap();
     assert!(msg.contains("out of memory"), "{msg}");
     assert_eq!(p.invoke("echo", "alive").text().unwrap(), "alive");
-    assert_eq!(p.invoke("hog", "8").text().unwrap().trim(), "allocated 8 MiB");
+    assert_eq!(
+        p.invoke("hog", "8").text().unwrap().trim(),
+        "allocated 8 MiB"
+    );
 }
 
 #[test]
@@ -102,7 +117,10 @@ fn fork_bomb_is_stopped_and_cpu_is_capped() {
         assert!(started.elapsed() < Duration::from_secs(20));
         let status = r.status();
         let text = r.text().unwrap();
-        eprintln!("fork bomb round {round}: {status}, forks before refusal and errno: {}", text.trim());
+        eprintln!(
+            "fork bomb round {round}: {status}, forks before refusal and errno: {}",
+            text.trim()
+        );
         assert_eq!(status, 200, "{text}");
         let (forks, errno) = text.trim().split_once(' ').unwrap();
         let forks: usize = forks.parse().unwrap();
@@ -161,7 +179,13 @@ echo "init $(cat /proc/1/cmdline | tr '\0' ' ')"
     p.deploy_script("probe", &probe, json!({"secrets": ["mine"]}));
     let out = p.invoke("probe", "").text().unwrap();
     eprintln!("{out}");
-    let uid: u32 = out.lines().next().unwrap().trim_start_matches("uid ").parse().unwrap();
+    let uid: u32 = out
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("uid ")
+        .parse()
+        .unwrap();
     assert_ne!(uid, 0, "runs as root");
     for line in [
         &format!("cat {}/state.redb: no", data.display()),
@@ -175,7 +199,10 @@ echo "init $(cat /proc/1/cmdline | tr '\0' ' ')"
         "secrets mine ",
         "secret my-secret",
     ] {
-        assert!(out.lines().any(|l| l == line), "expected {line:?} in:\n{out}");
+        assert!(
+            out.lines().any(|l| l == line),
+            "expected {line:?} in:\n{out}"
+        );
     }
     let procs: usize = out
         .lines()
@@ -183,7 +210,10 @@ echo "init $(cat /proc/1/cmdline | tr '\0' ' ')"
         .unwrap()
         .parse()
         .unwrap();
-    assert!(procs < 10, "sees {procs} processes: host processes are visible");
+    assert!(
+        procs < 10,
+        "sees {procs} processes: host processes are visible"
+    );
     assert!(out.contains("init /virga/watchdog"), "{out}");
 }
 
@@ -192,11 +222,18 @@ fn deleting_and_stopping_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = start(dir.path());
     p.deploy_script("a", "cat", json!({}));
-    p.deploy_script("b", "cat", json!({"annotations": {"virga.network.outbound": "false"}}));
+    p.deploy_script(
+        "b",
+        "cat",
+        json!({"annotations": {"virga.network.outbound": "false"}}),
+    );
     assert_eq!(p.invoke("a", "x").text().unwrap(), "x");
     assert_eq!(p.invoke("b", "y").text().unwrap(), "y");
     let before = leftovers(dir.path());
-    assert!(before.iter().any(|l| l.starts_with("container")), "{before:?}");
+    assert!(
+        before.iter().any(|l| l.starts_with("container")),
+        "{before:?}"
+    );
     assert!(before.iter().any(|l| l.starts_with("netns")), "{before:?}");
 
     let r = p
@@ -206,7 +243,11 @@ fn deleting_and_stopping_leave_nothing_behind() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let ok = p.eventually(Duration::from_secs(10), || {
-        leftovers(dir.path()).iter().filter(|l| l.starts_with("container")).count() == 1
+        leftovers(dir.path())
+            .iter()
+            .filter(|l| l.starts_with("container"))
+            .count()
+            == 1
     });
     assert!(ok, "{:?}", leftovers(dir.path()));
 
@@ -234,6 +275,9 @@ fn outbound_network_is_on_by_default_and_can_be_switched_off() {
         show,
         json!({"annotations": {"virga.network.outbound": "false"}}),
     );
-    assert_eq!(p.invoke("open", "").text().unwrap(), "default route\ndone\n");
+    assert_eq!(
+        p.invoke("open", "").text().unwrap(),
+        "default route\ndone\n"
+    );
     assert_eq!(p.invoke("closed", "").text().unwrap(), "done\n");
 }

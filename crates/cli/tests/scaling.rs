@@ -206,7 +206,10 @@ fn invalid_scaling_labels_are_rejected_naming_the_label() {
         assert!(msg.contains(label), "{label}: {msg}");
     }
     assert_eq!(
-        p.sys(Method::GET, "/system/function/bad").send().unwrap().status(),
+        p.sys(Method::GET, "/system/function/bad")
+            .send()
+            .unwrap()
+            .status(),
         404
     );
 }
@@ -214,15 +217,20 @@ fn invalid_scaling_labels_are_rejected_naming_the_label() {
 #[test]
 fn max_inflight_queues_briefly_then_answers_429() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Arc::new(Platform::start_with(dir.path(), &["--queue-timeout-ms", "500"]));
+    let p = Arc::new(Platform::start_with(
+        dir.path(),
+        &["--queue-timeout-ms", "500"],
+    ));
     let one_at_a_time = json!({
         "envVars": {"max_inflight": "1"},
         "labels": {"com.openfaas.scale.max": "1"},
     });
     p.deploy_script("slow", "sleep 2; cat", one_at_a_time.clone());
     p.deploy_script("quick", "sleep 0.2; cat", one_at_a_time);
-    assert!(p.eventually(Duration::from_secs(10), || replicas(&p, "slow").1 == 1
-        && replicas(&p, "quick").1 == 1));
+    assert!(
+        p.eventually(Duration::from_secs(10), || replicas(&p, "slow").1 == 1
+            && replicas(&p, "quick").1 == 1)
+    );
     // A second call waits for the busy instance: served when it frees up in time...
     let first = {
         let p = p.clone();
@@ -263,8 +271,22 @@ fn a_call_is_retried_on_another_instance_when_one_dies() {
     for round in 0..3 {
         let pids = watchdogs(dir.path());
         assert_eq!(pids.len(), 2, "{pids:?}");
-        // Kill one instance and call at once, many times in parallel: every call is answered.
-        unsafe { libc::kill(pids[round % 2], libc::SIGKILL) };
+        // Kill one instance and call at once, many times in parallel: every call is answered
+        // (calls that reach the dead one before it is out of rotation are retried).
+        let victim = pids[round % 2];
+        unsafe { libc::kill(victim, libc::SIGKILL) };
+        // Once it has exited (its sockets closed), before the platform has necessarily noticed.
+        let exited = || {
+            let stat = std::fs::read_to_string(format!("/proc/{victim}/stat")).unwrap_or_default();
+            stat.is_empty()
+                || stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        };
+        assert!(p.eventually(Duration::from_secs(5), exited));
+        // Let the gateway's pooled connections see the close: a call already written into a
+        // dead keep-alive connection has had its body consumed and is not retried.
+        std::thread::sleep(Duration::from_millis(20));
         let calls: Vec<_> = (0..8)
             .map(|i| {
                 let p = p.clone();
@@ -288,7 +310,12 @@ fn a_call_is_retried_on_another_instance_when_one_dies() {
 fn scale_to_zero_and_back_under_runc() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::start_with(dir.path(), &["--isolation", "runc"]);
-    let info: Value = p.sys(Method::GET, "/system/info").send().unwrap().json().unwrap();
+    let info: Value = p
+        .sys(Method::GET, "/system/info")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(info["provider"]["isolation"], "runc");
     p.deploy_script(
         "nap",

@@ -111,9 +111,11 @@ pub(crate) async fn forward(state: &AppState, req: Request) -> Result<Response, 
         *req.headers_mut() = parts.headers.clone();
         let upstream = state.client.request(req);
         let result = tokio::time::timeout(state.cfg.upstream_timeout, upstream).await;
-        // A refused connection never read the body: the instance died after it was picked,
-        // so try another one (its replacement if it was the only one).
-        if matches!(&result, Ok(Err(e)) if e.is_connect()) && attempt < MAX_RETRIES {
+        // A refused connection, or a dead one that never read the (non-empty) body: the
+        // instance died after it was picked, so try another (its replacement if it was the
+        // only one). A function cannot have seen a request whose body it never got.
+        let retry = matches!(&result, Ok(Err(e)) if e.is_connect() || body.unread());
+        if retry && attempt < MAX_RETRIES {
             attempt += 1;
             lease.mark_unreachable();
             tracing::debug!(function = %name, instance = %lease.instance(), "retrying on another instance");

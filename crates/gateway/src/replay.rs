@@ -27,6 +27,17 @@ impl Replayable {
         }
     }
 
+    /// True while no attempt has read the body and it is not empty (so no request could
+    /// have reached a function complete).
+    pub(crate) fn unread(&self) -> bool {
+        !self.end
+            && self
+                .slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    }
+
     /// The body for the next attempt, or `None` once an attempt has started reading it.
     pub(crate) fn attempt(&self) -> Option<Body> {
         let present = self
@@ -38,7 +49,7 @@ impl Replayable {
             Body::new(Attempt {
                 slot: self.slot.clone(),
                 body: None,
-                hint: self.hint.clone(),
+                hint: self.hint,
                 end: self.end,
             })
         })
@@ -81,7 +92,7 @@ impl HttpBody for Attempt {
     fn size_hint(&self) -> SizeHint {
         self.body
             .as_ref()
-            .map_or_else(|| self.hint.clone(), |b| b.size_hint())
+            .map_or_else(|| self.hint, |b| b.size_hint())
     }
 }
 

@@ -21,7 +21,10 @@ pub(crate) enum Launch {
 
 impl Launch {
     /// Prepare instance `id` of `func` and the command that starts it.
-    pub(crate) async fn prepare(func: &Arc<Function>, id: &str) -> Result<(Launch, Command), String> {
+    pub(crate) async fn prepare(
+        func: &Arc<Function>,
+        id: &str,
+    ) -> Result<(Launch, Command), String> {
         let spec = &func.spec;
         let (launch, mut cmd) = match &func.cfg.sandbox {
             None => {

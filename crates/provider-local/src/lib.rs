@@ -317,7 +317,10 @@ impl LocalProvider {
             } else {
                 self.cfg.ready_timeout
             };
-            if tokio::time::timeout_at(started + limit, notified).await.is_err() {
+            if tokio::time::timeout_at(started + limit, notified)
+                .await
+                .is_err()
+            {
                 return Err(if full {
                     ProviderError::AtCapacity {
                         name: name.to_string(),

@@ -148,8 +148,12 @@ fn decide(cfg: &ScalerConfig, t: &mut Track, l: &FunctionLoad, now: Instant, fle
         t.recs.clear();
         return;
     }
-    let idle_for = t.last_active.map_or(Duration::ZERO, |a| now.duration_since(a));
-    if l.policy.zero && idle_for >= l.policy.zero_duration && fleet.scale_to_zero(&l.name, l.arrivals)
+    let idle_for = t
+        .last_active
+        .map_or(Duration::ZERO, |a| now.duration_since(a));
+    if l.policy.zero
+        && idle_for >= l.policy.zero_duration
+        && fleet.scale_to_zero(&l.name, l.arrivals)
     {
         tracing::info!(function = %l.name, "idle for {idle_for:?}: scaled to zero");
         t.recs.clear();

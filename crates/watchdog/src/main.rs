@@ -18,7 +18,16 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = virga_watchdog::Config::from_env().context("invalid watchdog configuration")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The per-request modes spend their time in the function process, not in the watchdog:
+    // one thread serves them without cross-thread wake-ups (which cost most on a small,
+    // shared machine). http mode proxies a long-lived server and uses every core.
+    let mut builder = match config.mode {
+        virga_watchdog::Mode::Http => tokio::runtime::Builder::new_multi_thread(),
+        virga_watchdog::Mode::Serializing | virga_watchdog::Mode::Streaming => {
+            tokio::runtime::Builder::new_current_thread()
+        }
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("failed to start the tokio runtime")?;

@@ -5,6 +5,7 @@
 pub mod classic;
 pub mod gateway;
 pub mod queue;
+pub mod sandbox;
 pub mod scaling;
 
 use std::path::PathBuf;
@@ -58,6 +59,12 @@ pub const GROUPS: &[Group] = &[
         title: classic::TITLE,
         about: classic::ABOUT,
         run: classic::run,
+    },
+    Group {
+        name: sandbox::NAME,
+        title: sandbox::TITLE,
+        about: sandbox::ABOUT,
+        run: sandbox::run,
     },
     Group {
         name: queue::NAME,

@@ -118,7 +118,10 @@ impl Platform {
         let bytes = tar.into_inner().unwrap().finish().unwrap();
         let hex = hex::encode(sha2::Sha256::digest(&bytes));
         let r = self
-            .sys(reqwest::Method::PUT, &format!("/system/virga/bundles/sha256:{hex}"))
+            .sys(
+                reqwest::Method::PUT,
+                &format!("/system/virga/bundles/sha256:{hex}"),
+            )
             .body(bytes)
             .send()
             .unwrap();

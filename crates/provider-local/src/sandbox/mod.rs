@@ -14,6 +14,8 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::process::Command;
 
@@ -30,8 +32,15 @@ pub struct Runc {
     bundles: PathBuf,
     watchdog: PathBuf,
     key: String,
-    net: net::Network,
+    net: Arc<net::Network>,
+    /// Pre-made network namespaces with outbound access, so a start skips their setup.
+    spare_nets: Arc<Mutex<Vec<net::NetLease>>>,
+    /// Set at shutdown: no more spares are made.
+    closed: Arc<AtomicBool>,
 }
+
+/// Network namespaces kept ready for the next sandboxes.
+const SPARE_NETS: usize = 2;
 
 /// One created (not necessarily running) sandbox.
 #[derive(Debug)]
@@ -76,7 +85,9 @@ impl Runc {
             rootfs: dir.join("rootfs"),
             bundles: dir.join("bundles"),
             watchdog: watchdog.to_path_buf(),
-            net: net::Network::new(&key)?,
+            net: Arc::new(net::Network::new(&key)?),
+            spare_nets: Arc::new(Mutex::new(Vec::new())),
+            closed: Arc::new(AtomicBool::new(false)),
             key,
         };
         rt.remove_leftovers();
@@ -129,7 +140,13 @@ impl Runc {
         let cid = format!("{}-{id}", self.key);
         let bundle = self.bundles.join(&cid);
         fs::create_dir_all(&bundle).map_err(io("create sandbox bundle"))?;
-        let net = match self.net.allocate(spec.outbound) {
+        let spare = if spec.outbound {
+            self.spares().pop()
+        } else {
+            None
+        };
+        self.refill_spares();
+        let net = match spare.map_or_else(|| self.net.allocate(spec.outbound), Ok) {
             Ok(n) => n,
             Err(e) => {
                 let _ = fs::remove_dir_all(&bundle);
@@ -148,13 +165,42 @@ impl Runc {
         Ok(sandbox)
     }
 
+    fn spares(&self) -> std::sync::MutexGuard<'_, Vec<net::NetLease>> {
+        self.spare_nets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Top up the spare network namespaces in the background.
+    fn refill_spares(&self) {
+        let (net, spares) = (self.net.clone(), self.spare_nets.clone());
+        let closed = self.closed.clone();
+        std::thread::spawn(move || loop {
+            if spares.lock().unwrap_or_else(|e| e.into_inner()).len() >= SPARE_NETS {
+                return;
+            }
+            match net.allocate(true) {
+                Ok(lease) if closed.load(Ordering::SeqCst) => {
+                    net.release(&lease);
+                    return;
+                }
+                Ok(lease) => spares.lock().unwrap_or_else(|e| e.into_inner()).push(lease),
+                Err(e) => {
+                    tracing::warn!("preparing a spare network namespace: {e}");
+                    return;
+                }
+            }
+        });
+    }
+
     fn write_config(&self, sb: &Sandbox, spec: &InstanceSpec) -> Result<(), String> {
         let mut env = spec.env.clone();
         env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
         env.insert("HOME".into(), "/tmp".into());
         env.insert("port".into(), "8080".into());
         env.insert("bind_address".into(), "0.0.0.0".into());
-        env.insert("secret_mount_path".into(), virga_types::SECRETS_MOUNT.into());
+        env.insert(
+            "secret_mount_path".into(),
+            virga_types::SECRETS_MOUNT.into(),
+        );
         let layout = Layout {
             rootfs: &self.rootfs,
             watchdog: &self.watchdog,
@@ -200,7 +246,9 @@ impl Runc {
     /// How many times the kernel's OOM killer fired in the sandbox's memory cgroup.
     pub(crate) fn oom_kills(&self, sb: &Sandbox) -> u64 {
         let rel = format!("virga-{}/{}", self.key, sb.id);
-        let v1 = Path::new("/sys/fs/cgroup/memory").join(&rel).join("memory.oom_control");
+        let v1 = Path::new("/sys/fs/cgroup/memory")
+            .join(&rel)
+            .join("memory.oom_control");
         let v2 = Path::new("/sys/fs/cgroup").join(&rel).join("memory.events");
         [v1, v2]
             .iter()
@@ -229,10 +277,12 @@ impl Runc {
                 if !num.bytes().all(|b| b.is_ascii_digit()) {
                     continue;
                 }
-                let v2 = fs::read_to_string(e.path().join("cpu.stat")).ok().and_then(|t| {
-                    t.lines()
-                        .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok())
-                });
+                let v2 = fs::read_to_string(e.path().join("cpu.stat"))
+                    .ok()
+                    .and_then(|t| {
+                        t.lines()
+                            .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok())
+                    });
                 let v1 = || {
                     fs::read_to_string(e.path().join("cpuacct.usage"))
                         .ok()
@@ -248,6 +298,8 @@ impl Runc {
 
     /// Remove everything of this platform (shutdown, after instances stopped).
     pub fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.spares().clear();
         self.remove_leftovers();
     }
 }
@@ -290,7 +342,15 @@ fn make_rootfs(root: &Path) -> Result<(), String> {
         fs::remove_dir_all(root).map_err(io("clear rootfs"))?;
     }
     for d in [
-        "proc", "dev", "sys", "usr", "tmp", "home/app", "var/openfaas/secrets", "virga", "etc",
+        "proc",
+        "dev",
+        "sys",
+        "usr",
+        "tmp",
+        "home/app",
+        "var/openfaas/secrets",
+        "virga",
+        "etc",
     ] {
         fs::create_dir_all(root.join(d)).map_err(io("create rootfs"))?;
     }
@@ -322,8 +382,11 @@ fn make_rootfs(root: &Path) -> Result<(), String> {
         format!("root:x:0:0:root:/:/usr/sbin/nologin\napp:x:{APP_UID}:{APP_UID}:app:/home/app:/usr/sbin/nologin\n"),
     )
     .map_err(io("create rootfs"))?;
-    fs::write(root.join("etc/group"), format!("root:x:0:\napp:x:{APP_UID}:\n"))
-        .map_err(io("create rootfs"))?;
+    fs::write(
+        root.join("etc/group"),
+        format!("root:x:0:\napp:x:{APP_UID}:\n"),
+    )
+    .map_err(io("create rootfs"))?;
     fs::set_permissions(root, fs::Permissions::from_mode(0o755)).map_err(io("chmod rootfs"))?;
     // runc gives a tmpfs the mode of the directory it is mounted on.
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))

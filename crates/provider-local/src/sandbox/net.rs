@@ -81,7 +81,10 @@ impl DirLock {
         let f = fs::File::create(dir.join("lock")).map_err(|e| format!("lock {NET_DIR}: {e}"))?;
         // SAFETY: flock on a file descriptor we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(format!("lock {NET_DIR}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "lock {NET_DIR}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(DirLock(f))
     }
@@ -202,7 +205,10 @@ mod tests {
         );
         assert_eq!(
             slot_ips(SLOTS - 1),
-            (Ipv4Addr::new(10, 88, 255, 253), Ipv4Addr::new(10, 88, 255, 254))
+            (
+                Ipv4Addr::new(10, 88, 255, 253),
+                Ipv4Addr::new(10, 88, 255, 254)
+            )
         );
         assert!(host_if(SLOTS - 1).len() <= 15);
     }

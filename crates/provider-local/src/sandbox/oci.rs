@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Arch, Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
-    LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Arch, Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 /// User and group the function runs as (not root, not a host account).
@@ -31,13 +31,45 @@ pub(crate) const ETC_BINDS: [&str; 7] = [
 
 /// Syscalls a function has no business making; they fail with EPERM.
 const DENIED_SYSCALLS: [&str; 39] = [
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module",
-    "delete_module", "finit_module", "fsconfig", "fsmount", "fsopen", "fspick",
-    "get_kernel_syms", "init_module", "ioperm", "iopl", "kcmp", "kexec_file_load",
-    "kexec_load", "keyctl", "lookup_dcookie", "mount", "move_mount", "name_to_handle_at",
-    "open_by_handle_at", "open_tree", "perf_event_open", "pivot_root", "process_vm_readv",
-    "process_vm_writev", "ptrace", "quotactl", "reboot", "request_key", "setns",
-    "settimeofday", "swapoff", "swapon", "unshare",
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "move_mount",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "unshare",
 ];
 
 /// Resource limits of one sandbox.
@@ -68,11 +100,7 @@ fn bind(dest: &str, src: &Path) -> Result<Mount, String> {
         .destination(dest)
         .typ("bind")
         .source(src)
-        .options(
-            ["bind", "ro", "nosuid", "nodev"]
-                .map(String::from)
-                .to_vec(),
-        )
+        .options(["bind", "ro", "nosuid", "nodev"].map(String::from).to_vec())
         .build()
         .map_err(|e| e.to_string())
 }
@@ -156,7 +184,12 @@ pub(crate) fn build(
     }
     let mut resources = LinuxResourcesBuilder::default()
         .memory(memory.build().map_err(e)?)
-        .pids(LinuxPidsBuilder::default().limit(limits.pids).build().map_err(e)?);
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(limits.pids)
+                .build()
+                .map_err(e)?,
+        );
     if let Some(cores) = limits.cpu {
         let period: u64 = 100_000;
         resources = resources.cpu(
