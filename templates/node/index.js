@@ -1,15 +1,40 @@
 // Virga node runtime: an HTTP server on node's `http` module that hands each request to
 // function/handler.js, an `async (event, context) => ...` like OpenFaaS's node templates.
-// Listens on 127.0.0.1 and the port of $upstream_url (default 3000).
+// Listens on 127.0.0.1 and the port of $upstream_url (default 3000). With VIRGA_POOL=1 it is
+// a generic runtime of a warm pool, bound to its function later by one call.
 'use strict'
 
 const http = require('http')
 const path = require('path')
 
-// Let the handler find packages installed next to it by `virga build`.
-module.paths.unshift(path.join(__dirname, 'function', 'node_modules'))
+// In a warm pool (VIRGA_POOL=1) the runtime starts before it knows its function: it serves
+// nothing until the platform POSTs /_/virga/bind once with the code's directory and env.
+let handler = null
 
-const handler = require('./function/handler')
+function loadFunction (root) {
+  // Packages installed next to the handler by `virga build` resolve from its directory.
+  handler = require(path.join(root, 'function', 'handler'))
+}
+
+if (process.env.VIRGA_POOL !== '1') loadFunction(__dirname)
+
+function bind (req, res, raw) {
+  if (req.method !== 'POST' || req.url !== '/_/virga/bind') {
+    send(res, 503, {}, 'runtime not bound to a function\n')
+    return
+  }
+  try {
+    const spec = JSON.parse(raw.toString('utf8'))
+    Object.assign(process.env, spec.env || {})
+    process.chdir(spec.dir)
+    loadFunction(spec.dir)
+  } catch (e) {
+    console.error(e)
+    send(res, 500, {}, `bind failed: ${e.message}\n`)
+    return
+  }
+  send(res, 200, {}, 'bound\n')
+}
 
 const logRequests = /^(1|true|yes)$/i.test(process.env.write_debug || process.env.VIRGA_LOG_REQUESTS || '')
 
@@ -105,6 +130,10 @@ function onRequest (req, res) {
   req.on('data', (c) => chunks.push(c))
   req.on('end', () => {
     if (logRequests) console.error(`${req.method} ${req.url}`)
+    if (handler === null) {
+      bind(req, res, Buffer.concat(chunks))
+      return
+    }
     let body
     try {
       body = parseBody(req, Buffer.concat(chunks))

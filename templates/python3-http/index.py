@@ -2,7 +2,8 @@
 that hands each request to function/handler.py's handle(event, context).
 
 Listens on 127.0.0.1 and the port of $upstream_url (default 5000). Set write_debug=true
-(or VIRGA_LOG_REQUESTS=1) to log one line per request on stderr.
+(or VIRGA_LOG_REQUESTS=1) to log one line per request on stderr. With VIRGA_POOL=1 it is a
+generic runtime of a warm pool: libraries imported, function loaded later by one bind call.
 """
 
 import json
@@ -14,13 +15,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-# The bundle root (so `function` is importable), the handler's own directory (so it can
-# import its sibling modules), then the dependencies `virga build` installed into python/.
-for extra in (os.path.join(ROOT, "python"), os.path.join(ROOT, "function"), ROOT):
-    if os.path.isdir(extra) and extra not in sys.path:
-        sys.path.insert(0, extra)
+# In a warm pool (VIRGA_POOL=1) the runtime starts before it knows its function: it serves
+# nothing until the platform POSTs /_/virga/bind once with the code's directory and env.
+POOLED = os.getenv("VIRGA_POOL", "") == "1"
+handler = None
 
-from function import handler  # noqa: E402
+
+def load_function(root):
+    """Import root/function/handler.py with the bundle's dependencies on sys.path."""
+    global handler
+    # The bundle root (so `function` is importable), the handler's own directory (so it can
+    # import its sibling modules), then the dependencies `virga build` installed into python/.
+    for extra in (os.path.join(root, "python"), os.path.join(root, "function"), root):
+        if os.path.isdir(extra) and extra not in sys.path:
+            sys.path.insert(0, extra)
+    from function import handler as loaded  # noqa: E402
+
+    handler = loaded
+
+
+if not POOLED:
+    load_function(ROOT)
 
 REASONS = BaseHTTPRequestHandler.responses
 LOG_REQUESTS = os.getenv("write_debug", "").lower() in ("1", "true", "yes") or os.getenv(
@@ -122,6 +137,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         parts = urlsplit(self.path)
+        if handler is None:
+            self.bind(parts.path, body)
+            return
         query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         event = Event(body, self.headers, self.command, query, parts.path)
         try:
@@ -130,6 +148,22 @@ class Handler(BaseHTTPRequestHandler):
             traceback.print_exc(file=sys.stderr)
             status, headers, payload = 500, {"Content-Type": "text/plain"}, str(e).encode()
         self.respond(status, headers, payload)
+
+    def bind(self, path, body):
+        """Pooled and not bound yet: the only request served is the platform's bind."""
+        if path != "/_/virga/bind" or self.command != "POST":
+            self.respond(503, {"Content-Type": "text/plain"}, b"runtime not bound to a function\n")
+            return
+        try:
+            spec = json.loads(body)
+            os.environ.update({str(k): str(v) for k, v in spec.get("env", {}).items()})
+            os.chdir(spec["dir"])
+            load_function(spec["dir"])
+        except Exception as e:  # report why the bind failed; the platform discards us
+            traceback.print_exc(file=sys.stderr)
+            self.respond(500, {"Content-Type": "text/plain"}, ("bind failed: %s\n" % e).encode())
+            return
+        self.respond(200, {"Content-Type": "text/plain"}, b"bound\n")
 
     def respond(self, status, headers, payload):
         reason = REASONS.get(status, ("",))[0]

@@ -41,6 +41,10 @@ pub struct UpArgs {
     /// Seconds of lower load before the autoscaler removes replicas (the stabilisation window).
     #[arg(long, default_value_t = 30)]
     pub scale_down_window: u64,
+    /// Runtimes kept started per template (python3-http, node) so cold starts skip the
+    /// interpreter start; 0 turns the warm pool off.
+    #[arg(long, default_value_t = 2, env = "VIRGA_WARM_POOL")]
+    pub warm_pool: usize,
     /// Path of the virga-watchdog binary (default: next to this binary, then PATH).
     #[arg(long, env = "VIRGA_WATCHDOG")]
     pub watchdog: Option<PathBuf>,
@@ -129,6 +133,7 @@ async fn serve(args: UpArgs) -> Result<()> {
             ready_timeout: Duration::from_secs(args.ready_timeout),
             queue_timeout: Duration::from_millis(args.queue_timeout_ms),
             sandbox: sandbox.clone(),
+            warm_pool: args.warm_pool,
             metrics: Arc::new(virga_metrics::Metrics::new()),
             logs: Arc::new(virga_logs::LogHub::new(virga_logs::LogConfig {
                 dir: Some(args.data_dir.join("logs")),

@@ -154,6 +154,7 @@ pub struct Metrics {
     queue_retries: Family<FnLabels, Counter>,
     dead_letters: Family<FnLabels, Counter>,
     warm_pool: Family<FnLabels, Gauge>,
+    warm_starts: Family<FnLabels, Counter>,
     /// Serialises scrapes: they refill the state gauges before encoding.
     scrape: Mutex<()>,
 }
@@ -229,6 +230,12 @@ impl Metrics {
             "Function calls answered 504 (exec_timeout or the gateway's upstream timeout)",
             timeouts.clone(),
         );
+        let warm_starts = Family::<FnLabels, Counter>::default();
+        r.register(
+            "virga_warm_starts",
+            "Instances started by binding a pre-started runtime from the warm pool",
+            warm_starts.clone(),
+        );
         let log_followers = Gauge::default();
         r.register(
             "virga_log_followers",
@@ -262,7 +269,7 @@ impl Metrics {
         let warm_pool = Family::<FnLabels, Gauge>::default();
         r.register(
             "virga_warm_pool_instances",
-            "Idle pre-started instances kept for a function",
+            "Idle pre-started runtimes per warm pool (function_name: the template runtime key)",
             warm_pool.clone(),
         );
         Metrics {
@@ -282,6 +289,7 @@ impl Metrics {
             queue_retries,
             dead_letters,
             warm_pool,
+            warm_starts,
             scrape: Mutex::new(()),
         }
     }
@@ -339,9 +347,14 @@ impl Metrics {
         self.dead_letters.get_or_create(&fn_labels(name)).inc();
     }
 
-    /// Hook for warm pools: idle pre-started instances of function `name`.
-    pub fn set_warm_pool(&self, name: &str, idle: i64) {
-        self.warm_pool.get_or_create(&fn_labels(name)).set(idle);
+    /// Idle pre-started runtimes of warm pool `key` (a template runtime).
+    pub fn set_warm_pool(&self, key: &str, idle: i64) {
+        self.warm_pool.get_or_create(&fn_labels(key)).set(idle);
+    }
+
+    /// An instance of `name` started from the warm pool.
+    pub fn warm_start(&self, name: &str) {
+        self.warm_starts.get_or_create(&fn_labels(name)).inc();
     }
 
     /// The registry in Prometheus text format, with the state gauges set from `functions` and

@@ -4,16 +4,18 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::launch::Launch;
 use tokio::sync::Notify;
 
-use crate::Function;
+use crate::pool::Booted;
+use crate::spec::InstanceSpec;
+use crate::{Function, ProviderConfig};
 
 /// Prefix of the line the watchdog prints once bound.
 const LISTENING: &str = "virga-watchdog listening on ";
@@ -182,74 +184,91 @@ pub(crate) async fn run(func: Arc<Function>, inst: Arc<Instance>) {
     func.reconcile();
 }
 
-/// Spawn, wait for readiness, serve until exit or stop. Ok(true) if it ever became ready.
+/// Get a ready watchdog (from the warm pool, else started cold), serve until exit or stop.
+/// Ok(true) if it ever became ready.
 async fn start_and_wait(func: &Arc<Function>, inst: &Arc<Instance>) -> Result<bool, String> {
-    let (launch, cmd) = Launch::prepare(func, &inst.id).await?;
+    let spec = &func.spec;
+    let pooled = match spec.pool.as_ref().filter(|_| func.pool.serves(&spec.pool)) {
+        Some(use_) => func.pool.take(&spec.name, use_, &spec.workdir).await,
+        None => None,
+    };
+    let booted = match pooled {
+        Some(b) => {
+            b.log_as(func.cfg.logs.function(&spec.name), &inst.id);
+            b
+        }
+        None => tokio::select! {
+            b = boot(&func.cfg, spec, &inst.id) => b?,
+            _ = inst.stop.notified() => return Ok(false),
+        },
+    };
+    let Booted {
+        mut child,
+        launch,
+        addr,
+        ..
+    } = booted;
+    inst.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
+    let _ = inst.addr.set(addr);
     let launch = Arc::new(launch);
     let _ = inst.launch.set(launch.clone());
-    let result = serve(func, inst, cmd, &launch).await;
+    inst.ready.store(true, Ordering::SeqCst);
+    func.crash_streak.store(0, Ordering::SeqCst);
+    func.changed.notify_waiters();
+    let result = tokio::select! {
+        status = child.wait() => Err(exit_reason(status)),
+        _ = inst.stop.notified() => { terminate(&mut child).await; Ok(true) }
+    };
     if launch.oom_kills() > inst.oom_seen.load(Ordering::SeqCst) && result.is_err() {
-        func.spec
-            .record_failure("the instance ran out of memory and was killed".into());
-    }
-    launch.kill().await;
-    if let Some(launch) = Arc::into_inner(launch) {
-        launch.cleanup().await;
+        spec.record_failure("the instance ran out of memory and was killed".into());
     }
     result
 }
 
-async fn serve(
-    func: &Arc<Function>,
-    inst: &Arc<Instance>,
-    mut cmd: Command,
-    launch: &Launch,
-) -> Result<bool, String> {
-    let spec = &func.spec;
+/// Start `spec`'s watchdog as instance `id` and wait until it says it is ready.
+pub(crate) async fn boot(
+    cfg: &ProviderConfig,
+    spec: &Arc<InstanceSpec>,
+    id: &str,
+) -> Result<Booted, String> {
+    let (launch, mut cmd) = Launch::prepare(cfg, spec, id).await?;
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", func.cfg.watchdog.display()))?;
-    inst.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    if let Some(err) = stderr {
-        let log = func.cfg.logs.function(&spec.name);
-        tokio::spawn(forward_log(log, inst.id.clone(), err));
+        .map_err(|e| format!("cannot start {}: {e}", cfg.watchdog.display()))?;
+    let target = LogTarget::new(cfg.logs.function(&spec.name), id);
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(forward_log(target.clone(), err));
     }
-    let boot = async {
-        let log = func.cfg.logs.function(&spec.name);
-        let stdout = stdout.ok_or("watchdog stdout not captured")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let printed = read_until(&log, &inst.id, &mut lines, LISTENING).await?;
-        let addr = printed
+    let stdout = child.stdout.take().ok_or("watchdog stdout not captured")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = async {
+        let printed = read_until(&target, &mut lines, LISTENING).await?;
+        let addr: SocketAddr = printed
             .trim()
             .parse()
             .map_err(|e| format!("bad address {printed:?}: {e}"))?;
-        let _ = inst.addr.set(launch.reach(addr));
-        read_until(&log, &inst.id, &mut lines, READY).await?;
-        tokio::spawn(forward_log(log, inst.id.clone(), lines.into_inner()));
-        Ok::<_, String>(())
+        read_until(&target, &mut lines, READY).await?;
+        Ok::<_, String>(launch.reach(addr))
     };
-    tokio::select! {
-        r = tokio::time::timeout(func.cfg.ready_timeout, boot) => match r {
-            Ok(Ok(())) => {
-                inst.ready.store(true, Ordering::SeqCst);
-                func.crash_streak.store(0, Ordering::SeqCst);
-                func.changed.notify_waiters();
-            }
-            Ok(Err(e)) => { terminate(&mut child).await; return Err(e); }
-            Err(_) => {
-                terminate(&mut child).await;
-                return Err(format!("not ready after {:?}", func.cfg.ready_timeout));
-            }
-        },
-        status = child.wait() => return Err(exit_reason(status)),
-        _ = inst.stop.notified() => { terminate(&mut child).await; return Ok(false); }
-    }
-    tokio::select! {
-        status = child.wait() => Err(exit_reason(status)),
-        _ = inst.stop.notified() => { terminate(&mut child).await; Ok(true) }
-    }
+    let addr = match tokio::time::timeout(cfg.ready_timeout, ready).await {
+        Ok(Ok(addr)) => addr,
+        Ok(Err(e)) => {
+            terminate(&mut child).await;
+            return Err(e);
+        }
+        Err(_) => {
+            terminate(&mut child).await;
+            return Err(format!("not ready after {:?}", cfg.ready_timeout));
+        }
+    };
+    tokio::spawn(forward_log(target.clone(), lines.into_inner()));
+    Ok(Booted {
+        id: id.to_string(),
+        child,
+        launch,
+        addr,
+        log: target,
+    })
 }
 
 fn exit_reason(status: std::io::Result<std::process::ExitStatus>) -> String {
@@ -259,10 +278,31 @@ fn exit_reason(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
+/// Where an instance's output lines go: its function's log under its id. Switchable, because
+/// a pooled instance starts under the pool's name and is handed to a function later.
+#[derive(Clone)]
+pub(crate) struct LogTarget(Arc<Mutex<(Arc<virga_logs::FunctionLog>, String)>>);
+
+impl LogTarget {
+    fn new(log: Arc<virga_logs::FunctionLog>, id: &str) -> LogTarget {
+        LogTarget(Arc::new(Mutex::new((log, id.to_string()))))
+    }
+
+    /// Send further lines to `log` under instance id `id`.
+    pub(crate) fn set(&self, log: Arc<virga_logs::FunctionLog>, id: &str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (log, id.to_string());
+    }
+
+    fn push(&self, line: &str) {
+        let (log, id) = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        tracing::debug!(target: "function", function = %log.name(), instance = %id, "{line}");
+        log.push(&id, line);
+    }
+}
+
 /// Read stdout lines (logging the others) until one starts with `prefix`; returns the rest of it.
 async fn read_until(
-    log: &virga_logs::FunctionLog,
-    id: &str,
+    log: &LogTarget,
     lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     prefix: &str,
 ) -> Result<String, String> {
@@ -270,21 +310,18 @@ async fn read_until(
         if let Some(rest) = line.strip_prefix(prefix) {
             return Ok(rest.to_string());
         }
-        tracing::debug!(target: "function", function = %log.name(), instance = %id, "{line}");
-        log.push(id, &line);
+        log.push(&line);
     }
     Err(format!("watchdog exited before printing {prefix:?}"))
 }
 
-/// Push every line of `r` into the function's log (read as bytes: bad UTF-8 cannot stop it).
-async fn forward_log<R: AsyncRead + Unpin>(log: Arc<virga_logs::FunctionLog>, id: String, r: R) {
+/// Push every line of `r` into the log (read as bytes: bad UTF-8 cannot stop it).
+async fn forward_log<R: AsyncRead + Unpin>(log: LogTarget, r: R) {
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
     while matches!(r.read_until(b'\n', &mut buf).await, Ok(n) if n > 0) {
         let text = String::from_utf8_lossy(&buf);
-        let line = text.trim_end_matches(['\n', '\r']);
-        tracing::debug!(target: "function", function = %log.name(), instance = %id, "{line}");
-        log.push(&id, line);
+        log.push(text.trim_end_matches(['\n', '\r']));
         buf.clear();
     }
 }

@@ -1,6 +1,7 @@
 //! How an instance's watchdog is started: as a plain child process (the fallback) or inside
 //! a runc sandbox. Both give the instance task a command to spawn; the sandbox also owns the
-//! container, network and cgroups to remove afterwards, and can tell about OOM kills.
+//! container, network and cgroups, removed when the `Launch` is dropped (whatever path drops
+//! it: exit, stop, a cancelled start), and can tell about OOM kills.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -9,7 +10,8 @@ use std::sync::Arc;
 use tokio::process::Command;
 
 use crate::sandbox::{Runc, Sandbox};
-use crate::Function;
+use crate::spec::InstanceSpec;
+use crate::ProviderConfig;
 
 /// What an instance runs in.
 pub(crate) enum Launch {
@@ -20,15 +22,15 @@ pub(crate) enum Launch {
 }
 
 impl Launch {
-    /// Prepare instance `id` of `func` and the command that starts it.
+    /// Prepare instance `id` running `spec` and the command that starts it.
     pub(crate) async fn prepare(
-        func: &Arc<Function>,
+        cfg: &ProviderConfig,
+        spec: &Arc<InstanceSpec>,
         id: &str,
     ) -> Result<(Launch, Command), String> {
-        let spec = &func.spec;
-        let (launch, mut cmd) = match &func.cfg.sandbox {
+        let (launch, mut cmd) = match &cfg.sandbox {
             None => {
-                let mut cmd = Command::new(&func.cfg.watchdog);
+                let mut cmd = Command::new(&cfg.watchdog);
                 cmd.current_dir(&spec.workdir);
                 (Launch::Process, cmd)
             }
@@ -81,18 +83,17 @@ impl Launch {
             Launch::Sandbox(rt, sb) => rt.oom_kills(sb),
         }
     }
+}
 
-    /// Kill whatever still runs.
-    pub(crate) async fn kill(&self) {
+impl Drop for Launch {
+    fn drop(&mut self) {
         if let Launch::Sandbox(rt, sb) = self {
-            rt.kill(sb);
-        }
-    }
-
-    /// Remove the container, network and cgroups.
-    pub(crate) async fn cleanup(self) {
-        if let Launch::Sandbox(rt, sb) = self {
-            let _ = tokio::task::spawn_blocking(move || rt.destroy(&sb)).await;
+            // runc and ip block: remove the sandbox off the async threads.
+            let (rt, sb) = (rt.clone(), sb.clone());
+            std::thread::spawn(move || {
+                rt.kill(&sb);
+                rt.destroy(&sb);
+            });
         }
     }
 }

@@ -10,6 +10,7 @@
 mod instance;
 mod launch;
 mod load;
+mod pool;
 mod sandbox;
 mod spec;
 
@@ -27,6 +28,7 @@ use virga_types::ScalingPolicy;
 use instance::Instance;
 pub use instance::Lease;
 pub use load::FunctionLoad;
+use pool::WarmPool;
 pub use sandbox::Runc;
 pub use spec::{InstanceSpec, OUTBOUND_ANNOTATION};
 
@@ -47,6 +49,8 @@ pub struct ProviderConfig {
     pub logs: Arc<virga_logs::LogHub>,
     /// The sandbox runtime; `None` runs instances as plain processes.
     pub sandbox: Option<Arc<Runc>>,
+    /// Pre-started runtimes kept per template runtime (0: no warm pool).
+    pub warm_pool: usize,
 }
 
 /// Errors the provider reports to the gateway.
@@ -107,6 +111,7 @@ pub(crate) struct Function {
     /// Consecutive instances that died before serving; drives restart backoff.
     pub(crate) crash_streak: AtomicUsize,
     pub(crate) cfg: Arc<ProviderConfig>,
+    pub(crate) pool: Arc<WarmPool>,
 }
 
 impl Function {
@@ -159,6 +164,7 @@ pub struct LocalProvider {
     cfg: Arc<ProviderConfig>,
     store: Arc<Store>,
     functions: Mutex<HashMap<String, Arc<Function>>>,
+    pool: Arc<WarmPool>,
 }
 
 impl LocalProvider {
@@ -170,8 +176,10 @@ impl LocalProvider {
                 reason: format!("clear {}: {e}", cfg.run_dir.display()),
             })?;
         }
+        let cfg = Arc::new(cfg);
         Ok(LocalProvider {
-            cfg: Arc::new(cfg),
+            pool: WarmPool::new(cfg.warm_pool, cfg.clone()),
+            cfg,
             store,
             functions: Mutex::new(HashMap::new()),
         })
@@ -231,7 +239,16 @@ impl LocalProvider {
             stopped: AtomicBool::new(false),
             crash_streak: AtomicUsize::new(0),
             cfg: self.cfg.clone(),
+            pool: self.pool.clone(),
         });
+        if let Some(use_) = func
+            .spec
+            .pool
+            .as_ref()
+            .filter(|_| self.pool.serves(&func.spec.pool))
+        {
+            self.pool.fill(use_);
+        }
         func.reconcile();
         if let Some(old) = self.map().insert(f.deployment.service.clone(), func) {
             old.stop_all();
@@ -378,6 +395,7 @@ impl LocalProvider {
             pids.extend(f.lock().iter().filter_map(|i| i.pid()));
             f.stop_all();
         }
+        pids.extend(self.pool.clear());
         instance::wait_gone(&pids, Duration::from_secs(5)).await;
     }
 }

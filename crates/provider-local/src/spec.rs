@@ -23,6 +23,7 @@ const DEFAULT_PIDS: i64 = 128;
 /// Size of every sandbox's private /tmp.
 const TMP_SIZE: u64 = 64 << 20;
 
+use crate::pool::PoolUse;
 use crate::sandbox::Limits;
 use crate::{ProviderConfig, ProviderError};
 
@@ -43,6 +44,8 @@ pub struct InstanceSpec {
     pub(crate) outbound: bool,
     /// The last reason an instance failed, for error messages.
     pub(crate) last_failure: Mutex<String>,
+    /// How the function can take a pre-started runtime from the warm pool, if it can.
+    pub(crate) pool: Option<PoolUse>,
 }
 
 impl InstanceSpec {
@@ -59,6 +62,7 @@ impl InstanceSpec {
         };
         let fn_dir = cfg.run_dir.join(&name);
         let mut env = BTreeMap::new();
+        let mut lang = String::new();
         let workdir = match BundleRef::parse(&d.image) {
             Some(r) => {
                 let dir = store.bundles().path(&r.digest).ok_or_else(|| {
@@ -73,6 +77,7 @@ impl InstanceSpec {
                     Err(_) => BundleManifest::default(),
                 };
                 env.extend(manifest.env);
+                lang = manifest.lang;
                 dir
             }
             None => {
@@ -83,6 +88,7 @@ impl InstanceSpec {
                 home
             }
         };
+        let template_env = env.clone();
         env.extend(d.env_vars.clone());
         if !d.env_process.is_empty() {
             env.insert("fprocess".into(), d.env_process.clone());
@@ -107,6 +113,29 @@ impl InstanceSpec {
             .as_ref()
             .and_then(|a| a.get(OUTBOUND_ANNOTATION))
             .is_none_or(|v| v != "false");
+        let mut bind_env = d.env_vars.clone();
+        bind_env.insert("secret_mount_path".into(), env["secret_mount_path"].clone());
+        let pool = (d.env_process.is_empty() && outbound)
+            .then(|| {
+                PoolUse::new(&lang, &workdir, &template_env, &bind_env, |name, env| {
+                    InstanceSpec {
+                        name,
+                        env,
+                        workdir: workdir.clone(),
+                        secrets_dir: secrets_dir.clone(),
+                        limits: Limits {
+                            memory: DEFAULT_MEMORY,
+                            cpu: None,
+                            pids: DEFAULT_PIDS,
+                            tmp: TMP_SIZE,
+                        },
+                        outbound: true,
+                        last_failure: Mutex::new(String::new()),
+                        pool: None,
+                    }
+                })
+            })
+            .flatten();
         Ok(InstanceSpec {
             name,
             env,
@@ -115,6 +144,7 @@ impl InstanceSpec {
             limits,
             outbound,
             last_failure: Mutex::new(String::new()),
+            pool,
         })
     }
 

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::body::{full, text, ResponseBody};
 use crate::cgi::cgi_env;
-use crate::process::{describe_status, ExecSettings, GroupKill};
+use crate::process::{describe_status, ExecSettings, GroupKill, Running};
 
 /// Reads a whole request body, bounded by `read_timeout`.
 pub(crate) async fn read_body(
@@ -70,8 +70,8 @@ pub async fn handle(settings: &ExecSettings, req: Request<Incoming>) -> Response
     };
 
     let program = settings.spec.program();
-    let mut child = match settings.spec.command(env).spawn() {
-        Ok(c) => c,
+    let (mut child, pending) = match Running::spawn(settings.spec.std_command(env), &body) {
+        Ok(started) => started,
         Err(e) => {
             tracing::error!(program, error = %e, "failed to start function process");
             return text(
@@ -86,22 +86,17 @@ pub async fn handle(settings: &ExecSettings, req: Request<Incoming>) -> Response
     let stderr = child.stderr.take();
 
     let run = async {
-        // Feed stdin while draining stdout/stderr so large bodies cannot deadlock.
+        // What did not fit into the stdin pipe is fed while stdout/stderr are drained,
+        // so large bodies cannot deadlock.
         let write = async move {
             if let Some(mut stdin) = stdin {
-                if !body.is_empty() {
-                    // EPIPE just means the function did not read all its input.
-                    let _ = stdin.write_all(&body).await;
-                }
+                // EPIPE just means the function did not read all its input.
+                let _ = stdin.write_all(&body[body.len() - pending..]).await;
             }
         };
         let ((), out, err) =
             tokio::join!(write, read_all(stdout, 16 * 1024), read_all(stderr, 1024));
-        // Usually already exited once its pipes closed: skip the pidfd wait.
-        let status = match child.try_wait() {
-            Ok(Some(status)) => Ok(status),
-            _ => child.wait().await,
-        };
+        let status = child.wait().await;
         (out, err, status)
     };
     let outcome = match settings.exec_timeout {

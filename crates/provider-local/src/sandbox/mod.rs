@@ -43,7 +43,7 @@ pub struct Runc {
 const SPARE_NETS: usize = 2;
 
 /// One created (not necessarily running) sandbox.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Sandbox {
     id: String,
     bundle: PathBuf,

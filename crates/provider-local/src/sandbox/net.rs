@@ -24,7 +24,7 @@ pub(crate) struct Network {
 }
 
 /// One instance's network namespace and veth pair.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct NetLease {
     slot: u32,
     /// Named network namespace (`ip netns`).

@@ -1,0 +1,163 @@
+//! The warm pool: functions built from python3-http and node start by binding a pre-started
+//! runtime (no process or interpreter start on the request path), get their own environment,
+//! secrets, working directory and logs, and functions that set watchdog variables of their
+//! own still start the cold way.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{virga_bin, Platform, PASSWORD};
+use reqwest::Method;
+
+fn virga(p: &Platform, dir: &Path, args: &[&str]) {
+    let out = Command::new(virga_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("VIRGA_URL", &p.url)
+        .env("VIRGA_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "virga {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn metric(p: &Platform, prefix: &str) -> Option<f64> {
+    let text = p
+        .anon(Method::GET, "/metrics")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+const STACK: &str = r#"
+provider:
+  name: openfaas
+functions:
+  py:
+    lang: python3-http
+    handler: ./py
+    environment:
+      GREETING: hola
+    secrets: [token]
+    labels:
+      com.openfaas.scale.min: "0"
+  js:
+    lang: node
+    handler: ./js
+    environment:
+      GREETING: ciao
+    labels:
+      com.openfaas.scale.min: "0"
+  slow:
+    lang: python3-http
+    handler: ./py
+    environment:
+      exec_timeout: 5s
+    secrets: [token]
+    labels:
+      com.openfaas.scale.min: "0"
+"#;
+
+#[test]
+fn cold_starts_bind_pre_started_runtimes() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let p = Platform::start_with(data.path(), &["--isolation", "process", "--warm-pool", "1"]);
+    virga(&p, dir, &["new", "py", "--lang", "python3-http"]);
+    virga(&p, dir, &["new", "js", "--lang", "node"]);
+    std::fs::write(
+        dir.join("py/handler.py"),
+        "import os, sys\n\ndef handle(event, context):\n    print('py handled', file=sys.stderr, flush=True)\n    token = open(os.path.join(os.environ['secret_mount_path'], 'token')).read()\n    return {'body': {'greeting': os.environ.get('GREETING'), 'token': token, 'cwd': os.getcwd()}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("js/handler.js"),
+        "module.exports = async (event, context) => context.status(200).succeed({ greeting: process.env.GREETING, cwd: process.cwd() })\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("stack.yml"), STACK).unwrap();
+    let r = p
+        .sys(Method::POST, "/system/secrets")
+        .json(&serde_json::json!({"name": "token", "value": "t0k"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    virga(&p, dir, &["deploy", "-f", "stack.yml"]);
+
+    // Both runtimes' pools fill (one pre-started runtime each).
+    let filled = p.eventually(Duration::from_secs(30), || {
+        let text = p
+            .anon(Method::GET, "/metrics")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let full = |lang: &str| {
+            text.lines().any(|l| {
+                l.starts_with(&format!(
+                    "virga_warm_pool_instances{{function_name=\"{lang}-"
+                )) && l.ends_with(" 1")
+            })
+        };
+        full("python3-http") && full("node")
+    });
+    assert!(filled, "warm pools did not fill");
+
+    let py: serde_json::Value = p.invoke("py", "").json().unwrap();
+    assert_eq!(py["greeting"], "hola");
+    assert_eq!(py["token"], "t0k");
+    let bundle_dir = py["cwd"].as_str().unwrap();
+    assert!(bundle_dir.contains("bundles"), "{py}");
+    let js: serde_json::Value = p.invoke("js", "").json().unwrap();
+    assert_eq!(js["greeting"], "ciao");
+    assert_ne!(js["cwd"].as_str().unwrap(), bundle_dir);
+    assert_eq!(
+        metric(
+            &p,
+            "virga_warm_starts_total{function_name=\"py.openfaas-fn\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &p,
+            "virga_warm_starts_total{function_name=\"js.openfaas-fn\"}"
+        ),
+        Some(1.0)
+    );
+
+    // The function's output is in its own log, under its own instance.
+    let logs = p
+        .sys(Method::GET, "/system/logs?name=py&tail=-1")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(logs.contains("py handled"), "{logs}");
+    assert!(logs.contains("\"instance\":\"py-"), "{logs}");
+
+    // A function with its own watchdog settings takes the cold path, and still works.
+    let slow = p.invoke("slow", "").text().unwrap();
+    let slow: serde_json::Value =
+        serde_json::from_str(&slow).unwrap_or_else(|e| panic!("{e}: {slow}"));
+    assert!(slow["cwd"].as_str().is_some());
+    assert_eq!(
+        metric(
+            &p,
+            "virga_warm_starts_total{function_name=\"slow.openfaas-fn\"}"
+        ),
+        None
+    );
+}

@@ -1,0 +1,273 @@
+//! The warm pool: per template runtime, a few instances started ahead of need (watchdog up,
+//! interpreter running with the template's libraries imported, no function loaded). A cold
+//! start takes one and binds it to the function's code with a single call, `POST
+//! /_/virga/bind` (the code's directory and environment), so neither the process start nor
+//! the interpreter start is on the request path. The pool refills itself in the background.
+//!
+//! A function uses the pool when its bundle's runtime supports binding (python3-http, node),
+//! it sets no watchdog variables of its own (those are fixed when the watchdog starts), and
+//! instances run as processes; other starts take the cold path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Child;
+
+use crate::instance::{boot, LogTarget};
+use crate::launch::Launch;
+use crate::spec::InstanceSpec;
+use crate::ProviderConfig;
+
+/// Templates whose runtime can start unbound (`VIRGA_POOL=1`) and be bound later.
+const BINDABLE: [&str; 2] = ["python3-http", "node"];
+
+/// Watchdog settings a function may not change when it takes a pooled instance.
+const WATCHDOG_KEYS: [&str; 14] = [
+    "fprocess",
+    "mode",
+    "upstream_url",
+    "exec_timeout",
+    "read_timeout",
+    "write_timeout",
+    "max_inflight",
+    "port",
+    "bind_address",
+    "content_type",
+    "prefix_logs",
+    "healthcheck_interval",
+    "cgi_headers",
+    "log_buffer_size",
+];
+
+/// Which generic runtime a function can be bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey(String);
+
+/// What a function needs from the pool: its runtime and what to bind it with.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolUse {
+    pub(crate) key: PoolKey,
+    /// The generic runtime's spec: the template's watchdog env plus `VIRGA_POOL=1`.
+    generic: Arc<InstanceSpec>,
+    /// The function's own environment, applied at bind.
+    env: BTreeMap<String, String>,
+}
+
+impl PoolUse {
+    /// The pool use of a function whose bundle at `dir` was built from `lang` with the
+    /// watchdog env `template_env`, or `None` when it cannot use the pool.
+    pub(crate) fn new(
+        lang: &str,
+        dir: &PathBuf,
+        template_env: &BTreeMap<String, String>,
+        function_env: &BTreeMap<String, String>,
+        make_generic: impl FnOnce(String, BTreeMap<String, String>) -> InstanceSpec,
+    ) -> Option<PoolUse> {
+        if !BINDABLE.contains(&lang)
+            || template_env.get("mode").map(String::as_str) != Some("http")
+            || function_env
+                .keys()
+                .any(|k| WATCHDOG_KEYS.contains(&k.as_str()))
+        {
+            return None;
+        }
+        let entry = ["index.py", "index.js"]
+            .iter()
+            .find_map(|f| std::fs::read(dir.join(f)).ok())?;
+        // Same template runtime and watchdog settings: the same key.
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        h.write(lang.as_bytes());
+        h.write(&entry);
+        for (k, v) in template_env {
+            h.write(k.as_bytes());
+            h.write(v.as_bytes());
+        }
+        let key = PoolKey(format!("{lang}-{:08x}", h.0 as u32));
+        let mut env = template_env.clone();
+        env.insert("VIRGA_POOL".into(), "1".into());
+        let generic = Arc::new(make_generic(format!("pool-{}", key.0), env));
+        Some(PoolUse {
+            key,
+            generic,
+            env: function_env.clone(),
+        })
+    }
+}
+
+/// 64-bit FNV-1a: a stable, dependency-free hash for pool keys.
+struct Fnv(u64);
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A started, ready instance: its process, sandbox and address, and where its output goes.
+pub(crate) struct Booted {
+    pub(crate) id: String,
+    pub(crate) child: Child,
+    pub(crate) launch: Launch,
+    pub(crate) addr: SocketAddr,
+    pub(crate) log: LogTarget,
+}
+
+impl Booted {
+    /// Attribute further output to `log` under instance id `id`.
+    pub(crate) fn log_as(&self, log: Arc<virga_logs::FunctionLog>, id: &str) {
+        self.log.set(log, id);
+    }
+}
+
+/// Pre-started generic runtimes, by key.
+pub(crate) struct WarmPool {
+    size: usize,
+    cfg: Arc<ProviderConfig>,
+    ready: Mutex<HashMap<PoolKey, Vec<Booted>>>,
+    starting: Mutex<HashMap<PoolKey, usize>>,
+    next: AtomicU64,
+}
+
+impl WarmPool {
+    /// A pool keeping `size` instances per runtime (0 turns it off).
+    pub(crate) fn new(size: usize, cfg: Arc<ProviderConfig>) -> Arc<WarmPool> {
+        Arc::new(WarmPool {
+            size,
+            cfg,
+            ready: Mutex::new(HashMap::new()),
+            starting: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        })
+    }
+
+    fn ready(&self) -> MutexGuard<'_, HashMap<PoolKey, Vec<Booted>>> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `use_` can be served from this pool at all.
+    pub(crate) fn serves(&self, use_: &Option<PoolUse>) -> bool {
+        self.size > 0 && use_.is_some() && self.cfg.sandbox.is_none()
+    }
+
+    /// Start runtimes until `use_`'s key has `size` ready or starting.
+    pub(crate) fn fill(self: &Arc<Self>, use_: &PoolUse) {
+        let have = self.ready().get(&use_.key).map_or(0, Vec::len);
+        let missing = {
+            let mut starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+            let n = starting.entry(use_.key.clone()).or_default();
+            let missing = self.size.saturating_sub(have + *n);
+            *n += missing;
+            missing
+        };
+        for _ in 0..missing {
+            let (pool, use_) = (self.clone(), use_.clone());
+            tokio::spawn(async move {
+                let id = format!(
+                    "{}-{}",
+                    use_.generic.name,
+                    pool.next.fetch_add(1, Ordering::Relaxed)
+                );
+                let booted = boot(&pool.cfg, &use_.generic, &id).await;
+                if let Some(n) = pool
+                    .starting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_mut(&use_.key)
+                {
+                    *n = n.saturating_sub(1);
+                }
+                match booted {
+                    Ok(b) => {
+                        let idle = {
+                            let mut ready = pool.ready();
+                            let list = ready.entry(use_.key.clone()).or_default();
+                            list.push(b);
+                            list.len()
+                        };
+                        pool.cfg.metrics.set_warm_pool(&use_.key.0, idle as i64);
+                    }
+                    Err(e) => tracing::warn!("warm pool {}: {e}", use_.key.0),
+                }
+            });
+        }
+    }
+
+    /// A pre-started runtime bound to function `name` (as `use_` describes), if the pool has one.
+    pub(crate) async fn take(
+        self: &Arc<Self>,
+        name: &str,
+        use_: &PoolUse,
+        dir: &PathBuf,
+    ) -> Option<Booted> {
+        loop {
+            let (mut booted, idle) = {
+                let mut ready = self.ready();
+                let list = ready.get_mut(&use_.key)?;
+                (list.pop()?, list.len())
+            };
+            self.cfg.metrics.set_warm_pool(&use_.key.0, idle as i64);
+            self.fill(use_);
+            if !matches!(booted.child.try_wait(), Ok(None)) {
+                continue;
+            }
+            match bind(booted.addr, dir, &use_.env).await {
+                Ok(()) => {
+                    self.cfg.metrics.warm_start(name);
+                    return Some(booted);
+                }
+                Err(e) => {
+                    tracing::warn!("binding pooled instance {}: {e}", booted.id);
+                    let _ = booted.child.start_kill();
+                }
+            }
+        }
+    }
+
+    /// Stop every pooled runtime; returns their pids to wait for.
+    pub(crate) fn clear(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for (_, list) in self.ready().drain() {
+            for mut b in list {
+                pids.extend(b.child.id());
+                let _ = b.child.start_kill();
+            }
+        }
+        pids
+    }
+}
+
+/// `POST /_/virga/bind` to the instance: load the code at `dir` with `env`.
+async fn bind(
+    addr: SocketAddr,
+    dir: &PathBuf,
+    env: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let body = serde_json::json!({"dir": dir, "env": env}).to_string();
+    let req = format!(
+        "POST /_/virga/bind HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&answer);
+    if text.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(text.lines().last().unwrap_or("no answer").to_string())
+    }
+}
