@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::Platform;
+use common::{sandbox_leftovers, Platform};
 use reqwest::Method;
 use serde_json::json;
 
@@ -21,49 +21,6 @@ fn start(dir: &Path) -> Platform {
         .unwrap();
     assert_eq!(info["provider"]["isolation"], "runc");
     p
-}
-
-/// Everything the platform with data directory `dir` has on the host: containers, cgroups,
-/// network slots and namespaces.
-fn leftovers(dir: &Path) -> Vec<String> {
-    let key = std::fs::read_to_string(dir.join("sandbox/key")).unwrap();
-    let mut found = Vec::new();
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(dir.join("sandbox/state"))
-        .args(["list", "-q"])
-        .output()
-        .unwrap();
-    found.extend(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| format!("container {l}")),
-    );
-    for ctrl in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let parent = ctrl.path().join(format!("virga-{key}"));
-        for child in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-            if child.file_type().unwrap().is_dir() {
-                found.push(format!("cgroup {}", child.path().display()));
-            }
-        }
-    }
-    for slot in std::fs::read_dir("/run/virga-net/slots")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if std::fs::read_to_string(slot.path()).unwrap_or_default() == key {
-            let n = slot.file_name().to_string_lossy().into_owned();
-            found.push(format!("network slot {n}"));
-            if Path::new(&format!("/run/netns/virga-{n}")).exists() {
-                found.push(format!("netns virga-{n}"));
-            }
-            if Path::new(&format!("/sys/class/net/vg{n}")).exists() {
-                found.push(format!("veth vg{n}"));
-            }
-        }
-    }
-    found
 }
 
 #[test]
@@ -229,7 +186,7 @@ fn deleting_and_stopping_leave_nothing_behind() {
     );
     assert_eq!(p.invoke("a", "x").text().unwrap(), "x");
     assert_eq!(p.invoke("b", "y").text().unwrap(), "y");
-    let before = leftovers(dir.path());
+    let before = sandbox_leftovers(dir.path());
     assert!(
         before.iter().any(|l| l.starts_with("container")),
         "{before:?}"
@@ -243,16 +200,16 @@ fn deleting_and_stopping_leave_nothing_behind() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let ok = p.eventually(Duration::from_secs(10), || {
-        leftovers(dir.path())
+        sandbox_leftovers(dir.path())
             .iter()
             .filter(|l| l.starts_with("container"))
             .count()
             == 1
     });
-    assert!(ok, "{:?}", leftovers(dir.path()));
+    assert!(ok, "{:?}", sandbox_leftovers(dir.path()));
 
     assert!(p.terminate().success());
-    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+    assert_eq!(sandbox_leftovers(dir.path()), Vec::<String>::new());
 
     // After kill -9 the next start removes what the crashed run left and serves again.
     p.restart();
@@ -261,7 +218,7 @@ fn deleting_and_stopping_leave_nothing_behind() {
     p.restart();
     assert_eq!(p.invoke("b", "still").text().unwrap(), "still");
     assert!(p.terminate().success());
-    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+    assert_eq!(sandbox_leftovers(dir.path()), Vec::<String>::new());
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{virga_bin, Platform, PASSWORD};
+use common::{sandbox_leftovers, virga_bin, Platform, PASSWORD};
 use reqwest::Method;
 
 fn virga(p: &Platform, dir: &Path, args: &[&str]) {
@@ -160,4 +160,57 @@ fn cold_starts_bind_pre_started_runtimes() {
         ),
         None
     );
+}
+
+#[test]
+fn sandboxed_cold_starts_bind_pooled_sandboxes_read_only() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let mut p = Platform::start_with(data.path(), &["--isolation", "runc", "--warm-pool", "1"]);
+    virga(&p, dir, &["new", "py", "--lang", "python3-http"]);
+    std::fs::write(
+        dir.join("py/handler.py"),
+        "import os\n\ndef handle(event, context):\n    try:\n        open('/home/app/x', 'w')\n        code = 'writable'\n    except OSError:\n        code = 'read-only'\n    token = open('/var/openfaas/secrets/token').read()\n    return {'body': {'greeting': os.environ.get('GREETING'), 'token': token, 'code': code, 'uid': os.getuid()}}\n",
+    )
+    .unwrap();
+    let stack = "provider:\n  name: openfaas\nfunctions:\n  py:\n    lang: python3-http\n    handler: ./py\n    environment:\n      GREETING: hej\n    secrets: [token]\n    limits:\n      memory: 96Mi\n    labels:\n      com.openfaas.scale.min: \"0\"\n";
+    std::fs::write(dir.join("stack.yml"), stack).unwrap();
+    let r = p
+        .sys(Method::POST, "/system/secrets")
+        .json(&serde_json::json!({"name": "token", "value": "s3c"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    virga(&p, dir, &["deploy", "-f", "stack.yml"]);
+    let filled = p.eventually(Duration::from_secs(30), || {
+        metric(
+            &p,
+            "virga_warm_pool_instances{function_name=\"python3-http-",
+        ) == Some(1.0)
+    });
+    assert!(filled, "warm pool did not fill");
+    let text = p.invoke("py", "").text().unwrap();
+    let py: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(py["greeting"], "hej");
+    assert_eq!(py["token"], "s3c");
+    assert_eq!(py["code"], "read-only");
+    assert_ne!(py["uid"], 0);
+    assert_eq!(
+        metric(
+            &p,
+            "virga_warm_starts_total{function_name=\"py.openfaas-fn\"}"
+        ),
+        Some(1.0)
+    );
+
+    let r = p
+        .sys(Method::DELETE, "/system/functions")
+        .json(&serde_json::json!({"functionName": "py"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(p.terminate().success());
+    assert_eq!(sandbox_leftovers(data.path()), Vec::<String>::new());
 }

@@ -189,7 +189,7 @@ pub(crate) async fn run(func: Arc<Function>, inst: Arc<Instance>) {
 async fn start_and_wait(func: &Arc<Function>, inst: &Arc<Instance>) -> Result<bool, String> {
     let spec = &func.spec;
     let pooled = match spec.pool.as_ref().filter(|_| func.pool.serves(&spec.pool)) {
-        Some(use_) => func.pool.take(&spec.name, use_, &spec.workdir).await,
+        Some(use_) => func.pool.take(spec, use_).await,
         None => None,
     };
     let booted = match pooled {

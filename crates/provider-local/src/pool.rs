@@ -153,7 +153,7 @@ impl WarmPool {
 
     /// Whether `use_` can be served from this pool at all.
     pub(crate) fn serves(&self, use_: &Option<PoolUse>) -> bool {
-        self.size > 0 && use_.is_some() && self.cfg.sandbox.is_none()
+        self.size > 0 && use_.is_some()
     }
 
     /// Start runtimes until `use_`'s key has `size` ready or starting.
@@ -199,12 +199,12 @@ impl WarmPool {
         }
     }
 
-    /// A pre-started runtime bound to function `name` (as `use_` describes), if the pool has one.
+    /// A pre-started runtime bound to the function of `spec` (as `use_` describes), if the
+    /// pool has one.
     pub(crate) async fn take(
         self: &Arc<Self>,
-        name: &str,
+        spec: &InstanceSpec,
         use_: &PoolUse,
-        dir: &PathBuf,
     ) -> Option<Booted> {
         loop {
             let (mut booted, idle) = {
@@ -217,9 +217,9 @@ impl WarmPool {
             if !matches!(booted.child.try_wait(), Ok(None)) {
                 continue;
             }
-            match bind(booted.addr, dir, &use_.env).await {
+            match bind(&booted, spec, &use_.env).await {
                 Ok(()) => {
-                    self.cfg.metrics.warm_start(name);
+                    self.cfg.metrics.warm_start(&spec.name);
                     return Some(booted);
                 }
                 Err(e) => {
@@ -243,12 +243,26 @@ impl WarmPool {
     }
 }
 
-/// `POST /_/virga/bind` to the instance: load the code at `dir` with `env`.
+/// Give the instance the function's code and secrets (in a sandbox: mounts and limits), then
+/// `POST /_/virga/bind` so the runtime loads the code with `env`.
 async fn bind(
-    addr: SocketAddr,
-    dir: &PathBuf,
+    booted: &Booted,
+    spec: &InstanceSpec,
     env: &BTreeMap<String, String>,
 ) -> Result<(), String> {
+    let mut env = env.clone();
+    let dir = match &booted.launch {
+        Launch::Process => spec.workdir.clone(),
+        Launch::Sandbox(rt, sb) => {
+            rt.bind(sb, spec)?;
+            env.insert(
+                "secret_mount_path".into(),
+                virga_types::SECRETS_MOUNT.into(),
+            );
+            PathBuf::from("/home/app")
+        }
+    };
+    let addr = booted.addr;
     let body = serde_json::json!({"dir": dir, "env": env}).to_string();
     let req = format!(
         "POST /_/virga/bind HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\

@@ -46,6 +46,8 @@ pub struct InstanceSpec {
     pub(crate) last_failure: Mutex<String>,
     /// How the function can take a pre-started runtime from the warm pool, if it can.
     pub(crate) pool: Option<PoolUse>,
+    /// A warm pool's generic runtime, not bound to any function yet.
+    pub(crate) unbound: bool,
 }
 
 impl InstanceSpec {
@@ -132,6 +134,7 @@ impl InstanceSpec {
                         outbound: true,
                         last_failure: Mutex::new(String::new()),
                         pool: None,
+                        unbound: true,
                     }
                 })
             })
@@ -145,6 +148,7 @@ impl InstanceSpec {
             outbound,
             last_failure: Mutex::new(String::new()),
             pool,
+            unbound: false,
         })
     }
 

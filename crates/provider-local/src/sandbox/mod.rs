@@ -6,6 +6,7 @@
 //! directory), so a restart after a crash finds and removes what the last run left behind:
 //! containers in the runc state directory, cgroups under `/virga-KEY`, network slots.
 
+mod mounts;
 mod net;
 mod oci;
 
@@ -30,6 +31,7 @@ pub struct Runc {
     state: PathBuf,
     rootfs: PathBuf,
     bundles: PathBuf,
+    slots: PathBuf,
     watchdog: PathBuf,
     key: String,
     net: Arc<net::Network>,
@@ -48,6 +50,8 @@ pub(crate) struct Sandbox {
     id: String,
     bundle: PathBuf,
     net: net::NetLease,
+    /// A pooled sandbox's host slots (`code`, `secrets`), bound to a function later.
+    slots: Option<PathBuf>,
 }
 
 impl Sandbox {
@@ -84,6 +88,7 @@ impl Runc {
             state: dir.join("state"),
             rootfs: dir.join("rootfs"),
             bundles: dir.join("bundles"),
+            slots: dir.join("slots"),
             watchdog: watchdog.to_path_buf(),
             net: Arc::new(net::Network::new(&key)?),
             spare_nets: Arc::new(Mutex::new(Vec::new())),
@@ -113,6 +118,9 @@ impl Runc {
         }
         self.net.release_all();
         let _ = fs::remove_dir_all(&self.bundles);
+        for slot in fs::read_dir(&self.slots).into_iter().flatten().flatten() {
+            release_slots(&slot.path());
+        }
         for dir in self.cgroup_dirs() {
             remove_cgroup_tree(&dir);
         }
@@ -153,12 +161,19 @@ impl Runc {
                 return Err(e);
             }
         };
+        let slots = spec.unbound.then(|| self.slots.join(&cid));
         let sandbox = Sandbox {
             id: cid,
             bundle,
             net,
+            slots,
         };
-        if let Err(e) = self.write_config(&sandbox, spec) {
+        let made = match &sandbox.slots {
+            Some(dir) => mounts::make_shared_slot(&dir.join("code"))
+                .and_then(|()| mounts::make_shared_slot(&dir.join("secrets"))),
+            None => Ok(()),
+        };
+        if let Err(e) = made.and_then(|()| self.write_config(&sandbox, spec)) {
             self.destroy(&sandbox);
             return Err(e);
         }
@@ -201,13 +216,18 @@ impl Runc {
             "secret_mount_path".into(),
             virga_types::SECRETS_MOUNT.into(),
         );
+        let (code, secrets) = match &sb.slots {
+            Some(dir) => (dir.join("code"), dir.join("secrets")),
+            None => (spec.workdir.clone(), spec.secrets_dir.clone()),
+        };
         let layout = Layout {
             rootfs: &self.rootfs,
             watchdog: &self.watchdog,
-            code: &spec.workdir,
-            secrets: &spec.secrets_dir,
+            code: &code,
+            secrets: &secrets,
             netns: &sb.net.netns,
             cgroups_path: &format!("/virga-{}/{}", self.key, sb.id),
+            runtime: sb.slots.as_ref().map(|_| spec.workdir.as_path()),
         };
         let config = oci::build(&env, &layout, spec.limits)?;
         config
@@ -233,9 +253,62 @@ impl Runc {
         let _ = self.runc_cmd().args(["kill", &sb.id, "KILL"]).output();
     }
 
+    /// Bind a pooled sandbox to a function: its code and secrets appear read-only at
+    /// /home/app and /var/openfaas/secrets, and its limits replace the pool's.
+    pub(crate) fn bind(&self, sb: &Sandbox, spec: &InstanceSpec) -> Result<(), String> {
+        let dir = sb.slots.as_ref().ok_or("not a pooled sandbox")?;
+        mounts::attach_ro(&spec.workdir, &dir.join("code"))?;
+        mounts::attach_ro(&spec.secrets_dir, &dir.join("secrets"))?;
+        self.set_limits(sb, spec.limits)
+    }
+
+    /// Write new memory and CPU limits into the sandbox's cgroups (v1 or v2).
+    fn set_limits(&self, sb: &Sandbox, limits: Limits) -> Result<(), String> {
+        let rel = format!("virga-{}/{}", self.key, sb.id);
+        let root = Path::new("/sys/fs/cgroup");
+        let write = |p: PathBuf, v: &str| -> Result<(), String> {
+            fs::write(&p, v).map_err(|e| format!("write {}: {e}", p.display()))
+        };
+        let mem = limits.memory.to_string();
+        let v1 = root.join("memory").join(&rel);
+        if v1.is_dir() {
+            // memory+swap may never be below memory: order the writes for either direction.
+            let memsw = v1.join("memory.memsw.limit_in_bytes");
+            let has_memsw = memsw.exists();
+            if has_memsw {
+                let _ = write(memsw.clone(), &mem);
+            }
+            write(v1.join("memory.limit_in_bytes"), &mem)?;
+            if has_memsw {
+                write(memsw, &mem)?;
+            }
+            let quota = limits.cpu.map_or(-1, |c| (c * 100_000.0) as i64);
+            write(
+                root.join("cpu").join(&rel).join("cpu.cfs_period_us"),
+                "100000",
+            )?;
+            write(
+                root.join("cpu").join(&rel).join("cpu.cfs_quota_us"),
+                &quota.to_string(),
+            )?;
+        } else {
+            let v2 = root.join(&rel);
+            write(v2.join("memory.max"), &mem)?;
+            let _ = write(v2.join("memory.swap.max"), "0");
+            let cpu = limits.cpu.map_or("max 100000".to_string(), |c| {
+                format!("{} 100000", (c * 100_000.0) as i64)
+            });
+            write(v2.join("cpu.max"), &cpu)?;
+        }
+        Ok(())
+    }
+
     /// Remove the container, its cgroups, its network and its bundle.
     pub(crate) fn destroy(&self, sb: &Sandbox) {
         let _ = self.runc_cmd().args(["delete", "-f", &sb.id]).output();
+        if let Some(dir) = &sb.slots {
+            release_slots(dir);
+        }
         self.net.release(&sb.net);
         let _ = fs::remove_dir_all(&sb.bundle);
         for dir in self.cgroup_dirs() {
@@ -322,6 +395,13 @@ fn platform_key(dir: &Path) -> Result<String, String> {
     let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     fs::write(&path, &key).map_err(io("write sandbox key"))?;
     Ok(key)
+}
+
+/// Unmount and remove a pooled sandbox's slot directory.
+fn release_slots(dir: &Path) {
+    mounts::release_slot(&dir.join("code"));
+    mounts::release_slot(&dir.join("secrets"));
+    let _ = fs::remove_dir(dir);
 }
 
 /// rmdir a cgroup directory and its children, deepest first (cgroupfs has no recursive delete).

@@ -93,14 +93,26 @@ pub(crate) struct Layout<'a> {
     pub(crate) secrets: &'a Path,
     pub(crate) netns: &'a str,
     pub(crate) cgroups_path: &'a str,
+    /// For a pooled sandbox: the template runtime to run from /virga/runtime; its code and
+    /// secrets mounts then follow host mounts made later (`rslave`).
+    pub(crate) runtime: Option<&'a Path>,
 }
 
+/// Where a pooled sandbox's template runtime appears.
+pub(crate) const RUNTIME_PATH: &str = "/virga/runtime";
+
 fn bind(dest: &str, src: &Path) -> Result<Mount, String> {
+    bind_with(dest, src, &[])
+}
+
+fn bind_with(dest: &str, src: &Path, extra: &[&str]) -> Result<Mount, String> {
+    let mut options: Vec<String> = ["bind", "ro", "nosuid", "nodev"].map(String::from).to_vec();
+    options.extend(extra.iter().map(|o| o.to_string()));
     MountBuilder::default()
         .destination(dest)
         .typ("bind")
         .source(src)
-        .options(["bind", "ro", "nosuid", "nodev"].map(String::from).to_vec())
+        .options(options)
         .build()
         .map_err(|e| e.to_string())
 }
@@ -155,7 +167,11 @@ pub(crate) fn build(
         )
         .args(vec![WATCHDOG_PATH.to_string()])
         .env(env)
-        .cwd("/home/app")
+        .cwd(if layout.runtime.is_some() {
+            RUNTIME_PATH
+        } else {
+            "/home/app"
+        })
         .capabilities(no_caps)
         .no_new_privileges(true)
         .build()
@@ -172,8 +188,20 @@ pub(crate) fn build(
         }
     }
     mounts.push(bind(WATCHDOG_PATH, layout.watchdog)?);
-    mounts.push(bind("/home/app", layout.code)?);
-    mounts.push(bind(virga_types::SECRETS_MOUNT, layout.secrets)?);
+    let follow: &[&str] = if layout.runtime.is_some() {
+        &["rslave"]
+    } else {
+        &[]
+    };
+    mounts.push(bind_with("/home/app", layout.code, follow)?);
+    mounts.push(bind_with(
+        virga_types::SECRETS_MOUNT,
+        layout.secrets,
+        follow,
+    )?);
+    if let Some(runtime) = layout.runtime {
+        mounts.push(bind(RUNTIME_PATH, runtime)?);
+    }
     mounts.push(tmpfs("/tmp", limits.tmp, "1777")?);
 
     let mut memory = LinuxMemoryBuilder::default()
