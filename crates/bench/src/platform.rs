@@ -71,6 +71,16 @@ impl Platform {
     /// Starts `virga up --listen 127.0.0.1:0` with a data directory under `work` and
     /// instances isolated as `isolation` says (`VIRGA_ISOLATION`: process, runc, auto).
     pub fn start(bins: &Bins, work: &Path, isolation: &str) -> Result<Platform> {
+        Platform::start_with(bins, work, isolation, &[])
+    }
+
+    /// Like [`Platform::start`], with extra `virga up` environment variables.
+    pub fn start_with(
+        bins: &Bins,
+        work: &Path,
+        isolation: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Platform> {
         let data = work.join("data");
         std::fs::create_dir_all(&data)?;
         let mut cmd = Command::new(&bins.virga);
@@ -80,6 +90,13 @@ impl Platform {
             .env("VIRGA_LOG", "warn")
             .env("VIRGA_ISOLATION", isolation)
             .env("NO_COLOR", "1")
+            // The system's tools, as on a server: a developer's version-manager shims (pyenv
+            // here) would add their own start-up to every function start.
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .envs(env.iter().copied())
             .current_dir(work);
         let mut proc = Proc::spawn("virga up", cmd, &work.join("virga-up.log"))?;
         let line = proc.first_line(START_TIMEOUT)?;
@@ -94,6 +111,24 @@ impl Platform {
             work: work.to_path_buf(),
             bins: bins.clone(),
         })
+    }
+
+    /// The value of the first `/metrics` line starting with `prefix`, if any.
+    pub fn metric(&self, prefix: &str) -> Result<Option<f64>> {
+        let text = reqwest::blocking::get(format!("{}/metrics", self.url))
+            .context("GET /metrics")?
+            .text()?;
+        Ok(text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok()))
+    }
+
+    /// Idle runtimes in the python3-http warm pool.
+    pub fn python_pool_idle(&self) -> Result<f64> {
+        Ok(self
+            .metric("virga_warm_pool_instances{function_name=\"python3-http-")?
+            .unwrap_or(0.0))
     }
 
     /// URL that invokes function `name` through the gateway.

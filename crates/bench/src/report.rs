@@ -41,6 +41,8 @@ pub enum Target {
     RatioAtMost(f64),
     /// value − baseline ≤ the number (in the figure's unit).
     AddedAtMost(f64),
+    /// value ≤ the number (an absolute target; the baseline gives scale).
+    AtMost(f64),
     /// Informational: no target.
     None,
 }
@@ -85,6 +87,7 @@ impl Figure {
             Target::RatioAtLeast(t) => Some(self.ratio() >= t),
             Target::RatioAtMost(t) => Some(self.ratio() <= t),
             Target::AddedAtMost(t) => Some(self.delta() <= t),
+            Target::AtMost(t) => Some(self.value <= t),
             Target::None => None,
         }
     }
@@ -94,6 +97,7 @@ impl Figure {
             Target::RatioAtLeast(t) => format!("≥ {t:.2}×"),
             Target::RatioAtMost(t) => format!("≤ {t:.2}×"),
             Target::AddedAtMost(t) => format!("Δ ≤ +{}", self.unit.format(t)),
+            Target::AtMost(t) => format!("≤ {}", self.unit.format(t)),
             Target::None => "—".into(),
         }
     }

@@ -231,10 +231,13 @@ pub(crate) async fn boot(
     spec: &Arc<InstanceSpec>,
     id: &str,
 ) -> Result<Booted, String> {
+    let t0 = std::time::Instant::now();
     let (launch, mut cmd) = Launch::prepare(cfg, spec, id).await?;
+    let prepared = t0.elapsed();
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", cfg.watchdog.display()))?;
+    let spawned = t0.elapsed();
     let target = LogTarget::new(cfg.logs.function(&spec.name), id);
     if let Some(err) = child.stderr.take() {
         tokio::spawn(forward_log(target.clone(), err));
@@ -243,11 +246,20 @@ pub(crate) async fn boot(
     let mut lines = BufReader::new(stdout).lines();
     let ready = async {
         let printed = read_until(&target, &mut lines, LISTENING).await?;
+        let listening = t0.elapsed();
         let addr: SocketAddr = printed
             .trim()
             .parse()
             .map_err(|e| format!("bad address {printed:?}: {e}"))?;
         read_until(&target, &mut lines, READY).await?;
+        tracing::debug!(
+            instance = %id,
+            ?prepared,
+            ?spawned,
+            ?listening,
+            ready = ?t0.elapsed(),
+            "instance started"
+        );
         Ok::<_, String>(launch.reach(addr))
     };
     let addr = match tokio::time::timeout(cfg.ready_timeout, ready).await {

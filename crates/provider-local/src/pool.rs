@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -63,7 +63,7 @@ impl PoolUse {
     /// watchdog env `template_env`, or `None` when it cannot use the pool.
     pub(crate) fn new(
         lang: &str,
-        dir: &PathBuf,
+        dir: &Path,
         template_env: &BTreeMap<String, String>,
         function_env: &BTreeMap<String, String>,
         make_generic: impl FnOnce(String, BTreeMap<String, String>) -> InstanceSpec,

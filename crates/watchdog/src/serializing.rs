@@ -70,7 +70,7 @@ pub async fn handle(settings: &ExecSettings, req: Request<Incoming>) -> Response
     };
 
     let program = settings.spec.program();
-    let (mut child, pending) = match Running::spawn(settings.spec.std_command(env), &body) {
+    let (mut child, pending) = match Running::spawn(&settings.spec.spawner, &env, &body) {
         Ok(started) => started,
         Err(e) => {
             tracing::error!(program, error = %e, "failed to start function process");

@@ -27,6 +27,9 @@ pub const ABOUT: &str = "\
 by hand (`POST /system/scale-function`, replicas 0) and, once no instance is left, called \
 once: the call's latency is the instance start — sandbox created (network namespace, \
 config.json, cgroups), `runc run`, watchdog up, function ready — plus one small request. \
+The python3-http start is measured again with the warm pool on (the default): a \
+pre-started sandbox is bound to the function (read-only code and secrets mounts \
+propagated in, cgroup limits written, one bind call to the runtime). \
 Baselines timed in the same run: a bare `runc run` of an empty container (`/usr/bin/true` \
 on a read-only root with /usr bind-mounted, runc's default namespaces; until it exits) and \
 a bare `python3 -c pass`. Target: the `cat` sandbox ≤ bare runc + 10 ms.";
@@ -34,7 +37,7 @@ a bare `python3 -c pass`. Target: the `cat` sandbox ≤ bare runc + 10 ms.";
 /// Measures the sandbox starts and their baselines and fills the section.
 pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     let work = ctx.dir(NAME)?;
-    let mut platform = Platform::start(&ctx.bins, &work, "runc")?;
+    let mut platform = Platform::start_with(&ctx.bins, &work, "runc", &[("VIRGA_WARM_POOL", "0")])?;
     let rounds = if ctx.settings.iterations < 1000 {
         5
     } else {
@@ -62,16 +65,32 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         format!("bare runc run of an empty container, {rounds} runs"),
         bare_runc,
     );
-    let cat = cold_starts(&http, &platform, "sb-cat", rounds)?;
+    let cat = cold_starts(&http, &platform, "sb-cat", rounds, false)?;
     let cat = s.measured(
         format!("cat sandbox start to first answer, {rounds} starts"),
         cat,
     );
-    let py = cold_starts(&http, &platform, "sb-py", rounds)?;
+    let py = cold_starts(&http, &platform, "sb-py", rounds, false)?;
     let py = s.measured(
         format!("python3-http sandbox start to first answer, {rounds} starts"),
         py,
     );
+    drop(platform);
+    // The same with the warm pool: a pre-started sandbox is bound to the function.
+    let pooled_work = ctx.dir("sandbox-pool")?;
+    let mut pooled = Platform::start(&ctx.bins, &pooled_work, "runc")?;
+    // Uploads the same bundle to this platform's store.
+    pooled.deploy_template("sb-py-src", "python3-http")?;
+    pooled.deploy_json(&json!({
+        "service": "sb-py", "image": image,
+        "labels": {"com.openfaas.scale.min": "0"}
+    }))?;
+    let warm = cold_starts(&http, &pooled, "sb-py", rounds, true)?;
+    let warm = s.measured(
+        format!("python3-http pooled sandbox bound to first answer, {rounds} starts"),
+        warm,
+    );
+    drop(pooled);
     let python = python_baseline(rounds * 2)?;
     let python = s.measured(format!("bare python3 -c pass, {} runs", rounds * 2), python);
 
@@ -119,7 +138,20 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         python.p50_us,
         Target::None,
     ));
-    drop(platform);
+    s.figure(fig(
+        "python3-http warm-pool sandbox start, p50",
+        warm.p50_us,
+        "python3 -c pass",
+        python.p50_us,
+        Target::AtMost(10_000.0),
+    ));
+    s.figure(fig(
+        "python3-http warm-pool sandbox start, p99",
+        warm.p99_us,
+        "python3 -c pass",
+        python.p99_us,
+        Target::AtMost(30_000.0),
+    ));
     Ok(())
 }
 
@@ -134,12 +166,14 @@ fn function(http: &reqwest::blocking::Client, url: &str, name: &str) -> Result<V
     Ok(r.json()?)
 }
 
-/// Scale `name` to zero, wait until no instance is left, then time one call; `rounds` times.
+/// Scale `name` to zero, wait until no instance is left (and, with `pool`, until the warm
+/// pool is full), then time one call; `rounds` times.
 fn cold_starts(
     http: &reqwest::blocking::Client,
     platform: &Platform,
     name: &str,
     rounds: usize,
+    pool: bool,
 ) -> Result<Stats> {
     let mut samples = Vec::with_capacity(rounds);
     // One call first, so the function's files are in the page cache like a warm host's.
@@ -155,7 +189,8 @@ fn cold_starts(
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let f = function(http, &platform.url, name)?;
-            if f["availableReplicas"] == 0 && f["replicas"] == 0 {
+            let refilled = !pool || platform.python_pool_idle()? >= 2.0;
+            if f["availableReplicas"] == 0 && f["replicas"] == 0 && refilled {
                 break;
             }
             if Instant::now() > deadline {
