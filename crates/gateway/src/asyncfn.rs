@@ -116,13 +116,7 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, ApiE
         .map(callback_url)
         .transpose()?;
     let limit = state.cfg.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::TooLarge(limit));
-    }
+    crate::invoke::declared_length(&parts.headers, limit)?;
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::TooLarge(limit))?;

@@ -72,13 +72,7 @@ pub(crate) async fn forward(state: &AppState, req: Request) -> Result<Response, 
     let (full_name, rest) = split_path(parts.uri.path());
     let name = split_namespace(full_name)?.to_string();
     let limit = state.cfg.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::TooLarge(limit));
-    }
+    let declared = declared_length(&parts.headers, limit)?;
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
@@ -154,6 +148,17 @@ pub(crate) async fn forward(state: &AppState, req: Request) -> Result<Response, 
         }
     }
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// The request's Content-Length, or 413 when it says the body is over `limit`.
+pub(crate) fn declared_length(h: &HeaderMap, limit: usize) -> Result<Option<u64>, ApiError> {
+    let declared = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    Ok(declared)
 }
 
 /// Drop hop-by-hop headers and add the OpenFaaS call headers; returns the call id.

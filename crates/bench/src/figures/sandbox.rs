@@ -239,43 +239,43 @@ fn runc_baseline(work: &Path, rootfs: &Path, rounds: usize) -> Result<Stats> {
     }
     std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
     let state = work.join("bare-runc-state");
-    let mut samples = Vec::with_capacity(rounds);
-    for i in 0..=rounds {
-        let started = Instant::now();
-        let status = Command::new("runc")
-            .arg("--root")
+    timed_runs(rounds, |i| {
+        let mut cmd = Command::new("runc");
+        cmd.arg("--root")
             .arg(&state)
             .args(["run", "--bundle"])
             .arg(&bundle)
             .arg(format!("virga-bench-bare-{}-{i}", std::process::id()))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .context("runc run")?;
-        if !status.success() {
-            bail!("bare runc run failed: {status}");
-        }
-        if i > 0 {
-            samples.push(started.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    Stats::from_samples(&mut samples).context("no runc runs")
+            .stdout(Stdio::null());
+        cmd
+    })
 }
 
 fn python_baseline(rounds: usize) -> Result<Stats> {
+    timed_runs(rounds, |_| {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args(["-c", "pass"]);
+        cmd
+    })
+}
+
+/// Run the command `make(i)` gives `rounds` + 1 times (the first warms caches and is not
+/// counted) and time each run to its exit.
+fn timed_runs(rounds: usize, mut make: impl FnMut(usize) -> Command) -> Result<Stats> {
     let mut samples = Vec::with_capacity(rounds);
     for i in 0..=rounds {
+        let mut cmd = make(i);
         let started = Instant::now();
-        let status = Command::new("/usr/bin/python3")
-            .args(["-c", "pass"])
+        let status = cmd
             .status()
-            .context("run python3")?;
+            .with_context(|| format!("run {:?}", cmd.get_program()))?;
         if !status.success() {
-            bail!("python3 -c pass failed");
+            bail!("{:?} failed: {status}", cmd.get_program());
         }
         if i > 0 {
             samples.push(started.elapsed().as_secs_f64() * 1e6);
         }
     }
-    Stats::from_samples(&mut samples).context("no python runs")
+    Stats::from_samples(&mut samples).context("no runs")
 }

@@ -126,10 +126,15 @@ impl Platform {
             .send()
             .unwrap();
         assert_eq!(r.status(), 201, "upload: {}", r.text().unwrap());
-        let mut body = serde_json::json!({
+        let base = serde_json::json!({
             "service": name,
             "image": format!("virga.local/{name}@sha256:{hex}"),
         });
+        self.deploy(base, extra);
+    }
+
+    /// POST the deployment `base` with the fields of `extra` added; asserts 202.
+    fn deploy(&self, mut body: serde_json::Value, extra: serde_json::Value) {
         if let serde_json::Value::Object(m) = extra {
             for (k, v) in m {
                 body[k] = v;
@@ -140,7 +145,7 @@ impl Platform {
             .json(&body)
             .send()
             .unwrap();
-        assert_eq!(r.status(), 202, "deploy {name}: {}", r.text().unwrap());
+        assert_eq!(r.status(), 202, "deploy {body}: {}", r.text().unwrap());
     }
 
     /// Deploy a shell script as a classic function (`sh handler.sh` per request).
@@ -183,18 +188,10 @@ impl Platform {
 
     /// Deploy a function with `envProcess`; asserts 202.
     pub fn deploy_process(&self, name: &str, process: &str, extra: serde_json::Value) {
-        let mut body = serde_json::json!({"service": name, "image": "", "envProcess": process});
-        if let serde_json::Value::Object(m) = extra {
-            for (k, v) in m {
-                body[k] = v;
-            }
-        }
-        let r = self
-            .sys(reqwest::Method::POST, "/system/functions")
-            .json(&body)
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 202, "deploy {name}: {}", r.text().unwrap());
+        self.deploy(
+            serde_json::json!({"service": name, "image": "", "envProcess": process}),
+            extra,
+        );
     }
 
     /// POST `body` to `/function/{name}`.
