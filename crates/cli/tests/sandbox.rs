@@ -130,10 +130,30 @@ echo "secrets $(ls /var/openfaas/secrets | tr '\n' ' ')"
 echo "secret $(cat /var/openfaas/secrets/mine)"
 echo "processes $(ls /proc | grep -c '^[0-9]')"
 echo "init $(cat /proc/1/cmdline | tr '\0' ' ')"
+python3 - <<'PY'
+import os, socket, struct
+# The host's end of the instance's veth (its default route), and the instance's own loopback.
+hosts = ["127.0.0.1"]
+for line in open("/proc/net/route").read().splitlines()[1:]:
+    f = line.split()
+    if f[1] == "00000000":
+        hosts.append(socket.inet_ntoa(struct.pack("<L", int(f[2], 16))))
+for host in hosts:
+    try:
+        socket.create_connection((host, int(os.environ["GATEWAY_PORT"])), 1).close()
+        print("gateway reachable at", host)
+    except OSError:
+        print("gateway unreachable at", host)
+PY
 "#,
         data = data.display()
     );
-    p.deploy_script("probe", &probe, json!({"secrets": ["mine"]}));
+    let port = p.url.rsplit(':').next().unwrap().to_string();
+    p.deploy_script(
+        "probe",
+        &probe,
+        json!({"secrets": ["mine"], "envVars": {"GATEWAY_PORT": port}}),
+    );
     let out = p.invoke("probe", "").text().unwrap();
     eprintln!("{out}");
     let uid: u32 = out
@@ -172,6 +192,13 @@ echo "init $(cat /proc/1/cmdline | tr '\0' ' ')"
         "sees {procs} processes: host processes are visible"
     );
     assert!(out.contains("init /virga/watchdog"), "{out}");
+    // Neither loopback nor the host side of its network reaches the platform's API.
+    let unreachable = out
+        .lines()
+        .filter(|l| l.starts_with("gateway unreachable at "))
+        .count();
+    assert_eq!(unreachable, 2, "{out}");
+    assert!(!out.contains("gateway reachable"), "{out}");
 }
 
 #[test]
