@@ -58,6 +58,9 @@ impl Bins {
     }
 }
 
+/// Label that keeps a benchmarked function at one instance.
+pub const SCALE_MAX: &str = "com.openfaas.scale.max";
+
 /// A running `virga up` with its own data directory.
 pub struct Platform {
     proc: Proc,
@@ -161,6 +164,12 @@ impl Platform {
         let dir = self.work.join(format!("src-{name}"));
         std::fs::create_dir_all(&dir)?;
         self.virga(&dir, &["new", name, "--lang", lang])?;
+        // One instance: figures compare one instance with one standalone watchdog, and the
+        // autoscaler must not add replicas (and their start-up CPU) under the load.
+        let stack = dir.join("stack.yml");
+        let mut text = std::fs::read_to_string(&stack)?;
+        text.push_str(&format!("    labels:\n      {SCALE_MAX}: \"1\"\n"));
+        std::fs::write(&stack, text)?;
         self.virga(
             &dir,
             &["deploy", "-f", "stack.yml", "-g", &self.url.clone()],

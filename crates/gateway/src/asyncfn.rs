@@ -58,6 +58,24 @@ pub async fn enable_async(state: &Arc<AppState>, queue: SharedQueue, cfg: PoolCo
     let _ = state.async_calls.set(AsyncCalls { queue, pool });
 }
 
+/// Set the queue gauges (depth, in flight) from the queue, for a scrape of `/metrics`.
+pub(crate) async fn record_queue_gauges(state: &AppState) {
+    let Some(calls) = state.async_calls.get() else {
+        return;
+    };
+    match calls.queue.stats().await {
+        Ok(stats) => {
+            for s in stats {
+                state.metrics.set_queue_depth(&s.queue, s.depth as i64);
+                state
+                    .metrics
+                    .set_queue_inflight(&s.queue, s.inflight as i64);
+            }
+        }
+        Err(e) => tracing::warn!("queue statistics for /metrics: {e}"),
+    }
+}
+
 fn async_calls(state: &AppState) -> Result<&AsyncCalls, ApiError> {
     state
         .async_calls
@@ -160,6 +178,18 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, ApiE
 struct GatewayDeliver(Weak<AppState>);
 
 impl Deliver for GatewayDeliver {
+    fn retried(&self, function: &str) {
+        if let Some(state) = self.0.upgrade() {
+            state.metrics.queue_retry(function);
+        }
+    }
+
+    fn dead_lettered(&self, function: &str) {
+        if let Some(state) = self.0.upgrade() {
+            state.metrics.dead_letter(function);
+        }
+    }
+
     fn settings(&self, function: &str) -> Option<FunctionSettings> {
         let state = self.0.upgrade()?;
         let f = state.store.function(function).ok()??;

@@ -62,6 +62,7 @@ impl AppState {
 
 /// `GET /metrics`: the registry in Prometheus text format.
 pub(crate) async fn scrape(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    crate::asyncfn::record_queue_gauges(&state).await;
     let gauges = state.provider.gauges();
     let text = state
         .metrics

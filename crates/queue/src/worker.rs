@@ -46,6 +46,10 @@ pub trait Deliver: Send + Sync + 'static {
     fn settings(&self, function: &str) -> Option<FunctionSettings>;
     /// Call the function with `call`'s request.
     fn invoke<'a>(&'a self, call: &'a Call) -> BoxFuture<'a, Outcome>;
+    /// A call of `function` is scheduled for another attempt (for metrics).
+    fn retried(&self, _function: &str) {}
+    /// A call of `function` was given up on and dead-lettered (for metrics).
+    fn dead_lettered(&self, _function: &str) {}
 }
 
 /// Settings of the worker pool.
@@ -234,6 +238,7 @@ impl WorkerPool {
             .wait(attempt);
             tracing::debug!(call = %id, %function, attempt, status = outcome.status, ?wait, "async call: retrying");
             self.counters.retried.fetch_add(1, Ordering::Relaxed);
+            self.deliver.retried(&function);
             if let Err(e) = self.queue.retry(d, wait).await {
                 tracing::error!(call = %id, "async call: cannot schedule the retry: {e}");
             }
@@ -260,6 +265,7 @@ impl WorkerPool {
         let id = d.call.id.clone();
         tracing::warn!(call = %id, function = %d.call.function, "async call: dead-lettered: {reason}");
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.deliver.dead_lettered(&d.call.function);
         let now = self.cfg.timing.clock.now_ms();
         if let Err(e) = self.queue.dead_letter(d, outcome.status, reason, now).await {
             tracing::error!(call = %id, "async call: cannot store the dead letter: {e}");

@@ -25,7 +25,7 @@ pub const TITLE: &str = "Classic-mode per-request latency vs bare fork/exec";
 /// What the figures mean.
 pub const ABOUT: &str = "\
 A classic function runs one process per request. The function \
-`{\"service\":\"NAME\",\"envProcess\":\"cat\"}` is deployed through the OpenFaaS API and \
+`{\"service\":\"NAME\",\"envProcess\":\"cat\"}` (one instance) is deployed through the OpenFaaS API and \
 called one request at a time (`wrk -t1 -c1`, body `hello`) through the gateway; the \
 baseline is what no implementation can avoid: a bare fork/exec of `cat` timed inside \
 virga-bench (spawn with piped stdin and stdout, write `hello`, close stdin, read the \
@@ -39,7 +39,11 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     let work = ctx.dir(NAME)?;
     let mut platform = Platform::start(&ctx.bins, &work, &ctx.isolation)?;
     eprintln!("classic: deploying cat");
-    platform.deploy_json(&json!({"service": "bench-cat", "envProcess": "cat"}))?;
+    platform.deploy_json(&json!({
+        "service": "bench-cat",
+        "envProcess": "cat",
+        "labels": {"com.openfaas.scale.max": "1"},
+    }))?;
     let via_gateway = platform.function_url("bench-cat");
     match wait_ok(&via_gateway, BODY, Duration::from_secs(30)) {
         Ok(answer) if answer == BODY => {}

@@ -24,7 +24,8 @@ pub const TITLE: &str = "Gateway overhead, warm http-mode function";
 /// What the figures mean.
 pub const ABOUT: &str = "\
 The python3-http starter function (`virga new NAME --lang python3-http`, deployed with \
-`virga deploy` on a fresh `virga up`) is measured through the gateway \
+`virga deploy` on a fresh `virga up`, one instance: `com.openfaas.scale.max: 1` keeps the \
+autoscaler from adding replicas under the load) is measured through the gateway \
 (`POST /function/NAME`) and, as the baseline, directly on a standalone `virga-watchdog` \
 started from the same bundle (`build/NAME.tar.gz` unpacked, the watchdog environment from \
 its `virga-bundle.json`, `python3 index.py` upstream). The ratio of throughputs \
@@ -80,6 +81,7 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         "service": "bench-fast",
         "envProcess": fprocess,
         "envVars": {"mode": "http", "upstream_url": upstream},
+        "labels": {"com.openfaas.scale.max": "1"},
     }))?;
     let via_gateway = platform.function_url("bench-fast");
     let answer = match wait_ok(&via_gateway, BODY, Duration::from_secs(30)) {

@@ -169,6 +169,24 @@ pub fn dead_letters_list_retry_purge(b: Backend) {
         .find(|q| q["queue"] == "default")
         .unwrap();
     assert_eq!(default["dead"], 1, "{q}");
+    // The same shows in /metrics: two retries and one dead letter of `three`, and the queue.
+    let metrics =
+        s.p.anon(Method::GET, "/metrics")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+    for line in [
+        "virga_queue_retries_total{function_name=\"three.openfaas-fn\"} 2",
+        "virga_queue_dead_letters_total{function_name=\"three.openfaas-fn\"} 1",
+        "virga_queue_depth{queue=\"default\"} 0",
+        "virga_queue_inflight{queue=\"default\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
     // A function that always fails does not stop the queue: other calls still get through.
     s.deploy_flaky("never", 1000, 503, ann);
     s.call_async("never", "", &[("X-Call-Id", "dl-2")]);
