@@ -43,6 +43,8 @@ pub enum Target {
     AddedAtMost(f64),
     /// value ≤ the number (an absolute target; the baseline gives scale).
     AtMost(f64),
+    /// value ≥ the number (an absolute target).
+    AtLeast(f64),
     /// Informational: no target.
     None,
 }
@@ -88,6 +90,7 @@ impl Figure {
             Target::RatioAtMost(t) => Some(self.ratio() <= t),
             Target::AddedAtMost(t) => Some(self.delta() <= t),
             Target::AtMost(t) => Some(self.value <= t),
+            Target::AtLeast(t) => Some(self.value >= t),
             Target::None => None,
         }
     }
@@ -98,6 +101,7 @@ impl Figure {
             Target::RatioAtMost(t) => format!("≤ {t:.2}×"),
             Target::AddedAtMost(t) => format!("Δ ≤ +{}", self.unit.format(t)),
             Target::AtMost(t) => format!("≤ {}", self.unit.format(t)),
+            Target::AtLeast(t) => format!("≥ {}", self.unit.format(t)),
             Target::None => "—".into(),
         }
     }
@@ -252,7 +256,7 @@ impl Report {
         let mut out = String::new();
         out += "# Benchmarks\n\n";
         out += intro.trim();
-        out += "\n\nReproduce (installs `wrk` if missing, builds, runs; about two minutes):\n\n";
+        out += "\n\nReproduce (installs `wrk` if missing, builds, runs; about six minutes):\n\n";
         out += "```sh\nscripts/bench                              # print the table\n";
         out += "scripts/bench --markdown docs/benchmarks.md  # and rewrite this file\n```\n\n";
         out += "`--quick` makes every run shorter (a smoke test; its numbers are noisier).\n\n";

@@ -94,7 +94,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Full runs (about two minutes in all) or `--quick` ones (a smoke test).
+    /// Full runs (about six minutes in all) or `--quick` ones (a smoke test).
     pub fn new(quick: bool) -> Settings {
         let secs = |full: u64, short: u64| Duration::from_secs(if quick { short } else { full });
         Settings {
