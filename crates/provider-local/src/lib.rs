@@ -395,7 +395,7 @@ impl LocalProvider {
             pids.extend(f.lock().iter().filter_map(|i| i.pid()));
             f.stop_all();
         }
-        pids.extend(self.pool.clear());
+        pids.extend(self.pool.close().await);
         instance::wait_gone(&pids, Duration::from_secs(5)).await;
     }
 }

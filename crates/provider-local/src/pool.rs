@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -133,6 +133,8 @@ pub(crate) struct WarmPool {
     ready: Mutex<HashMap<PoolKey, Vec<Booted>>>,
     starting: Mutex<HashMap<PoolKey, usize>>,
     next: AtomicU64,
+    /// Set at shutdown: nothing more is started.
+    closed: AtomicBool,
 }
 
 impl WarmPool {
@@ -144,6 +146,7 @@ impl WarmPool {
             ready: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -158,6 +161,9 @@ impl WarmPool {
 
     /// Start runtimes until `use_`'s key has `size` ready or starting.
     pub(crate) fn fill(self: &Arc<Self>, use_: &PoolUse) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
         let have = self.ready().get(&use_.key).map_or(0, Vec::len);
         let missing = {
             let mut starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
@@ -184,6 +190,9 @@ impl WarmPool {
                     *n = n.saturating_sub(1);
                 }
                 match booted {
+                    Ok(mut b) if pool.closed.load(Ordering::SeqCst) => {
+                        let _ = b.child.start_kill();
+                    }
                     Ok(b) => {
                         let idle = {
                             let mut ready = pool.ready();
@@ -230,8 +239,29 @@ impl WarmPool {
         }
     }
 
+    /// Stop filling, wait (bounded) for runtimes still starting, then stop every pooled
+    /// runtime; returns their pids to wait for. After this no sandbox appears any more, so
+    /// the platform's final clean-up sees them all.
+    pub(crate) async fn close(&self) -> Vec<u32> {
+        self.closed.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + self.cfg.ready_timeout;
+        while tokio::time::Instant::now() < deadline {
+            let starting: usize = self
+                .starting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .sum();
+            if starting == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.clear()
+    }
+
     /// Stop every pooled runtime; returns their pids to wait for.
-    pub(crate) fn clear(&self) -> Vec<u32> {
+    fn clear(&self) -> Vec<u32> {
         let mut pids = Vec::new();
         for (_, list) in self.ready().drain() {
             for mut b in list {

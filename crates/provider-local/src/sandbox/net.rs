@@ -170,7 +170,17 @@ impl Network {
         self.release_slot(lease.slot);
     }
 
+    /// Tear slot `slot` down if this platform still holds it. Done under the allocation lock,
+    /// so a slot released twice (an instance's own clean-up racing the platform's final one)
+    /// can never take down a namespace another platform has since been given.
     fn release_slot(&self, slot: u32) {
+        let Ok(_lock) = DirLock::take(&self.dir) else {
+            return;
+        };
+        let file = self.dir.join("slots").join(slot.to_string());
+        if fs::read_to_string(&file).map_or(true, |k| k.trim() != self.key) {
+            return;
+        }
         let ns = netns_name(slot);
         if Path::new("/run/netns").join(&ns).exists() {
             if let Err(e) = ip_batch(&[], &format!("netns del {ns}\n")) {
@@ -182,7 +192,7 @@ impl Network {
         if Path::new("/sys/class/net").join(&hif).exists() {
             let _ = ip_batch(&[], &format!("link del {hif}\n"));
         }
-        let _ = fs::remove_file(self.dir.join("slots").join(slot.to_string()));
+        let _ = fs::remove_file(file);
     }
 }
 
