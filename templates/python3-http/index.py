@@ -4,6 +4,7 @@ that hands each request to function/handler.py's handle(event, context).
 Listens on 127.0.0.1 and the port of $upstream_url (default 5000). Set write_debug=true
 (or VIRGA_LOG_REQUESTS=1) to log one line per request on stderr. With VIRGA_POOL=1 it is a
 generic runtime of a warm pool: libraries imported, function loaded later by one bind call.
+With VIRGA_ZYGOTE=PATH it is a pre-forked interpreter that forks runtimes on request.
 """
 
 import json
@@ -220,5 +221,96 @@ def main():
         server.server_close()
 
 
+def zygote(path):
+    """Pre-forked interpreter: with everything above imported, fork one runtime per request
+    on the unix socket at `path`. A request is one line of JSON ({"dir", "env"}) carrying the
+    client's stdout and stderr; the child serves the function on the port of its
+    $upstream_url. The client's connection lives as long as the child: when the client goes,
+    the child is killed; when the child exits, its exit code is sent and the connection closed.
+    """
+    import ctypes
+    import signal
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    me = os.getpid()
+    if os.path.exists(path):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    print("virga-zygote ready", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        try:
+            data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 2)
+            while not data.endswith(b"\n"):
+                more = conn.recv(1 << 16)
+                if not more:
+                    raise ValueError("request cut short")
+                data += more
+            spec = json.loads(data)
+            if len(fds) != 2:
+                raise ValueError("expected stdout and stderr descriptors")
+        except (OSError, ValueError) as e:
+            sys.stderr.write("zygote: bad request: %s\n" % e)
+            conn.close()
+            continue
+        pid = os.fork()
+        if pid == 0:
+            try:
+                # Die with the zygote (PR_SET_PDEATHSIG), as a spawned runtime dies with its
+                # watchdog; the zygote itself dies with the platform.
+                libc.prctl(1, signal.SIGKILL)
+                if os.getppid() != me:
+                    os._exit(1)
+                os.setsid()
+                os.dup2(fds[0], 1)
+                os.dup2(fds[1], 2)
+                os.closerange(3, 65536)
+                os.environ.clear()
+                os.environ.update(spec["env"])
+                os.chdir(spec["dir"])
+                if spec["env"].get("VIRGA_POOL") != "1":
+                    load_function(spec["dir"])
+                main()
+            except BaseException:
+                traceback.print_exc(file=sys.stderr)
+            finally:
+                os._exit(1)
+        for fd in fds:
+            os.close(fd)
+        threading.Thread(target=watch, args=(conn, pid, signal.SIGKILL), daemon=True).start()
+
+
+def watch(conn, pid, kill):
+    """Tie a forked runtime's life to its client's connection (see zygote)."""
+    import threading
+
+    def reap():
+        _, status = os.waitpid(pid, 0)
+        try:
+            conn.sendall(b"%d\n" % os.waitstatus_to_exitcode(status))
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    threading.Thread(target=reap, daemon=True).start()
+    try:
+        while conn.recv(1 << 10):
+            pass
+    except OSError:
+        pass
+    try:
+        os.killpg(pid, kill)
+    except OSError:
+        pass
+    conn.close()
+
+
 if __name__ == "__main__":
-    main()
+    if os.getenv("VIRGA_ZYGOTE"):
+        zygote(os.environ["VIRGA_ZYGOTE"])
+    else:
+        main()

@@ -45,6 +45,9 @@ pub struct UpArgs {
     /// interpreter start; 0 turns the warm pool off.
     #[arg(long, default_value_t = 2, env = "VIRGA_WARM_POOL")]
     pub warm_pool: usize,
+    /// Do not fork python3-http runtimes from a pre-forked interpreter (zygote).
+    #[arg(long, env = "VIRGA_NO_ZYGOTE")]
+    pub no_zygote: bool,
     /// Path of the virga-watchdog binary (default: next to this binary, then PATH).
     #[arg(long, env = "VIRGA_WATCHDOG")]
     pub watchdog: Option<PathBuf>,
@@ -134,6 +137,7 @@ async fn serve(args: UpArgs) -> Result<()> {
             queue_timeout: Duration::from_millis(args.queue_timeout_ms),
             sandbox: sandbox.clone(),
             warm_pool: args.warm_pool,
+            zygote: !args.no_zygote,
             metrics: Arc::new(virga_metrics::Metrics::new()),
             logs: Arc::new(virga_logs::LogHub::new(virga_logs::LogConfig {
                 dir: Some(args.data_dir.join("logs")),

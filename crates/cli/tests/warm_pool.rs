@@ -214,3 +214,67 @@ fn sandboxed_cold_starts_bind_pooled_sandboxes_read_only() {
     assert!(p.terminate().success());
     assert_eq!(sandbox_leftovers(data.path()), Vec::<String>::new());
 }
+
+/// Deploy `py` (python3-http; its handler reports its parent process and environment) on a
+/// platform without a warm pool, then call it from zero until its runtime's parent is
+/// `want` (the zygote is ready a moment after the deploy) or 30 s pass; the last answer.
+fn runtime_parent(extra: &[&str], want: &str) -> serde_json::Value {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let mut args = vec!["--isolation", "process", "--warm-pool", "0"];
+    args.extend_from_slice(extra);
+    let p = Platform::start_with(data.path(), &args);
+    virga(&p, dir, &["new", "py", "--lang", "python3-http"]);
+    std::fs::write(
+        dir.join("py/handler.py"),
+        "import os, sys\n\ndef handle(event, context):\n    print('handler ran', file=sys.stderr, flush=True)\n    parent = open('/proc/%d/comm' % os.getppid()).read().strip()\n    return {'body': {'parent': parent, 'greeting': os.environ.get('GREETING')}}\n",
+    )
+    .unwrap();
+    let stack = "provider:\n  name: openfaas\nfunctions:\n  py:\n    lang: python3-http\n    handler: ./py\n    environment:\n      GREETING: salut\n    labels:\n      com.openfaas.scale.min: \"0\"\n";
+    std::fs::write(dir.join("stack.yml"), stack).unwrap();
+    virga(&p, dir, &["deploy", "-f", "stack.yml"]);
+    let status = |p: &Platform| -> serde_json::Value {
+        p.sys(Method::GET, "/system/function/py")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = p.invoke("py", "").text().unwrap();
+        let answer: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        if answer["parent"] == want || std::time::Instant::now() > deadline {
+            let logs = p
+                .sys(Method::GET, "/system/logs?name=py&tail=-1")
+                .send()
+                .unwrap()
+                .text()
+                .unwrap();
+            assert!(logs.contains("handler ran"), "{logs}");
+            return answer;
+        }
+        let r = p
+            .sys(Method::POST, "/system/scale-function/py")
+            .json(&serde_json::json!({"serviceName": "py", "replicas": 0}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        assert!(
+            p.eventually(Duration::from_secs(10), || status(&p)["availableReplicas"]
+                == 0)
+        );
+    }
+}
+
+#[test]
+fn without_a_warm_pool_runtimes_are_forked_from_a_zygote() {
+    let forked = runtime_parent(&[], "python3");
+    assert_eq!(forked["greeting"], "salut");
+    assert_eq!(forked["parent"], "python3", "{forked}");
+    let spawned = runtime_parent(&["--no-zygote"], "virga-watchdog");
+    assert_eq!(spawned["greeting"], "salut");
+    assert_eq!(spawned["parent"], "virga-watchdog", "{spawned}");
+}

@@ -198,7 +198,7 @@ async fn start_and_wait(func: &Arc<Function>, inst: &Arc<Instance>) -> Result<bo
             b
         }
         None => tokio::select! {
-            b = boot(&func.cfg, spec, &inst.id) => b?,
+            b = boot(&func.cfg, spec, &inst.id, func.pool.zygote(spec.pool.as_ref())) => b?,
             _ = inst.stop.notified() => return Ok(false),
         },
     };
@@ -225,14 +225,16 @@ async fn start_and_wait(func: &Arc<Function>, inst: &Arc<Instance>) -> Result<bo
     result
 }
 
-/// Start `spec`'s watchdog as instance `id` and wait until it says it is ready.
+/// Start `spec`'s watchdog as instance `id` (its runtime forked by `zygote` if given) and
+/// wait until it says it is ready.
 pub(crate) async fn boot(
     cfg: &ProviderConfig,
     spec: &Arc<InstanceSpec>,
     id: &str,
+    zygote: Option<std::path::PathBuf>,
 ) -> Result<Booted, String> {
     let t0 = std::time::Instant::now();
-    let (launch, mut cmd) = Launch::prepare(cfg, spec, id).await?;
+    let (launch, mut cmd) = Launch::prepare(cfg, spec, id, zygote.as_deref()).await?;
     let prepared = t0.elapsed();
     let mut child = cmd
         .spawn()
@@ -296,7 +298,8 @@ fn exit_reason(status: std::io::Result<std::process::ExitStatus>) -> String {
 pub(crate) struct LogTarget(Arc<Mutex<(Arc<virga_logs::FunctionLog>, String)>>);
 
 impl LogTarget {
-    fn new(log: Arc<virga_logs::FunctionLog>, id: &str) -> LogTarget {
+    /// Lines go to `log` under instance id `id`.
+    pub(crate) fn new(log: Arc<virga_logs::FunctionLog>, id: &str) -> LogTarget {
         LogTarget(Arc::new(Mutex::new((log, id.to_string()))))
     }
 
@@ -328,7 +331,7 @@ async fn read_until(
 }
 
 /// Push every line of `r` into the log (read as bytes: bad UTF-8 cannot stop it).
-async fn forward_log<R: AsyncRead + Unpin>(log: LogTarget, r: R) {
+pub(crate) async fn forward_log<R: AsyncRead + Unpin>(log: LogTarget, r: R) {
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
     while matches!(r.read_until(b'\n', &mut buf).await, Ok(n) if n > 0) {

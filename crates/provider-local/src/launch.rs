@@ -4,6 +4,7 @@
 //! it: exit, stop, a cancelled start), and can tell about OOM kills.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -22,11 +23,13 @@ pub(crate) enum Launch {
 }
 
 impl Launch {
-    /// Prepare instance `id` running `spec` and the command that starts it.
+    /// Prepare instance `id` running `spec` and the command that starts it; with `zygote`
+    /// (process isolation only), its runtime is forked by the zygote listening there.
     pub(crate) async fn prepare(
         cfg: &ProviderConfig,
         spec: &Arc<InstanceSpec>,
         id: &str,
+        zygote: Option<&Path>,
     ) -> Result<(Launch, Command), String> {
         let (launch, mut cmd) = match &cfg.sandbox {
             None => {
@@ -56,6 +59,13 @@ impl Launch {
             if spec.env.get("mode").map(String::as_str) == Some("http") {
                 let upstream = spec.env.get("upstream_url").cloned().unwrap_or_default();
                 cmd.env("upstream_url", with_free_port(&upstream)?);
+            }
+            if let (Some(sock), Some(fprocess)) = (zygote, spec.env.get("fprocess")) {
+                // fprocess is split on whitespace: only paths without any can be used.
+                let (wd, sock) = (cfg.watchdog.to_string_lossy(), sock.to_string_lossy());
+                if !wd.contains(char::is_whitespace) && !sock.contains(char::is_whitespace) {
+                    cmd.env("fprocess", format!("{wd} --zygote {sock} {fprocess}"));
+                }
             }
         }
         // SAFETY: prctl is async-signal-safe; the child dies with the platform.
@@ -99,7 +109,7 @@ impl Drop for Launch {
 }
 
 /// Variables passed through from the platform's environment; the rest is not the function's.
-fn inherited_env() -> Vec<(String, String)> {
+pub(crate) fn inherited_env() -> Vec<(String, String)> {
     ["PATH", "LANG", "LC_ALL", "TZ"]
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))

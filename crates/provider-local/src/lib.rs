@@ -51,6 +51,8 @@ pub struct ProviderConfig {
     pub sandbox: Option<Arc<Runc>>,
     /// Pre-started runtimes kept per template runtime (0: no warm pool).
     pub warm_pool: usize,
+    /// Fork python3-http runtimes from a pre-forked interpreter (process isolation).
+    pub zygote: bool,
 }
 
 /// Errors the provider reports to the gateway.
@@ -241,13 +243,11 @@ impl LocalProvider {
             cfg: self.cfg.clone(),
             pool: self.pool.clone(),
         });
-        if let Some(use_) = func
-            .spec
-            .pool
-            .as_ref()
-            .filter(|_| self.pool.serves(&func.spec.pool))
-        {
-            self.pool.fill(use_);
+        if let Some(use_) = func.spec.pool.as_ref() {
+            self.pool.ensure_zygote(use_);
+            if self.pool.serves(&func.spec.pool) {
+                self.pool.fill(use_);
+            }
         }
         func.reconcile();
         if let Some(old) = self.map().insert(f.deployment.service.clone(), func) {

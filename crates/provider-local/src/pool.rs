@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Child;
 
@@ -25,6 +25,9 @@ use crate::ProviderConfig;
 
 /// Templates whose runtime can start unbound (`VIRGA_POOL=1`) and be bound later.
 const BINDABLE: [&str; 2] = ["python3-http", "node"];
+
+/// Templates whose runtime can be a zygote (`VIRGA_ZYGOTE`); node cannot fork.
+const FORKABLE: [&str; 1] = ["python3-http"];
 
 /// Watchdog settings a function may not change when it takes a pooled instance.
 const WATCHDOG_KEYS: [&str; 14] = [
@@ -135,6 +138,15 @@ pub(crate) struct WarmPool {
     next: AtomicU64,
     /// Set at shutdown: nothing more is started.
     closed: AtomicBool,
+    /// Pre-forked interpreters, by runtime.
+    zygotes: Mutex<HashMap<PoolKey, Zygote>>,
+}
+
+/// A pre-forked interpreter of one template runtime and the socket it takes requests on.
+struct Zygote {
+    child: Child,
+    socket: PathBuf,
+    ready: bool,
 }
 
 impl WarmPool {
@@ -147,6 +159,7 @@ impl WarmPool {
             starting: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            zygotes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -180,7 +193,8 @@ impl WarmPool {
                     use_.generic.name,
                     pool.next.fetch_add(1, Ordering::Relaxed)
                 );
-                let booted = boot(&pool.cfg, &use_.generic, &id).await;
+                let zygote = pool.zygote(Some(&use_));
+                let booted = boot(&pool.cfg, &use_.generic, &id, zygote).await;
                 if let Some(n) = pool
                     .starting
                     .lock()
@@ -260,9 +274,80 @@ impl WarmPool {
         self.clear()
     }
 
+    fn zygotes(&self) -> MutexGuard<'_, HashMap<PoolKey, Zygote>> {
+        self.zygotes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The socket of `use_`'s zygote, when one is running and ready.
+    pub(crate) fn zygote(&self, use_: Option<&PoolUse>) -> Option<PathBuf> {
+        let use_ = use_?;
+        let mut zygotes = self.zygotes();
+        let z = zygotes.get_mut(&use_.key)?;
+        if !matches!(z.child.try_wait(), Ok(None)) {
+            zygotes.remove(&use_.key);
+            return None;
+        }
+        z.ready.then(|| z.socket.clone())
+    }
+
+    /// Start `use_`'s zygote if its runtime can fork (python3-http, process isolation) and
+    /// none runs.
+    pub(crate) fn ensure_zygote(self: &Arc<Self>, use_: &PoolUse) {
+        if !self.cfg.zygote
+            || self.cfg.sandbox.is_some()
+            || self.closed.load(Ordering::SeqCst)
+            || !FORKABLE
+                .iter()
+                .any(|l| use_.key.0.starts_with(&format!("{l}-")))
+        {
+            return;
+        }
+        let socket = self.cfg.run_dir.join(format!("zygote-{}.sock", use_.key.0));
+        // sockaddr_un holds 108 bytes: a deep data directory goes without a zygote.
+        if socket.as_os_str().len() > 100 {
+            return;
+        }
+        let mut zygotes = self.zygotes();
+        if let Some(z) = zygotes.get_mut(&use_.key) {
+            if matches!(z.child.try_wait(), Ok(None)) {
+                return;
+            }
+        }
+        match start_zygote(&self.cfg, &use_.generic, &socket) {
+            Ok((child, stdout)) => {
+                zygotes.insert(
+                    use_.key.clone(),
+                    Zygote {
+                        child,
+                        socket,
+                        ready: false,
+                    },
+                );
+                let (pool, key) = (self.clone(), use_.key.clone());
+                tokio::spawn(async move {
+                    let mut lines = tokio::io::BufReader::new(stdout).lines();
+                    let ready =
+                        tokio::time::timeout(pool.cfg.ready_timeout, lines.next_line()).await;
+                    if matches!(ready, Ok(Ok(Some(ref l))) if l == "virga-zygote ready") {
+                        if let Some(z) = pool.zygotes().get_mut(&key) {
+                            z.ready = true;
+                        }
+                    } else {
+                        tracing::warn!("zygote {}: not ready ({ready:?})", key.0);
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("zygote {}: {e}", use_.key.0),
+        }
+    }
+
     /// Stop every pooled runtime; returns their pids to wait for.
     fn clear(&self) -> Vec<u32> {
         let mut pids = Vec::new();
+        for (_, mut z) in self.zygotes().drain() {
+            pids.extend(z.child.id());
+            let _ = z.child.start_kill();
+        }
         for (_, list) in self.ready().drain() {
             for mut b in list {
                 pids.extend(b.child.id());
@@ -271,6 +356,45 @@ impl WarmPool {
         }
         pids
     }
+}
+
+/// Start the zygote of the runtime `generic` describes, listening on `socket`.
+fn start_zygote(
+    cfg: &ProviderConfig,
+    generic: &InstanceSpec,
+    socket: &Path,
+) -> Result<(Child, tokio::process::ChildStdout), String> {
+    let fprocess = generic.env.get("fprocess").ok_or("no fprocess")?;
+    let mut argv = fprocess.split_whitespace();
+    let program = argv.next().ok_or("empty fprocess")?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(argv)
+        .env_clear()
+        .envs(crate::launch::inherited_env())
+        .envs(&generic.env)
+        .env("VIRGA_ZYGOTE", socket)
+        .current_dir(&generic.workdir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; the zygote dies with the platform.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    if let Some(err) = child.stderr.take() {
+        let log = LogTarget::new(cfg.logs.function(&generic.name), "zygote");
+        tokio::spawn(crate::instance::forward_log(log, err));
+    }
+    let stdout = child.stdout.take().ok_or("zygote stdout not captured")?;
+    Ok((child, stdout))
 }
 
 /// Give the instance the function's code and secrets (in a sandbox: mounts and limits), then

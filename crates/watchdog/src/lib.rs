@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod serializing;
 pub mod server;
 pub mod streaming;
+pub mod zygote;
 
 pub use config::{parse_duration, Config, ConfigError, Mode};
 pub use server::{run, shutdown_signal, Server};

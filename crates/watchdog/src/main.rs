@@ -1,5 +1,6 @@
 //! The `virga-watchdog` binary: reads the OpenFaaS-style environment, logs to
-//! stderr with tracing, and runs the watchdog until SIGTERM/SIGINT.
+//! stderr with tracing, and runs the watchdog until SIGTERM/SIGINT. With `--zygote` it is
+//! instead the client of a pre-forked interpreter (`zygote`).
 
 use std::io::IsTerminal;
 
@@ -7,6 +8,11 @@ use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    // `--zygote SOCKET FALLBACK...`: the upstream command of a runtime forked by a zygote.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--zygote") && args.len() > 2 {
+        std::process::exit(virga_watchdog::zygote::run(&args[2], &args[3..]));
+    }
     // As PID 1, fork a reaper first: this must happen before any thread exists.
     if let Some(code) = virga_watchdog::init::run_if_pid1() {
         std::process::exit(code);

@@ -31,10 +31,12 @@ to 0 replicas with `POST /system/scale-function`, and once its instance is gone 
 is timed from send to full response: the gateway holds it while an instance starts \
 (watchdog, then the Python runtime) and pushes readiness. The baseline is a bare \
 `/usr/bin/python3 -c pass` spawned by virga-bench in the same run (`virga up` runs with \
-the system PATH, so its runtimes use that python3 too). Measured twice: with the warm pool off \
-(`VIRGA_WARM_POOL=0`: watchdog and interpreter start on the request path; target ≤ 80 ms \
-p50) and on (default: a pre-started runtime is bound to the function; each call is made \
-once the pool has refilled; targets ≤ 10 ms p50, ≤ 30 ms p99). \
+the system PATH, so its runtimes use that python3 too). Measured three times: with the warm pool and \
+the zygote off (`VIRGA_WARM_POOL=0 VIRGA_NO_ZYGOTE=true`: watchdog and interpreter start on the \
+request path), with only the zygote (`VIRGA_WARM_POOL=0`: the watchdog starts, the runtime \
+is forked from a pre-forked interpreter; target ≤ 80 ms p50 without the warm pool), and with \
+the warm pool (the default: a pre-started runtime is bound to the function; each call is \
+made once the pool has refilled; targets ≤ 10 ms p50, ≤ 30 ms p99). \
 **Load step**: a `capacity` function with target 1 and target-proportion 1 (`sleep 0.2` per request) at one replica \
 gets 6 concurrent callers; timed is the step to the moment `availableReplicas` first \
 exceeds 1, against one cold start of that function (target: within 2 s of it). \
@@ -271,7 +273,7 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         &ctx.bins,
         &work,
         &ctx.isolation,
-        &[("VIRGA_WARM_POOL", "0")],
+        &[("VIRGA_WARM_POOL", "0"), ("VIRGA_NO_ZYGOTE", "true")],
     )?;
     let url = platform.url.clone();
     let pid = platform_pid(&data).context("virga up's pid not found")?;
@@ -296,10 +298,15 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     py.extend(python_pass(n - n / 2)?);
     let py = s.measured(format!("python3 -c pass, {n} spawns"), stats(&mut py)?);
     let cold = s.measured(
-        format!("python3-http hello, 0 → first response, {n} calls (no warm pool)"),
+        format!("python3-http hello, 0 → first response, {n} calls (no warm pool, no zygote)"),
         stats(&mut cold)?,
     );
-    let warm = warm_pool_starts(ctx, n)?;
+    let forked = starts_with(ctx, n, "zygote", &[("VIRGA_WARM_POOL", "0")], false)?;
+    let forked = s.measured(
+        format!("python3-http hello, 0 → first response, {n} calls (zygote, no warm pool)"),
+        forked,
+    );
+    let warm = starts_with(ctx, n, "pool", &[], true)?;
     let warm = s.measured(
         format!("python3-http hello, 0 → first response, {n} calls (warm pool)"),
         warm,
@@ -354,7 +361,16 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         target,
     };
     s.figure(fig(
-        "cold start p50, python3-http hello, no warm pool".into(),
+        "cold start p50, python3-http hello, zygote (no warm pool)".into(),
+        "0 → first response",
+        forked.p50_us,
+        "python3 -c pass",
+        py.p50_us,
+        Unit::Micros,
+        Target::AtMost(80_000.0),
+    ));
+    s.figure(fig(
+        "cold start p50, python3-http hello, no warm pool, no zygote".into(),
         "0 → first response",
         cold.p50_us,
         "python3 -c pass",
@@ -381,7 +397,7 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         Target::AtMost(30_000.0),
     ));
     s.figure(fig(
-        "cold start p99, python3-http hello, no warm pool".into(),
+        "cold start p99, python3-http hello, no warm pool, no zygote".into(),
         "0 → first response",
         cold.p99_us,
         "python3 -c pass p99",
@@ -419,22 +435,28 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     Ok(())
 }
 
-/// Cold starts of python3-http hello on a platform with the default warm pool: each call is
-/// made at zero replicas once the pool is full again.
-fn warm_pool_starts(ctx: &Ctx, n: usize) -> Result<Stats> {
-    let work = ctx.dir("scaling-warm")?;
-    let mut platform = Platform::start(&ctx.bins, &work, &ctx.isolation)?;
+/// Cold starts of python3-http hello on a fresh platform with `env` (warm pool and zygote
+/// settings); with `pooled`, each call waits until the pool is full again, so every start is
+/// a pooled one.
+fn starts_with(
+    ctx: &Ctx,
+    n: usize,
+    name: &str,
+    env: &[(&str, &str)],
+    pooled: bool,
+) -> Result<Stats> {
+    let work = ctx.dir(&format!("scaling-{name}"))?;
+    let mut platform = Platform::start_with(&ctx.bins, &work, &ctx.isolation, env)?;
     let url = platform.url.clone();
-    eprintln!("scaling: cold starts with the warm pool");
-    platform.deploy_template("bench-warm", "python3-http")?;
+    eprintln!("scaling: cold starts ({name})");
+    platform.deploy_template("bench-start", "python3-http")?;
     wait_ok(
-        &platform.function_url("bench-warm"),
+        &platform.function_url("bench-start"),
         BODY,
         Duration::from_secs(60),
     )?;
-    // Each call once the pool is full again, so every start is a pooled one.
-    let mut out = cold_starts(&url, "bench-warm", n, || {
-        Ok(platform.python_pool_idle()? >= 2.0)
+    let mut out = cold_starts(&url, "bench-start", n, || {
+        Ok(!pooled || platform.python_pool_idle()? >= 2.0)
     })?;
     stats(&mut out)
 }
