@@ -28,6 +28,12 @@ fn virga(p: &Platform, dir: &Path, args: &[&str]) {
     );
 }
 
+/// `virga new NAME --lang LANG` in `dir`, then replace its handler file with `code`.
+fn new_function(p: &Platform, dir: &Path, name: &str, lang: &str, file: &str, code: &str) {
+    virga(p, dir, &["new", name, "--lang", lang]);
+    std::fs::write(dir.join(name).join(file), code).unwrap();
+}
+
 fn metric(p: &Platform, prefix: &str) -> Option<f64> {
     let text = p
         .anon(Method::GET, "/metrics")
@@ -75,25 +81,17 @@ fn cold_starts_bind_pre_started_runtimes() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     let p = Platform::start_with(data.path(), &["--isolation", "process", "--warm-pool", "1"]);
-    virga(&p, dir, &["new", "py", "--lang", "python3-http"]);
-    virga(&p, dir, &["new", "js", "--lang", "node"]);
-    std::fs::write(
-        dir.join("py/handler.py"),
-        "import os, sys\n\ndef handle(event, context):\n    print('py handled', file=sys.stderr, flush=True)\n    token = open(os.path.join(os.environ['secret_mount_path'], 'token')).read()\n    return {'body': {'greeting': os.environ.get('GREETING'), 'token': token, 'cwd': os.getcwd()}}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("js/handler.js"),
+    new_function(&p, dir, "py", "python3-http", "handler.py", "import os, sys\n\ndef handle(event, context):\n    print('py handled', file=sys.stderr, flush=True)\n    token = open(os.path.join(os.environ['secret_mount_path'], 'token')).read()\n    return {'body': {'greeting': os.environ.get('GREETING'), 'token': token, 'cwd': os.getcwd()}}\n");
+    new_function(
+        &p,
+        dir,
+        "js",
+        "node",
+        "handler.js",
         "module.exports = async (event, context) => context.status(200).succeed({ greeting: process.env.GREETING, cwd: process.cwd() })\n",
-    )
-    .unwrap();
+    );
     std::fs::write(dir.join("stack.yml"), STACK).unwrap();
-    let r = p
-        .sys(Method::POST, "/system/secrets")
-        .json(&serde_json::json!({"name": "token", "value": "t0k"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    p.create_secret("token", "t0k");
     virga(&p, dir, &["deploy", "-f", "stack.yml"]);
 
     // Both runtimes' pools fill (one pre-started runtime each).
@@ -168,20 +166,10 @@ fn sandboxed_cold_starts_bind_pooled_sandboxes_read_only() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     let mut p = Platform::start_with(data.path(), &["--isolation", "runc", "--warm-pool", "1"]);
-    virga(&p, dir, &["new", "py", "--lang", "python3-http"]);
-    std::fs::write(
-        dir.join("py/handler.py"),
-        "import os\n\ndef handle(event, context):\n    try:\n        open('/home/app/x', 'w')\n        code = 'writable'\n    except OSError:\n        code = 'read-only'\n    token = open('/var/openfaas/secrets/token').read()\n    return {'body': {'greeting': os.environ.get('GREETING'), 'token': token, 'code': code, 'uid': os.getuid()}}\n",
-    )
-    .unwrap();
+    new_function(&p, dir, "py", "python3-http", "handler.py", "import os\n\ndef handle(event, context):\n    try:\n        open('/home/app/x', 'w')\n        code = 'writable'\n    except OSError:\n        code = 'read-only'\n    token = open('/var/openfaas/secrets/token').read()\n    return {'body': {'greeting': os.environ.get('GREETING'), 'token': token, 'code': code, 'uid': os.getuid()}}\n");
     let stack = "provider:\n  name: openfaas\nfunctions:\n  py:\n    lang: python3-http\n    handler: ./py\n    environment:\n      GREETING: hej\n    secrets: [token]\n    limits:\n      memory: 96Mi\n    labels:\n      com.openfaas.scale.min: \"0\"\n";
     std::fs::write(dir.join("stack.yml"), stack).unwrap();
-    let r = p
-        .sys(Method::POST, "/system/secrets")
-        .json(&serde_json::json!({"name": "token", "value": "s3c"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    p.create_secret("token", "s3c");
     virga(&p, dir, &["deploy", "-f", "stack.yml"]);
     let filled = p.eventually(Duration::from_secs(30), || {
         metric(
@@ -225,12 +213,7 @@ fn runtime_parent(extra: &[&str], want: &str) -> serde_json::Value {
     let mut args = vec!["--isolation", "process", "--warm-pool", "0"];
     args.extend_from_slice(extra);
     let p = Platform::start_with(data.path(), &args);
-    virga(&p, dir, &["new", "py", "--lang", "python3-http"]);
-    std::fs::write(
-        dir.join("py/handler.py"),
-        "import os, sys\n\ndef handle(event, context):\n    print('handler ran', file=sys.stderr, flush=True)\n    parent = open('/proc/%d/comm' % os.getppid()).read().strip()\n    return {'body': {'parent': parent, 'greeting': os.environ.get('GREETING')}}\n",
-    )
-    .unwrap();
+    new_function(&p, dir, "py", "python3-http", "handler.py", "import os, sys\n\ndef handle(event, context):\n    print('handler ran', file=sys.stderr, flush=True)\n    parent = open('/proc/%d/comm' % os.getppid()).read().strip()\n    return {'body': {'parent': parent, 'greeting': os.environ.get('GREETING')}}\n");
     let stack = "provider:\n  name: openfaas\nfunctions:\n  py:\n    lang: python3-http\n    handler: ./py\n    environment:\n      GREETING: salut\n    labels:\n      com.openfaas.scale.min: \"0\"\n";
     std::fs::write(dir.join("stack.yml"), stack).unwrap();
     virga(&p, dir, &["deploy", "-f", "stack.yml"]);

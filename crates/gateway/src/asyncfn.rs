@@ -26,17 +26,8 @@ use crate::{ApiError, AppState};
 const DEFAULT_CONCURRENCY: usize = 32;
 static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
 static X_CALLBACK_URL: HeaderName = HeaderName::from_static("x-callback-url");
-/// Request headers not stored with a call.
-const NOT_STORED: [HeaderName; 8] = [
-    header::CONNECTION,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::CONTENT_LENGTH,
-    header::HOST,
-];
+/// Request headers not stored with a call, besides the hop-by-hop ones.
+const NOT_STORED: [HeaderName; 2] = [header::CONTENT_LENGTH, header::HOST];
 
 /// The queue and its workers, once `virga up` enabled them.
 pub(crate) struct AsyncCalls {
@@ -145,7 +136,8 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, ApiE
     };
     let mut headers = Vec::with_capacity(parts.headers.len());
     for (k, v) in &parts.headers {
-        if !NOT_STORED.contains(k) && k != X_CALLBACK_URL && k != X_CALL_ID {
+        let hop = crate::invoke::HOP_BY_HOP.contains(k) || NOT_STORED.contains(k);
+        if !hop && k != X_CALLBACK_URL && k != X_CALL_ID {
             headers.push((k.as_str().to_string(), v.as_bytes().to_vec()));
         }
     }

@@ -27,7 +27,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 const MAX_RETRIES: usize = 2;
 
 /// Headers that belong to one hop and must not be forwarded.
-const HOP_BY_HOP: [HeaderName; 6] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     header::PROXY_AUTHORIZATION,
     header::TE,

@@ -194,6 +194,16 @@ impl Platform {
         );
     }
 
+    /// Create secret `name` with `value`; asserts 201.
+    pub fn create_secret(&self, name: &str, value: &str) {
+        let r = self
+            .sys(reqwest::Method::POST, "/system/secrets")
+            .json(&serde_json::json!({"name": name, "value": value}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "secret {name}: {}", r.text().unwrap());
+    }
+
     /// POST `body` to `/function/{name}`.
     pub fn invoke(&self, name: &str, body: &str) -> Response {
         self.anon(reqwest::Method::POST, &format!("/function/{name}"))
