@@ -331,24 +331,33 @@ fn secrets_are_write_only_and_reach_only_listed_functions() {
     let dir = tempfile::tempdir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let p = Platform::start(dir.path());
-    let r = p
-        .sys(Method::POST, "/system/secrets")
-        .json(&json!({"name": "api-key", "value": "s3cr3t"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let r = p
-        .sys(Method::POST, "/system/secrets")
-        .json(&json!({"name": "raw", "rawValue": "AAEC"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let r = p
-        .sys(Method::POST, "/system/secrets")
-        .json(&json!({"name": "api-key", "value": "again"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 409);
+    assert_eq!(
+        p.send_json(
+            Method::POST,
+            "/system/secrets",
+            json!({"name": "api-key", "value": "s3cr3t"})
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        p.send_json(
+            Method::POST,
+            "/system/secrets",
+            json!({"name": "raw", "rawValue": "AAEC"})
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        p.send_json(
+            Method::POST,
+            "/system/secrets",
+            json!({"name": "api-key", "value": "again"})
+        )
+        .0,
+        409
+    );
     let list = p
         .sys(Method::GET, "/system/secrets")
         .send()
@@ -359,12 +368,15 @@ fn secrets_are_write_only_and_reach_only_listed_functions() {
         list.contains("api-key") && !list.contains("s3cr3t"),
         "{list}"
     );
-    let r = p
-        .sys(Method::PUT, "/system/secrets")
-        .json(&json!({"name": "api-key", "value": "n3w"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        p.send_json(
+            Method::PUT,
+            "/system/secrets",
+            json!({"name": "api-key", "value": "n3w"})
+        )
+        .0,
+        200
+    );
 
     let show = script(
         tmp.path(),
@@ -376,24 +388,25 @@ fn secrets_are_write_only_and_reach_only_listed_functions() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, vec!["n3w", "api-key", "600"], "{out}");
 
-    let r = p
-        .sys(Method::DELETE, "/system/secrets")
-        .json(&json!({"name": "raw"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = p
-        .sys(Method::DELETE, "/system/secrets")
-        .json(&json!({"name": "raw"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let r = p
-        .sys(Method::POST, "/system/secrets")
-        .json(&json!({"name": "Bad Name", "value": "x"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(
+        p.send_json(Method::DELETE, "/system/secrets", json!({"name": "raw"}))
+            .0,
+        200
+    );
+    assert_eq!(
+        p.send_json(Method::DELETE, "/system/secrets", json!({"name": "raw"}))
+            .0,
+        404
+    );
+    assert_eq!(
+        p.send_json(
+            Method::POST,
+            "/system/secrets",
+            json!({"name": "Bad Name", "value": "x"})
+        )
+        .0,
+        400
+    );
 }
 
 #[test]

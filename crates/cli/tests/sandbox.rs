@@ -104,14 +104,8 @@ fn fork_bomb_is_stopped_and_cpu_is_capped() {
 fn a_function_sees_nothing_of_the_platform_or_other_functions() {
     let dir = tempfile::tempdir().unwrap();
     let p = start(dir.path());
-    for (name, value) in [("mine", "my-secret"), ("theirs", "their-secret")] {
-        let r = p
-            .sys(Method::POST, "/system/secrets")
-            .json(&json!({"name": name, "value": value}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201);
-    }
+    p.create_secret("mine", "my-secret");
+    p.create_secret("theirs", "their-secret");
     p.deploy_script("other", "cat", json!({"secrets": ["theirs"]}));
     let data = std::fs::canonicalize(dir.path()).unwrap();
     let probe = format!(

@@ -49,6 +49,15 @@ pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<ResponseBody
     resp
 }
 
+/// The 500 answer (and log line) for a function process that could not be started.
+pub fn spawn_failed(program: &str, e: &std::io::Error) -> Response<ResponseBody> {
+    tracing::error!(program, error = %e, "failed to start function process");
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("failed to start function process {program:?}: {e}"),
+    )
+}
+
 /// Streams an `AsyncRead` (a child's stdout) as body frames, after an
 /// optional first chunk that was already read.
 pub struct ReaderBody<R> {

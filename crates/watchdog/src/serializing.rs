@@ -72,13 +72,7 @@ pub async fn handle(settings: &ExecSettings, req: Request<Incoming>) -> Response
     let program = settings.spec.program();
     let (mut child, pending) = match Running::spawn(&settings.spec.spawner, &env, &body) {
         Ok(started) => started,
-        Err(e) => {
-            tracing::error!(program, error = %e, "failed to start function process");
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("failed to start function process {program:?}: {e}"),
-            );
-        }
+        Err(e) => return crate::body::spawn_failed(program, &e),
     };
     let mut group = GroupKill::new(child.id());
     let stdin = child.stdin.take();

@@ -70,13 +70,7 @@ pub async fn handle(settings: &ExecSettings, req: Request<Incoming>) -> Response
     let program = settings.spec.program().to_owned();
     let mut child = match settings.spec.command(env).spawn() {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!(program, error = %e, "failed to start function process");
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("failed to start function process {program:?}: {e}"),
-            );
-        }
+        Err(e) => return crate::body::spawn_failed(&program, &e),
     };
     let mut group = GroupKill::new(child.id());
     let pump = pump_stdin(body, child.stdin.take());

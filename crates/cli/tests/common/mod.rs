@@ -194,6 +194,17 @@ impl Platform {
         );
     }
 
+    /// Send `body` as JSON to the /system route `path`; the status and the answer's text.
+    pub fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, String) {
+        let r = self.sys(method, path).json(&body).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    }
+
     /// Create secret `name` with `value`; asserts 201.
     pub fn create_secret(&self, name: &str, value: &str) {
         let r = self
