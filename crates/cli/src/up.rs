@@ -121,11 +121,13 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-async fn serve(args: UpArgs) -> Result<()> {
+async fn serve(mut args: UpArgs) -> Result<()> {
     let store = Arc::new(
         Store::open(&args.data_dir)
             .with_context(|| format!("open the data directory {}", args.data_dir.display()))?,
     );
+    // Sandbox configs, mounts and sockets need absolute paths: `./.virga` is the default.
+    args.data_dir = store.dir().to_path_buf();
     let password = admin_password(&args.data_dir)?;
     let watchdog = watchdog_path(args.watchdog.as_deref())?;
     let sandbox = sandbox_runtime(args.isolation, &args.data_dir, &watchdog)?;

@@ -259,3 +259,29 @@ fn outbound_network_is_on_by_default_and_can_be_switched_off() {
     );
     assert_eq!(p.invoke("closed", "").text().unwrap(), "done\n");
 }
+
+#[test]
+fn a_relative_data_directory_works_in_sandboxes() {
+    // `virga up` defaults to `./.virga`: sandbox configs and mounts must still get absolute paths.
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let rel = pathdiff(base.path(), &cwd).join("data");
+    assert!(rel.is_relative());
+    let p = start(&rel);
+    p.deploy_script("echo", "cat", json!({}));
+    assert_eq!(p.invoke("echo", "relative").text().unwrap(), "relative");
+}
+
+/// `path` relative to `from` (both absolute).
+fn pathdiff(path: &Path, from: &Path) -> std::path::PathBuf {
+    let (p, f): (Vec<_>, Vec<_>) = (path.components().collect(), from.components().collect());
+    let common = p.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let mut out = std::path::PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &p[common..] {
+        out.push(c);
+    }
+    out
+}

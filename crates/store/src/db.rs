@@ -40,6 +40,9 @@ impl Store {
     /// Open (or create) the store in `dir`, which is created with mode 0700.
     pub fn open(dir: &Path) -> Result<Store> {
         fs::create_dir_all(dir).map_err(StoreError::io(format!("create {}", dir.display())))?;
+        // Absolute from here on: bundle paths end up in sandbox configs and mounts.
+        let dir =
+            &fs::canonicalize(dir).map_err(StoreError::io(format!("resolve {}", dir.display())))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .map_err(StoreError::io(format!("chmod {}", dir.display())))?;
         let path = dir.join("state.redb");
