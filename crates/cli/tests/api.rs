@@ -29,21 +29,11 @@ fn system_routes_need_credentials_and_health_does_not() {
             .unwrap();
         assert_eq!(r.status(), 401, "{path} wrong password");
     }
-    let info: Value = p
-        .sys(Method::GET, "/system/info")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let info = p.get_json("/system/info");
     assert_eq!(info["provider"]["orchestration"], "local");
     assert_eq!(info["arch"], std::env::consts::ARCH);
     assert!(!info["version"]["release"].as_str().unwrap().is_empty());
-    let ns: Value = p
-        .sys(Method::GET, "/system/namespaces")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let ns = p.get_json("/system/namespaces");
     assert_eq!(ns, json!(["openfaas-fn"]));
 }
 
@@ -95,48 +85,43 @@ fn deploy_invoke_list_update_delete() {
     assert_eq!(f["invocationCount"], 2.0);
     assert!(f["createdAt"].as_str().unwrap().starts_with("20"));
 
-    let one: Value = p
-        .sys(Method::GET, "/system/function/echo")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let one = p.get_json("/system/function/echo");
     assert_eq!(one["name"], "echo");
 
     // Duplicate POST: 409 with a message; PUT updates; PUT of a missing one: 404.
-    let r = p
-        .sys(Method::POST, "/system/functions")
-        .json(&json!({"service": "echo", "envProcess": "cat"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    assert!(r.text().unwrap().contains("already exists"));
-    let r = p
-        .sys(Method::PUT, "/system/functions")
-        .json(&json!({"service": "echo", "envProcess": "wc -c"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = p.send_json(
+        Method::POST,
+        "/system/functions",
+        json!({"service": "echo", "envProcess": "cat"}),
+    );
+    assert_eq!(r.status, 409);
+    assert!(r.text.contains("already exists"));
+    let r = p.send_json(
+        Method::PUT,
+        "/system/functions",
+        json!({"service": "echo", "envProcess": "wc -c"}),
+    );
+    assert_eq!(r.status, 200);
     assert_eq!(p.invoke("echo", "12345").text().unwrap().trim(), "5");
-    let r = p
-        .sys(Method::PUT, "/system/functions")
-        .json(&json!({"service": "nope", "envProcess": "cat"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    let r = p.send_json(
+        Method::PUT,
+        "/system/functions",
+        json!({"service": "nope", "envProcess": "cat"}),
+    );
+    assert_eq!(r.status, 404);
 
-    let r = p
-        .sys(Method::DELETE, "/system/functions")
-        .json(&json!({"functionName": "echo"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = p
-        .sys(Method::DELETE, "/system/functions")
-        .json(&json!({"functionName": "echo"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    let r = p.send_json(
+        Method::DELETE,
+        "/system/functions",
+        json!({"functionName": "echo"}),
+    );
+    assert_eq!(r.status, 200);
+    let r = p.send_json(
+        Method::DELETE,
+        "/system/functions",
+        json!({"functionName": "echo"}),
+    );
+    assert_eq!(r.status, 404);
     let r = p.invoke("echo", "x");
     assert_eq!(r.status(), 404);
     assert!(r.text().unwrap().contains("echo"));
@@ -178,13 +163,13 @@ fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::start_with(dir.path(), &["--max-body-bytes", "1024"]);
     for bad in ["Hello", "..", "a/b", "a_b", &"x".repeat(64), "-a"] {
-        let r = p
-            .sys(Method::POST, "/system/functions")
-            .json(&json!({"service": bad, "envProcess": "cat"}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 400, "{bad}");
-        assert!(r.text().unwrap().contains("service"), "{bad}");
+        let r = p.send_json(
+            Method::POST,
+            "/system/functions",
+            json!({"service": bad, "envProcess": "cat"}),
+        );
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.text.contains("service"), "{bad}");
     }
     let r = p
         .sys(Method::POST, "/system/functions")
@@ -193,33 +178,29 @@ fn bad_input_gets_clear_errors() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().unwrap().contains("invalid JSON"));
-    let r = p
-        .sys(Method::POST, "/system/functions")
-        .json(&json!({"image": "x"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().unwrap().contains("service"));
-    let r = p
-        .sys(Method::POST, "/system/functions")
-        .json(&json!({"service": "x", "envProcess": "cat", "secrets": ["missing"]}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().unwrap().contains("missing"));
-    let r = p
-        .sys(Method::POST, "/system/functions")
-        .json(&json!({"service": "x", "image": "nginx:latest"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let r = p
-        .sys(Method::POST, "/system/functions")
-        .json(&json!({"service": "x", "envProcess": "cat", "labels": {"com.openfaas.scale.min": "lots"}}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().unwrap().contains("com.openfaas.scale.min"));
+    let r = p.send_json(Method::POST, "/system/functions", json!({"image": "x"}));
+    assert_eq!(r.status, 400);
+    assert!(r.text.contains("service"));
+    let r = p.send_json(
+        Method::POST,
+        "/system/functions",
+        json!({"service": "x", "envProcess": "cat", "secrets": ["missing"]}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text.contains("missing"));
+    let r = p.send_json(
+        Method::POST,
+        "/system/functions",
+        json!({"service": "x", "image": "nginx:latest"}),
+    );
+    assert_eq!(r.status, 400);
+    let r = p.send_json(
+        Method::POST,
+        "/system/functions",
+        json!({"service": "x", "envProcess": "cat", "labels": {"com.openfaas.scale.min": "lots"}}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text.contains("com.openfaas.scale.min"));
 
     // Oversized bodies: 413, declared or streamed.
     p.deploy_process("echo", "cat", json!({}));
@@ -287,12 +268,12 @@ fn scale_to_zero_and_back() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::start(dir.path());
     p.deploy_process("echo", "cat", json!({}));
-    let r = p
-        .sys(Method::POST, "/system/scale-function/echo")
-        .json(&json!({"serviceName": "echo", "replicas": 0}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    let r = p.send_json(
+        Method::POST,
+        "/system/scale-function/echo",
+        json!({"serviceName": "echo", "replicas": 0}),
+    );
+    assert_eq!(r.status, 202);
     let status = |p: &Platform| -> Value {
         p.sys(Method::GET, "/system/function/echo")
             .send()
@@ -308,22 +289,22 @@ fn scale_to_zero_and_back() {
     // A call at zero is held until an instance is ready.
     assert_eq!(p.invoke("echo", "back").text().unwrap(), "back");
     assert_eq!(status(&p)["replicas"], 1);
-    let r = p
-        .sys(Method::POST, "/system/scale-function/echo")
-        .json(&json!({"serviceName": "echo", "replicas": 3}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    let r = p.send_json(
+        Method::POST,
+        "/system/scale-function/echo",
+        json!({"serviceName": "echo", "replicas": 3}),
+    );
+    assert_eq!(r.status, 202);
     assert!(
         p.eventually(Duration::from_secs(10), || status(&p)["availableReplicas"]
             == 3)
     );
-    let r = p
-        .sys(Method::POST, "/system/scale-function/ghost")
-        .json(&json!({"serviceName": "ghost", "replicas": 1}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    let r = p.send_json(
+        Method::POST,
+        "/system/scale-function/ghost",
+        json!({"serviceName": "ghost", "replicas": 1}),
+    );
+    assert_eq!(r.status, 404);
 }
 
 #[test]
@@ -337,7 +318,7 @@ fn secrets_are_write_only_and_reach_only_listed_functions() {
             "/system/secrets",
             json!({"name": "api-key", "value": "s3cr3t"})
         )
-        .0,
+        .status,
         201
     );
     assert_eq!(
@@ -346,7 +327,7 @@ fn secrets_are_write_only_and_reach_only_listed_functions() {
             "/system/secrets",
             json!({"name": "raw", "rawValue": "AAEC"})
         )
-        .0,
+        .status,
         201
     );
     assert_eq!(
@@ -355,7 +336,7 @@ fn secrets_are_write_only_and_reach_only_listed_functions() {
             "/system/secrets",
             json!({"name": "api-key", "value": "again"})
         )
-        .0,
+        .status,
         409
     );
     let list = p
@@ -374,7 +355,7 @@ fn secrets_are_write_only_and_reach_only_listed_functions() {
             "/system/secrets",
             json!({"name": "api-key", "value": "n3w"})
         )
-        .0,
+        .status,
         200
     );
 
@@ -390,12 +371,12 @@ fn secrets_are_write_only_and_reach_only_listed_functions() {
 
     assert_eq!(
         p.send_json(Method::DELETE, "/system/secrets", json!({"name": "raw"}))
-            .0,
+            .status,
         200
     );
     assert_eq!(
         p.send_json(Method::DELETE, "/system/secrets", json!({"name": "raw"}))
-            .0,
+            .status,
         404
     );
     assert_eq!(
@@ -404,7 +385,7 @@ fn secrets_are_write_only_and_reach_only_listed_functions() {
             "/system/secrets",
             json!({"name": "Bad Name", "value": "x"})
         )
-        .0,
+        .status,
         400
     );
 }

@@ -169,12 +169,7 @@ fn metrics_count_calls_by_code_and_pass_promtool() {
     assert_eq!(value(&s, "virga_log_followers"), 0.0);
 
     // invocationCount in the OpenFaaS API is the same counter.
-    let f: Value = p
-        .sys(Method::GET, "/system/function/fail")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let f = p.get_json("/system/function/fail");
     assert_eq!(f["invocationCount"], 3.0);
 
     promtool_check(&text);

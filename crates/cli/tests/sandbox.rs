@@ -12,15 +12,7 @@ use reqwest::Method;
 use serde_json::json;
 
 fn start(dir: &Path) -> Platform {
-    let p = Platform::start_with(dir, &["--isolation", "runc"]);
-    let info: serde_json::Value = p
-        .sys(Method::GET, "/system/info")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(info["provider"]["isolation"], "runc");
-    p
+    Platform::start_runc(dir, &[])
 }
 
 #[test]
@@ -214,12 +206,12 @@ fn deleting_and_stopping_leave_nothing_behind() {
     );
     assert!(before.iter().any(|l| l.starts_with("netns")), "{before:?}");
 
-    let r = p
-        .sys(Method::DELETE, "/system/functions")
-        .json(&json!({"functionName": "a"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = p.send_json(
+        Method::DELETE,
+        "/system/functions",
+        json!({"functionName": "a"}),
+    );
+    assert_eq!(r.status, 200);
     let ok = p.eventually(Duration::from_secs(10), || {
         sandbox_leftovers(dir.path())
             .iter()

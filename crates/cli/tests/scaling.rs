@@ -196,13 +196,13 @@ fn invalid_scaling_labels_are_rejected_naming_the_label() {
         ("com.openfaas.scale.zero", "yes"),
         ("com.openfaas.scale.zero-duration", "soon"),
     ] {
-        let r = p
-            .sys(Method::POST, "/system/functions")
-            .json(&json!({"service": "bad", "envProcess": "cat", "labels": {label: value}}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 400, "{label}={value}");
-        let msg = r.text().unwrap();
+        let r = p.send_json(
+            Method::POST,
+            "/system/functions",
+            json!({"service": "bad", "envProcess": "cat", "labels": {label: value}}),
+        );
+        assert_eq!(r.status, 400, "{label}={value}");
+        let msg = r.text;
         assert!(msg.contains(label), "{label}: {msg}");
     }
     assert_eq!(
@@ -309,14 +309,7 @@ fn a_call_is_retried_on_another_instance_when_one_dies() {
 #[test]
 fn scale_to_zero_and_back_under_runc() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Platform::start_with(dir.path(), &["--isolation", "runc"]);
-    let info: Value = p
-        .sys(Method::GET, "/system/info")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(info["provider"]["isolation"], "runc");
+    let p = Platform::start_runc(dir.path(), &[]);
     p.deploy_script(
         "nap",
         "cat",

@@ -165,7 +165,7 @@ fn sandboxed_cold_starts_bind_pooled_sandboxes_read_only() {
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    let mut p = Platform::start_with(data.path(), &["--isolation", "runc", "--warm-pool", "1"]);
+    let mut p = Platform::start_runc(data.path(), &["--warm-pool", "1"]);
     new_function(&p, dir, "py", "python3-http", "handler.py", "import os\n\ndef handle(event, context):\n    try:\n        open('/home/app/x', 'w')\n        code = 'writable'\n    except OSError:\n        code = 'read-only'\n    token = open('/var/openfaas/secrets/token').read()\n    return {'body': {'greeting': os.environ.get('GREETING'), 'token': token, 'code': code, 'uid': os.getuid()}}\n");
     let stack = "provider:\n  name: openfaas\nfunctions:\n  py:\n    lang: python3-http\n    handler: ./py\n    environment:\n      GREETING: hej\n    secrets: [token]\n    limits:\n      memory: 96Mi\n    labels:\n      com.openfaas.scale.min: \"0\"\n";
     std::fs::write(dir.join("stack.yml"), stack).unwrap();

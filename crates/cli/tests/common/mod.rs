@@ -12,6 +12,14 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 /// Password every test platform uses.
 pub const PASSWORD: &str = "test-password";
 
+/// Status and text of an answer.
+pub struct Answer {
+    /// HTTP status code.
+    pub status: u16,
+    /// Body text.
+    pub text: String,
+}
+
 /// A running `virga up`.
 pub struct Platform {
     child: Option<Child>,
@@ -200,9 +208,30 @@ impl Platform {
         method: reqwest::Method,
         path: &str,
         body: serde_json::Value,
-    ) -> (u16, String) {
+    ) -> Answer {
         let r = self.sys(method, path).json(&body).send().unwrap();
-        (r.status().as_u16(), r.text().unwrap())
+        Answer {
+            status: r.status().as_u16(),
+            text: r.text().unwrap(),
+        }
+    }
+
+    /// GET the /system route `path` as JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        self.sys(reqwest::Method::GET, path)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    /// Start with runc sandboxes, checking /system/info says so.
+    pub fn start_runc(data_dir: &Path, extra: &[&str]) -> Platform {
+        let mut args = vec!["--isolation", "runc"];
+        args.extend_from_slice(extra);
+        let p = Platform::start_with(data_dir, &args);
+        assert_eq!(p.get_json("/system/info")["provider"]["isolation"], "runc");
+        p
     }
 
     /// Create secret `name` with `value`; asserts 201.
