@@ -12,10 +12,9 @@ use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
-use http_body_util::{LengthLimitError, Limited};
 
 use crate::functions::split_namespace;
-use crate::replay::Replayable;
+use crate::replay::{BodyTooLarge, DrainingLimit, Replayable};
 use crate::{ApiError, AppState};
 
 static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
@@ -80,7 +79,7 @@ pub(crate) async fn forward(state: &AppState, req: Request) -> Result<Response, 
     let call_id = prepare_headers(&mut parts.headers);
     let body = match declared {
         Some(_) => body,
-        None => Body::new(Limited::new(body, limit)),
+        None => Body::new(DrainingLimit::new(body, limit)),
     };
     let body = Replayable::new(body);
     let mut attempt = 0;
@@ -193,7 +192,7 @@ fn upstream_error(
 ) -> ApiError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
-        if s.is::<LengthLimitError>() {
+        if s.is::<BodyTooLarge>() {
             return ApiError::TooLarge(limit);
         }
         source = s.source();
