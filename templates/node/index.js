@@ -1,7 +1,9 @@
 // Virga node runtime: an HTTP server on node's `http` module that hands each request to
 // function/handler.js, an `async (event, context) => ...` like OpenFaaS's node templates.
 // Listens on 127.0.0.1 and the port of $upstream_url (default 3000). With VIRGA_POOL=1 it is
-// a generic runtime of a warm pool, bound to its function later by one call.
+// a generic runtime of a warm pool, bound to its function later by one call. With
+// VIRGA_ZYGOTE=SOCKET (and VIRGA_NODE_ADDON, Virga's fork addon) it is a pre-forked
+// interpreter: it forks one runtime per request on SOCKET instead of serving.
 'use strict'
 
 const http = require('http')
@@ -15,8 +17,6 @@ function loadFunction (root) {
   // Packages installed next to the handler by `virga build` resolve from its directory.
   handler = require(path.join(root, 'function', 'handler'))
 }
-
-if (process.env.VIRGA_POOL !== '1') loadFunction(__dirname)
 
 function bind (req, res, raw) {
   if (req.method !== 'POST' || req.url !== '/_/virga/bind') {
@@ -36,7 +36,7 @@ function bind (req, res, raw) {
   send(res, 200, {}, 'bound\n')
 }
 
-const logRequests = /^(1|true|yes)$/i.test(process.env.write_debug || process.env.VIRGA_LOG_REQUESTS || '')
+let logRequests = false
 
 class FunctionEvent {
   constructor (req, body, url) {
@@ -181,17 +181,63 @@ function listenPort () {
   return 3000
 }
 
-const server = http.createServer(onRequest)
-server.keepAliveTimeout = 65000
-server.headersTimeout = 66000
-const port = listenPort()
-server.listen(port, '127.0.0.1', () => {
-  if (logRequests) console.error(`node listening on 127.0.0.1:${port}`)
-})
-
-const stop = () => {
-  server.close(() => process.exit(0))
-  setTimeout(() => process.exit(0), 2000).unref()
+function serve (root) {
+  logRequests = /^(1|true|yes)$/i.test(process.env.write_debug || process.env.VIRGA_LOG_REQUESTS || '')
+  if (process.env.VIRGA_POOL !== '1') loadFunction(root)
+  const server = http.createServer(onRequest)
+  server.keepAliveTimeout = 65000
+  server.headersTimeout = 66000
+  const port = listenPort()
+  server.listen(port, '127.0.0.1', () => {
+    if (logRequests) console.error(`node listening on 127.0.0.1:${port}`)
+  })
+  const stop = () => {
+    server.close(() => process.exit(0))
+    setTimeout(() => process.exit(0), 2000).unref()
+  }
+  process.on('SIGTERM', stop)
+  process.on('SIGINT', stop)
 }
-process.on('SIGTERM', stop)
-process.on('SIGINT', stop)
+
+// The zygote: everything above is loaded once; `zygote()` never returns here, but returns in
+// each forked runtime with the directory and environment it serves.
+function forkRuntimes (socket) {
+  const addon = { exports: {} }
+  process.dlopen(addon, process.env.VIRGA_NODE_ADDON)
+  const spec = JSON.parse(addon.exports.zygote(socket))
+  // A forked runtime keeps the zygote's cached pid, and must not run node's exit path (it
+  // tears down V8 threads that fork did not copy).
+  Object.defineProperty(process, 'pid', { value: addon.exports.pid(), enumerable: true, configurable: true })
+  process.reallyExit = (code) => addon.exports.exit(code | 0)
+  process.on('uncaughtExceptionMonitor', (err) => {
+    // Node's fatal-error exit takes the same teardown path: report the error and exit here.
+    if (process.listenerCount('uncaughtException') > 0) return
+    console.error(err)
+    process.exit(1)
+  })
+  for (const k of Object.keys(process.env)) delete process.env[k]
+  Object.assign(process.env, spec.env)
+  process.chdir(spec.dir)
+  serve(spec.dir)
+}
+
+// Before forking: one request through node's HTTP server and client, so that code is
+// compiled once in the zygote rather than on every forked runtime's first request.
+function warmUp (then) {
+  const server = http.createServer(onRequest)
+  server.listen(0, '127.0.0.1', () => {
+    const req = http.request({ port: server.address().port, host: '127.0.0.1', method: 'POST', path: '/', agent: false })
+    req.on('response', (res) => {
+      res.resume()
+      res.on('end', () => server.close(then))
+    })
+    req.on('error', () => server.close(then))
+    req.end('{}')
+  })
+}
+
+if (process.env.VIRGA_ZYGOTE) {
+  warmUp(() => forkRuntimes(process.env.VIRGA_ZYGOTE))
+} else {
+  serve(__dirname)
+}

@@ -45,7 +45,7 @@ pub struct UpArgs {
     /// interpreter start; 0 turns the warm pool off.
     #[arg(long, default_value_t = 2, env = "VIRGA_WARM_POOL")]
     pub warm_pool: usize,
-    /// Do not fork python3-http runtimes from a pre-forked interpreter (zygote).
+    /// Do not fork python3-http and node runtimes from a pre-forked interpreter (zygote).
     #[arg(long, env = "VIRGA_NO_ZYGOTE")]
     pub no_zygote: bool,
     /// Path of the virga-watchdog binary (default: next to this binary, then PATH).
@@ -140,6 +140,7 @@ async fn serve(mut args: UpArgs) -> Result<()> {
             sandbox: sandbox.clone(),
             warm_pool: args.warm_pool,
             zygote: !args.no_zygote,
+            node_addon: node_addon_path(),
             metrics: Arc::new(virga_metrics::Metrics::new()),
             logs: Arc::new(virga_logs::LogHub::new(virga_logs::LogConfig {
                 dir: Some(args.data_dir.join("logs")),
@@ -263,6 +264,21 @@ fn watchdog_path(given: Option<&Path>) -> Result<PathBuf> {
         return Ok(p);
     }
     bail!("virga-watchdog not found next to {} or on PATH: build it with `cargo build --release` or pass --watchdog", exe.display())
+}
+
+/// The node fork addon, built next to this binary (`cargo build` builds it with the rest).
+fn node_addon_path() -> Option<PathBuf> {
+    let addon = std::env::current_exe()
+        .ok()?
+        .with_file_name("libvirga_node_zygote.so");
+    if addon.exists() {
+        return Some(addon);
+    }
+    tracing::info!(
+        "{} not found: node runtimes start without a zygote",
+        addon.display()
+    );
+    None
 }
 
 async fn shutdown_signal() {

@@ -203,22 +203,40 @@ fn sandboxed_cold_starts_bind_pooled_sandboxes_read_only() {
     assert_eq!(sandbox_leftovers(data.path()), Vec::<String>::new());
 }
 
-/// Deploy `py` (python3-http; its handler reports its parent process and environment) on a
-/// platform without a warm pool, then call it from zero until its runtime's parent is
-/// `want` (the zygote is ready a moment after the deploy) or 30 s pass; the last answer.
-fn runtime_parent(extra: &[&str], want: &str) -> serde_json::Value {
+/// A handler for each forkable template that reports its runtime's parent process, its
+/// environment's GREETING and whether its pid is right (a forked runtime must not keep the
+/// zygote's).
+const PARENT_REPORTERS: [(&str, &str, &str); 2] = [
+    ("python3-http", "handler.py", "import os, sys\n\ndef handle(event, context):\n    print('handler ran', file=sys.stderr, flush=True)\n    parent = open('/proc/%d/comm' % os.getppid()).read().strip()\n    own_pid = os.getpid() == int(os.readlink('/proc/self'))\n    return {'body': {'parent': parent, 'greeting': os.environ.get('GREETING'), 'own_pid': own_pid}}\n"),
+    ("node", "handler.js", "'use strict'\nconst fs = require('fs')\nmodule.exports = async (event, context) => {\n  if (event.query.crash) setTimeout(() => { throw new Error('boom') }, 10)\n  console.error('handler ran')\n  const parent = fs.readFileSync(`/proc/${process.ppid}/comm`, 'utf8').trim()\n  const ownPid = process.pid === Number(fs.readlinkSync('/proc/self'))\n  return { parent, greeting: process.env.GREETING, own_pid: ownPid }\n}\n"),
+];
+
+/// Deploy `fn` from `lang` (its handler from [`PARENT_REPORTERS`]) on a platform without a
+/// warm pool, then call it from zero until its runtime's parent is `want` (the zygote is
+/// ready a moment after the deploy) or 30 s pass; the last answer, once `then` has run
+/// against the platform.
+fn runtime_parent(
+    lang: &str,
+    extra: &[&str],
+    want: &str,
+    then: impl FnOnce(&Platform),
+) -> serde_json::Value {
+    let (_, file, code) = PARENT_REPORTERS
+        .iter()
+        .find(|(l, _, _)| *l == lang)
+        .unwrap();
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     let mut args = vec!["--isolation", "process", "--warm-pool", "0"];
     args.extend_from_slice(extra);
     let p = Platform::start_with(data.path(), &args);
-    new_function(&p, dir, "py", "python3-http", "handler.py", "import os, sys\n\ndef handle(event, context):\n    print('handler ran', file=sys.stderr, flush=True)\n    parent = open('/proc/%d/comm' % os.getppid()).read().strip()\n    return {'body': {'parent': parent, 'greeting': os.environ.get('GREETING')}}\n");
-    let stack = "provider:\n  name: openfaas\nfunctions:\n  py:\n    lang: python3-http\n    handler: ./py\n    environment:\n      GREETING: salut\n    labels:\n      com.openfaas.scale.min: \"0\"\n";
+    new_function(&p, dir, "fn", lang, file, code);
+    let stack = format!("provider:\n  name: openfaas\nfunctions:\n  fn:\n    lang: {lang}\n    handler: ./fn\n    environment:\n      GREETING: salut\n    labels:\n      com.openfaas.scale.min: \"0\"\n");
     std::fs::write(dir.join("stack.yml"), stack).unwrap();
     virga(&p, dir, &["deploy", "-f", "stack.yml"]);
     let status = |p: &Platform| -> serde_json::Value {
-        p.sys(Method::GET, "/system/function/py")
+        p.sys(Method::GET, "/system/function/fn")
             .send()
             .unwrap()
             .json()
@@ -226,22 +244,23 @@ fn runtime_parent(extra: &[&str], want: &str) -> serde_json::Value {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let text = p.invoke("py", "").text().unwrap();
+        let text = p.invoke("fn", "").text().unwrap();
         let answer: serde_json::Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
         if answer["parent"] == want || std::time::Instant::now() > deadline {
             let logs = p
-                .sys(Method::GET, "/system/logs?name=py&tail=-1")
+                .sys(Method::GET, "/system/logs?name=fn&tail=-1")
                 .send()
                 .unwrap()
                 .text()
                 .unwrap();
             assert!(logs.contains("handler ran"), "{logs}");
+            then(&p);
             return answer;
         }
         let r = p
-            .sys(Method::POST, "/system/scale-function/py")
-            .json(&serde_json::json!({"serviceName": "py", "replicas": 0}))
+            .sys(Method::POST, "/system/scale-function/fn")
+            .json(&serde_json::json!({"serviceName": "fn", "replicas": 0}))
             .send()
             .unwrap();
         assert_eq!(r.status(), 202);
@@ -253,11 +272,46 @@ fn runtime_parent(extra: &[&str], want: &str) -> serde_json::Value {
 }
 
 #[test]
-fn without_a_warm_pool_runtimes_are_forked_from_a_zygote() {
-    let forked = runtime_parent(&[], "python3");
+fn without_a_warm_pool_python_runtimes_are_forked_from_a_zygote() {
+    let forked = runtime_parent("python3-http", &[], "python3", |_| {});
     assert_eq!(forked["greeting"], "salut");
     assert_eq!(forked["parent"], "python3", "{forked}");
-    let spawned = runtime_parent(&["--no-zygote"], "virga-watchdog");
+    assert_eq!(forked["own_pid"], true, "{forked}");
+    let spawned = runtime_parent("python3-http", &["--no-zygote"], "virga-watchdog", |_| {});
+    assert_eq!(spawned["greeting"], "salut");
+    assert_eq!(spawned["parent"], "virga-watchdog", "{spawned}");
+}
+
+#[test]
+fn without_a_warm_pool_node_runtimes_are_forked_from_a_zygote() {
+    // A forked runtime that dies of an uncaught exception exits with node's code 1 and its
+    // error in the logs; the next call gets a new runtime from the zygote.
+    let after_crash = |p: &Platform| {
+        let r = p.anon(Method::GET, "/function/fn?crash=1").send().unwrap();
+        assert_eq!(r.status(), 200);
+        let logs = || {
+            p.sys(Method::GET, "/system/logs?name=fn&tail=-1")
+                .send()
+                .unwrap()
+                .text()
+                .unwrap()
+        };
+        assert!(
+            p.eventually(Duration::from_secs(10), || logs().contains("Error: boom")),
+            "{}",
+            logs()
+        );
+        let text = p.invoke("fn", "").text().unwrap();
+        let again: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(again["parent"], "node", "{again}");
+        assert_eq!(again["own_pid"], true, "{again}");
+    };
+    let forked = runtime_parent("node", &[], "node", after_crash);
+    assert_eq!(forked["greeting"], "salut");
+    assert_eq!(forked["parent"], "node", "{forked}");
+    assert_eq!(forked["own_pid"], true, "{forked}");
+    let spawned = runtime_parent("node", &["--no-zygote"], "virga-watchdog", |_| {});
     assert_eq!(spawned["greeting"], "salut");
     assert_eq!(spawned["parent"], "virga-watchdog", "{spawned}");
 }

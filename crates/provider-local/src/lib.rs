@@ -51,8 +51,11 @@ pub struct ProviderConfig {
     pub sandbox: Option<Arc<Runc>>,
     /// Pre-started runtimes kept per template runtime (0: no warm pool).
     pub warm_pool: usize,
-    /// Fork python3-http runtimes from a pre-forked interpreter (process isolation).
+    /// Fork python3-http and node runtimes from a pre-forked interpreter (process isolation).
     pub zygote: bool,
+    /// The addon a node zygote forks with (`libvirga_node_zygote.so`); `None`: node runtimes
+    /// start without a zygote.
+    pub node_addon: Option<PathBuf>,
 }
 
 /// Errors the provider reports to the gateway.

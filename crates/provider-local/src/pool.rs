@@ -4,9 +4,13 @@
 //! /_/virga/bind` (the code's directory and environment), so neither the process start nor
 //! the interpreter start is on the request path. The pool refills itself in the background.
 //!
-//! A function uses the pool when its bundle's runtime supports binding (python3-http, node),
-//! it sets no watchdog variables of its own (those are fixed when the watchdog starts), and
-//! instances run as processes; other starts take the cold path.
+//! A function uses the pool when its bundle's runtime supports binding (python3-http, node)
+//! and it sets no watchdog variables of its own (those are fixed when the watchdog starts);
+//! other starts take the cold path.
+//!
+//! Under process isolation the pool also keeps a zygote per forkable runtime (python3-http,
+//! node): a runtime with its libraries loaded that forks a new runtime per start, for the
+//! starts the pool cannot serve and for refilling the pool.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -26,8 +30,10 @@ use crate::ProviderConfig;
 /// Templates whose runtime can start unbound (`VIRGA_POOL=1`) and be bound later.
 const BINDABLE: [&str; 2] = ["python3-http", "node"];
 
-/// Templates whose runtime can be a zygote (`VIRGA_ZYGOTE`); node cannot fork.
-const FORKABLE: [&str; 1] = ["python3-http"];
+/// Templates whose runtime can be a zygote (`VIRGA_ZYGOTE`), with the interpreter flags the
+/// zygote starts with. Node forks through Virga's addon and runs V8 on its main thread only:
+/// fork(2) copies no V8 worker threads, and tasks posted to them would never run.
+const FORKABLE: [(&str, &[&str]); 2] = [("python3-http", &[]), ("node", &["--single-threaded"])];
 
 /// Watchdog settings a function may not change when it takes a pooled instance.
 const WATCHDOG_KEYS: [&str; 14] = [
@@ -293,15 +299,20 @@ impl WarmPool {
     /// Start `use_`'s zygote if its runtime can fork (python3-http, process isolation) and
     /// none runs.
     pub(crate) fn ensure_zygote(self: &Arc<Self>, use_: &PoolUse) {
-        if !self.cfg.zygote
-            || self.cfg.sandbox.is_some()
-            || self.closed.load(Ordering::SeqCst)
-            || !FORKABLE
-                .iter()
-                .any(|l| use_.key.0.starts_with(&format!("{l}-")))
-        {
+        if !self.cfg.zygote || self.cfg.sandbox.is_some() || self.closed.load(Ordering::SeqCst) {
             return;
         }
+        let Some((lang, flags)) = FORKABLE
+            .iter()
+            .find(|(l, _)| use_.key.0.starts_with(&format!("{l}-")))
+        else {
+            return;
+        };
+        let addon = match (*lang, &self.cfg.node_addon) {
+            ("node", None) => return,
+            ("node", Some(addon)) => Some(addon.as_path()),
+            _ => None,
+        };
         let socket = self.cfg.run_dir.join(format!("zygote-{}.sock", use_.key.0));
         // sockaddr_un holds 108 bytes: a deep data directory goes without a zygote.
         if socket.as_os_str().len() > 100 {
@@ -313,7 +324,7 @@ impl WarmPool {
                 return;
             }
         }
-        match start_zygote(&self.cfg, &use_.generic, &socket) {
+        match start_zygote(&self.cfg, &use_.generic, &socket, flags, addon) {
             Ok((child, stdout)) => {
                 zygotes.insert(
                     use_.key.clone(),
@@ -358,17 +369,21 @@ impl WarmPool {
     }
 }
 
-/// Start the zygote of the runtime `generic` describes, listening on `socket`.
+/// Start the zygote of the runtime `generic` describes, listening on `socket`: its program
+/// with the interpreter `flags`, and node's fork `addon` when it needs one.
 fn start_zygote(
     cfg: &ProviderConfig,
     generic: &InstanceSpec,
     socket: &Path,
+    flags: &[&str],
+    addon: Option<&Path>,
 ) -> Result<(Child, tokio::process::ChildStdout), String> {
     let fprocess = generic.env.get("fprocess").ok_or("no fprocess")?;
     let mut argv = fprocess.split_whitespace();
     let program = argv.next().ok_or("empty fprocess")?;
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(argv)
+    cmd.args(flags)
+        .args(argv)
         .env_clear()
         .envs(crate::launch::inherited_env())
         .envs(&generic.env)
@@ -385,6 +400,9 @@ fn start_zygote(
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
+    }
+    if let Some(addon) = addon {
+        cmd.env("VIRGA_NODE_ADDON", addon);
     }
     let mut child = cmd
         .spawn()

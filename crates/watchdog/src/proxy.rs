@@ -34,6 +34,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const STABLE_RUN: Duration = Duration::from_secs(10);
 /// Grace between SIGTERM and SIGKILL at shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a request waits for a restarting function process before a 503.
+const RESTART_WAIT: Duration = Duration::from_secs(10);
 
 /// Hop-by-hop headers that must not be forwarded.
 const HOP_HEADERS: &[&str] = &[
@@ -134,7 +136,13 @@ impl Proxy {
         ok
     }
 
-    /// Resolves once the upstream first accepts a connection (probing right after it starts:
+    /// Whether requests can go straight to the upstream: it runs, and the last thing known
+    /// of it is not a refused connection.
+    fn serving(&self) -> bool {
+        self.running.load(Ordering::Acquire) && !matches!(*lock(&self.health), Some((_, false)))
+    }
+
+    /// Resolves once the upstream accepts a connection (probing right after it starts:
     /// 1 ms apart, backing off to 10 ms).
     pub async fn wait_ready(&self) {
         let mut delay = Duration::from_millis(1);
@@ -142,6 +150,7 @@ impl Proxy {
             if self.running.load(Ordering::Acquire)
                 && TcpStream::connect(&self.upstream_addr).await.is_ok()
             {
+                *lock(&self.health) = Some((Instant::now(), true));
                 return;
             }
             tokio::time::sleep(delay).await;
@@ -205,7 +214,8 @@ impl Proxy {
                         logger("stderr").forward(err, 0);
                     }
                     self.running.store(true, Ordering::Release);
-                    *lock(&self.health) = None;
+                    // Not serving until it accepts a connection.
+                    *lock(&self.health) = Some((Instant::now(), false));
                     tokio::select! {
                         status = child.wait() => {
                             self.mark_down();
@@ -268,10 +278,19 @@ impl Proxy {
 
     /// Forwards one request to the upstream and streams the answer back.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
-        if !self.running.load(Ordering::Acquire) {
+        // After a crash the function process is restarted: hold the request until it serves
+        // again rather than fail it (bounded by exec_timeout and RESTART_WAIT: a process that
+        // keeps crashing or never listens gets a 503).
+        let hold = self
+            .exec_timeout
+            .map_or(RESTART_WAIT, |t| t.min(RESTART_WAIT));
+        if !self.serving() && tokio::time::timeout(hold, self.wait_ready()).await.is_err() {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "function process is not running (restarting)",
+                format!(
+                    "function process is not serving on {} (restarting?); waited {hold:?}",
+                    self.upstream_addr
+                ),
             );
         }
         let (mut parts, body) = req.into_parts();

@@ -178,16 +178,19 @@ fn tree_rss_mib(root: i32) -> f64 {
     tree.into_iter().map(rss_mib).sum()
 }
 
-/// Spawn `python3 -c pass` `n` times, in microseconds each.
+/// Spawn `/usr/bin/python3 -c pass` `n` times, in microseconds each.
 fn python_pass(n: usize) -> Result<Vec<f64>> {
+    spawn_times("/usr/bin/python3", &["-c", "pass"], n)
+}
+
+/// Spawn `program args` `n` times (waiting for each), in microseconds each.
+fn spawn_times(program: &str, args: &[&str], n: usize) -> Result<Vec<f64>> {
     (0..n)
         .map(|_| {
             let t = Instant::now();
-            let st = Command::new("/usr/bin/python3")
-                .args(["-c", "pass"])
-                .status()?;
+            let st = Command::new(program).args(args).status()?;
             if !st.success() {
-                bail!("python3 -c pass failed: {st}");
+                bail!("{program} {args:?} failed: {st}");
             }
             Ok(t.elapsed().as_secs_f64() * 1e6)
         })
@@ -301,15 +304,48 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         format!("python3-http hello, 0 → first response, {n} calls (no warm pool, no zygote)"),
         stats(&mut cold)?,
     );
-    let forked = starts_with(ctx, n, "zygote", &[("VIRGA_WARM_POOL", "0")], false)?;
+    let forked = starts_with(
+        ctx,
+        n,
+        "zygote",
+        "python3-http",
+        &[("VIRGA_WARM_POOL", "0")],
+        false,
+    )?;
     let forked = s.measured(
         format!("python3-http hello, 0 → first response, {n} calls (zygote, no warm pool)"),
         forked,
     );
-    let warm = starts_with(ctx, n, "pool", &[], true)?;
+    let warm = starts_with(ctx, n, "pool", "python3-http", &[], true)?;
     let warm = s.measured(
         format!("python3-http hello, 0 → first response, {n} calls (warm pool)"),
         warm,
+    );
+    let mut node = spawn_times("/usr/bin/node", &["-e", "0"], n)?;
+    let node = s.measured(format!("node -e 0, {n} spawns"), stats(&mut node)?);
+    let node_cold = starts_with(
+        ctx,
+        n,
+        "node-cold",
+        "node",
+        &[("VIRGA_WARM_POOL", "0"), ("VIRGA_NO_ZYGOTE", "true")],
+        false,
+    )?;
+    let node_cold = s.measured(
+        format!("node hello, 0 → first response, {n} calls (no warm pool, no zygote)"),
+        node_cold,
+    );
+    let node_forked = starts_with(
+        ctx,
+        n,
+        "node-zygote",
+        "node",
+        &[("VIRGA_WARM_POOL", "0")],
+        false,
+    )?;
+    let node_forked = s.measured(
+        format!("node hello, 0 → first response, {n} calls (zygote, no warm pool)"),
+        node_forked,
     );
     // One running instance's memory.
     let wd = children(pid, "virga-watchdog");
@@ -406,6 +442,24 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         Target::None,
     ));
     s.figure(fig(
+        "cold start p50, node hello, zygote (no warm pool)".into(),
+        "0 → first response",
+        node_forked.p50_us,
+        "node -e 0",
+        node.p50_us,
+        Unit::Micros,
+        Target::None,
+    ));
+    s.figure(fig(
+        "cold start p50, node hello, no warm pool, no zygote".into(),
+        "0 → first response",
+        node_cold.p50_us,
+        "node -e 0",
+        node.p50_us,
+        Unit::Micros,
+        Target::None,
+    ));
+    s.figure(fig(
         "load step → extra replica serving, p50 (target ≤ 2 s beyond a start)".into(),
         "autoscaler",
         steps.p50_us,
@@ -435,13 +489,14 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     Ok(())
 }
 
-/// Cold starts of python3-http hello on a fresh platform with `env` (warm pool and zygote
-/// settings); with `pooled`, each call waits until the pool is full again, so every start is
-/// a pooled one.
+/// Cold starts of `lang`'s hello function on a fresh platform with `env` (warm pool and
+/// zygote settings); with `pooled`, each call waits until the pool is full again, so every
+/// start is a pooled one.
 fn starts_with(
     ctx: &Ctx,
     n: usize,
     name: &str,
+    lang: &str,
     env: &[(&str, &str)],
     pooled: bool,
 ) -> Result<Stats> {
@@ -449,7 +504,7 @@ fn starts_with(
     let mut platform = Platform::start_with(&ctx.bins, &work, &ctx.isolation, env)?;
     let url = platform.url.clone();
     eprintln!("scaling: cold starts ({name})");
-    platform.deploy_template("bench-start", "python3-http")?;
+    platform.deploy_template("bench-start", lang)?;
     wait_ok(
         &platform.function_url("bench-start"),
         BODY,
