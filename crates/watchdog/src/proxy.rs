@@ -142,10 +142,10 @@ impl Proxy {
         self.running.load(Ordering::Acquire) && !matches!(*lock(&self.health), Some((_, false)))
     }
 
-    /// Resolves once the upstream accepts a connection (probing right after it starts:
-    /// 1 ms apart, backing off to 10 ms).
+    /// Resolves once the upstream accepts a connection (probing every millisecond for the
+    /// first 100 ms, when a forked or pooled runtime is expected, then every 10 ms).
     pub async fn wait_ready(&self) {
-        let mut delay = Duration::from_millis(1);
+        let started = Instant::now();
         loop {
             if self.running.load(Ordering::Acquire)
                 && TcpStream::connect(&self.upstream_addr).await.is_ok()
@@ -153,8 +153,12 @@ impl Proxy {
                 *lock(&self.health) = Some((Instant::now(), true));
                 return;
             }
+            let delay = if started.elapsed() < Duration::from_millis(100) {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(10)
+            };
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(10));
         }
     }
 
