@@ -209,6 +209,7 @@ function forkRuntimes (socket) {
   // tears down V8 threads that fork did not copy).
   Object.defineProperty(process, 'pid', { value: addon.exports.pid(), enumerable: true, configurable: true })
   process.reallyExit = (code) => addon.exports.exit(code | 0)
+  reseedMathRandom()
   process.on('uncaughtExceptionMonitor', (err) => {
     // Node's fatal-error exit takes the same teardown path: report the error and exit here.
     if (process.listenerCount('uncaughtException') > 0) return
@@ -219,6 +220,23 @@ function forkRuntimes (socket) {
   Object.assign(process.env, spec.env)
   process.chdir(spec.dir)
   serve(spec.dir)
+}
+
+// Math.random's state is the zygote's in every forked runtime, so each would draw the same
+// numbers: forked runtimes draw from the system's CSPRNG instead (53 random bits per call).
+function reseedMathRandom () {
+  const { randomFillSync } = require('crypto')
+  const pool = new Uint32Array(1024)
+  let next = pool.length
+  Math.random = function random () {
+    if (next + 2 > pool.length) {
+      randomFillSync(pool)
+      next = 0
+    }
+    const high = pool[next++] >>> 5
+    const low = pool[next++] >>> 6
+    return (high * 67108864 + low) / 9007199254740992
+  }
 }
 
 // Before forking: one request through node's HTTP server and client, so that code is

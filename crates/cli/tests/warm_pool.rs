@@ -204,11 +204,11 @@ fn sandboxed_cold_starts_bind_pooled_sandboxes_read_only() {
 }
 
 /// A handler for each forkable template that reports its runtime's parent process, its
-/// environment's GREETING and whether its pid is right (a forked runtime must not keep the
-/// zygote's).
+/// environment's GREETING, whether its pid is right (a forked runtime must not keep the
+/// zygote's) and a random number (forked runtimes must not share the zygote's random state).
 const PARENT_REPORTERS: [(&str, &str, &str); 2] = [
-    ("python3-http", "handler.py", "import os, sys\n\ndef handle(event, context):\n    print('handler ran', file=sys.stderr, flush=True)\n    parent = open('/proc/%d/comm' % os.getppid()).read().strip()\n    own_pid = os.getpid() == int(os.readlink('/proc/self'))\n    return {'body': {'parent': parent, 'greeting': os.environ.get('GREETING'), 'own_pid': own_pid}}\n"),
-    ("node", "handler.js", "'use strict'\nconst fs = require('fs')\nmodule.exports = async (event, context) => {\n  if (event.query.crash) setTimeout(() => { throw new Error('boom') }, 10)\n  console.error('handler ran')\n  const parent = fs.readFileSync(`/proc/${process.ppid}/comm`, 'utf8').trim()\n  const ownPid = process.pid === Number(fs.readlinkSync('/proc/self'))\n  return { parent, greeting: process.env.GREETING, own_pid: ownPid }\n}\n"),
+    ("python3-http", "handler.py", "import os, random, sys\n\ndef handle(event, context):\n    print('handler ran', file=sys.stderr, flush=True)\n    parent = open('/proc/%d/comm' % os.getppid()).read().strip()\n    own_pid = os.getpid() == int(os.readlink('/proc/self'))\n    return {'body': {'parent': parent, 'greeting': os.environ.get('GREETING'), 'own_pid': own_pid, 'random': random.random()}}\n"),
+    ("node", "handler.js", "'use strict'\nconst fs = require('fs')\nmodule.exports = async (event, context) => {\n  if (event.query.crash) setTimeout(() => { throw new Error('boom') }, 10)\n  console.error('handler ran')\n  const parent = fs.readFileSync(`/proc/${process.ppid}/comm`, 'utf8').trim()\n  const ownPid = process.pid === Number(fs.readlinkSync('/proc/self'))\n  return { parent, greeting: process.env.GREETING, own_pid: ownPid, random: Math.random() }\n}\n"),
 ];
 
 /// Deploy `fn` from `lang` (its handler from [`PARENT_REPORTERS`]) on a platform without a
@@ -219,7 +219,7 @@ fn runtime_parent(
     lang: &str,
     extra: &[&str],
     want: &str,
-    then: impl FnOnce(&Platform),
+    then: impl FnOnce(&Platform, &serde_json::Value),
 ) -> serde_json::Value {
     let (_, file, code) = PARENT_REPORTERS
         .iter()
@@ -235,18 +235,9 @@ fn runtime_parent(
     let stack = format!("provider:\n  name: openfaas\nfunctions:\n  fn:\n    lang: {lang}\n    handler: ./fn\n    environment:\n      GREETING: salut\n    labels:\n      com.openfaas.scale.min: \"0\"\n");
     std::fs::write(dir.join("stack.yml"), stack).unwrap();
     virga(&p, dir, &["deploy", "-f", "stack.yml"]);
-    let status = |p: &Platform| -> serde_json::Value {
-        p.sys(Method::GET, "/system/function/fn")
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let text = p.invoke("fn", "").text().unwrap();
-        let answer: serde_json::Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let answer = answer(&p);
         if answer["parent"] == want || std::time::Instant::now() > deadline {
             let logs = p
                 .sys(Method::GET, "/system/logs?name=fn&tail=-1")
@@ -255,29 +246,50 @@ fn runtime_parent(
                 .text()
                 .unwrap();
             assert!(logs.contains("handler ran"), "{logs}");
-            then(&p);
+            then(&p, &answer);
             return answer;
         }
-        let r = p
-            .sys(Method::POST, "/system/scale-function/fn")
-            .json(&serde_json::json!({"serviceName": "fn", "replicas": 0}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        assert!(
-            p.eventually(Duration::from_secs(10), || status(&p)["availableReplicas"]
-                == 0)
-        );
+        scale_to_zero(&p);
     }
+}
+
+/// Scale `fn` to zero and wait until its instance is gone.
+fn scale_to_zero(p: &Platform) {
+    let r = p
+        .sys(Method::POST, "/system/scale-function/fn")
+        .json(&serde_json::json!({"serviceName": "fn", "replicas": 0}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let available = || p.get_json("/system/function/fn")["availableReplicas"].clone();
+    assert!(p.eventually(Duration::from_secs(10), || available() == 0));
+}
+
+/// `fn`'s answer as JSON.
+fn answer(p: &Platform) -> serde_json::Value {
+    let text = p.invoke("fn", "").text().unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 #[test]
 fn without_a_warm_pool_python_runtimes_are_forked_from_a_zygote() {
-    let forked = runtime_parent("python3-http", &[], "python3", |_| {});
+    // A second forked runtime draws other random numbers than the first.
+    let second = |p: &Platform, first: &serde_json::Value| {
+        scale_to_zero(p);
+        let again = answer(p);
+        assert_eq!(again["parent"], "python3", "{again}");
+        assert_ne!(again["random"], first["random"], "{again} after {first}");
+    };
+    let forked = runtime_parent("python3-http", &[], "python3", second);
     assert_eq!(forked["greeting"], "salut");
     assert_eq!(forked["parent"], "python3", "{forked}");
     assert_eq!(forked["own_pid"], true, "{forked}");
-    let spawned = runtime_parent("python3-http", &["--no-zygote"], "virga-watchdog", |_| {});
+    let spawned = runtime_parent(
+        "python3-http",
+        &["--no-zygote"],
+        "virga-watchdog",
+        |_, _| {},
+    );
     assert_eq!(spawned["greeting"], "salut");
     assert_eq!(spawned["parent"], "virga-watchdog", "{spawned}");
 }
@@ -285,8 +297,9 @@ fn without_a_warm_pool_python_runtimes_are_forked_from_a_zygote() {
 #[test]
 fn without_a_warm_pool_node_runtimes_are_forked_from_a_zygote() {
     // A forked runtime that dies of an uncaught exception exits with node's code 1 and its
-    // error in the logs; the next call gets a new runtime from the zygote.
-    let after_crash = |p: &Platform| {
+    // error in the logs; the next call gets a new runtime from the zygote, which draws other
+    // random numbers than the first.
+    let after_crash = |p: &Platform, first: &serde_json::Value| {
         let r = p.anon(Method::GET, "/function/fn?crash=1").send().unwrap();
         assert_eq!(r.status(), 200);
         let logs = || {
@@ -301,17 +314,16 @@ fn without_a_warm_pool_node_runtimes_are_forked_from_a_zygote() {
             "{}",
             logs()
         );
-        let text = p.invoke("fn", "").text().unwrap();
-        let again: serde_json::Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let again = answer(p);
         assert_eq!(again["parent"], "node", "{again}");
         assert_eq!(again["own_pid"], true, "{again}");
+        assert_ne!(again["random"], first["random"], "{again} after {first}");
     };
     let forked = runtime_parent("node", &[], "node", after_crash);
     assert_eq!(forked["greeting"], "salut");
     assert_eq!(forked["parent"], "node", "{forked}");
     assert_eq!(forked["own_pid"], true, "{forked}");
-    let spawned = runtime_parent("node", &["--no-zygote"], "virga-watchdog", |_| {});
+    let spawned = runtime_parent("node", &["--no-zygote"], "virga-watchdog", |_, _| {});
     assert_eq!(spawned["greeting"], "salut");
     assert_eq!(spawned["parent"], "virga-watchdog", "{spawned}");
 }
