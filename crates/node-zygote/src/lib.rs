@@ -57,22 +57,12 @@ unsafe extern "C" fn js_pid(env: napi_env, _info: napi_callback_info) -> napi_va
 
 /// `zygote(socketPath)`: serve fork requests forever; returns the request line in each child.
 unsafe extern "C" fn js_zygote(env: napi_env, info: napi_callback_info) -> napi_value {
-    let mut argc = 1usize;
-    let mut argv = [ptr::null_mut(); 1];
-    let status = napi_get_cb_info(
-        env,
-        info,
-        &mut argc,
-        argv.as_mut_ptr(),
-        ptr::null_mut(),
-        ptr::null_mut(),
-    );
-    if status != 0 || argc < 1 {
+    let Some(arg) = first_arg(env, info) else {
         return throw(env, "zygote(socketPath) needs the socket's path");
-    }
+    };
     let mut buf = vec![0u8; 4096];
     let mut len = 0usize;
-    if napi_get_value_string_utf8(env, argv[0], buf.as_mut_ptr().cast(), buf.len(), &mut len) != 0 {
+    if napi_get_value_string_utf8(env, arg, buf.as_mut_ptr().cast(), buf.len(), &mut len) != 0 {
         return throw(env, "zygote(socketPath): the path must be a string");
     }
     buf.truncate(len);
@@ -97,22 +87,26 @@ unsafe extern "C" fn js_zygote(env: napi_env, info: napi_callback_info) -> napi_
 /// `exit(code)`: ends a forked runtime at once. Node's own exit path tears down V8's worker
 /// threads, which a forked child does not have, so forked runtimes exit through here.
 unsafe extern "C" fn js_exit(env: napi_env, info: napi_callback_info) -> napi_value {
+    let mut code = 0i32;
+    if let Some(arg) = first_arg(env, info) {
+        napi_get_value_int32(env, arg, &mut code);
+    }
+    libc::_exit(code)
+}
+
+/// The first argument of a native call, if it was given one.
+unsafe fn first_arg(env: napi_env, info: napi_callback_info) -> Option<napi_value> {
     let mut argc = 1usize;
     let mut argv = [ptr::null_mut(); 1];
-    let mut code = 0i32;
-    if napi_get_cb_info(
+    let status = napi_get_cb_info(
         env,
         info,
         &mut argc,
         argv.as_mut_ptr(),
         ptr::null_mut(),
         ptr::null_mut(),
-    ) == 0
-        && argc >= 1
-    {
-        napi_get_value_int32(env, argv[0], &mut code);
-    }
-    libc::_exit(code)
+    );
+    (status == 0 && argc >= 1).then_some(argv[0])
 }
 
 /// Throws a JavaScript error with `msg`; returns the `undefined` placeholder (null).

@@ -304,49 +304,14 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         format!("python3-http hello, 0 → first response, {n} calls (no warm pool, no zygote)"),
         stats(&mut cold)?,
     );
-    let forked = starts_with(
-        ctx,
-        n,
-        "zygote",
-        "python3-http",
-        &[("VIRGA_WARM_POOL", "0")],
-        false,
-    )?;
-    let forked = s.measured(
-        format!("python3-http hello, 0 → first response, {n} calls (zygote, no warm pool)"),
-        forked,
-    );
-    let warm = starts_with(ctx, n, "pool", "python3-http", &[], true)?;
-    let warm = s.measured(
-        format!("python3-http hello, 0 → first response, {n} calls (warm pool)"),
-        warm,
-    );
+    let no_pool = [("VIRGA_WARM_POOL", "0")];
+    let neither = [("VIRGA_WARM_POOL", "0"), ("VIRGA_NO_ZYGOTE", "true")];
+    let forked = starts_with(ctx, s, n, "python3-http", &no_pool, "zygote, no warm pool")?;
+    let warm = starts_with(ctx, s, n, "python3-http", &[], "warm pool")?;
     let mut node = spawn_times("/usr/bin/node", &["-e", "0"], n)?;
     let node = s.measured(format!("node -e 0, {n} spawns"), stats(&mut node)?);
-    let node_cold = starts_with(
-        ctx,
-        n,
-        "node-cold",
-        "node",
-        &[("VIRGA_WARM_POOL", "0"), ("VIRGA_NO_ZYGOTE", "true")],
-        false,
-    )?;
-    let node_cold = s.measured(
-        format!("node hello, 0 → first response, {n} calls (no warm pool, no zygote)"),
-        node_cold,
-    );
-    let node_forked = starts_with(
-        ctx,
-        n,
-        "node-zygote",
-        "node",
-        &[("VIRGA_WARM_POOL", "0")],
-        false,
-    )?;
-    let node_forked = s.measured(
-        format!("node hello, 0 → first response, {n} calls (zygote, no warm pool)"),
-        node_forked,
-    );
+    let node_cold = starts_with(ctx, s, n, "node", &neither, "no warm pool, no zygote")?;
+    let node_forked = starts_with(ctx, s, n, "node", &no_pool, "zygote, no warm pool")?;
     // One running instance's memory.
     let wd = children(pid, "virga-watchdog");
     let instance_rss = wd.first().map_or(0.0, |&w| tree_rss_mib(w));
@@ -490,20 +455,24 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
 }
 
 /// Cold starts of `lang`'s hello function on a fresh platform with `env` (warm pool and
-/// zygote settings); with `pooled`, each call waits until the pool is full again, so every
-/// start is a pooled one.
+/// zygote settings), recorded in `s` as `label`; with the warm pool on, each call waits until
+/// the pool is full again, so every start is a pooled one.
 fn starts_with(
     ctx: &Ctx,
+    s: &mut Section,
     n: usize,
-    name: &str,
     lang: &str,
     env: &[(&str, &str)],
-    pooled: bool,
+    label: &str,
 ) -> Result<Stats> {
-    let work = ctx.dir(&format!("scaling-{name}"))?;
+    let pooled = !env.contains(&("VIRGA_WARM_POOL", "0"));
+    let work = ctx.dir(&format!(
+        "scaling-{lang}-{}",
+        label.replace([' ', ','], "-")
+    ))?;
     let mut platform = Platform::start_with(&ctx.bins, &work, &ctx.isolation, env)?;
     let url = platform.url.clone();
-    eprintln!("scaling: cold starts ({name})");
+    eprintln!("scaling: {lang} cold starts ({label})");
     platform.deploy_template("bench-start", lang)?;
     wait_ok(
         &platform.function_url("bench-start"),
@@ -513,7 +482,10 @@ fn starts_with(
     let mut out = cold_starts(&url, "bench-start", n, || {
         Ok(!pooled || platform.python_pool_idle()? >= 2.0)
     })?;
-    stats(&mut out)
+    Ok(s.measured(
+        format!("{lang} hello, 0 → first response, {n} calls ({label})"),
+        stats(&mut out)?,
+    ))
 }
 
 fn stats(samples: &mut [f64]) -> Result<Stats> {
