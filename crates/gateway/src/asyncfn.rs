@@ -20,6 +20,7 @@ use virga_queue::{
 };
 
 use crate::functions::{load, split_namespace};
+use crate::replay::DrainingLimit;
 use crate::{ApiError, AppState};
 
 /// Deliveries at once of a function whose instances set no `max_inflight`.
@@ -126,7 +127,9 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, ApiE
         .transpose()?;
     let limit = state.cfg.max_body_bytes;
     crate::invoke::declared_length(&parts.headers, limit)?;
-    let body = axum::body::to_bytes(body, limit)
+    // Read past the limit before answering 413, as the sync path does (see DrainingLimit):
+    // the connection then stays usable and the client gets its 413.
+    let body = axum::body::to_bytes(Body::new(DrainingLimit::new(body, limit)), usize::MAX)
         .await
         .map_err(|_| ApiError::TooLarge(limit))?;
     let id = match parts.headers.get(&X_CALL_ID) {
