@@ -212,11 +212,12 @@ const PARENT_REPORTERS: [(&str, &str, &str); 2] = [
 ];
 
 /// Deploy `fn` from `lang` (its handler from [`PARENT_REPORTERS`]) on a platform without a
-/// warm pool, then call it from zero until its runtime's parent is `want` (the zygote is
+/// warm pool (its data directory `data_subdir` in a temporary one), then call it from zero until its runtime's parent is `want` (the zygote is
 /// ready a moment after the deploy) or 30 s pass; the last answer, once `then` has run
 /// against the platform.
 fn runtime_parent(
     lang: &str,
+    data_subdir: &str,
     extra: &[&str],
     want: &str,
     then: impl FnOnce(&Platform, &serde_json::Value),
@@ -230,7 +231,7 @@ fn runtime_parent(
     let dir = work.path();
     let mut args = vec!["--isolation", "process", "--warm-pool", "0"];
     args.extend_from_slice(extra);
-    let p = Platform::start_with(data.path(), &args);
+    let p = Platform::start_with(&data.path().join(data_subdir), &args);
     new_function(&p, dir, "fn", lang, file, code);
     let stack = format!("provider:\n  name: openfaas\nfunctions:\n  fn:\n    lang: {lang}\n    handler: ./fn\n    environment:\n      GREETING: salut\n    labels:\n      com.openfaas.scale.min: \"0\"\n");
     std::fs::write(dir.join("stack.yml"), stack).unwrap();
@@ -280,12 +281,13 @@ fn without_a_warm_pool_python_runtimes_are_forked_from_a_zygote() {
         assert_eq!(again["parent"], "python3", "{again}");
         assert_ne!(again["random"], first["random"], "{again} after {first}");
     };
-    let forked = runtime_parent("python3-http", &[], "python3", second);
+    let forked = runtime_parent("python3-http", "", &[], "python3", second);
     assert_eq!(forked["greeting"], "salut");
     assert_eq!(forked["parent"], "python3", "{forked}");
     assert_eq!(forked["own_pid"], true, "{forked}");
     let spawned = runtime_parent(
         "python3-http",
+        "",
         &["--no-zygote"],
         "virga-watchdog",
         |_, _| {},
@@ -319,11 +321,13 @@ fn without_a_warm_pool_node_runtimes_are_forked_from_a_zygote() {
         assert_eq!(again["own_pid"], true, "{again}");
         assert_ne!(again["random"], first["random"], "{again} after {first}");
     };
-    let forked = runtime_parent("node", &[], "node", after_crash);
+    // A data directory too deep for a unix socket address: the zygote listens elsewhere.
+    let deep = "a-data-directory-named-at-length-so-its-run-directory-cannot-hold-a-socket";
+    let forked = runtime_parent("node", deep, &[], "node", after_crash);
     assert_eq!(forked["greeting"], "salut");
     assert_eq!(forked["parent"], "node", "{forked}");
     assert_eq!(forked["own_pid"], true, "{forked}");
-    let spawned = runtime_parent("node", &["--no-zygote"], "virga-watchdog", |_, _| {});
+    let spawned = runtime_parent("node", "", &["--no-zygote"], "virga-watchdog", |_, _| {});
     assert_eq!(spawned["greeting"], "salut");
     assert_eq!(spawned["parent"], "virga-watchdog", "{spawned}");
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -146,6 +146,9 @@ pub(crate) struct WarmPool {
     closed: AtomicBool,
     /// Pre-forked interpreters, by runtime.
     zygotes: Mutex<HashMap<PoolKey, Zygote>>,
+    /// A private directory (0700, under the system's temp dir) for zygote sockets, made when
+    /// the run directory's path is too long for a unix socket address.
+    short_dir: OnceLock<Option<tempfile::TempDir>>,
 }
 
 /// A pre-forked interpreter of one template runtime and the socket it takes requests on.
@@ -166,7 +169,27 @@ impl WarmPool {
             next: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             zygotes: Mutex::new(HashMap::new()),
+            short_dir: OnceLock::new(),
         })
+    }
+
+    /// Where `key`'s zygote listens: in the run directory, or in a private short directory
+    /// when that path would not fit a unix socket address (108 bytes).
+    fn zygote_socket(&self, key: &PoolKey) -> Option<PathBuf> {
+        let name = format!("zygote-{}.sock", key.0);
+        let fits = |p: &PathBuf| p.as_os_str().len() <= 100;
+        let path = self.cfg.run_dir.join(&name);
+        if fits(&path) {
+            return Some(path);
+        }
+        let dir = self.short_dir.get_or_init(|| {
+            tempfile::Builder::new()
+                .prefix("virga-")
+                .tempdir()
+                .map_err(|e| tracing::warn!("no directory for zygote sockets: {e}"))
+                .ok()
+        });
+        dir.as_ref().map(|d| d.path().join(name)).filter(fits)
     }
 
     fn ready(&self) -> MutexGuard<'_, HashMap<PoolKey, Vec<Booted>>> {
@@ -313,11 +336,9 @@ impl WarmPool {
             ("node", Some(addon)) => Some(addon.as_path()),
             _ => None,
         };
-        let socket = self.cfg.run_dir.join(format!("zygote-{}.sock", use_.key.0));
-        // sockaddr_un holds 108 bytes: a deep data directory goes without a zygote.
-        if socket.as_os_str().len() > 100 {
+        let Some(socket) = self.zygote_socket(&use_.key) else {
             return;
-        }
+        };
         let mut zygotes = self.zygotes();
         if let Some(z) = zygotes.get_mut(&use_.key) {
             if matches!(z.child.try_wait(), Ok(None)) {
