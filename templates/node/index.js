@@ -204,12 +204,14 @@ function serve (root) {
 function forkRuntimes (socket) {
   const addon = { exports: {} }
   process.dlopen(addon, process.env.VIRGA_NODE_ADDON)
+  // Loaded before forking, like everything else a runtime needs.
+  const { randomFillSync } = require('crypto')
   const spec = JSON.parse(addon.exports.zygote(socket))
   // A forked runtime keeps the zygote's cached pid, and must not run node's exit path (it
   // tears down V8 threads that fork did not copy).
   Object.defineProperty(process, 'pid', { value: addon.exports.pid(), enumerable: true, configurable: true })
   process.reallyExit = (code) => addon.exports.exit(code | 0)
-  reseedMathRandom()
+  reseedMathRandom(randomFillSync)
   process.on('uncaughtExceptionMonitor', (err) => {
     // Node's fatal-error exit takes the same teardown path: report the error and exit here.
     if (process.listenerCount('uncaughtException') > 0) return
@@ -224,8 +226,7 @@ function forkRuntimes (socket) {
 
 // Math.random's state is the zygote's in every forked runtime, so each would draw the same
 // numbers: forked runtimes draw from the system's CSPRNG instead (53 random bits per call).
-function reseedMathRandom () {
-  const { randomFillSync } = require('crypto')
+function reseedMathRandom (randomFillSync) {
   const pool = new Uint32Array(1024)
   let next = pool.length
   Math.random = function random () {
