@@ -1,7 +1,7 @@
-//! Scaling figures: cold start of the python3-http hello function from zero replicas to its
-//! first response (next to a bare `python3 -c pass` measured in the same run), the time from
-//! a load step to an extra replica serving, and the platform's idle memory with 100
-//! functions at zero plus the memory of one running instance.
+//! Scaling figures: cold start of the python3-http and node hello functions from zero replicas
+//! to their first response (next to a bare `python3 -c pass` or `node -e 0` measured in the
+//! same run), the time from a load step to an extra replica serving, and the platform's idle
+//! memory with 100 functions at zero plus the memory of one running instance.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,7 +36,9 @@ the zygote off (`VIRGA_WARM_POOL=0 VIRGA_NO_ZYGOTE=true`: watchdog and interpret
 request path), with only the zygote (`VIRGA_WARM_POOL=0`: the watchdog starts, the runtime \
 is forked from a pre-forked interpreter; target ≤ 80 ms p50 without the warm pool), and with \
 the warm pool (the default: a pre-started runtime is bound to the function; each call is \
-made once the pool has refilled; targets ≤ 10 ms p50, ≤ 30 ms p99). \
+made once the pool has refilled; targets ≤ 10 ms p50, ≤ 30 ms p99). The node hello \
+function is measured the same way without the warm pool, with and without its zygote, next \
+to a bare `/usr/bin/node -e 0` (information: the issue sets no node target). \
 **Load step**: a `capacity` function with target 1 and target-proportion 1 (`sleep 0.2` per request) at one replica \
 gets 6 concurrent callers; timed is the step to the moment `availableReplicas` first \
 exceeds 1, against one cold start of that function (target: within 2 s of it). \
