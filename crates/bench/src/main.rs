@@ -4,6 +4,7 @@
 //! `--markdown FILE`, into a markdown document. Every process it starts is stopped with
 //! its process group when the benchmark ends, also on error.
 
+mod bare_proxy;
 mod fast_upstream;
 mod figures;
 mod platform;
@@ -52,12 +53,19 @@ enum Sub {
     /// Serve `200 ok` on the port of $upstream_url (the fast upstream of the gateway figures).
     #[command(hide = true)]
     FastUpstream,
+    /// Proxy every request to TARGET with nothing but the hop (the classic figures' floor).
+    #[command(hide = true)]
+    BareProxy {
+        /// `http://HOST:PORT` to forward to.
+        target: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Sub::FastUpstream) => fast_upstream::serve().map(|()| ExitCode::SUCCESS),
+        Some(Sub::BareProxy { target }) => bare_proxy::serve(&target).map(|()| ExitCode::SUCCESS),
         None => bench(&cli),
     };
     match result {

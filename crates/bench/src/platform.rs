@@ -214,14 +214,14 @@ impl Platform {
     }
 }
 
-/// A standalone `virga-watchdog`.
-pub struct Watchdog {
+/// A standalone HTTP server virga-bench started: a `virga-watchdog`, or the bare proxy.
+pub struct Server {
     _proc: Proc,
     /// Base URL it listens on.
     pub url: String,
 }
 
-impl Watchdog {
+impl Server {
     /// Starts the watchdog with `env` (plus `port=0`, and a free port in `upstream_url`
     /// in http mode), in directory `cwd`, logging to `log`.
     pub fn start(
@@ -229,7 +229,7 @@ impl Watchdog {
         env: &BTreeMap<String, String>,
         cwd: &Path,
         log: &Path,
-    ) -> Result<Watchdog> {
+    ) -> Result<Server> {
         let mut env = env.clone();
         env.insert("port".into(), "0".into());
         if env.get("mode").map(String::as_str) == Some("http") {
@@ -238,17 +238,29 @@ impl Watchdog {
         }
         let mut cmd = Command::new(&bins.watchdog);
         cmd.envs(&env).env("NO_COLOR", "1").current_dir(cwd);
-        let mut proc = Proc::spawn("virga-watchdog", cmd, log)?;
-        let line = proc.first_line(START_TIMEOUT)?;
-        let addr = line
-            .strip_prefix("virga-watchdog listening on ")
-            .with_context(|| format!("unexpected first line from virga-watchdog: {line:?}"))?
-            .trim();
-        Ok(Watchdog {
-            url: format!("http://{addr}"),
-            _proc: proc,
-        })
+        let (proc, url) = listening("virga-watchdog", cmd, log, "virga-watchdog listening on ")?;
+        Ok(Server { _proc: proc, url })
     }
+
+    /// Starts `virga-bench bare-proxy` in front of `target`, logging to `log`.
+    pub fn bare_proxy(bins: &Bins, target: &str, log: &Path) -> Result<Server> {
+        let mut cmd = Command::new(&bins.bench);
+        cmd.args(["bare-proxy", target]);
+        let (proc, url) = listening("bare-proxy", cmd, log, "listening on ")?;
+        Ok(Server { _proc: proc, url })
+    }
+}
+
+/// Spawns `cmd` and reads its first line, `{prefix}ADDR`; the process and `http://ADDR`.
+fn listening(name: &str, cmd: Command, log: &Path, prefix: &str) -> Result<(Proc, String)> {
+    let mut proc = Proc::spawn(name, cmd, log)?;
+    let line = proc.first_line(START_TIMEOUT)?;
+    let addr = line
+        .strip_prefix(prefix)
+        .with_context(|| format!("unexpected first line from {name}: {line:?}"))?
+        .trim()
+        .to_string();
+    Ok((proc, format!("http://{addr}")))
 }
 
 /// `http://127.0.0.1:PORT/PATH` with PORT a free port and PATH kept from `upstream`.

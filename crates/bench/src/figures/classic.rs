@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::{shape, Ctx, BODY};
-use crate::platform::{Platform, Watchdog};
+use crate::platform::{Platform, Server};
 use crate::report::{Figure, Section, Target, Unit};
 use crate::runner::{wait_ok, Stats};
 
@@ -32,7 +32,12 @@ virga-bench (spawn with piped stdin and stdout, write `hello`, close stdin, read
 answer, wait; iterated). The gateway's p50 over fork/exec's p50 has a target of \
 ≤ 1.2×. The same function called directly on a standalone watchdog \
 (`fprocess=cat mode=serializing`) shows how the cost splits between the watchdog and the \
-gateway (the last row's Δ is the gateway's share).";
+gateway (the *gateway's share* row), and the same watchdog behind `virga-bench bare-proxy` \
+(a hyper reverse proxy with nothing but the hop: no routing, auth, metrics or headers) \
+shows what any gateway in front of the watchdog costs on this machine (the *floor* row) \
+and what Virga's gateway adds beyond it (the last row). Where the floor is itself above \
+1.2×, no gateway in front of a watchdog meets the target on that machine: the cost is the \
+extra process hop (two more wake-ups and cache refills per call), not the gateway's work.";
 
 /// Measures the three paths and fills the section.
 pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
@@ -54,8 +59,10 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let direct = Watchdog::start(&ctx.bins, &env, &work, &work.join("watchdog-cat.log"))?;
+    let direct = Server::start(&ctx.bins, &env, &work, &work.join("watchdog-cat.log"))?;
     wait_ok(&direct.url, BODY, Duration::from_secs(30))?;
+    let proxy = Server::bare_proxy(&ctx.bins, &direct.url, &work.join("bare-proxy.log"))?;
+    wait_ok(&proxy.url, BODY, Duration::from_secs(30))?;
 
     // The baseline is sampled half before and half after the wrk runs, so a change in
     // the machine's load during the run weighs on both sides alike.
@@ -66,6 +73,12 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     ctx.warm(&direct.url, lat)?;
     let d = ctx.load(&direct.url, lat)?;
     let d = s.measured(format!("classic cat, direct watchdog, {}", shape(lat)), d);
+    ctx.warm(&proxy.url, lat)?;
+    let b = ctx.load(&proxy.url, lat)?;
+    let b = s.measured(
+        format!("classic cat, bare proxy + watchdog, {}", shape(lat)),
+        b,
+    );
     ctx.warm(&via_gateway, lat)?;
     let g = ctx.load(&via_gateway, lat)?;
     let g = s.measured(format!("classic cat, gateway, {}", shape(lat)), g);
@@ -127,6 +140,22 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         g.p50_us,
         wd,
         d.p50_us,
+        Target::None,
+    ));
+    s.figure(fig(
+        "classic cat: p50, any proxy hop (floor)",
+        "bare proxy",
+        b.p50_us,
+        fe,
+        fork.p50_us,
+        Target::None,
+    ));
+    s.figure(fig(
+        "classic cat: p50, gateway beyond the bare hop",
+        gw,
+        g.p50_us,
+        "bare proxy",
+        b.p50_us,
         Target::None,
     ));
     Ok(())

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use super::{shape, Ctx, BODY};
-use crate::platform::{unpack_bundle, Platform, Watchdog};
+use crate::platform::{unpack_bundle, Platform, Server};
 use crate::report::{Figure, Section, Target, Unit};
 use crate::runner::wait_ok;
 
@@ -54,7 +54,7 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     };
     let bundle = ctx.dir("gateway/bundle")?;
     let env = unpack_bundle(&archive, &bundle)?;
-    let direct = Watchdog::start(&ctx.bins, &env, &bundle, &work.join("watchdog-py.log"))?;
+    let direct = Server::start(&ctx.bins, &env, &bundle, &work.join("watchdog-py.log"))?;
     same_answer(
         &answer,
         &wait_ok(&direct.url, BODY, Duration::from_secs(30))?,
@@ -96,7 +96,7 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let direct = Watchdog::start(&ctx.bins, &env, &work, &work.join("watchdog-fast.log"))?;
+    let direct = Server::start(&ctx.bins, &env, &work, &work.join("watchdog-fast.log"))?;
     same_answer(
         &answer,
         &wait_ok(&direct.url, BODY, Duration::from_secs(30))?,
