@@ -10,7 +10,7 @@
 //!
 //! Under process isolation the pool also keeps a zygote per forkable runtime (python3-http,
 //! node): a runtime with its libraries loaded that forks a new runtime per start, for the
-//! starts the pool cannot serve and for refilling the pool.
+//! starts the pool cannot serve (and, for python3-http, for refilling the pool).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -30,10 +30,39 @@ use crate::ProviderConfig;
 /// Templates whose runtime can start unbound (`VIRGA_POOL=1`) and be bound later.
 const BINDABLE: [&str; 2] = ["python3-http", "node"];
 
-/// Templates whose runtime can be a zygote (`VIRGA_ZYGOTE`), with the interpreter flags the
-/// zygote starts with. Node forks through Virga's addon and runs V8 on its main thread only:
-/// fork(2) copies no V8 worker threads, and tasks posted to them would never run.
-const FORKABLE: [(&str, &[&str]); 2] = [("python3-http", &[]), ("node", &["--single-threaded"])];
+/// A template runtime that can run as a zygote (`VIRGA_ZYGOTE`).
+struct Forkable {
+    /// The template (pool keys start with `{lang}-`).
+    lang: &'static str,
+    /// Interpreter flags the zygote starts with.
+    flags: &'static [&'static str],
+    /// Whether the pool refills from the zygote too, not only request-path starts.
+    refill: bool,
+}
+
+/// The forkable runtimes. Node forks through Virga's addon and runs V8 on its main thread
+/// only (fork(2) copies no V8 worker threads, and tasks posted to them would never run), which
+/// costs allocation-heavy handlers about a quarter of their throughput: so only starts on the
+/// request path are forked, and the pool, off that path, starts full node runtimes.
+const FORKABLE: [Forkable; 2] = [
+    Forkable {
+        lang: "python3-http",
+        flags: &[],
+        refill: true,
+    },
+    Forkable {
+        lang: "node",
+        flags: &["--single-threaded"],
+        refill: false,
+    },
+];
+
+/// How `key`'s runtime forks, if it can.
+fn forkable(key: &PoolKey) -> Option<&'static Forkable> {
+    FORKABLE
+        .iter()
+        .find(|f| key.0.starts_with(&format!("{}-", f.lang)))
+}
 
 /// Watchdog settings a function may not change when it takes a pooled instance.
 const WATCHDOG_KEYS: [&str; 14] = [
@@ -222,7 +251,9 @@ impl WarmPool {
                     use_.generic.name,
                     pool.next.fetch_add(1, Ordering::Relaxed)
                 );
-                let zygote = pool.zygote(Some(&use_));
+                let zygote = pool
+                    .zygote(Some(&use_))
+                    .filter(|_| forkable(&use_.key).is_some_and(|f| f.refill));
                 let booted = boot(&pool.cfg, &use_.generic, &id, zygote).await;
                 if let Some(n) = pool
                     .starting
@@ -325,10 +356,7 @@ impl WarmPool {
         if !self.cfg.zygote || self.cfg.sandbox.is_some() || self.closed.load(Ordering::SeqCst) {
             return;
         }
-        let Some((lang, flags)) = FORKABLE
-            .iter()
-            .find(|(l, _)| use_.key.0.starts_with(&format!("{l}-")))
-        else {
+        let Some(Forkable { lang, flags, .. }) = forkable(&use_.key) else {
             return;
         };
         let addon = match (*lang, &self.cfg.node_addon) {
