@@ -350,7 +350,7 @@ impl WarmPool {
         z.ready.then(|| z.socket.clone())
     }
 
-    /// Start `use_`'s zygote if its runtime can fork (python3-http, process isolation) and
+    /// Start `use_`'s zygote if its runtime can fork (python3-http, node; process isolation) and
     /// none runs.
     pub(crate) fn ensure_zygote(self: &Arc<Self>, use_: &PoolUse) {
         if !self.cfg.zygote || self.cfg.sandbox.is_some() || self.closed.load(Ordering::SeqCst) {
