@@ -272,6 +272,31 @@ fn scale_to_zero(p: &Platform, name: &str) {
     assert!(p.eventually(Duration::from_secs(10), || available() == 0));
 }
 
+/// The pid of the zygote serving a platform whose data directory is `data_dir`: a process
+/// started with its `VIRGA_ZYGOTE` (as are the runtimes it forked), whose parent was not.
+fn zygote_of(data_dir: &Path) -> Option<i32> {
+    let marker = format!("VIRGA_ZYGOTE={}", data_dir.display());
+    let marked = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            env.split(|b| *b == 0)
+                .any(|v| v.starts_with(marker.as_bytes()))
+        })
+    };
+    let parent = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        (marked(pid) && !marked(parent(pid)?)).then_some(pid)
+    })
+}
+
 /// `fn`'s answer as JSON.
 fn answer(p: &Platform) -> serde_json::Value {
     let text = p.invoke("fn", "").text().unwrap();
@@ -280,12 +305,29 @@ fn answer(p: &Platform) -> serde_json::Value {
 
 #[test]
 fn without_a_warm_pool_python_runtimes_are_forked_from_a_zygote() {
-    // A second forked runtime draws other random numbers than the first.
+    // A second forked runtime draws other random numbers than the first. A zygote that
+    // dies is replaced: the start that finds it dead goes without it, the next is forked.
     let second = |p: &Platform, first: &serde_json::Value| {
         scale_to_zero(p, "fn");
         let again = answer(p);
         assert_eq!(again["parent"], "python3", "{again}");
         assert_ne!(again["random"], first["random"], "{again} after {first}");
+        let zygote = zygote_of(&p.data_dir).expect("no zygote process");
+        // SAFETY: kill(2) of the zygote this test's platform started.
+        unsafe { libc::kill(zygote, libc::SIGKILL) };
+        // (A dead process's environment reads empty.)
+        let gone = || zygote_of(&p.data_dir) != Some(zygote);
+        assert!(p.eventually(Duration::from_secs(10), gone));
+        scale_to_zero(p, "fn");
+        assert_eq!(answer(p)["parent"], "virga-watchdog");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            scale_to_zero(p, "fn");
+            if answer(p)["parent"] == "python3" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no new zygote");
+        }
     };
     let forked = runtime_parent("python3-http", "", &[], "python3", second);
     assert_eq!(forked["greeting"], "salut");

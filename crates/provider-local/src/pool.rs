@@ -338,16 +338,29 @@ impl WarmPool {
         self.zygotes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The socket of `use_`'s zygote, when one is running and ready.
-    pub(crate) fn zygote(&self, use_: Option<&PoolUse>) -> Option<PathBuf> {
+    /// The socket of `use_`'s zygote, when one is running and ready. A zygote found dead is
+    /// replaced for the starts after this one if it had been ready (one that died before is
+    /// not: it would only die again; starts go without it).
+    pub(crate) fn zygote(self: &Arc<Self>, use_: Option<&PoolUse>) -> Option<PathBuf> {
         let use_ = use_?;
         let mut zygotes = self.zygotes();
         let z = zygotes.get_mut(&use_.key)?;
-        if !matches!(z.child.try_wait(), Ok(None)) {
-            zygotes.remove(&use_.key);
-            return None;
+        if matches!(z.child.try_wait(), Ok(None)) {
+            return z.ready.then(|| z.socket.clone());
         }
-        z.ready.then(|| z.socket.clone())
+        let had_served = z.ready;
+        zygotes.remove(&use_.key);
+        drop(zygotes);
+        if had_served {
+            tracing::warn!("zygote {} exited; starting a new one", use_.key.0);
+            self.ensure_zygote(use_);
+        } else {
+            tracing::warn!(
+                "zygote {} exited before it was ready; starts go without it",
+                use_.key.0
+            );
+        }
+        None
     }
 
     /// Start `use_`'s zygote if its runtime can fork (python3-http, node; process isolation) and
