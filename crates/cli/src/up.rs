@@ -131,6 +131,7 @@ async fn serve(mut args: UpArgs) -> Result<()> {
     let password = admin_password(&args.data_dir)?;
     let watchdog = watchdog_path(args.watchdog.as_deref())?;
     let sandbox = sandbox_runtime(args.isolation, &args.data_dir, &watchdog)?;
+    let node_addon = node_addon_path();
     let provider = Arc::new(LocalProvider::new(
         ProviderConfig {
             watchdog,
@@ -140,7 +141,7 @@ async fn serve(mut args: UpArgs) -> Result<()> {
             sandbox: sandbox.clone(),
             warm_pool: args.warm_pool,
             zygote: !args.no_zygote,
-            node_addon: node_addon_path(),
+            node_addon: node_addon.clone(),
             metrics: Arc::new(virga_metrics::Metrics::new()),
             logs: Arc::new(virga_logs::LogHub::new(virga_logs::LogConfig {
                 dir: Some(args.data_dir.join("logs")),
@@ -179,6 +180,10 @@ async fn serve(mut args: UpArgs) -> Result<()> {
         })?;
     let addr: SocketAddr = listener.local_addr()?;
     announce(addr, &args.data_dir, restored, provider.isolation());
+    println!(
+        "  cold starts: {}",
+        start_paths(&args, provider.isolation(), node_addon.is_some())
+    );
     if args.with_examples {
         let url = format!("http://{addr}");
         let dir = args.data_dir.clone();
@@ -264,6 +269,24 @@ fn watchdog_path(given: Option<&Path>) -> Result<PathBuf> {
         return Ok(p);
     }
     bail!("virga-watchdog not found next to {} or on PATH: build it with `cargo build --release` or pass --watchdog", exe.display())
+}
+
+/// What makes cold starts fast here: the warm pool and which runtimes have a zygote.
+fn start_paths(args: &UpArgs, isolation: &str, node_addon: bool) -> String {
+    let pool = match args.warm_pool {
+        0 => "warm pool off".to_string(),
+        n => format!("warm pool of {n} per runtime (python3-http, node)"),
+    };
+    let zygotes = if args.no_zygote {
+        "zygotes off"
+    } else if isolation == "runc" {
+        "no zygotes (each instance is its own sandbox)"
+    } else if node_addon {
+        "zygotes for python3-http and node"
+    } else {
+        "zygote for python3-http (no node addon next to virga)"
+    };
+    format!("{pool}; {zygotes}")
 }
 
 /// The node fork addon, built next to this binary (`cargo build` builds it with the rest).
