@@ -5,6 +5,7 @@
 //! fast-upstream`) so the gateway's own cost is not hidden behind Python's.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -67,6 +68,7 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         &direct.url,
         Some(0.85),
     )?;
+    proxy_floor(ctx, s, "python3-http", &direct.url, &work)?;
     drop(direct);
 
     // A trivially fast upstream behind the same watchdog http mode.
@@ -102,6 +104,29 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         &wait_ok(&direct.url, BODY, Duration::from_secs(30))?,
     )?;
     compare(ctx, s, "fast upstream", &via_gateway, &direct.url, None)?;
+    Ok(())
+}
+
+/// Throughput through `virga-bench bare-proxy` (a hyper reverse proxy and nothing else) in
+/// front of the same watchdog: what any gateway hop costs here, next to the direct baseline.
+fn proxy_floor(ctx: &Ctx, s: &mut Section, what: &str, direct: &str, work: &Path) -> Result<()> {
+    let tp = &ctx.settings.throughput;
+    let proxy = Server::bare_proxy(&ctx.bins, direct, &work.join("bare-proxy.log"))?;
+    ctx.warm(direct, tp)?;
+    let d = ctx.load(direct, tp)?;
+    let d = s.measured(format!("{what}, direct watchdog (again), {}", shape(tp)), d);
+    ctx.warm(&proxy.url, tp)?;
+    let b = ctx.load(&proxy.url, tp)?;
+    let b = s.measured(format!("{what}, bare proxy, {}", shape(tp)), b);
+    s.figure(Figure {
+        name: format!("{what}: throughput, any proxy hop (floor)"),
+        value_label: "bare proxy".into(),
+        value: b.rps,
+        baseline_label: "direct watchdog".into(),
+        baseline: d.rps,
+        unit: Unit::ReqPerSec,
+        target: Target::None,
+    });
     Ok(())
 }
 
