@@ -188,6 +188,8 @@ class Handler(socketserver.StreamRequestHandler):
                 if version == "HTTP/1.1"
                 else "keep-alive" not in connection
             )
+            if version == "HTTP/1.1" and (headers.get("Expect") or "").lower() == "100-continue":
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = self.read_body(headers)
         except (BadRequest, ValueError, OSError) as e:
             self.close_connection = True
