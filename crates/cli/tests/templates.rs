@@ -141,6 +141,86 @@ fn python3_http_template_serves_requests() {
     assert_eq!(c.get(&base).send().unwrap().status(), 201);
 }
 
+/// Writes `request` on a new connection to `port`, closes the sending side, and reads until
+/// the runtime closes: everything it answered.
+fn raw_exchange(port: u16, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(request).unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn python3_http_runtime_speaks_http_1_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ext = built_bundle(tmp.path(), "raw", "python3-http");
+    std::fs::write(
+        ext.join("function/handler.py"),
+        "def handle(event, context):\n\
+         \x20   return {'body': {'path': event.path, 'body': event.body.decode(),\n\
+         \x20                    'x': event.headers.get('x-test'), 'has': 'X-TEST' in event.headers}}\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let _server = start(&ext, "python3", "index.py", port);
+
+    // Two pipelined requests on one kept-alive connection; the second asks to close it.
+    let out = raw_exchange(
+        port,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nX-Test: 1\r\n\r\n\
+          GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    assert!(
+        out.contains(r#""path": "/a""#) && out.contains(r#""path": "/b""#),
+        "{out}"
+    );
+    assert!(out.contains(r#""x": "1", "has": true"#), "{out}");
+    assert!(out.contains("Connection: close"), "{out}");
+
+    // A chunked body, with a chunk extension and a trailer.
+    let out = raw_exchange(
+        port,
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+    );
+    assert!(out.contains(r#""body": "hello world""#), "{out}");
+
+    // Expect: 100-continue gets its interim answer before the body is read.
+    let out = raw_exchange(
+        port,
+        b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\nConnection: close\r\n\r\nok",
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK"),
+        "{out}"
+    );
+
+    // HTTP/1.0 without keep-alive is answered once and closed.
+    let out = raw_exchange(port, b"GET /old HTTP/1.0\r\n\r\n");
+    assert!(
+        out.contains("HTTP/1.1 200 OK") && out.contains("Connection: close"),
+        "{out}"
+    );
+
+    // Garbage gets a 400 saying so, and the runtime keeps serving.
+    let out = raw_exchange(port, b"NONSENSE\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request"), "{out}");
+    assert!(out.contains("malformed request line"), "{out}");
+    let out = raw_exchange(port, b"GET /h HTTP/1.1\r\nNo colon here\r\n\r\n");
+    assert!(out.contains("malformed header line"), "{out}");
+    let r = http()
+        .get(format!("http://127.0.0.1:{port}/after"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[test]
 fn node_template_serves_requests() {
     let tmp = tempfile::tempdir().unwrap();
