@@ -34,6 +34,23 @@ fn new_function(p: &Platform, dir: &Path, name: &str, lang: &str, file: &str, co
     std::fs::write(dir.join(name).join(file), code).unwrap();
 }
 
+/// How many of `name`'s starts bound a pooled runtime (`virga_warm_starts_total`).
+fn warm_starts(p: &Platform, name: &str) -> Option<f64> {
+    metric(
+        p,
+        &format!("virga_warm_starts_total{{function_name=\"{name}.openfaas-fn\"}}"),
+    )
+}
+
+/// Everything `name`'s instances logged.
+fn function_logs(p: &Platform, name: &str) -> String {
+    p.sys(Method::GET, &format!("/system/logs?name={name}&tail=-1"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
 fn metric(p: &Platform, prefix: &str) -> Option<f64> {
     let text = p
         .anon(Method::GET, "/metrics")
@@ -127,28 +144,11 @@ fn cold_starts_bind_pre_started_runtimes() {
     scale_to_zero(&p, "js");
     let js: serde_json::Value = p.invoke("js", "").json().unwrap();
     assert_eq!(js["parent"], "virga-watchdog", "{js}");
-    assert_eq!(
-        metric(
-            &p,
-            "virga_warm_starts_total{function_name=\"py.openfaas-fn\"}"
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(
-            &p,
-            "virga_warm_starts_total{function_name=\"js.openfaas-fn\"}"
-        ),
-        Some(2.0)
-    );
+    assert_eq!(warm_starts(&p, "py"), Some(1.0));
+    assert_eq!(warm_starts(&p, "js"), Some(2.0));
 
     // The function's output is in its own log, under its own instance.
-    let logs = p
-        .sys(Method::GET, "/system/logs?name=py&tail=-1")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let logs = function_logs(&p, "py");
     assert!(logs.contains("py handled"), "{logs}");
     assert!(logs.contains("\"instance\":\"py-"), "{logs}");
 
@@ -157,13 +157,7 @@ fn cold_starts_bind_pre_started_runtimes() {
     let slow: serde_json::Value =
         serde_json::from_str(&slow).unwrap_or_else(|e| panic!("{e}: {slow}"));
     assert!(slow["cwd"].as_str().is_some());
-    assert_eq!(
-        metric(
-            &p,
-            "virga_warm_starts_total{function_name=\"slow.openfaas-fn\"}"
-        ),
-        None
-    );
+    assert_eq!(warm_starts(&p, "slow"), None);
 }
 
 #[test]
@@ -191,13 +185,7 @@ fn sandboxed_cold_starts_bind_pooled_sandboxes_read_only() {
     assert_eq!(py["token"], "s3c");
     assert_eq!(py["code"], "read-only");
     assert_ne!(py["uid"], 0);
-    assert_eq!(
-        metric(
-            &p,
-            "virga_warm_starts_total{function_name=\"py.openfaas-fn\"}"
-        ),
-        Some(1.0)
-    );
+    assert_eq!(warm_starts(&p, "py"), Some(1.0));
 
     let r = p
         .sys(Method::DELETE, "/system/functions")
@@ -246,12 +234,7 @@ fn runtime_parent(
     loop {
         let answer = answer(&p);
         if answer["parent"] == want || std::time::Instant::now() > deadline {
-            let logs = p
-                .sys(Method::GET, "/system/logs?name=fn&tail=-1")
-                .send()
-                .unwrap()
-                .text()
-                .unwrap();
+            let logs = function_logs(&p, "fn");
             assert!(logs.contains("handler ran"), "{logs}");
             then(&p, &answer);
             return answer;
@@ -352,13 +335,7 @@ fn without_a_warm_pool_node_runtimes_are_forked_from_a_zygote() {
     let after_crash = |p: &Platform, first: &serde_json::Value| {
         let r = p.anon(Method::GET, "/function/fn?crash=1").send().unwrap();
         assert_eq!(r.status(), 200);
-        let logs = || {
-            p.sys(Method::GET, "/system/logs?name=fn&tail=-1")
-                .send()
-                .unwrap()
-                .text()
-                .unwrap()
-        };
+        let logs = || function_logs(p, "fn");
         assert!(
             p.eventually(Duration::from_secs(10), || logs().contains("Error: boom")),
             "{}",
