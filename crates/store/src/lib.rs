@@ -3,8 +3,11 @@
 //! code as content-addressed bundles on disk. Everything the gateway accepted is here, so a
 //! restarted `virga up` (even after kill -9) finds it all again.
 
+mod beneath;
 mod bundles;
 mod db;
+
+pub use beneath::read_beneath;
 
 pub use bundles::Bundles;
 pub use db::{Store, StoredFunction};
