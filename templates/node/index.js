@@ -10,17 +10,28 @@ const http = require('http')
 const path = require('path')
 
 // In a warm pool (VIRGA_POOL=1) the runtime starts before it knows its function: it serves
-// nothing until the platform POSTs /_/virga/bind once with the code's directory and env.
+// nothing until the platform POSTs /_/virga/bind once with the code's directory and env,
+// carrying this runtime's bind token (VIRGA_BIND_TOKEN, known only to the platform).
 let handler = null
+let bindToken = Buffer.alloc(0)
+// Only a pooled runtime checks a bind; it is started ahead of need, so loading crypto then
+// costs no call.
+let crypto = null
 
 function loadFunction (root) {
   // Packages installed next to the handler by `virga build` resolve from its directory.
   handler = require(path.join(root, 'function', 'handler'))
 }
 
+// The answer to a bind proves the runtime knew its token.
 function bind (req, res, raw) {
   if (req.method !== 'POST' || req.url !== '/_/virga/bind') {
     send(res, 503, {}, 'runtime not bound to a function\n')
+    return
+  }
+  const given = Buffer.from(String(req.headers['x-virga-bind-token'] || ''), 'latin1')
+  if (crypto === null || bindToken.length === 0 || given.length !== bindToken.length || !crypto.timingSafeEqual(given, bindToken)) {
+    send(res, 403, {}, 'bind refused\n')
     return
   }
   try {
@@ -33,7 +44,9 @@ function bind (req, res, raw) {
     send(res, 500, {}, `bind failed: ${e.message}\n`)
     return
   }
-  send(res, 200, {}, 'bound\n')
+  const proof = crypto.createHash('sha256').update('virga-bound:').update(bindToken).digest('hex')
+  bindToken = Buffer.alloc(0)
+  send(res, 200, { 'X-Virga-Bound': proof }, 'bound\n')
 }
 
 let logRequests = false
@@ -182,6 +195,10 @@ function listenPort () {
 }
 
 function serve (root) {
+  // Taken out of the environment before any function code can run in this process.
+  bindToken = Buffer.from(process.env.VIRGA_BIND_TOKEN || '', 'latin1')
+  delete process.env.VIRGA_BIND_TOKEN
+  if (process.env.VIRGA_POOL === '1') crypto = require('crypto')
   logRequests = /^(1|true|yes)$/i.test(process.env.write_debug || process.env.VIRGA_LOG_REQUESTS || '')
   if (process.env.VIRGA_POOL !== '1') loadFunction(root)
   const server = http.createServer(onRequest)

@@ -21,9 +21,15 @@ from urllib.parse import parse_qs, urlsplit
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # In a warm pool (VIRGA_POOL=1) the runtime starts before it knows its function: it serves
-# nothing until the platform POSTs /_/virga/bind once with the code's directory and env.
+# nothing until the platform POSTs /_/virga/bind once with the code's directory and env,
+# carrying this runtime's bind token (VIRGA_BIND_TOKEN, known only to the platform).
 POOLED = os.getenv("VIRGA_POOL", "") == "1"
 handler = None
+bind_token = b""
+if POOLED:
+    # Only a pooled runtime checks a bind; it is started ahead of need, so this costs no call.
+    import hashlib
+    import hmac
 
 
 def load_function(root):
@@ -241,7 +247,7 @@ class Handler(socketserver.StreamRequestHandler):
     def dispatch(self, method, target, headers, body):
         parts = urlsplit(target)
         if handler is None:
-            self.bind(parts.path, body)
+            self.bind(parts.path, headers, body)
             return
         query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         event = Event(body, headers, method, query, parts.path)
@@ -256,10 +262,16 @@ class Handler(socketserver.StreamRequestHandler):
         if LOG_REQUESTS:
             sys.stderr.write("%s %s %d %d\n" % (method, target, status, len(payload)))
 
-    def bind(self, path, body):
-        """Pooled and not bound yet: the only request served is the platform's bind."""
+    def bind(self, path, headers, body):
+        """Pooled and not bound yet: the only request served is the platform's bind, which
+        must carry this runtime's token; the answer proves the runtime knew it."""
+        global bind_token
         if path != "/_/virga/bind" or self.command != "POST":
             self.respond(503, {"Content-Type": "text/plain"}, b"runtime not bound to a function\n")
+            return
+        given = (headers.get("X-Virga-Bind-Token") or "").encode("latin-1")
+        if not bind_token or not hmac.compare_digest(given, bind_token):
+            self.respond(403, {"Content-Type": "text/plain"}, b"bind refused\n")
             return
         try:
             spec = json.loads(body)
@@ -272,7 +284,9 @@ class Handler(socketserver.StreamRequestHandler):
             traceback.print_exc(file=sys.stderr)
             self.respond(500, {"Content-Type": "text/plain"}, ("bind failed: %s\n" % e).encode())
             return
-        self.respond(200, {"Content-Type": "text/plain"}, b"bound\n")
+        proof = hashlib.sha256(b"virga-bound:" + bind_token).hexdigest()
+        bind_token = b""
+        self.respond(200, {"Content-Type": "text/plain", "X-Virga-Bound": proof}, b"bound\n")
 
     def respond(self, status, headers, payload):
         reason = REASONS.get(status, "")
@@ -314,6 +328,9 @@ def listen_port():
 
 
 def main():
+    global bind_token
+    # Taken out of the environment before any function code can run in this process.
+    bind_token = os.environ.pop("VIRGA_BIND_TOKEN", "").encode("latin-1")
     port = listen_port()
     server = Server(("127.0.0.1", port), Handler)
     if LOG_REQUESTS:

@@ -87,6 +87,28 @@ impl TemplateSpec {
     }
 }
 
+/// The embedded templates' runtimes (entrypoint files and watchdog environment), which the
+/// warm pool and zygotes run from the platform's own copy.
+pub fn embedded_runtimes() -> Vec<virga_provider_local::PoolRuntime> {
+    list(&[])
+        .into_values()
+        .filter_map(|t| {
+            let env = t.spec().ok()?.watchdog_env();
+            let files = t
+                .runtime_files()
+                .ok()?
+                .into_iter()
+                .map(|f| (f.rel, f.contents))
+                .collect();
+            Some(virga_provider_local::PoolRuntime {
+                lang: t.lang,
+                files,
+                env,
+            })
+        })
+        .collect()
+}
+
 /// The local template directories searched before the embedded ones: `./template` and
 /// `<extra>/template` for each extra directory (the stack file's), without duplicates.
 pub fn search_dirs(extra: &[&Path]) -> Vec<PathBuf> {
@@ -211,12 +233,16 @@ impl Template {
         Ok(n)
     }
 
-    /// Write the runtime files (all but `template.yml` and `function/`) into `dest`.
+    /// The runtime files: all but `template.yml` and `function/`.
+    pub fn runtime_files(&self) -> Result<Vec<TemplateFile>> {
+        let mut files = self.files()?;
+        files.retain(|f| f.rel != Path::new(TEMPLATE_YML) && !f.rel.starts_with(FUNCTION_DIR));
+        Ok(files)
+    }
+
+    /// Write the runtime files into `dest`.
     pub fn write_runtime(&self, dest: &Path) -> Result<()> {
-        for f in self.files()? {
-            if f.rel == Path::new(TEMPLATE_YML) || f.rel.starts_with(FUNCTION_DIR) {
-                continue;
-            }
+        for f in self.runtime_files()? {
             write_file(&dest.join(&f.rel), &f.contents, f.mode)?;
         }
         Ok(())

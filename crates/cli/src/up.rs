@@ -140,6 +140,7 @@ async fn serve(mut args: UpArgs) -> Result<()> {
             queue_timeout: Duration::from_millis(args.queue_timeout_ms),
             sandbox: sandbox.clone(),
             warm_pool: args.warm_pool,
+            runtimes: crate::templates::embedded_runtimes(),
             zygote: !args.no_zygote,
             node_addon: node_addon.clone(),
             metrics: Arc::new(virga_metrics::Metrics::new()),

@@ -37,7 +37,15 @@ fn virga(dir: &Path, args: &[&str]) -> String {
 
 /// `virga new NAME --lang LANG` + `virga build`, then the bundle unpacked with tar.
 fn built_bundle(dir: &Path, name: &str, lang: &str) -> PathBuf {
+    built_bundle_with(dir, name, lang, None)
+}
+
+/// [`built_bundle`] with the starter handler replaced by `handler` (file name, code).
+fn built_bundle_with(dir: &Path, name: &str, lang: &str, handler: Option<(&str, &str)>) -> PathBuf {
     virga(dir, &["new", name, "--lang", lang]);
+    if let Some((file, code)) = handler {
+        std::fs::write(dir.join(name).join(file), code).unwrap();
+    }
     let out = virga(dir, &["build", "--filter", name]);
     assert!(
         out.contains(&format!("virga.local/{name}@sha256:")),
@@ -67,10 +75,22 @@ fn free_port() -> u16 {
 }
 
 fn start(dir: &Path, program: &str, arg: &str, port: u16) -> Running {
+    start_with_env(dir, program, arg, port, &[])
+}
+
+/// [`start`] with the extra environment variables `env`.
+fn start_with_env(
+    dir: &Path,
+    program: &str,
+    arg: &str,
+    port: u16,
+    env: &[(&str, &str)],
+) -> Running {
     let child = Command::new(program)
         .arg(arg)
         .current_dir(dir)
         .env("upstream_url", format!("http://127.0.0.1:{port}"))
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("start {program}: {e}"));
@@ -242,6 +262,59 @@ fn node_template_serves_requests() {
 }
 
 /// Run a classic (serializing) bundle's fprocess once with `input` on stdin.
+/// A pooled runtime (`VIRGA_POOL=1`) loads a function only for a bind carrying its token,
+/// answers it with proof of the token, and leaves the token neither to the function's
+/// environment nor for a second bind.
+#[test]
+fn pooled_runtimes_bind_only_with_their_token() {
+    use sha2::Digest;
+    let cases = [
+        ("python3-http", "python3", "index.py", "handler.py", "import os\n\ndef handle(event, context):\n    return {'body': {'token': os.environ.get('VIRGA_BIND_TOKEN'), 'mode': os.environ.get('FN_MODE')}}\n"),
+        ("node", "node", "index.js", "handler.js", "module.exports = async () => ({ token: process.env.VIRGA_BIND_TOKEN || null, mode: process.env.FN_MODE })\n"),
+    ];
+    for (lang, program, entry, file, code) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let ext = built_bundle_with(tmp.path(), "fn", lang, Some((file, code)));
+        let port = free_port();
+        let token = "5e".repeat(32);
+        let _rt = start_with_env(
+            &ext,
+            program,
+            entry,
+            port,
+            &[("VIRGA_POOL", "1"), ("VIRGA_BIND_TOKEN", &token)],
+        );
+        let bind = |token: Option<&str>| {
+            let mut req = http()
+                .post(format!("http://127.0.0.1:{port}/_/virga/bind"))
+                .json(&serde_json::json!({"dir": ext, "env": {"FN_MODE": "bound"}}));
+            if let Some(t) = token {
+                req = req.header("X-Virga-Bind-Token", t);
+            }
+            req.send().unwrap()
+        };
+        assert_eq!(bind(None).status(), 403, "{lang}");
+        assert_eq!(bind(Some(&"00".repeat(32))).status(), 403, "{lang}");
+        assert_eq!(bind(Some("short")).status(), 403, "{lang}");
+        let r = bind(Some(&token));
+        assert_eq!(r.status(), 200, "{lang}");
+        let proof = hex::encode(sha2::Sha256::digest(format!("virga-bound:{token}")));
+        assert_eq!(
+            r.headers()["x-virga-bound"].to_str().unwrap(),
+            proof,
+            "{lang}"
+        );
+        // Bound: every request, a repeated bind too, is the function's, which sees its own
+        // environment and not the token.
+        let again: serde_json::Value = bind(Some(&token)).json().unwrap();
+        assert_eq!(
+            again,
+            serde_json::json!({"token": null, "mode": "bound"}),
+            "{lang}"
+        );
+    }
+}
+
 fn run_classic(ext: &Path, input: &str) -> String {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ext.join("virga-bundle.json")).unwrap()).unwrap();

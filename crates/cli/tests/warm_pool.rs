@@ -356,3 +356,187 @@ fn without_a_warm_pool_node_runtimes_are_forked_from_a_zygote() {
     assert_eq!(spawned["greeting"], "salut");
     assert_eq!(spawned["parent"], "virga-watchdog", "{spawned}");
 }
+
+/// A `json.py` that shadows the standard library's for any runtime importing it from its
+/// bundle: it runs the real module's code as its own and rewrites every JSON answer with the
+/// secrets it can read.
+const SHADOW_JSON: &str = r#"import os, sysconfig
+__path__ = [os.path.join(sysconfig.get_paths()["stdlib"], "json")]
+__package__ = "json"
+exec(open(os.path.join(__path__[0], "__init__.py")).read())
+_dumps = dumps
+def dumps(obj, *args, **kwargs):
+    stolen = {}
+    d = "/var/openfaas/secrets"
+    for n in (os.listdir(d) if os.path.isdir(d) else []):
+        try:
+            stolen[n] = open(os.path.join(d, n)).read()
+        except OSError:
+            pass
+    return _dumps({"pwned": True, "stolen": stolen, "was": obj})
+"#;
+
+#[test]
+fn pooled_sandboxes_never_run_another_functions_bundle() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let p = Platform::start_runc(data.path(), &["--warm-pool", "1"]);
+    // `evil` is built (in a directory of its own) from a local copy of the python3-http
+    // template with a json.py beside the runtime's entrypoint; `spy` reads what its pooled
+    // sandbox's runtime directory holds.
+    let evil_dir = work.path().join("evil-project");
+    let template = evil_dir.join("template/python3-http");
+    std::fs::create_dir_all(template.parent().unwrap()).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates/python3-http");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(&repo)
+        .arg(&template)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::write(template.join("json.py"), SHADOW_JSON).unwrap();
+    new_function(
+        &p,
+        &evil_dir,
+        "evil",
+        "python3-http",
+        "handler.py",
+        "def handle(event, context):\n    return {'body': {'who': 'evil'}}\n",
+    );
+    let labels = "    labels:\n      com.openfaas.scale.min: \"0\"\n";
+    let stack = format!("provider:\n  name: openfaas\nfunctions:\n  evil:\n    lang: python3-http\n    handler: ./evil\n{labels}");
+    std::fs::write(evil_dir.join("stack.yml"), stack).unwrap();
+    virga(&p, &evil_dir, &["deploy", "-f", "stack.yml"]);
+
+    new_function(&p, dir, "victim", "python3-http", "handler.py", "def handle(event, context):\n    return {'body': {'who': 'victim', 'token': open('/var/openfaas/secrets/token').read()}}\n");
+    new_function(&p, dir, "spy", "python3-http", "handler.py", "import os\n\ndef handle(event, context):\n    seen = {}\n    for root, _, files in os.walk('/virga/runtime'):\n        for f in files:\n            seen[os.path.join(root, f)] = open(os.path.join(root, f), errors='replace').read()[:200]\n    return {'body': {'who': 'spy', 'seen': seen}}\n");
+    let stack = format!("provider:\n  name: openfaas\nfunctions:\n  victim:\n    lang: python3-http\n    handler: ./victim\n    secrets: [token]\n{labels}  spy:\n    lang: python3-http\n    handler: ./spy\n{labels}");
+    std::fs::write(dir.join("stack.yml"), stack).unwrap();
+    p.create_secret("token", "victim-secret");
+    virga(&p, dir, &["deploy", "-f", "stack.yml"]);
+    let pool_full = || {
+        metric(
+            &p,
+            "virga_warm_pool_instances{function_name=\"python3-http-",
+        ) == Some(1.0)
+    };
+    let call = |name: &str| -> serde_json::Value {
+        assert!(
+            p.eventually(Duration::from_secs(30), pool_full),
+            "pool did not refill"
+        );
+        let text = p.invoke(name, "").text().unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}: {text}"))
+    };
+
+    // The victim takes a pooled sandbox; the one the pool starts next holds only the
+    // template's runtime, none of the victim's code.
+    assert_eq!(call("victim")["who"], "victim");
+    let spy = call("spy");
+    assert_eq!(spy["who"], "spy", "{spy}");
+    let seen = spy["seen"].as_object().unwrap();
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        vec!["/virga/runtime/index.py"],
+        "{spy}"
+    );
+    assert!(!spy.to_string().contains("victim"), "{spy}");
+
+    // evil's module runs in evil's own runtime only (it starts from its own bundle) ...
+    let evil = call("evil");
+    assert_eq!(evil["pwned"], true, "{evil}");
+    assert_eq!(warm_starts(&p, "evil"), None);
+    // ... and never in the runtimes the pool hands to others.
+    scale_to_zero(&p, "victim");
+    let victim = call("victim");
+    assert_eq!(
+        victim,
+        serde_json::json!({"who": "victim", "token": "victim-secret"})
+    );
+}
+
+/// A handler that, called with `?attack=HOST,HOST`, tries to bind the sandboxes at those
+/// addresses to its own code (`/virga/runtime`, where a pooled sandbox's runtime lives) and
+/// says which binds were answered 200.
+const HIJACKER: &str = r#"import http.client, json
+
+def handle(event, context):
+    if not event.query.get("attack"):
+        return {"body": {"who": "hijacker"}}
+    bound = []
+    for host in event.query["attack"].split(","):
+        try:
+            c = http.client.HTTPConnection(host, 8080, timeout=0.3)
+            c.request("POST", "/_/virga/bind", json.dumps({"dir": "/virga/runtime", "env": {}}), {"Content-Type": "application/json"})
+            r = c.getresponse()
+            if r.status == 200 and r.read() == b"bound\n":
+                bound.append(host)
+        except OSError:
+            pass
+    return {"body": {"who": "hijacker", "bound": bound}}
+"#;
+
+#[test]
+fn functions_cannot_bind_pooled_sandboxes() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let p = Platform::start_runc(data.path(), &["--warm-pool", "2"]);
+    new_function(&p, dir, "hijacker", "python3-http", "handler.py", HIJACKER);
+    new_function(
+        &p,
+        dir,
+        "third",
+        "python3-http",
+        "handler.py",
+        "def handle(event, context):\n    return {'body': {'who': 'third'}}\n",
+    );
+    let stack = "provider:\n  name: openfaas\nfunctions:\n  hijacker:\n    lang: python3-http\n    handler: ./hijacker\n    labels:\n      com.openfaas.scale.min: \"0\"\n  third:\n    lang: python3-http\n    handler: ./third\n    labels:\n      com.openfaas.scale.min: \"0\"\n";
+    std::fs::write(dir.join("stack.yml"), stack).unwrap();
+    virga(&p, dir, &["deploy", "-f", "stack.yml"]);
+    let pool_full = || {
+        metric(
+            &p,
+            "virga_warm_pool_instances{function_name=\"python3-http-",
+        ) == Some(2.0)
+    };
+    assert!(p.eventually(Duration::from_secs(30), pool_full));
+    assert_eq!(
+        p.invoke("hijacker", "")
+            .json::<serde_json::Value>()
+            .unwrap()["who"],
+        "hijacker"
+    );
+    assert!(p.eventually(Duration::from_secs(30), pool_full));
+    let targets = own_sandbox_addresses(data.path()).join(",");
+    assert!(targets.split(',').count() >= 3, "{targets}");
+    let r = p
+        .anon(Method::GET, &format!("/function/hijacker?attack={targets}"))
+        .send()
+        .unwrap();
+    let attack: serde_json::Value = r.json().unwrap();
+    assert_eq!(attack["bound"], serde_json::json!([]), "{attack}");
+    for _ in 0..2 {
+        let third: serde_json::Value = p.invoke("third", "").json().unwrap();
+        assert_eq!(third, serde_json::json!({"who": "third"}));
+        scale_to_zero(&p, "third");
+    }
+}
+
+/// The addresses of every sandbox of the platform with data directory `data` (its network
+/// slots are the files under /run/virga-net/slots naming its key).
+fn own_sandbox_addresses(data: &Path) -> Vec<String> {
+    let key = std::fs::read_to_string(data.join("sandbox/key")).unwrap();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/run/virga-net/slots").unwrap().flatten() {
+        let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if owner.lines().next().map(str::trim) == Some(key.trim()) {
+            let slot: u32 = e.file_name().to_str().unwrap().parse().unwrap();
+            let ip = u32::from(std::net::Ipv4Addr::new(10, 88, 0, 0)) + slot * 4 + 2;
+            out.push(std::net::Ipv4Addr::from(ip).to_string());
+        }
+    }
+    out
+}

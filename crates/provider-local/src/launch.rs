@@ -23,13 +23,15 @@ pub(crate) enum Launch {
 }
 
 impl Launch {
-    /// Prepare instance `id` running `spec` and the command that starts it; with `zygote`
-    /// (process isolation only), its runtime is forked by the zygote listening there.
+    /// Prepare instance `id` running `spec` (plus the variables `extra`) and the command that
+    /// starts it; with `zygote` (process isolation only), its runtime is forked by the zygote
+    /// listening there.
     pub(crate) async fn prepare(
         cfg: &ProviderConfig,
         spec: &Arc<InstanceSpec>,
         id: &str,
         zygote: Option<&Path>,
+        extra: &[(String, String)],
     ) -> Result<(Launch, Command), String> {
         let (launch, mut cmd) = match &cfg.sandbox {
             None => {
@@ -39,7 +41,8 @@ impl Launch {
             }
             Some(rt) => {
                 let (rt2, spec2, id2) = (rt.clone(), spec.clone(), id.to_string());
-                let sb = tokio::task::spawn_blocking(move || rt2.create(&id2, &spec2))
+                let extra2 = extra.to_vec();
+                let sb = tokio::task::spawn_blocking(move || rt2.create(&id2, &spec2, &extra2))
                     .await
                     .map_err(|e| format!("sandbox setup panicked: {e}"))?
                     .map_err(|e| format!("cannot create sandbox: {e}"))?;
@@ -55,7 +58,9 @@ impl Launch {
             .process_group(0)
             .kill_on_drop(true);
         if let Launch::Process = launch {
-            cmd.envs(&spec.env).env("port", "0");
+            cmd.envs(&spec.env)
+                .envs(extra.iter().cloned())
+                .env("port", "0");
             if spec.env.get("mode").map(String::as_str) == Some("http") {
                 let upstream = spec.env.get("upstream_url").cloned().unwrap_or_default();
                 cmd.env("upstream_url", with_free_port(&upstream)?);

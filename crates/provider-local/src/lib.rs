@@ -7,6 +7,7 @@
 //! (`port=0`), so instances never race for ports. Requests count into per-function atomics the
 //! autoscaler (`virga-scaler`) reads through [`LocalProvider::loads`].
 
+mod boot;
 mod instance;
 mod launch;
 mod load;
@@ -28,7 +29,8 @@ use virga_types::ScalingPolicy;
 use instance::Instance;
 pub use instance::Lease;
 pub use load::FunctionLoad;
-use pool::WarmPool;
+pub use pool::PoolRuntime;
+use pool::{PoolUse, WarmPool};
 pub use sandbox::Runc;
 pub use spec::{InstanceSpec, OUTBOUND_ANNOTATION};
 
@@ -51,6 +53,8 @@ pub struct ProviderConfig {
     pub sandbox: Option<Arc<Runc>>,
     /// Pre-started runtimes kept per template runtime (0: no warm pool).
     pub warm_pool: usize,
+    /// The template runtimes the warm pool and zygotes may run (the platform's own copies).
+    pub runtimes: Vec<PoolRuntime>,
     /// Fork python3-http and node runtimes from a pre-forked interpreter (process isolation).
     pub zygote: bool,
     /// The addon a node zygote forks with (`libvirga_node_zygote.so`); `None`: node runtimes
@@ -100,6 +104,8 @@ static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 /// One function's instances.
 pub(crate) struct Function {
     pub(crate) spec: Arc<InstanceSpec>,
+    /// How its starts can use the warm pool and zygotes, if they can.
+    pub(crate) pool_use: Option<PoolUse>,
     pub(crate) desired: AtomicU64,
     pub(crate) instances: Mutex<Vec<Arc<Instance>>>,
     /// Woken whenever an instance becomes ready or dies, or a limited instance frees a slot.
@@ -133,7 +139,8 @@ impl Function {
         if self.stopped.load(Ordering::SeqCst) {
             return;
         }
-        let want = self.desired.load(Ordering::SeqCst) as usize;
+        // Never beyond the function's own maximum, whatever was stored or asked for.
+        let want = self.desired.load(Ordering::SeqCst).min(self.policy.max) as usize;
         let mut list = self.lock();
         while list.len() < want {
             let id = format!(
@@ -182,8 +189,13 @@ impl LocalProvider {
             })?;
         }
         let cfg = Arc::new(cfg);
+        let pool =
+            WarmPool::new(cfg.warm_pool, cfg.clone()).map_err(|reason| ProviderError::Prepare {
+                name: String::new(),
+                reason,
+            })?;
         Ok(LocalProvider {
-            pool: WarmPool::new(cfg.warm_pool, cfg.clone()),
+            pool,
             cfg,
             store,
             functions: Mutex::new(HashMap::new()),
@@ -232,8 +244,10 @@ impl LocalProvider {
             .get("max_inflight")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
+        let pool_use = self.pool.use_for(&spec);
         let func = Arc::new(Function {
             spec: Arc::new(spec),
+            pool_use,
             desired: AtomicU64::new(f.replicas),
             instances: Mutex::new(Vec::new()),
             changed: Arc::new(Notify::new()),
@@ -246,11 +260,8 @@ impl LocalProvider {
             cfg: self.cfg.clone(),
             pool: self.pool.clone(),
         });
-        if let Some(use_) = func.spec.pool.as_ref() {
-            self.pool.ensure_zygote(use_);
-            if self.pool.serves(&func.spec.pool) {
-                self.pool.fill(use_);
-            }
+        if let Some(use_) = &func.pool_use {
+            self.pool.prepare(use_);
         }
         func.reconcile();
         if let Some(old) = self.map().insert(f.deployment.service.clone(), func) {
@@ -399,6 +410,6 @@ impl LocalProvider {
             f.stop_all();
         }
         pids.extend(self.pool.close().await);
-        instance::wait_gone(&pids, Duration::from_secs(5)).await;
+        boot::wait_gone(&pids, Duration::from_secs(5)).await;
     }
 }

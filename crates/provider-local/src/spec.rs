@@ -22,8 +22,9 @@ const DEFAULT_MEMORY: u64 = 256 << 20;
 const DEFAULT_PIDS: i64 = 128;
 /// Size of every sandbox's private /tmp.
 const TMP_SIZE: u64 = 64 << 20;
+/// Largest bundle manifest read.
+const MAX_MANIFEST: u64 = 1 << 20;
 
-use crate::pool::PoolUse;
 use crate::sandbox::Limits;
 use crate::{ProviderConfig, ProviderError};
 
@@ -44,10 +45,23 @@ pub struct InstanceSpec {
     pub(crate) outbound: bool,
     /// The last reason an instance failed, for error messages.
     pub(crate) last_failure: Mutex<String>,
-    /// How the function can take a pre-started runtime from the warm pool, if it can.
-    pub(crate) pool: Option<PoolUse>,
+    /// The template the bundle was built from, when the function runs it unchanged (no
+    /// envProcess of its own): what the warm pool checks before it binds a runtime.
+    pub(crate) template: Option<BundleTemplate>,
+    /// The function's own environment (envVars and `secret_mount_path`), applied when a
+    /// pooled runtime is bound to it.
+    pub(crate) bind_env: BTreeMap<String, String>,
     /// A warm pool's generic runtime, not bound to any function yet.
     pub(crate) unbound: bool,
+}
+
+/// What a bundle's manifest says it was built from.
+#[derive(Debug, Clone)]
+pub(crate) struct BundleTemplate {
+    /// Template name.
+    pub(crate) lang: String,
+    /// The template's watchdog environment.
+    pub(crate) env: BTreeMap<String, String>,
 }
 
 impl InstanceSpec {
@@ -64,7 +78,7 @@ impl InstanceSpec {
         };
         let fn_dir = cfg.run_dir.join(&name);
         let mut env = BTreeMap::new();
-        let mut lang = String::new();
+        let mut template = None;
         let workdir = match BundleRef::parse(&d.image) {
             Some(r) => {
                 let dir = store.bundles().path(&r.digest).ok_or_else(|| {
@@ -73,13 +87,14 @@ impl InstanceSpec {
                         r.digest
                     ))
                 })?;
-                let manifest: BundleManifest = match fs::read(dir.join(BUNDLE_MANIFEST)) {
-                    Ok(bytes) => serde_json::from_slice(&bytes)
-                        .map_err(|e| fail(format!("{BUNDLE_MANIFEST}: {e}")))?,
-                    Err(_) => BundleManifest::default(),
-                };
-                env.extend(manifest.env);
-                lang = manifest.lang;
+                let manifest = read_manifest(&dir).map_err(&fail)?;
+                env.extend(manifest.env.clone());
+                if d.env_process.is_empty() {
+                    template = Some(BundleTemplate {
+                        lang: manifest.lang,
+                        env: manifest.env,
+                    });
+                }
                 dir
             }
             None => {
@@ -90,7 +105,6 @@ impl InstanceSpec {
                 home
             }
         };
-        let template_env = env.clone();
         env.extend(d.env_vars.clone());
         if !d.env_process.is_empty() {
             env.insert("fprocess".into(), d.env_process.clone());
@@ -101,44 +115,20 @@ impl InstanceSpec {
             ));
         }
         let secrets_dir = fn_dir.join("secrets");
-        write_secrets(store, &secrets_dir, &d.secrets).map_err(fail)?;
+        write_secrets(store, &secrets_dir, &d.secrets).map_err(&fail)?;
         if cfg.sandbox.is_some() {
-            crate::sandbox::hand_over_secrets(&secrets_dir).map_err(fail)?;
+            crate::sandbox::hand_over_secrets(&secrets_dir).map_err(&fail)?;
         }
-        env.insert(
-            "secret_mount_path".into(),
-            secrets_dir.to_string_lossy().into_owned(),
-        );
-        let limits = limits(d).map_err(fail)?;
+        let secret_mount_path = secrets_dir.to_string_lossy().into_owned();
+        env.insert("secret_mount_path".into(), secret_mount_path.clone());
+        let mut bind_env = d.env_vars.clone();
+        bind_env.insert("secret_mount_path".into(), secret_mount_path);
+        let limits = limits(d).map_err(&fail)?;
         let outbound = d
             .annotations
             .as_ref()
             .and_then(|a| a.get(OUTBOUND_ANNOTATION))
             .is_none_or(|v| v != "false");
-        let mut bind_env = d.env_vars.clone();
-        bind_env.insert("secret_mount_path".into(), env["secret_mount_path"].clone());
-        let pool = (d.env_process.is_empty() && outbound)
-            .then(|| {
-                PoolUse::new(&lang, &workdir, &template_env, &bind_env, |name, env| {
-                    InstanceSpec {
-                        name,
-                        env,
-                        workdir: workdir.clone(),
-                        secrets_dir: secrets_dir.clone(),
-                        limits: Limits {
-                            memory: DEFAULT_MEMORY,
-                            cpu: None,
-                            pids: DEFAULT_PIDS,
-                            tmp: TMP_SIZE,
-                        },
-                        outbound: true,
-                        last_failure: Mutex::new(String::new()),
-                        pool: None,
-                        unbound: true,
-                    }
-                })
-            })
-            .flatten();
         Ok(InstanceSpec {
             name,
             env,
@@ -147,9 +137,37 @@ impl InstanceSpec {
             limits,
             outbound,
             last_failure: Mutex::new(String::new()),
-            pool,
+            template,
+            bind_env,
             unbound: false,
         })
+    }
+
+    /// The spec of a warm pool's generic runtime: `env` from `workdir` (the platform's copy
+    /// of the template), no secrets (`no_secrets` is an empty directory), default limits.
+    pub(crate) fn generic(
+        name: String,
+        env: BTreeMap<String, String>,
+        workdir: PathBuf,
+        no_secrets: PathBuf,
+    ) -> InstanceSpec {
+        InstanceSpec {
+            name,
+            env,
+            workdir,
+            secrets_dir: no_secrets,
+            limits: Limits {
+                memory: DEFAULT_MEMORY,
+                cpu: None,
+                pids: DEFAULT_PIDS,
+                tmp: TMP_SIZE,
+            },
+            outbound: true,
+            last_failure: Mutex::new(String::new()),
+            template: None,
+            bind_env: BTreeMap::new(),
+            unbound: true,
+        }
     }
 
     pub(crate) fn record_failure(&self, why: String) {
@@ -163,6 +181,22 @@ impl InstanceSpec {
         } else {
             format!("last instance failure: {last}")
         }
+    }
+}
+
+/// The bundle's manifest (a missing one is empty), read without following any link out of
+/// the bundle and bounded: the bundle is the caller's, the platform reads it as root.
+fn read_manifest(dir: &Path) -> Result<BundleManifest, String> {
+    match virga_store::read_beneath(dir, BUNDLE_MANIFEST, MAX_MANIFEST) {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{BUNDLE_MANIFEST} is not a valid manifest (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        }),
+        Ok(None) => Ok(BundleManifest::default()),
+        Err(e) => Err(format!("{BUNDLE_MANIFEST}: {e}")),
     }
 }
 

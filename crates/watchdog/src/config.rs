@@ -16,6 +16,26 @@ const DEFAULT_PORT: u16 = 8080;
 /// Go's `bufio.MaxScanTokenSize`, the of-watchdog default line buffer.
 const DEFAULT_LOG_BUFFER_SIZE: usize = 64 * 1024;
 
+/// Every environment variable the watchdog reads: its settings, fixed when it starts.
+pub const ENV_KEYS: [&str; 16] = [
+    "fprocess",
+    "function_process",
+    "mode",
+    "upstream_url",
+    "exec_timeout",
+    "read_timeout",
+    "write_timeout",
+    "healthcheck_interval",
+    "max_inflight",
+    "port",
+    "log_buffer_size",
+    "bind_address",
+    "content_type",
+    "prefix_logs",
+    "suppress_lock",
+    "cgi_headers",
+];
+
 /// An invalid or missing configuration value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

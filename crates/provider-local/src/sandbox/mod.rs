@@ -143,8 +143,14 @@ impl Runc {
         dirs
     }
 
-    /// Create the container bundle and network of instance `id`.
-    pub(crate) fn create(&self, id: &str, spec: &InstanceSpec) -> Result<Sandbox, String> {
+    /// Create the container bundle and network of instance `id` running `spec` with the
+    /// extra variables `extra`.
+    pub(crate) fn create(
+        &self,
+        id: &str,
+        spec: &InstanceSpec,
+        extra: &[(String, String)],
+    ) -> Result<Sandbox, String> {
         let cid = format!("{}-{id}", self.key);
         let bundle = self.bundles.join(&cid);
         fs::create_dir_all(&bundle).map_err(io("create sandbox bundle"))?;
@@ -173,7 +179,7 @@ impl Runc {
                 .and_then(|()| mounts::make_shared_slot(&dir.join("secrets"))),
             None => Ok(()),
         };
-        if let Err(e) = made.and_then(|()| self.write_config(&sandbox, spec)) {
+        if let Err(e) = made.and_then(|()| self.write_config(&sandbox, spec, extra)) {
             self.destroy(&sandbox);
             return Err(e);
         }
@@ -206,8 +212,14 @@ impl Runc {
         });
     }
 
-    fn write_config(&self, sb: &Sandbox, spec: &InstanceSpec) -> Result<(), String> {
+    fn write_config(
+        &self,
+        sb: &Sandbox,
+        spec: &InstanceSpec,
+        extra: &[(String, String)],
+    ) -> Result<(), String> {
         let mut env = spec.env.clone();
+        env.extend(extra.iter().cloned());
         env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
         env.insert("HOME".into(), "/tmp".into());
         env.insert("port".into(), "8080".into());
