@@ -166,17 +166,17 @@ impl Platform {
         self.virga(&dir, &["new", name, "--lang", lang])?;
         // One instance: figures compare one instance with one standalone watchdog, and the
         // autoscaler must not add replicas (and their start-up CPU) under the load.
-        let stack = dir.join("stack.yml");
+        let stack = dir.join("stack.yaml");
         let mut text = std::fs::read_to_string(&stack)?;
         text.push_str(&format!("    labels:\n      {SCALE_MAX}: \"1\"\n"));
         std::fs::write(&stack, text)?;
         self.virga(
             &dir,
-            &["deploy", "-f", "stack.yml", "-g", &self.url.clone()],
+            &["deploy", "-f", "stack.yaml", "-g", &self.url.clone()],
         )?;
         let archive = dir.join("build").join(format!("{name}.tar.gz"));
         if !archive.is_file() {
-            self.virga(&dir, &["build", "-f", "stack.yml"])?;
+            self.virga(&dir, &["build", "-f", "stack.yaml"])?;
         }
         if !archive.is_file() {
             bail!("`virga deploy` left no bundle at {}", archive.display());

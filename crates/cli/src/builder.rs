@@ -18,9 +18,9 @@ use crate::templates::{self, write_file, FUNCTION_DIR};
 /// Options of `virga build`.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// Stack file.
-    #[arg(short = 'f', long = "yaml", default_value = "stack.yml")]
-    pub file: PathBuf,
+    /// Stack file [default: stack.yaml, else stack.yml].
+    #[arg(short = 'f', long = "yaml")]
+    pub file: Option<PathBuf>,
     /// Only functions whose name matches (`*` allowed).
     #[arg(long)]
     pub filter: Option<String>,
@@ -43,7 +43,7 @@ pub struct Built {
 
 /// Run `virga build`.
 pub fn run(args: BuildArgs) -> Result<()> {
-    let stack = Stack::load(&args.file)?;
+    let stack = Stack::load(&crate::stack::default_file(args.file))?;
     let built = build_stack(&stack, args.filter.as_deref())?;
     if built.is_empty() {
         println!("Nothing to build: no selected function has a `lang`.");

@@ -17,9 +17,9 @@ use crate::stack::Stack;
 /// Options of `virga deploy`.
 #[derive(Debug, clap::Args)]
 pub struct DeployArgs {
-    /// Stack file.
-    #[arg(short = 'f', long = "yaml", default_value = "stack.yml")]
-    pub file: PathBuf,
+    /// Stack file [default: stack.yaml, else stack.yml].
+    #[arg(short = 'f', long = "yaml")]
+    pub file: Option<PathBuf>,
     /// Only functions whose name matches (`*` allowed).
     #[arg(long)]
     pub filter: Option<String>,
@@ -27,7 +27,7 @@ pub struct DeployArgs {
 
 /// Run `virga deploy`.
 pub fn run(args: DeployArgs, gateway: Option<&str>) -> Result<()> {
-    let stack = Stack::load(&args.file)?;
+    let stack = Stack::load(&crate::stack::default_file(args.file))?;
     let gateway = config::resolve_gateway(gateway, Some(&stack.provider.gateway));
     let client = Client::connect(&gateway)?;
     deploy_stack(&client, &stack, args.filter.as_deref())

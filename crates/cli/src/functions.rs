@@ -324,7 +324,7 @@ pub fn remove(client_for: impl Fn(Option<&str>) -> Result<Client>, args: RemoveA
                 .collect();
             (client_for(Some(&stack.provider.gateway))?, names)
         }
-        (None, None) => bail!("give a function name or -f stack.yml"),
+        (None, None) => bail!("give a function name or -f stack.yaml"),
     };
     let mut failed = 0;
     for name in &names {

@@ -21,9 +21,9 @@ pub struct NewArgs {
     /// Image prefix, e.g. a registry user: the image becomes PREFIX/NAME:latest.
     #[arg(long, default_value = "")]
     pub prefix: String,
-    /// Stack file to create or append to.
-    #[arg(short = 'f', long = "yaml", default_value = "stack.yml")]
-    pub file: PathBuf,
+    /// Stack file to create or append to [default: stack.yaml, else stack.yml].
+    #[arg(short = 'f', long = "yaml")]
+    pub file: Option<PathBuf>,
     /// List the available templates.
     #[arg(long)]
     pub list: bool,
@@ -31,7 +31,8 @@ pub struct NewArgs {
 
 /// Run `virga new`.
 pub fn run(args: NewArgs) -> Result<()> {
-    let stack_dir = args.file.parent().filter(|p| !p.as_os_str().is_empty());
+    let file = crate::stack::default_file(args.file);
+    let stack_dir = file.parent().filter(|p| !p.as_os_str().is_empty());
     let dirs = templates::search_dirs(&stack_dir.into_iter().collect::<Vec<_>>());
     if args.list {
         println!("Languages available as templates:");
@@ -43,20 +44,19 @@ pub fn run(args: NewArgs) -> Result<()> {
     let (Some(name), Some(lang)) = (args.name.as_deref(), args.lang.as_deref()) else {
         bail!("give a function name and --lang (see `virga new --list`)");
     };
-    let welcome = create(name, lang, &args.prefix, &args.file, Path::new("."), &dirs)?;
-    let folder = args
-        .file
+    let welcome = create(name, lang, &args.prefix, &file, Path::new("."), &dirs)?;
+    let folder = file
         .parent()
         .map(|p| p.join(name))
         .unwrap_or_else(|| PathBuf::from(name));
     println!("Function created in folder: {}", folder.display());
-    println!("Stack file written: {}", args.file.display());
+    println!("Stack file written: {}", file.display());
     if !welcome.trim().is_empty() {
         println!("\n{}", welcome.trim_end());
     }
     println!(
         "\nNext: `virga deploy -f {}` (or `virga build` to only build).",
-        args.file.display()
+        file.display()
     );
     Ok(())
 }

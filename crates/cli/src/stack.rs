@@ -105,6 +105,21 @@ struct EnvironmentFile {
     environment: BTreeMap<String, String>,
 }
 
+/// The stack files looked for when none is given, in faas-cli's order.
+const DEFAULT_FILES: [&str; 2] = ["stack.yaml", "stack.yml"];
+
+/// The stack file to use when `-f` is not given: `stack.yaml`, else `stack.yml` (as faas-cli
+/// looks for them); `stack.yaml` when neither exists.
+pub fn default_file(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        DEFAULT_FILES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_FILES[0]))
+    })
+}
+
 impl Stack {
     /// Read and parse `path`.
     pub fn load(path: &Path) -> Result<Stack> {

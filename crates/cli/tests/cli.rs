@@ -69,12 +69,13 @@ fn stack_deploy_invoke_list_remove_through_the_cli() {
     ok(&p, dir, &["new", "py", "--lang", "python3-http"], "");
     ok(&p, dir, &["new", "js", "--lang", "node"], "");
     ok(&p, dir, &["new", "sh", "--lang", "bash"], "");
-    // A plain OpenFaaS stack entry with an environment and a secret.
-    let mut stack = std::fs::read_to_string(dir.join("stack.yml")).unwrap();
+    // `virga new` writes stack.yaml, as faas-cli does; a plain OpenFaaS stack entry with an
+    // environment and a secret goes into it.
+    let mut stack = std::fs::read_to_string(dir.join("stack.yaml")).unwrap();
     stack.push_str(
         "  env:\n    fprocess: env\n    environment:\n      GREETING: ${GREETING:-hi}\n    secrets:\n      - token\n",
     );
-    std::fs::write(dir.join("stack.yml"), stack).unwrap();
+    std::fs::write(dir.join("stack.yaml"), stack).unwrap();
     ok(
         &p,
         dir,
@@ -87,7 +88,7 @@ fn stack_deploy_invoke_list_remove_through_the_cli() {
         "{secrets}"
     );
 
-    let out = ok(&p, dir, &["deploy", "-f", "stack.yml"], "");
+    let out = ok(&p, dir, &["deploy"], "");
     for f in ["py", "js", "sh", "env"] {
         assert!(out.contains(&format!("Deployed {f}")), "{out}");
     }
@@ -115,7 +116,7 @@ fn stack_deploy_invoke_list_remove_through_the_cli() {
     let again = ok(
         &p,
         dir,
-        &["deploy", "-f", "stack.yml", "--filter", "py"],
+        &["deploy", "-f", "stack.yaml", "--filter", "py"],
         "",
     );
     assert!(again.contains("already on the gateway"), "{again}");
@@ -139,7 +140,7 @@ fn stack_deploy_invoke_list_remove_through_the_cli() {
     ok(
         &p,
         dir,
-        &["remove", "-f", "stack.yml", "--filter", "py"],
+        &["remove", "-f", "stack.yaml", "--filter", "py"],
         "",
     );
     let list: Vec<Value> = serde_json::from_str(&ok(&p, dir, &["list", "--json"], "")).unwrap();
@@ -170,4 +171,37 @@ fn malformed_stack_files_name_the_problem() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Bad_Name"), "{err}");
+}
+
+/// Without `-f`, `virga new`, `build` and `deploy` use stack.yaml, else stack.yml, in
+/// faas-cli's order.
+#[test]
+fn stack_yaml_is_the_default_stack_file_then_stack_yml() {
+    let build = |dir: &Path| {
+        let out = Command::new(virga_bin())
+            .arg("build")
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let entry = |name: &str| format!("provider:\n  name: openfaas\nfunctions:\n  {name}:\n    fprocess: cat\n");
+    let only_yml = tempfile::tempdir().unwrap();
+    std::fs::write(only_yml.path().join("stack.yml"), entry("from-yml")).unwrap();
+    assert!(build(only_yml.path()).contains("Skipping from-yml"));
+    let both = tempfile::tempdir().unwrap();
+    std::fs::write(both.path().join("stack.yml"), entry("from-yml")).unwrap();
+    std::fs::write(both.path().join("stack.yaml"), entry("from-yaml")).unwrap();
+    let out = build(both.path());
+    assert!(out.contains("Skipping from-yaml") && !out.contains("from-yml"), "{out}");
+    let fresh = tempfile::tempdir().unwrap();
+    let out = Command::new(virga_bin())
+        .args(["new", "fn", "--lang", "bash"])
+        .current_dir(fresh.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(fresh.path().join("stack.yaml").is_file());
+    assert!(!fresh.path().join("stack.yml").exists());
 }
