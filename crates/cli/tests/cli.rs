@@ -183,10 +183,16 @@ fn stack_yaml_is_the_default_stack_file_then_stack_yml() {
             .current_dir(dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let entry = |name: &str| format!("provider:\n  name: openfaas\nfunctions:\n  {name}:\n    fprocess: cat\n");
+    let entry = |name: &str| {
+        format!("provider:\n  name: openfaas\nfunctions:\n  {name}:\n    fprocess: cat\n")
+    };
     let only_yml = tempfile::tempdir().unwrap();
     std::fs::write(only_yml.path().join("stack.yml"), entry("from-yml")).unwrap();
     assert!(build(only_yml.path()).contains("Skipping from-yml"));
@@ -194,7 +200,10 @@ fn stack_yaml_is_the_default_stack_file_then_stack_yml() {
     std::fs::write(both.path().join("stack.yml"), entry("from-yml")).unwrap();
     std::fs::write(both.path().join("stack.yaml"), entry("from-yaml")).unwrap();
     let out = build(both.path());
-    assert!(out.contains("Skipping from-yaml") && !out.contains("from-yml"), "{out}");
+    assert!(
+        out.contains("Skipping from-yaml") && !out.contains("from-yml"),
+        "{out}"
+    );
     let fresh = tempfile::tempdir().unwrap();
     let out = Command::new(virga_bin())
         .args(["new", "fn", "--lang", "bash"])

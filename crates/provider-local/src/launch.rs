@@ -66,9 +66,9 @@ impl Launch {
                 cmd.env("upstream_url", with_free_port(&upstream)?);
             }
             if let (Some(sock), Some(fprocess)) = (zygote, spec.env.get("fprocess")) {
-                // fprocess is split on whitespace: only paths without any can be used.
+                // fprocess is split with shell quoting: quote the paths it is prefixed with.
                 let (wd, sock) = (cfg.watchdog.to_string_lossy(), sock.to_string_lossy());
-                if !wd.contains(char::is_whitespace) && !sock.contains(char::is_whitespace) {
+                if let (Ok(wd), Ok(sock)) = (shlex::try_quote(&wd), shlex::try_quote(&sock)) {
                     cmd.env("fprocess", format!("{wd} --zygote {sock} {fprocess}"));
                 }
             }

@@ -98,10 +98,15 @@ impl InstanceSpec {
                 dir
             }
             None => {
-                // Only envProcess: a classic function run per request, from an empty home.
+                // Only envProcess: a classic function run per request, from an empty home
+                // it can list (as /home/app in an OpenFaaS image).
                 env.insert("mode".into(), "serializing".into());
                 let home = fn_dir.join("home");
-                mkdir_private(&home).map_err(|e| fail(format!("create home: {e}")))?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&home)
+                    .map_err(|e| fail(format!("create home: {e}")))?;
                 home
             }
         };

@@ -52,10 +52,21 @@ pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<ResponseBody
 /// The 500 answer (and log line) for a function process that could not be started.
 pub fn spawn_failed(program: &str, e: &std::io::Error) -> Response<ResponseBody> {
     tracing::error!(program, error = %e, "failed to start function process");
-    text(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("failed to start function process {program:?}: {e}"),
-    )
+    text(StatusCode::INTERNAL_SERVER_ERROR, spawn_error(program, e))
+}
+
+/// What went wrong starting `program`, in words that say what to fix.
+pub fn spawn_error(program: &str, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "command not found: {program:?} is not a program on the function's PATH \
+             (check fprocess, or give its full path)"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("cannot run {program:?}: permission denied (is it executable?)")
+        }
+        _ => format!("failed to start function process {program:?}: {e}"),
+    }
 }
 
 /// Streams an `AsyncRead` (a child's stdout) as body frames, after an

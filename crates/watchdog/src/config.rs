@@ -141,7 +141,8 @@ impl Config {
         let fprocess_raw = get("fprocess")
             .or_else(|| get("function_process"))
             .ok_or(ConfigError::Missing("fprocess"))?;
-        let fprocess = split_command(fprocess_raw);
+        let fprocess = split_command(fprocess_raw)
+            .map_err(|reason| invalid("fprocess", fprocess_raw, reason))?;
 
         let mode = match get("mode") {
             Some(v) => v.parse().map_err(|reason| invalid("mode", v, reason))?,
@@ -251,9 +252,11 @@ fn parse_bool(name: &'static str, v: Option<&str>, default: bool) -> Result<bool
     }
 }
 
-/// Splits a command line on whitespace, as OpenFaaS does (no shell quoting).
-pub fn split_command(s: &str) -> Vec<String> {
-    s.split_whitespace().map(str::to_owned).collect()
+/// Splits a command line into words with the shell's quoting rules (single and double
+/// quotes, backslashes), but no expansion: `sh -c 'a; b'` is three words. A value without
+/// quotes or backslashes splits on whitespace, as OpenFaaS splits `fprocess`.
+pub fn split_command(s: &str) -> Result<Vec<String>, String> {
+    shlex::split(s).ok_or_else(|| "unbalanced quotes or a trailing backslash".to_string())
 }
 
 fn parse_upstream(v: &str) -> Result<Uri, ConfigError> {
@@ -349,6 +352,23 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1.5").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn fprocess_splits_with_shell_quoting() {
+        let words = |s: &str| split_command(s).unwrap();
+        assert_eq!(words("wc -l"), ["wc", "-l"]);
+        assert_eq!(words("  cat   -A  "), ["cat", "-A"]);
+        assert_eq!(
+            words("sh -c 'echo a; echo b'"),
+            ["sh", "-c", "echo a; echo b"]
+        );
+        assert_eq!(words(r#"printf "%s\n" x"#), ["printf", "%s\\n", "x"]);
+        assert_eq!(words(r"echo a\ b"), ["echo", "a b"]);
+        assert!(split_command("sh -c 'unbalanced").is_err());
+        let cfg = Config::from_map(&map(&[("fprocess", "sh -c 'echo \"a b\"'")])).unwrap();
+        assert_eq!(cfg.fprocess, ["sh", "-c", "echo \"a b\""]);
+        assert!(Config::from_map(&map(&[("fprocess", "sh -c 'x")])).is_err());
     }
 
     #[test]

@@ -198,8 +198,8 @@ fn start(
     addon: Option<&Path>,
 ) -> Result<(Child, tokio::process::ChildStdout), String> {
     let fprocess = generic.env.get("fprocess").ok_or("no fprocess")?;
-    let mut argv = fprocess.split_whitespace();
-    let program = argv.next().ok_or("empty fprocess")?;
+    let words = virga_watchdog::config::split_command(fprocess)?;
+    let (program, argv) = words.split_first().ok_or("empty fprocess")?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(flags)
         .args(argv)
