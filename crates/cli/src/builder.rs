@@ -110,7 +110,7 @@ pub fn build_function(stack: &Stack, name: &str, f: &StackFunction) -> Result<Bu
     install_dependencies(&stage)?;
 
     let manifest = BundleManifest {
-        lang: f.lang.clone(),
+        lang: template.lang.clone(),
         env: spec.watchdog_env(),
     };
     write_file(

@@ -37,7 +37,11 @@ pub fn run(args: NewArgs) -> Result<()> {
     if args.list {
         println!("Languages available as templates:");
         for (lang, t) in templates::list(&dirs) {
-            println!("- {lang} ({})", t.origin());
+            if lang == t.lang {
+                println!("- {lang} ({})", t.origin());
+            } else {
+                println!("- {lang} (the {} template)", t.lang);
+            }
         }
         return Ok(());
     }

@@ -126,7 +126,12 @@ pub fn search_dirs(extra: &[&Path]) -> Vec<PathBuf> {
     dirs
 }
 
-/// All templates by language; local ones shadow embedded ones of the same name.
+/// Other names of embedded templates, as OpenFaaS names its node templates by version:
+/// (name, the template it is).
+const ALIASES: [(&str, &str); 2] = [("node18", "node20"), ("node22", "node20")];
+
+/// All templates by language; local ones shadow embedded ones of the same name. An alias maps
+/// to the template it names (whose `lang` is the template's own name).
 pub fn list(dirs: &[PathBuf]) -> BTreeMap<String, Template> {
     let mut out = BTreeMap::new();
     for d in EMBEDDED.dirs() {
@@ -139,6 +144,11 @@ pub fn list(dirs: &[PathBuf]) -> BTreeMap<String, Template> {
                     source: Source::Embedded(d),
                 },
             );
+        }
+    }
+    for (alias, target) in ALIASES {
+        if let Some(t) = out.get(target).cloned() {
+            out.insert(alias.to_string(), t);
         }
     }
     for dir in dirs.iter().rev() {
@@ -343,7 +353,15 @@ mod tests {
     #[test]
     fn embedded_templates_are_complete() {
         let all = list(&[]);
-        for lang in ["python3-http", "python3", "node", "bash"] {
+        for lang in [
+            "python3-http",
+            "python3",
+            "node",
+            "node20",
+            "node18",
+            "node22",
+            "bash",
+        ] {
             let t = all.get(lang).unwrap_or_else(|| panic!("missing {lang}"));
             let spec = t.spec().unwrap();
             assert!(!spec.fprocess.is_empty());

@@ -41,11 +41,11 @@ pub struct UpArgs {
     /// Seconds of lower load before the autoscaler removes replicas (the stabilisation window).
     #[arg(long, default_value_t = 30)]
     pub scale_down_window: u64,
-    /// Runtimes kept started per template (python3-http, node) so cold starts skip the
+    /// Runtimes kept started per template (python3-http, node20) so cold starts skip the
     /// interpreter start; 0 turns the warm pool off.
     #[arg(long, default_value_t = 2, env = "VIRGA_WARM_POOL")]
     pub warm_pool: usize,
-    /// Do not fork python3-http and node runtimes from a pre-forked interpreter (zygote).
+    /// Do not fork python3-http and node20 runtimes from a pre-forked interpreter (zygote).
     #[arg(long, env = "VIRGA_NO_ZYGOTE")]
     pub no_zygote: bool,
     /// Path of the virga-watchdog binary (default: next to this binary, then PATH).
@@ -276,14 +276,14 @@ fn watchdog_path(given: Option<&Path>) -> Result<PathBuf> {
 fn start_paths(args: &UpArgs, isolation: &str, node_addon: bool) -> String {
     let pool = match args.warm_pool {
         0 => "warm pool off".to_string(),
-        n => format!("warm pool of {n} per runtime (python3-http, node)"),
+        n => format!("warm pool of {n} per runtime (python3-http, node20)"),
     };
     let zygotes = if args.no_zygote {
         "zygotes off"
     } else if isolation == "runc" {
         "no zygotes (each instance is its own sandbox)"
     } else if node_addon {
-        "zygotes for python3-http and node"
+        "zygotes for python3-http and node20"
     } else {
         "zygote for python3-http (no node addon next to virga)"
     };

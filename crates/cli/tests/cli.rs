@@ -67,7 +67,7 @@ fn stack_deploy_invoke_list_remove_through_the_cli() {
     );
 
     ok(&p, dir, &["new", "py", "--lang", "python3-http"], "");
-    ok(&p, dir, &["new", "js", "--lang", "node"], "");
+    ok(&p, dir, &["new", "js", "--lang", "node20"], "");
     ok(&p, dir, &["new", "sh", "--lang", "bash"], "");
     // `virga new` writes stack.yaml, as faas-cli does; a plain OpenFaaS stack entry with an
     // environment and a secret goes into it.

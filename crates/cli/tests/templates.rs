@@ -244,7 +244,7 @@ fn python3_http_runtime_speaks_http_1_1() {
 #[test]
 fn node_template_serves_requests() {
     let tmp = tempfile::tempdir().unwrap();
-    let ext = built_bundle(tmp.path(), "greet", "node");
+    let ext = built_bundle(tmp.path(), "greet", "node20");
     let port = free_port();
     let _server = start(&ext, "node", "index.js", port);
     let r = http()
@@ -270,7 +270,7 @@ fn pooled_runtimes_bind_only_with_their_token() {
     use sha2::Digest;
     let cases = [
         ("python3-http", "python3", "index.py", "handler.py", "import os\n\ndef handle(event, context):\n    return {'body': {'token': os.environ.get('VIRGA_BIND_TOKEN'), 'mode': os.environ.get('FN_MODE')}}\n"),
-        ("node", "node", "index.js", "handler.js", "module.exports = async () => ({ token: process.env.VIRGA_BIND_TOKEN || null, mode: process.env.FN_MODE })\n"),
+        ("node20", "node", "index.js", "handler.js", "module.exports = async () => ({ token: process.env.VIRGA_BIND_TOKEN || null, mode: process.env.FN_MODE })\n"),
     ];
     for (lang, program, entry, file, code) in cases {
         let tmp = tempfile::tempdir().unwrap();

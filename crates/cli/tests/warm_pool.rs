@@ -76,7 +76,7 @@ functions:
     labels:
       com.openfaas.scale.min: "0"
   js:
-    lang: node
+    lang: node20
     handler: ./js
     environment:
       GREETING: ciao
@@ -103,7 +103,7 @@ fn cold_starts_bind_pre_started_runtimes() {
         &p,
         dir,
         "js",
-        "node",
+        "node20",
         "handler.js",
         "const fs = require('fs')\nmodule.exports = async (event, context) => context.status(200).succeed({ greeting: process.env.GREETING, cwd: process.cwd(), parent: fs.readFileSync(`/proc/${process.ppid}/comm`, 'utf8').trim() })\n",
     );
@@ -126,7 +126,7 @@ fn cold_starts_bind_pre_started_runtimes() {
         })
     };
     let filled = p.eventually(Duration::from_secs(30), || {
-        pool_full("python3-http") && pool_full("node")
+        pool_full("python3-http") && pool_full("node20")
     });
     assert!(filled, "warm pools did not fill");
 
@@ -140,7 +140,7 @@ fn cold_starts_bind_pre_started_runtimes() {
     assert_ne!(js["cwd"].as_str().unwrap(), bundle_dir);
     // The node pool refills with full runtimes, even with its zygote up by now (a forked
     // one runs V8 single-threaded): the next start from zero gets one.
-    assert!(p.eventually(Duration::from_secs(30), || pool_full("node")));
+    assert!(p.eventually(Duration::from_secs(30), || pool_full("node20")));
     scale_to_zero(&p, "js");
     let js: serde_json::Value = p.invoke("js", "").json().unwrap();
     assert_eq!(js["parent"], "virga-watchdog", "{js}");
@@ -202,7 +202,7 @@ fn sandboxed_cold_starts_bind_pooled_sandboxes_read_only() {
 /// zygote's) and a random number (forked runtimes must not share the zygote's random state).
 const PARENT_REPORTERS: [(&str, &str, &str); 2] = [
     ("python3-http", "handler.py", "import os, random, sys\n\ndef handle(event, context):\n    print('handler ran', file=sys.stderr, flush=True)\n    parent = open('/proc/%d/comm' % os.getppid()).read().strip()\n    own_pid = os.getpid() == int(os.readlink('/proc/self'))\n    return {'body': {'parent': parent, 'greeting': os.environ.get('GREETING'), 'own_pid': own_pid, 'random': random.random()}}\n"),
-    ("node", "handler.js", "'use strict'\nconst fs = require('fs')\nmodule.exports = async (event, context) => {\n  if (event.query.crash) setTimeout(() => { throw new Error('boom') }, 10)\n  console.error('handler ran')\n  const parent = fs.readFileSync(`/proc/${process.ppid}/comm`, 'utf8').trim()\n  const ownPid = process.pid === Number(fs.readlinkSync('/proc/self'))\n  return { parent, greeting: process.env.GREETING, own_pid: ownPid, random: Math.random() }\n}\n"),
+    ("node20", "handler.js", "'use strict'\nconst fs = require('fs')\nmodule.exports = async (event, context) => {\n  if (event.query.crash) setTimeout(() => { throw new Error('boom') }, 10)\n  console.error('handler ran')\n  const parent = fs.readFileSync(`/proc/${process.ppid}/comm`, 'utf8').trim()\n  const ownPid = process.pid === Number(fs.readlinkSync('/proc/self'))\n  return { parent, greeting: process.env.GREETING, own_pid: ownPid, random: Math.random() }\n}\n"),
 ];
 
 /// Deploy `fn` from `lang` (its handler from [`PARENT_REPORTERS`]) on a platform without a
@@ -348,11 +348,11 @@ fn without_a_warm_pool_node_runtimes_are_forked_from_a_zygote() {
     };
     // A data directory too deep for a unix socket address: the zygote listens elsewhere.
     let deep = "a-data-directory-named-at-length-so-its-run-directory-cannot-hold-a-socket";
-    let forked = runtime_parent("node", deep, &[], "node", after_crash);
+    let forked = runtime_parent("node20", deep, &[], "node", after_crash);
     assert_eq!(forked["greeting"], "salut");
     assert_eq!(forked["parent"], "node", "{forked}");
     assert_eq!(forked["own_pid"], true, "{forked}");
-    let spawned = runtime_parent("node", "", &["--no-zygote"], "virga-watchdog", |_, _| {});
+    let spawned = runtime_parent("node20", "", &["--no-zygote"], "virga-watchdog", |_, _| {});
     assert_eq!(spawned["greeting"], "salut");
     assert_eq!(spawned["parent"], "virga-watchdog", "{spawned}");
 }

@@ -55,7 +55,7 @@ pub struct ProviderConfig {
     pub warm_pool: usize,
     /// The template runtimes the warm pool and zygotes may run (the platform's own copies).
     pub runtimes: Vec<PoolRuntime>,
-    /// Fork python3-http and node runtimes from a pre-forked interpreter (process isolation).
+    /// Fork python3-http and node20 runtimes from a pre-forked interpreter (process isolation).
     pub zygote: bool,
     /// The addon a node zygote forks with (`libvirga_node_zygote.so`); `None`: node runtimes
     /// start without a zygote.

@@ -1,7 +1,5 @@
 'use strict'
 
-module.exports = async (event, context) => {
-  return context
-    .status(200)
-    .succeed({ message: "Hello from Virga!", input: event.body })
+module.exports = (context, callback) => {
+  callback(undefined, { status: 'done', input: context })
 }

@@ -312,8 +312,8 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     let warm = starts_with(ctx, s, n, "python3-http", &[], "warm pool")?;
     let mut node = spawn_times("/usr/bin/node", &["-e", "0"], n)?;
     let node = s.measured(format!("node -e 0, {n} spawns"), stats(&mut node)?);
-    let node_cold = starts_with(ctx, s, n, "node", &neither, "no warm pool, no zygote")?;
-    let node_forked = starts_with(ctx, s, n, "node", &no_pool, "zygote, no warm pool")?;
+    let node_cold = starts_with(ctx, s, n, "node20", &neither, "no warm pool, no zygote")?;
+    let node_forked = starts_with(ctx, s, n, "node20", &no_pool, "zygote, no warm pool")?;
     // One running instance's memory.
     let wd = children(pid, "virga-watchdog");
     let instance_rss = wd.first().map_or(0.0, |&w| tree_rss_mib(w));

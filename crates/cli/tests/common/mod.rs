@@ -329,3 +329,24 @@ pub fn sandbox_leftovers(dir: &Path) -> Vec<String> {
     }
     found
 }
+
+impl Platform {
+    /// Run the `virga` CLI in `dir` against this platform (logged in by environment);
+    /// asserts success and returns its output.
+    pub fn cli(&self, dir: &Path, args: &[&str]) -> String {
+        let out = Command::new(virga_bin())
+            .args(args)
+            .current_dir(dir)
+            .env("VIRGA_URL", &self.url)
+            .env("VIRGA_PASSWORD", PASSWORD)
+            .output()
+            .expect("run virga");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "virga {args:?}:\n{text}");
+        text
+    }
+}

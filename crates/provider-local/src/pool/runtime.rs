@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::spec::{BundleTemplate, InstanceSpec};
 
 /// Templates whose runtime can start unbound (`VIRGA_POOL=1`) and be bound later.
-const BINDABLE: [&str; 2] = ["python3-http", "node"];
+const BINDABLE: [&str; 2] = ["python3-http", "node20"];
 
 /// Largest runtime file compared against a bundle's copy.
 const MAX_RUNTIME_FILE: u64 = 1 << 20;

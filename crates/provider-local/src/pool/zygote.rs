@@ -1,4 +1,4 @@
-//! Zygotes (process isolation only): per forkable template runtime (python3-http, node), a
+//! Zygotes (process isolation only): per forkable template runtime (python3-http, node20), a
 //! runtime with its libraries loaded that forks a new runtime per start, for the starts the
 //! pool cannot serve (and, for python3-http, for refilling the pool). A zygote runs the
 //! platform's copy of the template, like pooled runtimes, and holds no function's code.
@@ -36,7 +36,7 @@ const FORKABLE: [Forkable; 2] = [
         refill: true,
     },
     Forkable {
-        lang: "node",
+        lang: "node20",
         flags: &["--single-threaded"],
         refill: false,
     },
@@ -124,7 +124,7 @@ impl Zygotes {
         None
     }
 
-    /// Start `rt`'s zygote if its runtime can fork (python3-http, node; process isolation)
+    /// Start `rt`'s zygote if its runtime can fork (python3-http, node20; process isolation)
     /// and none runs.
     pub(super) fn ensure(self: &Arc<Self>, rt: &Arc<Installed>) {
         if !self.cfg.zygote || self.cfg.sandbox.is_some() {
@@ -134,8 +134,8 @@ impl Zygotes {
             return;
         };
         let addon = match (*lang, &self.cfg.node_addon) {
-            ("node", None) => return,
-            ("node", Some(addon)) => Some(addon.as_path()),
+            ("node20", None) => return,
+            ("node20", Some(addon)) => Some(addon.as_path()),
             _ => None,
         };
         let Some(socket) = self.socket_path(&rt.key) else {
