@@ -50,13 +50,15 @@ function bind (req, res, raw) {
 }
 
 let logRequests = false
+// RAW_BODY=true: every body reaches the handler as a Buffer, as in the node20 template.
+let rawBody = false
 
 class FunctionEvent {
   constructor (req, body, url) {
     this.body = body
     this.headers = req.headers
     this.method = req.method
-    this.query = Object.fromEntries(url.searchParams)
+    this.query = parseQuery(url.search.slice(1))
     this.path = url.pathname
   }
 }
@@ -129,13 +131,121 @@ function send (res, status, headers, body) {
   res.end(payload)
 }
 
+// The body as the node20 template's parsers give it: with RAW_BODY=true always a Buffer;
+// otherwise JSON parsed, forms parsed like query strings, text/* (and a request without a
+// Content-Type, which counts as text/plain) as a string, and anything else as a Buffer, so
+// binary bodies are never decoded as text.
 function parseBody (req, raw) {
-  const type = (req.headers['content-type'] || '').toLowerCase()
+  if (rawBody) return raw
+  if (!req.headers['content-type']) req.headers['content-type'] = 'text/plain'
+  const type = req.headers['content-type'].toLowerCase()
   if (/^application\/(.+\+)?json/.test(type)) {
     if (raw.length === 0) return {}
     return JSON.parse(raw.toString('utf8'))
   }
-  return raw.toString('utf8')
+  if (type.startsWith('application/x-www-form-urlencoded')) {
+    return parseQuery(raw.toString('utf8'), FORM_DEPTH)
+  }
+  if (type.startsWith('text/')) {
+    return raw.toString(/charset=(latin1|iso-8859-1)/.test(type) ? 'latin1' : 'utf8')
+  }
+  return raw
+}
+
+// Query strings and form bodies as Express's extended parser reads them: repeated names give
+// arrays, brackets nest (a[b]=1 is {a: {b: '1'}}, a[]=1 and a[0]=1 are arrays), with its
+// limits (1000 parameters, 5 levels for queries, indexes up to 20) and no keys that would
+// shadow Object.prototype.
+const MAX_PARAMS = 1000
+const QUERY_DEPTH = 5
+const FORM_DEPTH = 32
+const MAX_INDEX = 20
+
+function parseQuery (text, depth = QUERY_DEPTH) {
+  const root = {}
+  const lists = new Set()
+  const counters = new Map()
+  if (!text) return root
+  for (const part of text.split('&', MAX_PARAMS)) {
+    if (!part) continue
+    const eq = part.indexOf('=')
+    const key = decodePart(eq === -1 ? part : part.slice(0, eq))
+    const value = decodePart(eq === -1 ? '' : part.slice(eq + 1))
+    if (key) setPath(root, keyPath(key, depth), value, lists, counters)
+  }
+  return toArrays(root, lists)
+}
+
+function decodePart (s) {
+  const spaced = s.replace(/\+/g, ' ')
+  try {
+    return decodeURIComponent(spaced)
+  } catch (e) {
+    return spaced
+  }
+}
+
+// `a[b][]` is ['a', 'b', '']; brackets beyond `depth` stay one literal segment.
+function keyPath (key, depth) {
+  const open = key.indexOf('[')
+  if (open <= 0) return [key]
+  const path = [key.slice(0, open)]
+  const segment = /\[([^[\]]*)\]/y
+  let at = open
+  while (path.length <= depth) {
+    segment.lastIndex = at
+    const m = segment.exec(key)
+    if (m === null) break
+    path.push(m[1])
+    at = segment.lastIndex
+  }
+  if (at < key.length) path.push(key.slice(at))
+  return path
+}
+
+function isIndex (seg) {
+  return /^(0|[1-9][0-9]*)$/.test(seg) && Number(seg) <= MAX_INDEX
+}
+
+function setPath (root, path, value, lists, counters) {
+  let node = root
+  for (let i = 0; i < path.length; i++) {
+    let seg = path[i]
+    if (seg === '') {
+      const n = counters.get(node) || 0
+      counters.set(node, n + 1)
+      seg = String(n)
+      if (!lists.has(node) && Object.keys(node).length === 0) lists.add(node)
+    } else if (!isIndex(seg)) {
+      lists.delete(node)
+    } else if (Object.keys(node).length === 0) {
+      lists.add(node)
+    }
+    if (seg in Object.prototype) return
+    if (i === path.length - 1) {
+      const have = node[seg]
+      if (have === undefined) node[seg] = value
+      else if (Array.isArray(have)) have.push(value)
+      else node[seg] = [have, value]
+      return
+    }
+    if (typeof node[seg] !== 'object' || node[seg] === null || Array.isArray(node[seg])) {
+      const child = {}
+      if (node[seg] !== undefined) child[counters.get(child) || 0] = node[seg]
+      node[seg] = child
+    }
+    node = node[seg]
+  }
+}
+
+// Objects built from indexes become arrays (in index order, gaps dropped).
+function toArrays (node, lists) {
+  for (const k of Object.keys(node)) {
+    const v = node[k]
+    if (v && typeof v === 'object' && !Array.isArray(v)) node[k] = toArrays(v, lists)
+  }
+  if (!lists.has(node)) return node
+  return Object.keys(node).sort((a, b) => a - b).map((k) => node[k])
 }
 
 function onRequest (req, res) {
@@ -200,6 +310,7 @@ function serve (root) {
   delete process.env.VIRGA_BIND_TOKEN
   if (process.env.VIRGA_POOL === '1') crypto = require('crypto')
   logRequests = /^(1|true|yes)$/i.test(process.env.write_debug || process.env.VIRGA_LOG_REQUESTS || '')
+  rawBody = process.env.RAW_BODY === 'true'
   if (process.env.VIRGA_POOL !== '1') loadFunction(root)
   const server = http.createServer(onRequest)
   server.keepAliveTimeout = 65000

@@ -70,15 +70,54 @@ class Event:
 
 
 class Context:
-    """Information about where the function runs."""
+    """Information about where the function runs: `hostname` is the instance's name (its
+    $HOSTNAME, as a pod's in OpenFaaS)."""
 
     __slots__ = ("hostname",)
 
     def __init__(self):
-        self.hostname = os.getenv("HOSTNAME", socket.gethostname())
+        self.hostname = os.getenv("HOSTNAME") or socket.gethostname()
 
 
-CONTEXT = Context()
+class MissingParameter(KeyError):
+    """event.query[name] of a parameter the request does not have: a 400, as in Flask."""
+
+
+class Query(dict):
+    """The query parameters: a dict of each name's first value, with the `getlist` and typed
+    `get` of Flask's request.args (a werkzeug MultiDict)."""
+
+    __slots__ = ("_lists",)
+
+    def __init__(self, lists):
+        super().__init__((k, v[0]) for k, v in lists.items())
+        self._lists = lists
+
+    def __missing__(self, key):
+        raise MissingParameter(key)
+
+    def get(self, key, default=None, type=None):
+        if key not in self:
+            return default
+        value = dict.__getitem__(self, key)
+        if type is None:
+            return value
+        try:
+            return type(value)
+        except (ValueError, TypeError):
+            return default
+
+    def getlist(self, key, type=None):
+        values = self._lists.get(key, [])
+        if type is None:
+            return list(values)
+        out = []
+        for value in values:
+            try:
+                out.append(type(value))
+            except (ValueError, TypeError):
+                pass
+        return out
 
 
 def encode_body(body, headers):
@@ -249,10 +288,13 @@ class Handler(socketserver.StreamRequestHandler):
         if handler is None:
             self.bind(parts.path, headers, body)
             return
-        query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        query = Query(parse_qs(parts.query, keep_blank_values=True))
         event = Event(body, headers, method, query, parts.path)
         try:
-            status, out_headers, payload = format_result(handler.handle(event, CONTEXT))
+            status, out_headers, payload = format_result(handler.handle(event, Context()))
+        except MissingParameter as e:
+            status, out_headers = 400, {"Content-Type": "text/plain; charset=utf-8"}
+            payload = ("Bad Request: the query has no parameter %s\n" % e).encode()
         except Exception as e:  # the handler's error is the response; keep serving
             import traceback
 
@@ -296,7 +338,8 @@ class Handler(socketserver.StreamRequestHandler):
                 continue
             lines.append("%s: %s" % (key, value))
         if not any(k.lower() == "content-type" for k in headers) and payload:
-            lines.append("Content-Type: text/plain; charset=utf-8")
+            # Flask's default for a body that is not JSON.
+            lines.append("Content-Type: text/html; charset=utf-8")
         lines.append("Content-Length: %d" % len(payload))
         if self.close_connection:
             lines.append("Connection: close")

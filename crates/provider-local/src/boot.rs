@@ -47,10 +47,13 @@ pub(crate) async fn boot(
 ) -> Result<Booted, String> {
     let t0 = std::time::Instant::now();
     let bind_token = spec.unbound.then(new_token);
-    let extra: Vec<(String, String)> = bind_token
-        .iter()
-        .map(|t| (BIND_TOKEN_ENV.to_string(), t.clone()))
-        .collect();
+    // The instance's name is its host name, as a pod's is in OpenFaaS.
+    let mut extra = vec![("HOSTNAME".to_string(), id.to_string())];
+    extra.extend(
+        bind_token
+            .iter()
+            .map(|t| (BIND_TOKEN_ENV.to_string(), t.clone())),
+    );
     let (launch, mut cmd) = Launch::prepare(cfg, spec, id, zygote.as_deref(), &extra).await?;
     let prepared = t0.elapsed();
     let mut child = cmd

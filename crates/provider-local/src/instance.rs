@@ -180,7 +180,7 @@ pub(crate) async fn run(func: Arc<Function>, inst: Arc<Instance>) {
 async fn start_and_wait(func: &Arc<Function>, inst: &Arc<Instance>) -> Result<bool, String> {
     let spec = &func.spec;
     let pooled = match func.pool_use.as_ref() {
-        Some(use_) if func.pool.serves() => func.pool.take(spec, use_).await,
+        Some(use_) if func.pool.serves() => func.pool.take(spec, use_, &inst.id).await,
         _ => None,
     };
     let booted = match pooled {

@@ -32,14 +32,17 @@ const PROOF_HEADER: &str = "x-virga-bound";
 /// How long a runtime may take to load a function's code.
 const BIND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Give the instance the function's code and secrets, then have the runtime load them with `env`.
+/// Give the instance the function's code and secrets, then have the runtime load them with
+/// `env`, as the function's instance `id`.
 pub(super) async fn bind(
     booted: &Booted,
     spec: &InstanceSpec,
     env: &BTreeMap<String, String>,
+    id: &str,
 ) -> Result<(), String> {
     let token = booted.bind_token.as_deref().ok_or("not a pooled runtime")?;
     let mut env = env.clone();
+    env.insert("HOSTNAME".into(), id.into());
     let dir = match &booted.launch {
         Launch::Process => spec.workdir.clone(),
         Launch::Sandbox(rt, sb) => {

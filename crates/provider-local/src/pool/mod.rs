@@ -141,12 +141,14 @@ impl WarmPool {
         }
     }
 
-    /// A pre-started runtime bound to the function of `spec` (as `use_` describes), if the
-    /// pool has one. A runtime that fails its bind is discarded, never offered again.
+    /// A pre-started runtime bound to the function of `spec` (as `use_` describes) as its
+    /// instance `id`, if the pool has one. A runtime that fails its bind is discarded, never
+    /// offered again.
     pub(crate) async fn take(
         self: &Arc<Self>,
         spec: &InstanceSpec,
         use_: &PoolUse,
+        id: &str,
     ) -> Option<Booted> {
         loop {
             let (mut booted, idle) = {
@@ -159,7 +161,7 @@ impl WarmPool {
             if !matches!(booted.child.try_wait(), Ok(None)) {
                 continue;
             }
-            match bind::bind(&booted, spec, &use_.env).await {
+            match bind::bind(&booted, spec, &use_.env, id).await {
                 Ok(()) => {
                     self.cfg.metrics.warm_start(&spec.name);
                     return Some(booted);
