@@ -77,7 +77,6 @@ pub fn build_stack(stack: &Stack, filter: Option<&str>) -> Result<Vec<Built>> {
 pub fn build_function(stack: &Stack, name: &str, f: &StackFunction) -> Result<Built> {
     let dirs = templates::search_dirs(&[&stack.dir]);
     let template = templates::find(&f.lang, &dirs)?;
-    let spec = template.spec()?;
     if f.handler.is_empty() {
         bail!(
             "{}: functions.{name}.handler is missing: set it to the function's folder, e.g. ./{name}",
@@ -111,7 +110,7 @@ pub fn build_function(stack: &Stack, name: &str, f: &StackFunction) -> Result<Bu
 
     let manifest = BundleManifest {
         lang: template.lang.clone(),
-        env: spec.watchdog_env(),
+        env: template.watchdog_env()?,
     };
     write_file(
         &stage.join(BUNDLE_MANIFEST),
@@ -192,14 +191,17 @@ fn copy_tree(src: &Path, dest: &Path, skip: &Path) -> Result<()> {
 }
 
 /// Install what the handler (or template) declares: pip requirements into `python/`,
-/// npm dependencies into `function/node_modules`. Output of the tools is streamed.
+/// npm dependencies into `function/node_modules` (the template's own into `node_modules`).
+/// Output of the tools is streamed.
 fn install_dependencies(stage: &Path) -> Result<()> {
     for req in [
         stage.join(FUNCTION_DIR).join("requirements.txt"),
         stage.join("requirements.txt"),
     ] {
         if has_requirements(&req)? {
-            let target = stage.join("python");
+            // Absolute: pip runs from the requirements file's directory.
+            let target = std::path::absolute(stage.join("python"))?;
+            let req = std::path::absolute(&req)?;
             let mut cmd = Command::new("python3");
             cmd.args([
                 "-m",
@@ -212,16 +214,23 @@ fn install_dependencies(stage: &Path) -> Result<()> {
             .arg(&target)
             .arg("-r")
             .arg(&req);
+            // Relative paths in a requirements file are read from where it is, as a
+            // template's Dockerfile runs pip from that directory.
+            if let Some(dir) = req.parent() {
+                cmd.current_dir(dir);
+            }
             run_tool(cmd, "pip (is python3 with pip installed?)")?;
         }
     }
-    let function = stage.join(FUNCTION_DIR);
-    let package = function.join("package.json");
-    if package.is_file() && has_npm_dependencies(&package)? {
-        let mut cmd = Command::new("npm");
-        cmd.args(["install", "--omit=dev", "--no-audit", "--no-fund"])
-            .current_dir(&function);
-        run_tool(cmd, "npm (is Node.js installed?)")?;
+    // The handler's packages, and the template's own (an Express-based index.js, say).
+    for dir in [stage.join(FUNCTION_DIR), stage.to_path_buf()] {
+        let package = dir.join("package.json");
+        if package.is_file() && has_npm_dependencies(&package)? {
+            let mut cmd = Command::new("npm");
+            cmd.args(["install", "--omit=dev", "--no-audit", "--no-fund"])
+                .current_dir(&dir);
+            run_tool(cmd, "npm (is Node.js installed?)")?;
+        }
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod builder;
 mod client;
 mod config;
 mod deploy;
+mod dockerfile;
 mod examples;
 mod functions;
 mod login;

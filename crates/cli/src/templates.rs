@@ -93,7 +93,7 @@ pub fn embedded_runtimes() -> Vec<virga_provider_local::PoolRuntime> {
     list(&[])
         .into_values()
         .filter_map(|t| {
-            let env = t.spec().ok()?.watchdog_env();
+            let env = t.watchdog_env().ok()?;
             let files = t
                 .runtime_files()
                 .ok()?
@@ -229,6 +229,22 @@ impl Template {
             )
         })?;
         Ok(spec)
+    }
+
+    /// The watchdog environment a bundle of this template runs with: what its Dockerfile's
+    /// `ENV` lines set for the watchdog (real OpenFaaS templates keep them there), then
+    /// template.yml's `environment` and `fprocess`.
+    pub fn watchdog_env(&self) -> Result<BTreeMap<String, String>> {
+        let mut env = match self
+            .files()?
+            .iter()
+            .find(|f| f.rel == Path::new("Dockerfile"))
+        {
+            Some(f) => crate::dockerfile::watchdog_env(&String::from_utf8_lossy(&f.contents)),
+            None => BTreeMap::new(),
+        };
+        env.extend(self.spec()?.watchdog_env());
+        Ok(env)
     }
 
     /// Write the starter handler (`function/`) into `dest`.

@@ -192,3 +192,100 @@ fn python3_http_matches_the_flask_template() {
     assert_eq!(r.status(), 400);
     assert!(r.text().unwrap().contains("missing"));
 }
+
+/// Writes `files` (path, contents) under `root`.
+fn write_tree(root: &std::path::Path, files: &[(&str, &str)]) {
+    for (rel, body) in files {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+}
+
+/// A wheel of the pure-Python package `tinyweb` (greet(name)), built with the standard library.
+fn tinyweb_wheel(path: &std::path::Path) {
+    let script = r#"
+import base64, hashlib, sys, zipfile
+files = {
+    "tinyweb/__init__.py": "def greet(name):\n    return 'hello ' + name + ' from tinyweb'\n",
+    "tinyweb-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinyweb\nVersion: 1.0\n",
+    "tinyweb-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: virga-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(sys.argv[1], "w") as z:
+    for name, text in files.items():
+        data = text.encode()
+        z.writestr(name, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append("%s,sha256=%s,%d" % (name, digest, len(data)))
+    record.append("tinyweb-1.0.dist-info/RECORD,,")
+    z.writestr("tinyweb-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+"#;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let ok = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Real OpenFaaS template directories under ./template/ run as they are: `fprocess: python
+/// ...` although Debian has only python3, the watchdog settings from the Dockerfile's ENV and
+/// ARG lines (template.yml has none), and the template's own dependencies (requirements.txt,
+/// package.json at the template's root) installed and importable by its entrypoint. The
+/// templates here copy the behaviour of python3-http (flask) and node20 (express), not their
+/// files: their dependencies are local packages, so no registry is needed.
+#[test]
+fn real_template_directories_run_unmodified() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let p = Platform::start_runc(data.path(), &[]);
+    let flasky = dir.join("template/flasky");
+    write_tree(&flasky, &[
+        ("template.yml", "language: flasky\nfprocess: python index.py\n"),
+        ("Dockerfile", "FROM ghcr.io/openfaas/of-watchdog:0.10 as watchdog\nFROM python:3.11-alpine as build\nARG UPSTREAM_PORT=5000\nRUN apk add curl\nWORKDIR /home/app/\nCOPY requirements.txt .\nRUN pip install -r requirements.txt\nENV fprocess=\"python index.py\"\nENV cgi_headers=\"true\" mode=\"http\" \\\n    upstream_url=\"http://127.0.0.1:${UPSTREAM_PORT}\"\nCMD [\"fwatchdog\"]\n"),
+        ("requirements.txt", "./vendor/tinyweb-1.0-py3-none-any.whl\n"),
+        ("index.py", "import os, sys\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\nimport tinyweb\nfrom function import handler\n\nclass H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        body = handler.handle(tinyweb.greet(os.path.basename(sys.executable))).encode()\n        self.send_response(200)\n        self.send_header('Content-Length', str(len(body)))\n        self.end_headers()\n        self.wfile.write(body)\n\nHTTPServer(('0.0.0.0', 5000), H).serve_forever()\n"),
+        ("function/__init__.py", ""),
+        ("function/requirements.txt", ""),
+        ("function/handler.py", "def handle(req):\n    return 'starter: ' + req\n"),
+    ]);
+    tinyweb_wheel(&flasky.join("vendor/tinyweb-1.0-py3-none-any.whl"));
+    write_tree(&dir.join("template/expressy"), &[
+        ("template.yml", "language: expressy\nfprocess: node index.js\n"),
+        ("Dockerfile", "FROM node:20-alpine as ship\nENV NPM_CONFIG_LOGLEVEL warn\nCOPY package.json ./\nRUN npm i\nENV cgi_headers=\"true\"\nENV fprocess=\"node index.js\"\nENV mode=\"http\"\nENV upstream_url=\"http://127.0.0.1:3000\"\nENV exec_timeout=\"10s\"\nCMD [\"fwatchdog\"]\n"),
+        ("package.json", "{\"name\": \"expressy\", \"version\": \"1.0.0\", \"dependencies\": {\"tinyexpress\": \"file:./vendor/tinyexpress\"}}\n"),
+        ("vendor/tinyexpress/package.json", "{\"name\": \"tinyexpress\", \"version\": \"1.0.0\", \"main\": \"index.js\"}\n"),
+        ("vendor/tinyexpress/index.js", "module.exports = (name) => `hello ${name} from tinyexpress`\n"),
+        ("index.js", "const http = require('http')\nconst greet = require('tinyexpress')\nconst handler = require('./function/handler')\nhttp.createServer((req, res) => res.end(handler(greet('node')))).listen(process.env.http_port || 3000)\n"),
+        ("function/handler.js", "module.exports = (text) => 'starter: ' + text\n"),
+    ]);
+    p.cli(dir, &["new", "fl", "--lang", "flasky"]);
+    p.cli(dir, &["new", "ex", "--lang", "expressy"]);
+    p.cli(dir, &["deploy"]);
+    let get = |name: &str| {
+        let r = p
+            .anon(reqwest::Method::GET, &format!("/function/{name}"))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(
+        get("fl"),
+        (200, "starter: hello python from tinyweb".to_string())
+    );
+    assert_eq!(
+        get("ex"),
+        (200, "starter: hello node from tinyexpress".to_string())
+    );
+    let fl = p.get_json("/system/function/fl");
+    assert!(
+        fl["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("virga.local/fl@sha256:"),
+        "{fl}"
+    );
+}

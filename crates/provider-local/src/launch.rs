@@ -58,12 +58,16 @@ impl Launch {
             .process_group(0)
             .kill_on_drop(true);
         if let Launch::Process = launch {
-            cmd.envs(&spec.env)
+            cmd.env("PATH", process_path(cfg))
+                .envs(&spec.env)
                 .envs(extra.iter().cloned())
                 .env("port", "0");
             if spec.env.get("mode").map(String::as_str) == Some("http") {
                 let upstream = spec.env.get("upstream_url").cloned().unwrap_or_default();
-                cmd.env("upstream_url", with_free_port(&upstream)?);
+                let (url, port) = with_free_port(&upstream)?;
+                // OpenFaaS's node templates listen on $http_port.
+                cmd.env("upstream_url", url)
+                    .env("http_port", port.to_string());
             }
             if let (Some(sock), Some(fprocess)) = (zygote, spec.env.get("fprocess")) {
                 // fprocess is split with shell quoting: quote the paths it is prefixed with.
@@ -122,13 +126,44 @@ pub(crate) fn inherited_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// `upstream_url` with its port replaced by a free one, so replicas do not collide.
-fn with_free_port(upstream: &str) -> Result<String, String> {
+/// The platform's PATH, then the run directory's `bin/` (where `python` names python3 when
+/// the host has no `python`, as OpenFaaS templates' `fprocess: python index.py` expects).
+fn process_path(cfg: &ProviderConfig) -> String {
+    let host = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    format!("{host}:{}", cfg.run_dir.join("bin").display())
+}
+
+/// Make `run_dir/bin/python` name the host's python3 if the host has no `python` on PATH.
+pub(crate) fn provide_python(run_dir: &Path) {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    };
+    if on_path("python").is_some() {
+        return;
+    }
+    let Some(python3) = on_path("python3") else {
+        return;
+    };
+    let bin = run_dir.join("bin");
+    if let Err(e) = std::fs::create_dir_all(&bin)
+        .and_then(|()| std::os::unix::fs::symlink(&python3, bin.join("python")))
+    {
+        tracing::warn!("cannot provide `python` for templates that call it: {e}");
+    }
+}
+
+/// `upstream_url` with its port replaced by a free one, so replicas do not collide; and
+/// that port.
+fn with_free_port(upstream: &str) -> Result<(String, u16), String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free port: {e}"))?
         .port();
     let rest = upstream.strip_prefix("http://").unwrap_or("127.0.0.1:5000");
     let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
-    Ok(format!("http://127.0.0.1:{port}{path}"))
+    Ok((format!("http://127.0.0.1:{port}{path}"), port))
 }

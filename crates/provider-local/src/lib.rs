@@ -188,6 +188,7 @@ impl LocalProvider {
                 reason: format!("clear {}: {e}", cfg.run_dir.display()),
             })?;
         }
+        launch::provide_python(&cfg.run_dir);
         let cfg = Arc::new(cfg);
         let pool =
             WarmPool::new(cfg.warm_pool, cfg.clone()).map_err(|reason| ProviderError::Prepare {

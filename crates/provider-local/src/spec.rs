@@ -110,6 +110,20 @@ impl InstanceSpec {
                 home
             }
         };
+        // Packages `virga build` installed into python/ are importable by any entrypoint (a
+        // real OpenFaaS template's index.py does not add that directory itself).
+        let deps = workdir.join("python");
+        if fs::symlink_metadata(&deps).is_ok_and(|m| m.is_dir()) {
+            let code = if cfg.sandbox.is_some() {
+                Path::new("/home/app")
+            } else {
+                workdir.as_path()
+            };
+            env.insert(
+                "PYTHONPATH".into(),
+                code.join("python").to_string_lossy().into_owned(),
+            );
+        }
         env.extend(d.env_vars.clone());
         if !d.env_process.is_empty() {
             env.insert("fprocess".into(), d.env_process.clone());

@@ -41,6 +41,9 @@ pub struct Runc {
     closed: Arc<AtomicBool>,
 }
 
+/// PATH inside a sandbox: the host's /usr, then Virga's additions (`python`).
+const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/virga/bin";
+
 /// Network namespaces kept ready for the next sandboxes.
 const SPARE_NETS: usize = 2;
 
@@ -220,7 +223,7 @@ impl Runc {
     ) -> Result<(), String> {
         let mut env = spec.env.clone();
         env.extend(extra.iter().cloned());
-        env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+        env.insert("PATH".into(), SANDBOX_PATH.into());
         env.insert("HOME".into(), "/tmp".into());
         env.insert("port".into(), "8080".into());
         env.insert("bind_address".into(), "0.0.0.0".into());
@@ -441,10 +444,14 @@ fn make_rootfs(root: &Path) -> Result<(), String> {
         "tmp",
         "home/app",
         "var/openfaas/secrets",
-        "virga",
+        "virga/bin",
         "etc",
     ] {
         fs::create_dir_all(root.join(d)).map_err(io("create rootfs"))?;
+    }
+    // OpenFaaS templates run `python index.py`; Debian has only python3.
+    if !Path::new("/usr/bin/python").exists() {
+        symlink("/usr/bin/python3", root.join("virga/bin/python")).map_err(io("link rootfs"))?;
     }
     for top in ["bin", "lib", "lib64", "sbin", "lib32", "libx32"] {
         let host = Path::new("/").join(top);
