@@ -11,7 +11,8 @@ use std::sync::Mutex;
 
 use virga_store::Store;
 use virga_types::{
-    parse_cpu, parse_memory, BundleManifest, BundleRef, FunctionDeployment, BUNDLE_MANIFEST,
+    check_watchdog_env, parse_cpu, parse_memory, BundleManifest, BundleRef, FunctionDeployment,
+    BUNDLE_MANIFEST,
 };
 
 /// Annotation that turns off a sandboxed function's outbound network access.
@@ -73,11 +74,7 @@ impl InstanceSpec {
                         r.digest
                     ))
                 })?;
-                let manifest: BundleManifest = match fs::read(dir.join(BUNDLE_MANIFEST)) {
-                    Ok(bytes) => serde_json::from_slice(&bytes)
-                        .map_err(|e| fail(format!("{BUNDLE_MANIFEST}: {e}")))?,
-                    Err(_) => BundleManifest::default(),
-                };
+                let manifest = read_manifest(&dir).map_err(fail)?;
                 env.extend(manifest.env);
                 lang = manifest.lang;
                 dir
@@ -164,6 +161,37 @@ impl InstanceSpec {
             format!("last instance failure: {last}")
         }
     }
+}
+
+/// Largest `virga-bundle.json` read.
+const MANIFEST_LIMIT: u64 = 1 << 20;
+
+/// The bundle's manifest, read without leaving the bundle (no symlinks, regular files only,
+/// bounded: the gateway is root and the bundle is the uploader's). Errors never quote the
+/// file, whose content is not the caller's to see.
+fn read_manifest(dir: &Path) -> Result<BundleManifest, String> {
+    let bytes = virga_store::read_beneath(dir, BUNDLE_MANIFEST, MANIFEST_LIMIT)
+        .map_err(|e| format!("cannot read the bundle's {BUNDLE_MANIFEST}: {e}"))?;
+    let Some(bytes) = bytes else {
+        return Ok(BundleManifest::default());
+    };
+    let manifest: BundleManifest = serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "the bundle's {BUNDLE_MANIFEST} is not a manifest (JSON {:?} error at line {} \
+             column {}): it must be an object like {{\"lang\": \"...\", \"env\": {{...}}}}",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    check_watchdog_env("env", &manifest.env).map_err(|e| {
+        format!(
+            "the bundle's {BUNDLE_MANIFEST} sets an invalid {}: fix it in the template and \
+             build again",
+            e.field
+        )
+    })?;
+    Ok(manifest)
 }
 
 fn limits(d: &FunctionDeployment) -> Result<Limits, String> {
