@@ -171,7 +171,7 @@ fn of_concurrent_creates_of_one_name_the_one_that_got_202_runs() {
     let dir = tempfile::tempdir().unwrap();
     let p = Arc::new(Platform::start(dir.path()));
     const RACERS: usize = 8;
-    for round in 0..5 {
+    for round in 0..10 {
         let name = format!("race{round}");
         let barrier = Arc::new(Barrier::new(RACERS));
         let racers: Vec<_> = (0..RACERS)
