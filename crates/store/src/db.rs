@@ -39,7 +39,7 @@ pub struct Store {
     db_path: PathBuf,
     bundles: Bundles,
     dir: PathBuf,
-    /// Set when a write failed for the disk's sake, cleared when one succeeds.
+    /// Set when the disk failed the store, cleared when a write succeeds.
     failing: AtomicBool,
     /// The last such failure, for `/healthz`.
     failure: Mutex<String>,
@@ -114,7 +114,7 @@ impl Store {
         &self.bundles
     }
 
-    /// `Ok` while the store can write, otherwise why not. Free unless a write failed: then
+    /// `Ok` while the store can write, otherwise why not. Free unless it failed: then
     /// it reopens the database if needed and writes a small file to the data directory.
     pub fn health(&self) -> std::result::Result<(), String> {
         if !self.failing.load(Ordering::Acquire) {
@@ -127,7 +127,7 @@ impl Store {
             }
             Err(e) => {
                 let last = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-                Err(format!("{e} (last failed write: {last})"))
+                Err(format!("{e} (last failure: {last})"))
             }
         }
     }
@@ -150,23 +150,20 @@ impl Store {
     }
 
     /// Run `op` on the open database, reopening it first when a failure closed it. A
-    /// storage failure closes it again (and marks writes failing); a write that works
-    /// clears that mark.
+    /// storage failure (also of the reopening) closes it again and marks the store failing;
+    /// a write that works clears that mark.
     fn with_db<T>(&self, write: bool, op: impl Fn(&Database) -> Result<T>) -> Result<T> {
-        self.ensure_open()?;
-        let result = {
+        let result = self.ensure_open().and_then(|()| {
             let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
             match guard.as_ref() {
                 Some(db) => op(db),
                 None => Err(StoreError::Unavailable("the database is closed".into())),
             }
-        };
+        });
         match &result {
             Err(e) if e.is_storage_failure() => {
-                if write {
-                    *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
-                    self.failing.store(true, Ordering::Release);
-                }
+                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+                self.failing.store(true, Ordering::Release);
                 tracing::warn!("store: {e}; closing the database to reopen it");
                 // Dropping it releases the file lock so it can be opened again.
                 self.db.write().unwrap_or_else(|p| p.into_inner()).take();
@@ -184,7 +181,11 @@ impl Store {
         }
         let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(Database::create(&self.db_path).map_err(db_err)?);
+            let db = Database::create(&self.db_path).map_err(|e| match db_err(e) {
+                e if e.is_storage_failure() => e,
+                e => StoreError::Unavailable(format!("reopening the database: {e}")),
+            })?;
+            *slot = Some(db);
             tracing::info!("store: database reopened");
         }
         Ok(())
