@@ -29,6 +29,12 @@ pub struct UpArgs {
     /// Largest request body for a function call, in bytes (413 beyond).
     #[arg(long, default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
+    /// Most bytes one uploaded bundle may unpack to (413 beyond).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_bundle_unpacked_bytes: u64,
+    /// Most entries (files, directories, links) one uploaded bundle may hold (413 beyond).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_bundle_entries: u64,
     /// Seconds a call may take through the gateway before it gets 504.
     #[arg(long, default_value_t = 60)]
     pub upstream_timeout: u64,
@@ -161,6 +167,10 @@ async fn serve(mut args: UpArgs) -> Result<()> {
     );
     let cfg = GatewayConfig {
         max_body_bytes: args.max_body_bytes,
+        bundle_limits: virga_store::UnpackLimits {
+            max_bytes: args.max_bundle_unpacked_bytes,
+            max_entries: args.max_bundle_entries,
+        },
         upstream_timeout: Duration::from_secs(args.upstream_timeout),
         ..GatewayConfig::default()
     };

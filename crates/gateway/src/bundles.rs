@@ -52,7 +52,8 @@ pub(crate) async fn upload(
     }
     let store = state.store.clone();
     let hex2 = hex.clone();
-    let size = tokio::task::spawn_blocking(move || store.bundles().commit(&tmp, &hex2))
+    let limits = state.cfg.bundle_limits;
+    let size = tokio::task::spawn_blocking(move || store.bundles().commit(&tmp, &hex2, &limits))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let image = BundleRef {
@@ -69,8 +70,21 @@ pub(crate) async fn upload(
 }
 
 async fn write_body(path: &std::path::Path, body: Body, limit: usize) -> Result<(), ApiError> {
-    let io = |e: std::io::Error| ApiError::Internal(format!("write bundle: {e}"));
-    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    let io = |e: std::io::Error| match virga_store::is_disk_full(&e) {
+        true => ApiError::InsufficientStorage(
+            "the data directory's disk is full: the upload was not stored; free some space \
+             and try again"
+                .into(),
+        ),
+        false => ApiError::Internal(format!("write bundle: {e}")),
+    };
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(io)?;
     let mut stream = body.into_data_stream();
     let mut total = 0usize;
     while let Some(chunk) = stream.next().await {

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// Body over the limit (413).
     #[error("request body is larger than the limit of {0} bytes")]
     TooLarge(usize),
+    /// Content over another limit, e.g. what a bundle unpacks to (413).
+    #[error("{0}")]
+    ContentTooLarge(String),
     /// Every instance is at its `max_inflight` (429).
     #[error("{0}")]
     TooManyRequests(String),
@@ -41,6 +44,9 @@ pub enum ApiError {
     /// The function failed in a way the platform detected, e.g. an OOM kill (500).
     #[error("{0}")]
     FunctionFailed(String),
+    /// The data directory's disk is full (507).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// Our fault (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -54,11 +60,12 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::ContentTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::FunctionFailed(_) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -95,6 +102,9 @@ impl From<StoreError> for ApiError {
             StoreError::Exists { .. } => ApiError::Conflict(e.to_string()),
             StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
             StoreError::BadBundle(_) => ApiError::BadRequest(e.to_string()),
+            StoreError::TooLarge(_) => ApiError::ContentTooLarge(e.to_string()),
+            StoreError::Full(_) => ApiError::InsufficientStorage(e.to_string()),
+            StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             _ => ApiError::Internal(e.to_string()),
         }
     }
@@ -113,6 +123,48 @@ impl From<ProviderError> for ApiError {
 
 /// Parse a JSON body, naming the offending field and position on failure.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    let bad = |e: String| ApiError::BadRequest(format!("invalid JSON body: {e}"));
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // The path means something only for a value of the wrong shape, not for bad syntax.
+        if inner.is_data() && path != "." {
+            bad(format!("{path}: {inner}"))
+        } else {
+            bad(inner.to_string())
+        }
+    })?;
+    de.end().map_err(|e| bad(e.to_string()))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<virga_types::DeleteFunctionRequest>(
+            br#"{"functionName": "f", "namespace": {}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("invalid JSON body: namespace: invalid type: map"),
+            "{e}"
+        );
+        let e = parse_json::<virga_types::DeleteFunctionRequest>(b"{not json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid JSON body: key must be a string"),
+            "{e}"
+        );
+        let e = parse_json::<virga_types::DeleteFunctionRequest>(br#"{"functionName": "f"} x"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trailing characters"), "{e}");
+        parse_json::<virga_types::DeleteFunctionRequest>(br#" {"functionName": "f"} "#).unwrap();
+    }
 }

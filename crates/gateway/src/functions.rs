@@ -5,18 +5,33 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
-use virga_store::{StoreError, StoredFunction};
+use serde::Deserialize;
+use virga_store::StoredFunction;
 use virga_types::{
-    validate_deployment, validate_name, validate_namespace, DeleteFunctionRequest,
-    FunctionDeployment, FunctionStatus, ScaleServiceRequest, ScalingPolicy,
+    validate_deployment, validate_name, validate_namespace, validate_replicas,
+    DeleteFunctionRequest, FunctionDeployment, FunctionStatus, ScaleServiceRequest, ScalingPolicy,
 };
 
 use crate::error::parse_json;
 use crate::{ApiError, AppState};
+
+/// `?namespace=` of a read, as faas-cli sends it; only the one namespace there is.
+#[derive(Deserialize)]
+pub(crate) struct NamespaceQuery {
+    #[serde(default)]
+    namespace: String,
+}
+
+impl NamespaceQuery {
+    /// 400 for a namespace other than `openfaas-fn`, as the writes answer.
+    pub(crate) fn check(&self) -> Result<(), ApiError> {
+        Ok(validate_namespace(&self.namespace)?)
+    }
+}
 
 fn status_of(state: &AppState, f: &StoredFunction) -> FunctionStatus {
     let name = &f.deployment.service;
@@ -31,9 +46,9 @@ fn status_of(state: &AppState, f: &StoredFunction) -> FunctionStatus {
     )
 }
 
-/// The replica count a new deployment starts with (`com.openfaas.scale.min`, validated).
-fn initial_replicas(d: &FunctionDeployment) -> Result<u64, ApiError> {
-    Ok(ScalingPolicy::from_labels(d.labels.as_ref())?.min)
+/// The scaling policy of a validated deployment.
+fn policy(d: &FunctionDeployment) -> Result<ScalingPolicy, ApiError> {
+    Ok(ScalingPolicy::from_labels(d.labels.as_ref())?)
 }
 
 fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, ApiError> {
@@ -47,7 +62,9 @@ fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, ApiError> {
 /// `GET /system/functions`.
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
+    Query(ns): Query<NamespaceQuery>,
 ) -> Result<Json<Vec<FunctionStatus>>, ApiError> {
+    ns.check()?;
     let all = state.store.functions()?;
     Ok(Json(all.iter().map(|f| status_of(&state, f)).collect()))
 }
@@ -56,7 +73,9 @@ pub(crate) async fn list(
 pub(crate) async fn get_one(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    Query(ns): Query<NamespaceQuery>,
 ) -> Result<Json<FunctionStatus>, ApiError> {
+    ns.check()?;
     let f = load(&state, &name)?;
     Ok(Json(status_of(&state, &f)))
 }
@@ -78,27 +97,30 @@ pub(crate) fn split_namespace(full: &str) -> Result<&str, ApiError> {
     Ok(name)
 }
 
-/// `POST /system/functions`: 202 once stored; 409 if the name is taken.
+/// `POST /system/functions`: 202 once stored; 409 if the name is taken. The store decides
+/// who gets a name (check and insert in one transaction), and only that create deploys, so
+/// the definition that runs is the one that got 202.
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let d = parse_deployment(&body)?;
-    if state.store.function(&d.service)?.is_some() {
-        return Err(ApiError::Conflict(format!(
-            "function {:?} already exists: update it with PUT /system/functions",
-            d.service
-        )));
-    }
     let f = StoredFunction {
-        replicas: initial_replicas(&d)?,
+        replicas: policy(&d)?.min,
         deployment: d,
         created_at: Utc::now(),
     };
-    state.provider.deploy(&f)?;
-    if let Err(e) = state.store.create_function(&f) {
-        if !matches!(e, StoreError::Exists { .. }) {
-            state.provider.remove(&f.deployment.service);
+    let _writing = state.function_writes.lock().await;
+    state.store.create_function(&f).map_err(|e| match e {
+        virga_store::StoreError::Exists { .. } => ApiError::Conflict(format!(
+            "function {:?} already exists: update it with PUT /system/functions",
+            f.deployment.service
+        )),
+        e => e.into(),
+    })?;
+    if let Err(e) = state.provider.deploy(&f) {
+        if let Err(undo) = state.store.delete_function_if(&f) {
+            tracing::error!(function = %f.deployment.service, "undo a failed create: {undo}");
         }
         return Err(e.into());
     }
@@ -112,14 +134,22 @@ pub(crate) async fn update(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let d = parse_deployment(&body)?;
+    let max = policy(&d)?.max;
+    let _writing = state.function_writes.lock().await;
     let old = load(&state, &d.service)?;
     let f = StoredFunction {
         deployment: d,
         created_at: old.created_at,
-        replicas: old.replicas,
+        replicas: old.replicas.min(max),
     };
-    state.provider.deploy(&f)?;
     state.store.update_function(&f)?;
+    if let Err(e) = state.provider.deploy(&f) {
+        // The old definition still runs: keep the store saying so.
+        if let Err(undo) = state.store.update_function(&old) {
+            tracing::error!(function = %f.deployment.service, "undo a failed update: {undo}");
+        }
+        return Err(e.into());
+    }
     tracing::info!(function = %f.deployment.service, "updated");
     Ok(StatusCode::OK)
 }
@@ -132,6 +162,7 @@ pub(crate) async fn delete(
     let req: DeleteFunctionRequest = parse_json(&body)?;
     validate_name("functionName", &req.function_name)?;
     validate_namespace(&req.namespace)?;
+    let _writing = state.function_writes.lock().await;
     if !state.store.delete_function(&req.function_name)? {
         return Err(ApiError::NotFound(format!(
             "function {:?} not found",
@@ -144,13 +175,16 @@ pub(crate) async fn delete(
     Ok(StatusCode::OK)
 }
 
-/// `POST /system/scale-function/{name}` with `{"serviceName","replicas"}`.
+/// `POST /system/scale-function/{name}` with `{"serviceName","replicas"}`; at most the
+/// function's `com.openfaas.scale.max` (and the platform's cap).
 pub(crate) async fn scale(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let req: ScaleServiceRequest = parse_json(&body)?;
+    validate_namespace(&req.namespace)?;
+    let _writing = state.function_writes.lock().await;
     let mut f = load(&state, &name)?;
     if !req.service_name.is_empty() && req.service_name != f.deployment.service {
         return Err(ApiError::BadRequest(format!(
@@ -158,6 +192,11 @@ pub(crate) async fn scale(
             req.service_name, f.deployment.service
         )));
     }
+    validate_replicas(
+        &f.deployment.service,
+        req.replicas,
+        policy(&f.deployment)?.max,
+    )?;
     f.replicas = req.replicas;
     state.store.update_function(&f)?;
     state.provider.scale(&f.deployment.service, req.replicas)?;

@@ -40,6 +40,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Largest bundle upload.
     pub max_bundle_bytes: usize,
+    /// What one bundle may unpack to (413 beyond).
+    pub bundle_limits: virga_store::UnpackLimits,
     /// How long a function call may take through the gateway (504 beyond).
     pub upstream_timeout: Duration,
 }
@@ -49,6 +51,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             max_body_bytes: 32 << 20,
             max_bundle_bytes: 512 << 20,
+            bundle_limits: virga_store::UnpackLimits::default(),
             upstream_timeout: Duration::from_secs(60),
         }
     }
@@ -68,6 +71,8 @@ pub struct AppState {
     fn_metrics: metrics::FunctionHandles,
     /// The async-call queue and workers, once enabled.
     async_calls: std::sync::OnceLock<asyncfn::AsyncCalls>,
+    /// Held by every change of a function, so the store and the provider see them in one order.
+    pub(crate) function_writes: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -93,6 +98,7 @@ impl AppState {
             provider,
             fn_metrics: metrics::FunctionHandles::default(),
             async_calls: std::sync::OnceLock::new(),
+            function_writes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -146,7 +152,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(state.cfg.max_bundle_bytes))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
     Router::new()
-        .route("/healthz", get(|| async { "OK" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::scrape))
         .route("/function/{name}", any(invoke::proxy))
         .route("/function/{name}/", any(invoke::proxy))
@@ -176,6 +182,15 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<GatewayInfo> {
         version,
         arch: std::env::consts::ARCH.into(),
     })
+}
+
+/// `GET /healthz`: OK, or 503 while the store cannot write (e.g. its disk is full).
+async fn healthz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
+    state
+        .store
+        .health()
+        .map(|()| "OK")
+        .map_err(|e| ApiError::Unavailable(format!("unhealthy: {e}")))
 }
 
 async fn namespaces() -> Json<Vec<&'static str>> {

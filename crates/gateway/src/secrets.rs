@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
-use virga_types::{validate_name, validate_secret, Secret, DEFAULT_NAMESPACE};
+use virga_types::{validate_name, validate_namespace, validate_secret, Secret, DEFAULT_NAMESPACE};
 
 use crate::error::parse_json;
+use crate::functions::NamespaceQuery;
 use crate::{ApiError, AppState};
 
 fn parse_secret(body: &[u8]) -> Result<Secret, ApiError> {
@@ -21,7 +22,9 @@ fn parse_secret(body: &[u8]) -> Result<Secret, ApiError> {
 /// `GET /system/secrets`: names and namespaces.
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
+    Query(ns): Query<NamespaceQuery>,
 ) -> Result<Json<Vec<Secret>>, ApiError> {
+    ns.check()?;
     let names = state.store.secret_names()?;
     Ok(Json(
         names
@@ -59,15 +62,18 @@ pub(crate) async fn update(
 #[derive(Deserialize)]
 struct DeleteSecret {
     name: String,
+    #[serde(default)]
+    namespace: String,
 }
 
-/// `DELETE /system/secrets` with `{"name": ...}`.
+/// `DELETE /system/secrets` with `{"name": ..., "namespace": ...}`.
 pub(crate) async fn delete(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let req: DeleteSecret = parse_json(&body)?;
     validate_name("name", &req.name)?;
+    validate_namespace(&req.namespace)?;
     if state.store.delete_secret(&req.name)? {
         Ok(StatusCode::OK)
     } else {

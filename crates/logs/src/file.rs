@@ -1,9 +1,11 @@
 //! `DIR/NAME.log`: a function's lines as JSON, one per line, rotated to `NAME.log.1` ..
 //! `NAME.log.N` when it reaches its size limit. Write failures are reported once and the
-//! file is retried on the next line, so a full disk never stops the in-memory logs.
+//! file is retried on the next line, so a full disk never stops the in-memory logs. Files are
+//! 0600 and their directory 0700: functions' output can hold anything.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::LogLine;
@@ -65,13 +67,23 @@ impl RotatingFile {
 
     fn open(&mut self) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            // Also a directory an older version made with the default mode.
+            std::fs::set_permissions(dir, Permissions::from_mode(0o700))?;
         }
         let f = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.path)?;
-        self.size = f.metadata()?.len();
+        let meta = f.metadata()?;
+        if meta.permissions().mode() & 0o777 != 0o600 {
+            f.set_permissions(Permissions::from_mode(0o600))?;
+        }
+        self.size = meta.len();
         self.file = Some(f);
         Ok(())
     }
@@ -121,6 +133,18 @@ mod tests {
         assert!(logs.join("echo.log.1").exists());
         assert!(logs.join("echo.log.2").exists());
         assert!(!logs.join("echo.log.3").exists());
+        let mode = |p: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(logs.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(""), 0o700);
+        for f in ["echo.log", "echo.log.1", "echo.log.2"] {
+            assert_eq!(mode(f), 0o600, "{f}");
+        }
         let line: serde_json::Value =
             serde_json::from_str(current.lines().next().unwrap()).unwrap();
         assert_eq!(line["name"], "echo");

@@ -11,7 +11,8 @@ use std::sync::Mutex;
 
 use virga_store::Store;
 use virga_types::{
-    parse_cpu, parse_memory, BundleManifest, BundleRef, FunctionDeployment, BUNDLE_MANIFEST,
+    check_watchdog_env, parse_cpu, parse_memory, BundleManifest, BundleRef, FunctionDeployment,
+    BUNDLE_MANIFEST,
 };
 
 /// Annotation that turns off a sandboxed function's outbound network access.
@@ -22,8 +23,6 @@ const DEFAULT_MEMORY: u64 = 256 << 20;
 const DEFAULT_PIDS: i64 = 128;
 /// Size of every sandbox's private /tmp.
 const TMP_SIZE: u64 = 64 << 20;
-/// Largest bundle manifest read.
-const MAX_MANIFEST: u64 = 1 << 20;
 
 use crate::sandbox::Limits;
 use crate::{ProviderConfig, ProviderError};
@@ -203,20 +202,35 @@ impl InstanceSpec {
     }
 }
 
-/// The bundle's manifest (a missing one is empty), read without following any link out of
-/// the bundle and bounded: the bundle is the caller's, the platform reads it as root.
+/// Largest `virga-bundle.json` read.
+const MANIFEST_LIMIT: u64 = 1 << 20;
+
+/// The bundle's manifest, read without leaving the bundle (no symlinks, regular files only,
+/// bounded: the gateway is root and the bundle is the uploader's). Errors never quote the
+/// file, whose content is not the caller's to see.
 fn read_manifest(dir: &Path) -> Result<BundleManifest, String> {
-    match virga_store::read_beneath(dir, BUNDLE_MANIFEST, MAX_MANIFEST) {
-        Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| {
-            format!(
-                "{BUNDLE_MANIFEST} is not a valid manifest (line {}, column {})",
-                e.line(),
-                e.column()
-            )
-        }),
-        Ok(None) => Ok(BundleManifest::default()),
-        Err(e) => Err(format!("{BUNDLE_MANIFEST}: {e}")),
-    }
+    let bytes = virga_store::read_beneath(dir, BUNDLE_MANIFEST, MANIFEST_LIMIT)
+        .map_err(|e| format!("cannot read the bundle's {BUNDLE_MANIFEST}: {e}"))?;
+    let Some(bytes) = bytes else {
+        return Ok(BundleManifest::default());
+    };
+    let manifest: BundleManifest = serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "the bundle's {BUNDLE_MANIFEST} is not a manifest (JSON {:?} error at line {} \
+             column {}): it must be an object like {{\"lang\": \"...\", \"env\": {{...}}}}",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    check_watchdog_env("env", &manifest.env).map_err(|e| {
+        format!(
+            "the bundle's {BUNDLE_MANIFEST} sets an invalid {}: fix it in the template and \
+             build again",
+            e.field
+        )
+    })?;
+    Ok(manifest)
 }
 
 fn limits(d: &FunctionDeployment) -> Result<Limits, String> {

@@ -1,15 +1,18 @@
 //! Content-addressed bundles: `bundles/HEX.tar.gz` is the archive as uploaded and
 //! `bundles/HEX/` its unpacked tree, which instances run from. Both appear atomically
-//! (written under a temporary name, fsync'd, renamed), so a crash never leaves half a bundle.
+//! (written under a temporary name, fsync'd, renamed), so a crash never leaves half a bundle,
+//! and an upload that is refused leaves nothing behind.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use virga_types::is_sha256_hex;
 
+use crate::unpack::{unpack, UnpackLimits};
 use crate::{Result, StoreError};
 
 /// The bundle directory.
@@ -19,13 +22,19 @@ pub struct Bundles {
 }
 
 impl Bundles {
-    /// Open `dir`, removing temporary files a crash may have left.
+    /// Open `dir` (mode 0700), removing temporary files a crash may have left.
     pub fn open(dir: &Path) -> Result<Bundles> {
         let tmp = dir.join("tmp");
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(StoreError::io("clear bundles/tmp"))?;
         }
-        fs::create_dir_all(&tmp).map_err(StoreError::io("create bundles/tmp"))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(StoreError::io("create bundles/tmp"))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(StoreError::io("chmod bundles"))?;
         Ok(Bundles {
             dir: dir.to_path_buf(),
             seq: AtomicU64::new(0),
@@ -46,15 +55,15 @@ impl Bundles {
         (is_sha256_hex(hex) && p.is_dir()).then_some(p)
     }
 
-    /// Check that the file at `tmp` hashes to `hex`, then store and unpack it.
-    /// Returns the archive's size. The temporary file is consumed either way.
-    pub fn commit(&self, tmp: &Path, hex: &str) -> Result<u64> {
-        let result = self.commit_inner(tmp, hex);
+    /// Check that the file at `tmp` hashes to `hex`, then unpack it within `limits` and
+    /// store both. Returns the archive's size. The temporary file is consumed either way.
+    pub fn commit(&self, tmp: &Path, hex: &str, limits: &UnpackLimits) -> Result<u64> {
+        let result = self.commit_inner(tmp, hex, limits);
         let _ = fs::remove_file(tmp);
         result
     }
 
-    fn commit_inner(&self, tmp: &Path, hex: &str) -> Result<u64> {
+    fn commit_inner(&self, tmp: &Path, hex: &str, limits: &UnpackLimits) -> Result<u64> {
         if !is_sha256_hex(hex) {
             return Err(StoreError::BadBundle(format!(
                 "{hex:?} is not a sha256 digest (64 lower-case hex digits)"
@@ -73,26 +82,31 @@ impl Bundles {
         if self.path(hex).is_some() {
             return Ok(size);
         }
-        file.sync_all().map_err(StoreError::io("fsync upload"))?;
-        let archive = self.dir.join(format!("{hex}.tar.gz"));
-        fs::rename(tmp, &archive).map_err(StoreError::io("store bundle"))?;
-        let unpack_tmp = self.temp_path();
-        unpack(&archive, &unpack_tmp)?;
-        fs::rename(&unpack_tmp, self.dir.join(hex)).map_err(StoreError::io("store bundle"))?;
-        sync_dir(&self.dir)?;
-        Ok(size)
+        let unpacked = self.temp_path();
+        if let Err(e) = unpack(tmp, &unpacked, limits) {
+            let _ = fs::remove_dir_all(&unpacked);
+            return Err(e);
+        }
+        let stored = self.store(&file, tmp, &unpacked, hex);
+        let _ = fs::remove_dir_all(&unpacked);
+        stored.map(|()| size)
     }
-}
 
-/// Unpack a gzip'd tar; the tar crate refuses entries that escape `dest`.
-fn unpack(archive: &Path, dest: &Path) -> Result<()> {
-    let file = File::open(archive).map_err(StoreError::io("open bundle"))?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    tar.set_preserve_permissions(true);
-    tar.unpack(dest).map_err(|e| {
-        let _ = fs::remove_dir_all(dest);
-        StoreError::BadBundle(format!("not a valid .tar.gz: {e}"))
-    })
+    /// Move a checked, unpacked upload into place.
+    fn store(&self, file: &File, tmp: &Path, unpacked: &Path, hex: &str) -> Result<()> {
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(StoreError::io("chmod upload"))?;
+        file.sync_all().map_err(StoreError::io("fsync upload"))?;
+        fs::rename(tmp, self.dir.join(format!("{hex}.tar.gz")))
+            .map_err(StoreError::io("store bundle"))?;
+        if let Err(e) = fs::rename(unpacked, self.dir.join(hex)) {
+            // A concurrent upload of the same bundle got there first.
+            if self.path(hex).is_none() {
+                return Err(StoreError::io("store bundle")(e));
+            }
+        }
+        sync_dir(&self.dir)
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -139,13 +153,14 @@ mod tests {
         let hex = hex::encode(Sha256::digest(&bytes));
         let tmp = b.temp_path();
         fs::write(&tmp, &bytes).unwrap();
+        let limits = UnpackLimits::default();
         assert!(matches!(
-            b.commit(&tmp, &"0".repeat(64)),
+            b.commit(&tmp, &"0".repeat(64), &limits),
             Err(StoreError::BadBundle(_))
         ));
         let tmp = b.temp_path();
         fs::write(&tmp, &bytes).unwrap();
-        assert_eq!(b.commit(&tmp, &hex).unwrap(), bytes.len() as u64);
+        assert_eq!(b.commit(&tmp, &hex, &limits).unwrap(), bytes.len() as u64);
         let p = b.path(&hex).unwrap();
         assert_eq!(fs::read(p.join("index.py")).unwrap(), b"print('hi')\n");
         assert_eq!(

@@ -1,15 +1,18 @@
 //! Functions and secrets in redb. Values are JSON so the schema can grow without migrations.
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use virga_types::FunctionDeployment;
+use virga_types::{FunctionDeployment, ScalingPolicy, MAX_REPLICAS};
 
-use crate::{Bundles, Result, StoreError};
+use crate::{is_disk_full, Bundles, Result, StoreError};
 
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
@@ -26,14 +29,46 @@ pub struct StoredFunction {
 }
 
 /// The platform's durable state.
+///
+/// redb refuses every call after one failed write ("previous I/O error") until the database
+/// is reopened, so an I/O failure closes it and the next call (or [`Store::health`]) opens
+/// it again: a disk that was full works again once space is freed, without a restart.
 pub struct Store {
-    db: Database,
+    /// `None` while closed after an I/O failure and not reopened yet.
+    db: RwLock<Option<Database>>,
+    db_path: PathBuf,
     bundles: Bundles,
     dir: PathBuf,
+    /// Set when the disk failed the store, cleared when a write succeeds.
+    failing: AtomicBool,
+    /// The last such failure, for `/healthz`.
+    failure: Mutex<String>,
 }
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(e.to_string())
+/// A redb error as a store error: I/O failures (a full disk above all) are told apart,
+/// since they close the database and answer 507/503 rather than 500.
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Io(io) if is_disk_full(&io) => StoreError::Full("database write".into()),
+        redb::Error::Io(io) => StoreError::Unavailable(format!("database I/O error: {io}")),
+        redb::Error::PreviousIo => {
+            StoreError::Unavailable("an earlier database write failed".into())
+        }
+        other => StoreError::Db(other.to_string()),
+    }
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Db(format!("stored value: {e}"))
+}
+
+/// A stored function, with a replica count from before the cap brought within it.
+fn decode_function(bytes: &[u8]) -> Result<StoredFunction> {
+    let mut f: StoredFunction = serde_json::from_slice(bytes).map_err(json_err)?;
+    let max =
+        ScalingPolicy::from_labels(f.deployment.labels.as_ref()).map_or(MAX_REPLICAS, |p| p.max);
+    f.replicas = f.replicas.min(max);
+    Ok(f)
 }
 
 impl Store {
@@ -60,9 +95,12 @@ impl Store {
         tx.commit().map_err(db_err)?;
         let bundles = Bundles::open(&dir.join("bundles"))?;
         Ok(Store {
-            db,
+            db: RwLock::new(Some(db)),
+            db_path: path,
             bundles,
             dir: dir.to_path_buf(),
+            failing: AtomicBool::new(false),
+            failure: Mutex::new(String::new()),
         })
     }
 
@@ -76,7 +114,86 @@ impl Store {
         &self.bundles
     }
 
-    /// Store a new function; fails with [`StoreError::Exists`] when the name is taken.
+    /// `Ok` while the store can write, otherwise why not. Free unless it failed: then
+    /// it reopens the database if needed and writes a small file to the data directory.
+    pub fn health(&self) -> std::result::Result<(), String> {
+        if !self.failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match self.ensure_open().and_then(|()| self.probe_write()) {
+            Ok(()) => {
+                self.failing.store(false, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                let last = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+                Err(format!("{e} (last failure: {last})"))
+            }
+        }
+    }
+
+    fn probe_write(&self) -> Result<()> {
+        let path = self.dir.join(".write-probe");
+        let result = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(&[0; 4096])?;
+                f.sync_data()
+            })
+            .map_err(StoreError::io("write to the data directory"));
+        let _ = fs::remove_file(&path);
+        result
+    }
+
+    /// Run `op` on the open database, reopening it first when a failure closed it. A
+    /// storage failure (also of the reopening) closes it again and marks the store failing;
+    /// a write that works clears that mark.
+    fn with_db<T>(&self, write: bool, op: impl Fn(&Database) -> Result<T>) -> Result<T> {
+        let result = self.ensure_open().and_then(|()| {
+            let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+            match guard.as_ref() {
+                Some(db) => op(db),
+                None => Err(StoreError::Unavailable("the database is closed".into())),
+            }
+        });
+        match &result {
+            Err(e) if e.is_storage_failure() => {
+                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+                self.failing.store(true, Ordering::Release);
+                tracing::warn!("store: {e}; closing the database to reopen it");
+                // Dropping it releases the file lock so it can be opened again.
+                self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+            }
+            Ok(_) if write => self.failing.store(false, Ordering::Release),
+            _ => {}
+        }
+        result
+    }
+
+    /// Open the database again if a failure closed it.
+    fn ensure_open(&self) -> Result<()> {
+        if self.db.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Ok(());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let db = Database::create(&self.db_path).map_err(|e| match db_err(e) {
+                e if e.is_storage_failure() => e,
+                e => StoreError::Unavailable(format!("reopening the database: {e}")),
+            })?;
+            *slot = Some(db);
+            tracing::info!("store: database reopened");
+        }
+        Ok(())
+    }
+
+    /// Store a new function: the check that the name is free and the insert are one
+    /// transaction, so of concurrent creates exactly one succeeds; the others get
+    /// [`StoreError::Exists`].
     pub fn create_function(&self, f: &StoredFunction) -> Result<()> {
         self.write(FUNCTIONS, "function", &f.deployment.service, f, Some(false))
     }
@@ -88,24 +205,38 @@ impl Store {
 
     /// One function.
     pub fn function(&self, name: &str) -> Result<Option<StoredFunction>> {
-        self.read(FUNCTIONS, name)
+        self.with_db(false, |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let table = tx.open_table(FUNCTIONS).map_err(db_err)?;
+            let row = table.get(name).map_err(db_err)?;
+            row.map(|v| decode_function(v.value())).transpose()
+        })
     }
 
     /// All functions, by name.
     pub fn functions(&self) -> Result<Vec<StoredFunction>> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(FUNCTIONS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            let (_, v) = row.map_err(db_err)?;
-            out.push(serde_json::from_slice(v.value()).map_err(db_err)?);
-        }
-        Ok(out)
+        self.with_db(false, |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let table = tx.open_table(FUNCTIONS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(db_err)? {
+                let (_, v) = row.map_err(db_err)?;
+                out.push(decode_function(v.value())?);
+            }
+            Ok(out)
+        })
     }
 
     /// Delete a function; false when it did not exist.
     pub fn delete_function(&self, name: &str) -> Result<bool> {
-        self.delete(FUNCTIONS, name)
+        self.delete(FUNCTIONS, name, None)
+    }
+
+    /// Delete `f` only if it is still what is stored under its name (undoing a create whose
+    /// deploy failed without removing what another request stored since); false otherwise.
+    pub fn delete_function_if(&self, f: &StoredFunction) -> Result<bool> {
+        let bytes = serde_json::to_vec(f).map_err(json_err)?;
+        self.delete(FUNCTIONS, &f.deployment.service, Some(&bytes))
     }
 
     /// Store a secret: `create` fails when it exists, otherwise it must exist.
@@ -115,23 +246,31 @@ impl Store {
 
     /// A secret's value.
     pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        self.read(SECRETS, name)
+        self.with_db(false, |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let table = tx.open_table(SECRETS).map_err(db_err)?;
+            let row = table.get(name).map_err(db_err)?;
+            row.map(|v| serde_json::from_slice(v.value()).map_err(json_err))
+                .transpose()
+        })
     }
 
     /// Names of all secrets.
     pub fn secret_names(&self) -> Result<Vec<String>> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(SECRETS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            out.push(row.map_err(db_err)?.0.value().to_string());
-        }
-        Ok(out)
+        self.with_db(false, |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let table = tx.open_table(SECRETS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(db_err)? {
+                out.push(row.map_err(db_err)?.0.value().to_string());
+            }
+            Ok(out)
+        })
     }
 
     /// Delete a secret; false when it did not exist.
     pub fn delete_secret(&self, name: &str) -> Result<bool> {
-        self.delete(SECRETS, name)
+        self.delete(SECRETS, name, None)
     }
 
     /// Write `value` under `key`; `must_exist` Some(true) = update only, Some(false) = create only.
@@ -143,53 +282,49 @@ impl Store {
         value: &T,
         must_exist: Option<bool>,
     ) -> Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(db_err)?;
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = tx.open_table(def).map_err(db_err)?;
-            let exists = table.get(key).map_err(db_err)?.is_some();
-            match must_exist {
-                Some(true) if !exists => {
-                    return Err(StoreError::NotFound {
-                        kind,
-                        name: key.to_string(),
-                    })
+        let bytes = serde_json::to_vec(value).map_err(json_err)?;
+        self.with_db(true, |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            {
+                let mut table = tx.open_table(def).map_err(db_err)?;
+                let exists = table.get(key).map_err(db_err)?.is_some();
+                let name = || key.to_string();
+                match must_exist {
+                    Some(true) if !exists => {
+                        return Err(StoreError::NotFound { kind, name: name() })
+                    }
+                    Some(false) if exists => return Err(StoreError::Exists { kind, name: name() }),
+                    _ => {}
                 }
-                Some(false) if exists => {
-                    return Err(StoreError::Exists {
-                        kind,
-                        name: key.to_string(),
-                    })
-                }
-                _ => {}
+                table.insert(key, bytes.as_slice()).map_err(db_err)?;
             }
-            table.insert(key, bytes.as_slice()).map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+            tx.commit().map_err(db_err)
+        })
     }
 
-    fn read<T: for<'de> Deserialize<'de>>(
+    /// Remove `key` (only if its value is `expected`, when given); whether it was removed.
+    fn delete(
         &self,
         def: TableDefinition<&str, &[u8]>,
         key: &str,
-    ) -> Result<Option<T>> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(def).map_err(db_err)?;
-        match table.get(key).map_err(db_err)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(db_err)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn delete(&self, def: TableDefinition<&str, &[u8]>, key: &str) -> Result<bool> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let existed = {
-            let mut table = tx.open_table(def).map_err(db_err)?;
-            let existed = table.remove(key).map_err(db_err)?.is_some();
-            existed
-        };
-        tx.commit().map_err(db_err)?;
-        Ok(existed)
+        expected: Option<&[u8]>,
+    ) -> Result<bool> {
+        self.with_db(true, |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let removed = {
+                let mut table = tx.open_table(def).map_err(db_err)?;
+                let matches = match expected {
+                    Some(want) => table
+                        .get(key)
+                        .map_err(db_err)?
+                        .is_some_and(|v| v.value() == want),
+                    None => true,
+                };
+                matches && table.remove(key).map_err(db_err)?.is_some()
+            };
+            tx.commit().map_err(db_err)?;
+            Ok(removed)
+        })
     }
 }
 
@@ -229,6 +364,12 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.functions().unwrap().len(), 1);
+        let a = s.function("a").unwrap().unwrap();
+        let mut other = a.clone();
+        other.replicas = 2;
+        assert!(!s.delete_function_if(&other).unwrap());
+        assert!(s.delete_function_if(&a).unwrap());
+        s.create_function(&a).unwrap();
         assert_eq!(s.secret("k").unwrap().unwrap(), b"w");
         assert_eq!(s.secret_names().unwrap(), vec!["k".to_string()]);
         assert!(s.delete_function("a").unwrap());
@@ -238,5 +379,27 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn stored_replicas_beyond_the_cap_are_clamped_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut f = function("big");
+        f.replicas = u64::MAX;
+        f.deployment.labels =
+            Some([("com.openfaas.scale.max".into(), u64::MAX.to_string())].into());
+        s.create_function(&f).unwrap();
+        let mut d = function("default");
+        d.replicas = 50;
+        s.create_function(&d).unwrap();
+        let mut g = function("capped");
+        g.replicas = 50;
+        g.deployment.labels = Some([("com.openfaas.scale.max".into(), "5".into())].into());
+        s.create_function(&g).unwrap();
+        assert_eq!(s.function("big").unwrap().unwrap().replicas, MAX_REPLICAS);
+        let all = s.functions().unwrap();
+        let replicas: Vec<u64> = all.iter().map(|f| f.replicas).collect();
+        assert_eq!(replicas, [MAX_REPLICAS, 5, 20]);
     }
 }

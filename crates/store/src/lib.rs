@@ -6,11 +6,13 @@
 mod beneath;
 mod bundles;
 mod db;
+mod unpack;
 
 pub use beneath::read_beneath;
 
 pub use bundles::Bundles;
 pub use db::{Store, StoredFunction};
+pub use unpack::UnpackLimits;
 
 use thiserror::Error;
 
@@ -33,9 +35,19 @@ pub enum StoreError {
         /// Its name.
         name: String,
     },
-    /// An uploaded bundle is not what its name says.
+    /// An uploaded bundle is not what its name says, or holds what a bundle may not.
     #[error("bundle rejected: {0}")]
     BadBundle(String),
+    /// An uploaded bundle unpacks to more than the limits allow.
+    #[error("bundle rejected: {0}")]
+    TooLarge(String),
+    /// The data directory's file system is full: nothing was changed.
+    #[error("the data directory's disk is full ({0}): nothing was changed; free some space and try again")]
+    Full(String),
+    /// The database cannot read or write right now (an I/O error; it is reopened on the
+    /// next use).
+    #[error("the store cannot read or write: {0}")]
+    Unavailable(String),
     /// The database failed.
     #[error("database: {0}")]
     Db(String),
@@ -50,10 +62,32 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Wrap an I/O error with what was being done; a full disk becomes [`StoreError::Full`].
     fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
         let context = context.into();
-        move |source| StoreError::Io { context, source }
+        move |source| {
+            if is_disk_full(&source) {
+                StoreError::Full(context)
+            } else {
+                StoreError::Io { context, source }
+            }
+        }
     }
+
+    /// Whether the disk, not the request, is at fault (full or failing).
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, StoreError::Full(_) | StoreError::Unavailable(_))
+    }
+}
+
+/// Whether `e` says the disk is full: ENOSPC or EDQUOT, also when wrapped (the tar crate
+/// keeps the kind, not the errno).
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
 }
 
 /// Result of store operations.

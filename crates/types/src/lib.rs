@@ -4,15 +4,18 @@
 
 mod api;
 mod bundle;
+pub mod duration;
 mod resources;
 mod scaling;
 mod validate;
+mod watchdog;
 
 pub use api::*;
 pub use bundle::*;
 pub use resources::*;
 pub use scaling::*;
 pub use validate::*;
+pub use watchdog::*;
 
 /// The one namespace Virga serves for now, named like OpenFaaS's default.
 pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";

@@ -5,7 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::Invalid;
+use crate::{duration, Invalid};
+
+/// The most replicas any function may have: every replica is a process on this machine, and
+/// a count the machine cannot hold would only make the provider spin creating instances.
+pub const MAX_REPLICAS: u64 = 1000;
 
 /// Minimum replicas while the function is active (and the count it is deployed with).
 pub const LABEL_MIN: &str = "com.openfaas.scale.min";
@@ -74,8 +78,32 @@ fn bad(label: &str, value: &str, what: &str) -> Invalid {
 }
 
 impl ScalingPolicy {
-    /// Parse the scaling labels (absent ones take OpenFaaS's defaults).
+    /// The policy of stored labels: parsed, with replica bounds clamped to [`MAX_REPLICAS`]
+    /// (a database from before the cap may hold larger ones).
     pub fn from_labels(labels: Option<&BTreeMap<String, String>>) -> Result<Self, Invalid> {
+        let mut p = Self::parse(labels)?;
+        p.max = p.max.min(MAX_REPLICAS);
+        p.min = p.min.min(p.max);
+        Ok(p)
+    }
+
+    /// Check the labels of a new deployment: valid, and replica bounds within [`MAX_REPLICAS`].
+    pub fn check_labels(labels: Option<&BTreeMap<String, String>>) -> Result<(), Invalid> {
+        let p = Self::parse(labels)?;
+        for (label, n) in [(LABEL_MIN, p.min), (LABEL_MAX, p.max)] {
+            if n > MAX_REPLICAS {
+                return Err(bad(
+                    label,
+                    &n.to_string(),
+                    &format!("more than the platform's limit of {MAX_REPLICAS} replicas"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parse the scaling labels as given (absent ones take OpenFaaS's defaults).
+    fn parse(labels: Option<&BTreeMap<String, String>>) -> Result<Self, Invalid> {
         let mut p = ScalingPolicy::default();
         let Some(labels) = labels else {
             return Ok(p);
@@ -130,13 +158,16 @@ impl ScalingPolicy {
             };
         }
         if let Some(v) = get(LABEL_ZERO_DURATION) {
-            p.zero_duration = parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
-                bad(
-                    LABEL_ZERO_DURATION,
-                    v,
-                    "give a duration like 15m, 30s or 500ms",
-                )
-            })?;
+            p.zero_duration = duration::parse(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    bad(
+                        LABEL_ZERO_DURATION,
+                        v,
+                        "give a duration like 15m, 30s or 500ms",
+                    )
+                })?;
         }
         Ok(p)
     }
@@ -152,34 +183,6 @@ impl ScalingPolicy {
         };
         raw.clamp(self.min.max(1), self.max.max(1))
     }
-}
-
-/// A Go-style duration: one or more `<number><unit>` parts with units ms, s, m, h.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let (num, tail) = rest.split_at(split);
-        let n: f64 = num.parse().ok()?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_len);
-        let secs = match unit {
-            "ms" => n / 1000.0,
-            "s" => n,
-            "m" => n * 60.0,
-            "h" => n * 3600.0,
-            _ => return None,
-        };
-        total += Duration::try_from_secs_f64(secs).ok()?;
-        rest = next;
-    }
-    Some(total)
 }
 
 #[cfg(test)]
@@ -255,11 +258,17 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1h2s"), Some(Duration::from_secs(3602)));
-        assert_eq!(parse_duration("2"), None);
-        assert_eq!(parse_duration(""), None);
+    fn replica_bounds_beyond_the_cap_are_refused_new_and_clamped_stored() {
+        let huge = "18446744073709551615";
+        for k in [LABEL_MIN, LABEL_MAX] {
+            let l = labels(&[(LABEL_MIN, "1"), (k, huge)]);
+            let e = ScalingPolicy::check_labels(Some(&l)).unwrap_err();
+            assert!(e.to_string().contains(k), "{e}");
+        }
+        let l = labels(&[(LABEL_MIN, huge), (LABEL_MAX, huge)]);
+        let p = ScalingPolicy::from_labels(Some(&l)).unwrap();
+        assert_eq!((p.min, p.max), (MAX_REPLICAS, MAX_REPLICAS));
+        let l = labels(&[(LABEL_MAX, &MAX_REPLICAS.to_string())]);
+        ScalingPolicy::check_labels(Some(&l)).unwrap();
     }
 }

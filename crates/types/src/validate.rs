@@ -3,8 +3,8 @@
 use thiserror::Error;
 
 use crate::{
-    parse_cpu, parse_memory, BundleRef, FunctionDeployment, ScalingPolicy, Secret,
-    DEFAULT_NAMESPACE,
+    check_command, check_watchdog_env, parse_cpu, parse_memory, BundleRef, FunctionDeployment,
+    ScalingPolicy, Secret, DEFAULT_NAMESPACE, MAX_REPLICAS,
 };
 
 /// A request body that is well-formed JSON but not acceptable.
@@ -95,7 +95,7 @@ pub fn validate_deployment(d: &mut FunctionDeployment) -> Result<(), Invalid> {
             }
         }
     }
-    ScalingPolicy::from_labels(d.labels.as_ref())?;
+    ScalingPolicy::check_labels(d.labels.as_ref())?;
     for k in d.env_vars.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(invalid(
@@ -103,6 +103,23 @@ pub fn validate_deployment(d: &mut FunctionDeployment) -> Result<(), Invalid> {
                 format!("{k:?} is not a valid variable name"),
             ));
         }
+    }
+    check_command("envProcess", &d.env_process)?;
+    check_watchdog_env("envVars", &d.env_vars)
+}
+
+/// Check a replica count asked for `function` against its `com.openfaas.scale.max` (`max`)
+/// and the platform's cap.
+pub fn validate_replicas(function: &str, replicas: u64, max: u64) -> Result<(), Invalid> {
+    let max = max.min(MAX_REPLICAS);
+    if replicas > max {
+        return Err(invalid(
+            "replicas",
+            format!(
+                "{replicas} is more than function {function:?} may have ({max}: its \
+                 com.openfaas.scale.max label, at most {MAX_REPLICAS})"
+            ),
+        ));
     }
     Ok(())
 }
@@ -153,5 +170,34 @@ mod tests {
         validate_deployment(&mut d).unwrap();
         d.env_process.clear();
         assert_eq!(validate_deployment(&mut d).unwrap_err().field, "image");
+    }
+
+    #[test]
+    fn deployment_checks_watchdog_variables_and_nul_bytes() {
+        let mut d = FunctionDeployment {
+            service: "f".into(),
+            env_process: "cat".into(),
+            ..Default::default()
+        };
+        d.env_vars.insert("exec_timeout".into(), "banana".into());
+        assert_eq!(
+            validate_deployment(&mut d).unwrap_err().field,
+            "envVars.exec_timeout"
+        );
+        d.env_vars.clear();
+        d.env_process = "cat\0x".into();
+        assert_eq!(validate_deployment(&mut d).unwrap_err().field, "envProcess");
+    }
+
+    #[test]
+    fn replicas_stay_within_the_label_and_the_cap() {
+        validate_replicas("f", 20, 20).unwrap();
+        validate_replicas("f", 0, 1).unwrap();
+        assert_eq!(
+            validate_replicas("f", 21, 20).unwrap_err().field,
+            "replicas"
+        );
+        let e = validate_replicas("f", u64::MAX, u64::MAX).unwrap_err();
+        assert!(e.reason.contains(&MAX_REPLICAS.to_string()), "{e}");
     }
 }
