@@ -99,7 +99,8 @@ async fn missing_command_is_500() {
     let wd = serializing("/definitely/not/a/command", &[]);
     let resp = client().post(wd.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 500);
-    assert!(resp.text().await.unwrap().contains("failed to start"));
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("command not found"), "{text}");
 }
 
 #[tokio::test]
