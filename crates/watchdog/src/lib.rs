@@ -11,6 +11,7 @@ pub mod config;
 pub mod init;
 pub mod process;
 pub mod proxy;
+pub mod replay;
 pub mod serializing;
 pub mod server;
 pub mod streaming;

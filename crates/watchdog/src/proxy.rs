@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::body::{text, ResponseBody};
 use crate::config::Config;
 use crate::process::{signal_group, FunctionSpec, LineLogger};
+use crate::replay::{Attempt, Replayable};
 
 /// How long a readiness probe result is reused.
 const HEALTH_CACHE: Duration = Duration::from_millis(5);
@@ -51,7 +52,7 @@ const HOP_HEADERS: &[&str] = &[
 /// The http-mode handler: upstream supervisor plus reverse proxy.
 pub struct Proxy {
     spec: FunctionSpec,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Attempt<Incoming>>,
     scheme_authority: String,
     base_path: String,
     upstream_addr: String,
@@ -288,14 +289,8 @@ impl Proxy {
         let hold = self
             .exec_timeout
             .map_or(RESTART_WAIT, |t| t.min(RESTART_WAIT));
-        if !self.serving() && tokio::time::timeout(hold, self.wait_ready()).await.is_err() {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "function process is not serving on {} (restarting?); waited {hold:?}",
-                    self.upstream_addr
-                ),
-            );
+        if !self.serving() && !self.held(hold).await {
+            return self.not_serving(hold);
         }
         let (mut parts, body) = req.into_parts();
         let path_and_query = parts
@@ -329,26 +324,81 @@ impl Proxy {
                 .headers
                 .append(HeaderName::from_static("x-forwarded-for"), ip);
         }
-
-        let fut = self.client.request(Request::from_parts(parts, body));
-        let result = match self.exec_timeout {
-            Some(t) => match tokio::time::timeout(t, fut).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!(timeout = ?t, "upstream exceeded exec_timeout");
-                    return text(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!("function exceeded exec_timeout of {t:?}"),
-                    );
+        let body = Replayable::new(body);
+        let mut held = false;
+        loop {
+            let Some(attempt) = body.attempt() else {
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream failed reading the request",
+                );
+            };
+            let mut req = Request::new(attempt);
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = parts.uri.clone();
+            *req.version_mut() = parts.version;
+            *req.headers_mut() = parts.headers.clone();
+            match self.send(req).await {
+                // Refused: the process died a moment ago and the request reached nothing;
+                // send it again (once) when the restarted process serves.
+                Err(e) if e.is_connect() && !held && body.unread() => {
+                    *lock(&self.health) = Some((Instant::now(), false));
+                    if !self.held(hold).await {
+                        return self.not_serving(hold);
+                    }
+                    held = true;
                 }
+                result => return self.answer(result),
+            }
+        }
+    }
+
+    /// Wait, at most `hold`, for the function process to serve; whether it does.
+    async fn held(&self, hold: Duration) -> bool {
+        tokio::time::timeout(hold, self.wait_ready()).await.is_ok()
+    }
+
+    fn not_serving(&self, hold: Duration) -> Response<ResponseBody> {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "function process is not serving on {} (restarting?); waited {hold:?}",
+                self.upstream_addr
+            ),
+        )
+    }
+
+    /// Send one attempt, within exec_timeout (`Ok(Err(..))` when it took longer).
+    async fn send(
+        &self,
+        req: Request<Attempt<Incoming>>,
+    ) -> Result<Result<Response<Incoming>, Duration>, hyper_util::client::legacy::Error> {
+        let fut = self.client.request(req);
+        match self.exec_timeout {
+            Some(t) => match tokio::time::timeout(t, fut).await {
+                Ok(r) => r.map(Ok),
+                Err(_) => Ok(Err(t)),
             },
-            None => fut.await,
-        };
+            None => fut.await.map(Ok),
+        }
+    }
+
+    fn answer(
+        &self,
+        result: Result<Result<Response<Incoming>, Duration>, hyper_util::client::legacy::Error>,
+    ) -> Response<ResponseBody> {
         match result {
-            Ok(resp) => {
+            Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_headers(&mut parts.headers);
                 Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+            }
+            Ok(Err(t)) => {
+                tracing::warn!(timeout = ?t, "upstream exceeded exec_timeout");
+                text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("function exceeded exec_timeout of {t:?}"),
+                )
             }
             Err(e) => {
                 if e.is_connect() {

@@ -207,3 +207,60 @@ async fn upstream_that_never_listens_is_503_after_exec_timeout() {
         "answered after {waited:?}"
     );
 }
+
+/// An upstream that closes its listener after one answer and exits a moment later (the
+/// window in which a process has died but its supervisor has not seen it yet).
+const ONE_SHOT_PY: &str = r#"
+import os, socket, sys, time
+l = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    c, _ = l.accept()
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        more = c.recv(65536)
+        if not more:
+            break
+        buf += more
+    if b"\r\n\r\n" in buf:
+        break
+    c.close()  # a readiness probe: connected, sent nothing
+l.close()
+head, _, rest = buf.partition(b"\r\n\r\n")
+n = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")), 0)
+while len(rest) < n:
+    rest += c.recv(65536)
+body = b"pid=%d got=%s" % (os.getpid(), rest)
+c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+c.close()
+time.sleep(0.3)
+"#;
+
+/// A request that finds the upstream refusing connections because its process just died
+/// is held until the restarted process serves, then sent with its body: it never reached the
+/// dead one.
+#[tokio::test]
+async fn a_request_refused_by_a_dying_upstream_waits_for_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let py = script(dir.path(), "oneshot.py", ONE_SHOT_PY);
+    let port = free_port();
+    let fprocess = format!("python3 {} {port}", py.display());
+    let upstream = format!("http://127.0.0.1:{port}");
+    let wd = Watchdog::start(&[
+        ("mode", "http"),
+        ("fprocess", fprocess.as_str()),
+        ("upstream_url", upstream.as_str()),
+    ]);
+    let c = client();
+    wait_for_status(&c, &wd.url("/_/health"), 200, Duration::from_secs(20)).await;
+    let first = c.post(wd.url("/")).body("one").send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first = first.text().await.unwrap();
+    assert!(first.ends_with("got=one"), "{first}");
+    for body in ["two", "three"] {
+        let r = c.post(wd.url("/")).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{body}");
+        let text = r.text().await.unwrap();
+        assert!(text.ends_with(&format!("got={body}")), "{text}");
+        assert_ne!(pid_of(&text), pid_of(&first));
+    }
+}
