@@ -44,7 +44,7 @@ impl<B: Body + Unpin> Replayable<B> {
         present.then(|| Attempt {
             slot: self.slot.clone(),
             body: None,
-            hint: self.hint.clone(),
+            hint: self.hint,
             end: self.end,
         })
     }
@@ -89,7 +89,7 @@ impl<B: Body + Unpin> Body for Attempt<B> {
     fn size_hint(&self) -> SizeHint {
         match &self.body {
             Some(b) => b.size_hint(),
-            None => self.hint.clone(),
+            None => self.hint,
         }
     }
 }
