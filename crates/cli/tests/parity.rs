@@ -289,3 +289,52 @@ fn real_template_directories_run_unmodified() {
         "{fl}"
     );
 }
+
+/// `POST /system/alert` takes AlertManager's webhook as OpenFaaS's gateway does: each firing
+/// alert for a function adds `com.openfaas.scale.factor`% of its max replicas (up to max), a
+/// resolved one brings it back to min; it needs credentials and names bad input.
+#[test]
+fn alertmanager_alerts_scale_functions() {
+    let data = tempfile::tempdir().unwrap();
+    let p = Platform::start(data.path());
+    let labels = serde_json::json!({"labels": {
+        "com.openfaas.scale.min": "1",
+        "com.openfaas.scale.max": "10",
+        "com.openfaas.scale.factor": "30"
+    }});
+    p.deploy_process("busy", "cat", labels);
+    let hook = |status: &str| {
+        serde_json::json!({
+            "receiver": "scale-up", "status": status, "version": "4", "groupKey": "{}:{alertname=\"APIHighInvocationRate\"}",
+            "alerts": [{"status": status, "labels": {"alertname": "APIHighInvocationRate", "function_name": "busy.openfaas-fn"}, "annotations": {}}],
+            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": ""
+        })
+    };
+    let replicas = || {
+        p.get_json("/system/function/busy")["replicas"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(replicas(), 1);
+    for want in [4, 7, 10, 10] {
+        let r = p.send_json(reqwest::Method::POST, "/system/alert", hook("firing"));
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(replicas(), want);
+    }
+    let r = p.send_json(reqwest::Method::POST, "/system/alert", hook("resolved"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(replicas(), 1);
+    let anon = p
+        .anon(reqwest::Method::POST, "/system/alert")
+        .json(&hook("firing"))
+        .send()
+        .unwrap();
+    assert_eq!(anon.status(), 401);
+    let bad = p
+        .sys(reqwest::Method::POST, "/system/alert")
+        .body("{\"alerts\": 3}")
+        .send()
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().unwrap().contains("alerts"));
+}

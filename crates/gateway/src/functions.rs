@@ -197,8 +197,35 @@ pub(crate) async fn scale(
         req.replicas,
         policy(&f.deployment)?.max,
     )?;
-    f.replicas = req.replicas;
-    state.store.update_function(&f)?;
-    state.provider.scale(&f.deployment.service, req.replicas)?;
+    set_replicas(&state, &mut f, req.replicas)?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Store and apply a function's wanted replicas (the caller holds `function_writes`).
+fn set_replicas(state: &AppState, f: &mut StoredFunction, replicas: u64) -> Result<(), ApiError> {
+    f.replicas = replicas;
+    state.store.update_function(f)?;
+    state.provider.scale(&f.deployment.service, replicas)?;
+    Ok(())
+}
+
+/// Apply one AlertManager alert for `name` (OpenFaaS's rule, [`ScalingPolicy::after_alert`]);
+/// the replicas before and after, or `None` for a function that is not deployed (an alert
+/// can outlive its function).
+pub(crate) async fn scale_on_alert(
+    state: &AppState,
+    name: &str,
+    firing: bool,
+) -> Result<Option<(u64, u64)>, ApiError> {
+    let _writing = state.function_writes.lock().await;
+    let name = split_namespace(name)?;
+    let Some(mut f) = state.store.function(name)? else {
+        return Ok(None);
+    };
+    let (current, _) = state.provider.replicas(name);
+    let next = policy(&f.deployment)?.after_alert(firing, current);
+    if next != current {
+        set_replicas(state, &mut f, next)?;
+    }
+    Ok(Some((current, next)))
 }

@@ -5,6 +5,7 @@
 //! Follow one request: `router` (this file) → `invoke::proxy` → `LocalProvider::lease` →
 //! the instance's watchdog; management calls go `functions` / `secrets` → store → provider.
 
+mod alert;
 mod asyncfn;
 mod auth;
 mod bundles;
@@ -127,6 +128,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/system/function/{name}", get(functions::get_one))
         .route("/system/scale-function/{name}", post(functions::scale))
+        .route("/system/alert", post(alert::receive))
         .route(
             "/system/secrets",
             get(secrets::list)

@@ -2,7 +2,8 @@
 //! into a replica count with the function's `com.openfaas.scale.*` policy
 //! (desired = ceil(load / (target × target-proportion)), clamped to min..max) and applies it.
 //! Scale-up is immediate; scale-down takes the highest recommendation of the last
-//! `scale_down_window`, so replicas do not flap. A function with `scale.zero=true` that saw no
+//! `scale_down_window`, so replicas do not flap; a count raised by someone else (a manual
+//! scale, an AlertManager alert) counts as such a recommendation, so it holds for the window. A function with `scale.zero=true` that saw no
 //! request for `zero-duration` goes to zero; it comes back when a request arrives (the
 //! provider holds that request until an instance is ready). Functions at zero are left alone.
 //!
@@ -92,6 +93,9 @@ struct Track {
     recs: VecDeque<(Instant, u64)>,
     last_active: Option<Instant>,
     last_arrivals: u64,
+    /// The replicas as last seen or set here: a higher count seen later was set by someone
+    /// else (a manual scale, an AlertManager alert) and is held like a scale-up of ours.
+    last_desired: Option<u64>,
 }
 
 /// The autoscaling policy over a fleet; call [`Scaler::tick`] every interval.
@@ -160,6 +164,9 @@ fn decide(cfg: &ScalerConfig, t: &mut Track, l: &FunctionLoad, now: Instant, fle
         return;
     }
     let want = l.policy.desired(load(l.policy.kind, &t.samples));
+    if t.last_desired.is_none_or(|d| l.desired > d) {
+        t.recs.push_back((now, l.desired.min(l.policy.max)));
+    }
     t.recs.push_back((now, want));
     while t
         .recs
@@ -178,6 +185,7 @@ fn decide(cfg: &ScalerConfig, t: &mut Track, l: &FunctionLoad, now: Instant, fle
         tracing::info!(function = %l.name, from = l.desired, to = next, "autoscaling");
         fleet.set_replicas(&l.name, next);
     }
+    t.last_desired = Some(next);
 }
 
 /// The load over the samples of the window, in the unit of `kind`.

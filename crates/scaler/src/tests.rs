@@ -188,3 +188,21 @@ fn a_function_at_zero_is_left_for_requests_to_wake() {
     }
     assert_eq!(fleet.desired(), 0);
 }
+
+#[test]
+fn replicas_raised_from_outside_hold_for_the_scale_down_window() {
+    let (mut s, clock) = scaler();
+    let fleet = FakeFleet::new(CAPACITY_1, 1);
+    s.tick(&fleet);
+    assert_eq!(fleet.desired(), 1);
+    // An alert or a manual scale raises it to 4 with no load behind it.
+    fleet.set_replicas("f", 4);
+    for _ in 0..30 {
+        clock.advance(Duration::from_millis(250));
+        s.tick(&fleet);
+        assert_eq!(fleet.desired(), 4);
+    }
+    clock.advance(Duration::from_secs(4));
+    s.tick(&fleet);
+    assert_eq!(fleet.desired(), 1);
+}

@@ -25,6 +25,8 @@ pub const LABEL_PROPORTION: &str = "com.openfaas.scale.target-proportion";
 pub const LABEL_ZERO: &str = "com.openfaas.scale.zero";
 /// How long without requests before going to zero, e.g. `15m`, `30s`.
 pub const LABEL_ZERO_DURATION: &str = "com.openfaas.scale.zero-duration";
+/// Percent of the maximum replicas a firing AlertManager alert adds (`/system/alert`).
+pub const LABEL_FACTOR: &str = "com.openfaas.scale.factor";
 
 /// The load metric a function scales on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +56,8 @@ pub struct ScalingPolicy {
     pub zero: bool,
     /// Idle time before scaling to zero.
     pub zero_duration: Duration,
+    /// Percent of `max` one firing alert adds (0 to 100).
+    pub factor: u64,
 }
 
 impl Default for ScalingPolicy {
@@ -66,6 +70,7 @@ impl Default for ScalingPolicy {
             target_proportion: 0.9,
             zero: false,
             zero_duration: Duration::from_secs(15 * 60),
+            factor: 20,
         }
     }
 }
@@ -78,6 +83,18 @@ fn bad(label: &str, value: &str, what: &str) -> Invalid {
 }
 
 impl ScalingPolicy {
+    /// The replicas after an AlertManager alert with `status` (OpenFaaS's rule): a firing
+    /// alert adds `factor`% of `max` (rounded up) to `current`, up to `max`; anything else
+    /// (resolved), and a firing alert that would add nothing, goes back to `min`.
+    pub fn after_alert(&self, firing: bool, current: u64) -> u64 {
+        let step = (self.max * self.factor).div_ceil(100);
+        if firing && step > 0 {
+            (current + step).min(self.max)
+        } else {
+            self.min
+        }
+    }
+
     /// The policy of stored labels: parsed, with replica bounds clamped to [`MAX_REPLICAS`]
     /// (a database from before the cap may hold larger ones).
     pub fn from_labels(labels: Option<&BTreeMap<String, String>>) -> Result<Self, Invalid> {
@@ -157,6 +174,12 @@ impl ScalingPolicy {
                 _ => return Err(bad(LABEL_ZERO, v, "use true or false")),
             };
         }
+        if let Some(v) = get(LABEL_FACTOR) {
+            p.factor = whole(LABEL_FACTOR, v)?;
+            if p.factor > 100 {
+                return Err(bad(LABEL_FACTOR, v, "give a percentage from 0 to 100"));
+            }
+        }
         if let Some(v) = get(LABEL_ZERO_DURATION) {
             p.zero_duration = duration::parse(v)
                 .ok()
@@ -203,6 +226,24 @@ mod tests {
         assert_eq!(p.kind, ScaleType::Rps);
         assert!(!p.zero);
         assert_eq!(p.zero_duration, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn alerts_step_by_the_factor_of_max() {
+        let p = ScalingPolicy::from_labels(Some(&labels(&[(LABEL_MIN, "2"), (LABEL_MAX, "12")])))
+            .unwrap();
+        assert_eq!(p.factor, 20);
+        // 20% of 12 is 2.4: steps of 3, capped at max; resolved goes back to min.
+        assert_eq!(p.after_alert(true, 2), 5);
+        assert_eq!(p.after_alert(true, 11), 12);
+        assert_eq!(p.after_alert(false, 9), 2);
+        let all = ScalingPolicy::from_labels(Some(&labels(&[(LABEL_FACTOR, "100")]))).unwrap();
+        assert_eq!(all.after_alert(true, 1), 20);
+        let off = ScalingPolicy::from_labels(Some(&labels(&[(LABEL_FACTOR, "0")]))).unwrap();
+        assert_eq!(off.after_alert(true, 4), 1);
+        for bad in ["101", "-1", "x"] {
+            assert!(ScalingPolicy::from_labels(Some(&labels(&[(LABEL_FACTOR, bad)]))).is_err());
+        }
     }
 
     #[test]
