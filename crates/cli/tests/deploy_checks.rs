@@ -285,3 +285,28 @@ fn every_route_refuses_an_unknown_namespace() {
     );
     assert_eq!(r.status, 200, "{}", r.text);
 }
+
+/// An update that cannot be prepared (it lists a secret that does not exist) changes nothing:
+/// the running definition keeps serving and keeps reading its own secrets.
+#[test]
+fn a_failed_update_leaves_the_running_function_and_its_secrets_alone() {
+    let data = tempfile::tempdir().unwrap();
+    let p = Platform::start(data.path());
+    p.create_secret("token", "t0k");
+    let script = "cat \"$secret_mount_path/token\"";
+    let sh = format!("sh -c '{script}'");
+    p.deploy_process("reader", &sh, json!({"secrets": ["token"]}));
+    assert_eq!(p.invoke("reader", "").text().unwrap(), "t0k");
+    let r = p.send_json(
+        Method::PUT,
+        "/system/functions",
+        json!({"service": "reader", "envProcess": sh, "secrets": ["missing", "token"]}),
+    );
+    assert!(r.status >= 400, "{} {}", r.status, r.text);
+    assert!(r.text.contains("missing"), "{}", r.text);
+    let again = p.invoke("reader", "");
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.text().unwrap(), "t0k");
+    let f: Value = p.get_json("/system/function/reader");
+    assert_eq!(f["secrets"], json!(["token"]), "{f}");
+}

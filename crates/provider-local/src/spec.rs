@@ -7,6 +7,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use virga_store::Store;
@@ -25,6 +26,9 @@ const DEFAULT_PIDS: i64 = 128;
 const TMP_SIZE: u64 = 64 << 20;
 
 use crate::sandbox::Limits;
+
+/// Numbers of function secrets directories, unique for the platform's life.
+static NEXT_SECRETS: AtomicU64 = AtomicU64::new(1);
 use crate::{ProviderConfig, ProviderError};
 
 /// Everything needed to start instances of one function.
@@ -132,16 +136,24 @@ impl InstanceSpec {
                 "no fprocess: the bundle names none and envProcess is empty".into(),
             ));
         }
-        let secrets_dir = fn_dir.join("secrets");
-        write_secrets(store, &secrets_dir, &d.secrets).map_err(&fail)?;
-        if cfg.sandbox.is_some() {
-            crate::sandbox::hand_over_secrets(&secrets_dir).map_err(&fail)?;
+        let limits = limits(d).map_err(&fail)?;
+        // A directory of this definition's own: the instances of the one it replaces keep
+        // theirs until they are gone (and keep them whole if this one fails to prepare).
+        let generation = NEXT_SECRETS.fetch_add(1, Ordering::Relaxed);
+        let secrets_dir = fn_dir.join(format!("secrets-{generation}"));
+        let written =
+            write_secrets(store, &secrets_dir, &d.secrets).and_then(|()| match &cfg.sandbox {
+                Some(_) => crate::sandbox::hand_over_secrets(&secrets_dir),
+                None => Ok(()),
+            });
+        if let Err(e) = written {
+            let _ = fs::remove_dir_all(&secrets_dir);
+            return Err(fail(e));
         }
         let secret_mount_path = secrets_dir.to_string_lossy().into_owned();
         env.insert("secret_mount_path".into(), secret_mount_path.clone());
         let mut bind_env = d.env_vars.clone();
         bind_env.insert("secret_mount_path".into(), secret_mount_path);
-        let limits = limits(d).map_err(&fail)?;
         let outbound = d
             .annotations
             .as_ref()
@@ -278,6 +290,15 @@ fn write_secrets(store: &Store, dir: &Path, names: &[String]) -> Result<(), Stri
             .map_err(|e| format!("write secret {name}: {e}"))?;
     }
     Ok(())
+}
+
+impl Drop for InstanceSpec {
+    /// The secrets directory lives as long as the definition whose instances read it.
+    fn drop(&mut self) {
+        if !self.unbound {
+            let _ = fs::remove_dir_all(&self.secrets_dir);
+        }
+    }
 }
 
 /// Remove a function's runtime files.
