@@ -6,13 +6,15 @@
 //! directory), so a restart after a crash finds and removes what the last run left behind:
 //! containers in the runc state directory, cgroups under `/virga-KEY`, network slots.
 
+mod host;
 mod mounts;
 mod net;
 mod oci;
+mod seccomp;
 
 use std::fs;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,9 +98,13 @@ impl Runc {
             key,
         };
         rt.remove_leftovers();
-        fs::create_dir_all(&rt.bundles).map_err(io("create bundles dir"))?;
-        make_rootfs(&rt.rootfs)?;
-        net::enable_forwarding();
+        let ready = private_dir(&rt.bundles)
+            .map_err(io("create bundles dir"))
+            .and_then(|()| make_rootfs(&rt.rootfs));
+        if let Err(e) = ready {
+            rt.net.leave();
+            return Err(e);
+        }
         Ok(rt)
     }
 
@@ -117,6 +123,9 @@ impl Runc {
             }
         }
         self.net.release_all();
+        for bundle in fs::read_dir(&self.bundles).into_iter().flatten().flatten() {
+            remove_bundle(&bundle.path());
+        }
         let _ = fs::remove_dir_all(&self.bundles);
         for slot in fs::read_dir(&self.slots).into_iter().flatten().flatten() {
             release_slots(&slot.path());
@@ -147,7 +156,7 @@ impl Runc {
     pub(crate) fn create(&self, id: &str, spec: &InstanceSpec) -> Result<Sandbox, String> {
         let cid = format!("{}-{id}", self.key);
         let bundle = self.bundles.join(&cid);
-        fs::create_dir_all(&bundle).map_err(io("create sandbox bundle"))?;
+        private_dir(&bundle).map_err(io("create sandbox bundle"))?;
         let spare = if spec.outbound {
             self.spares().pop()
         } else {
@@ -216,9 +225,24 @@ impl Runc {
             "secret_mount_path".into(),
             virga_types::SECRETS_MOUNT.into(),
         );
-        let (code, secrets) = match &sb.slots {
-            Some(dir) => (dir.join("code"), dir.join("secrets")),
-            None => (spec.workdir.clone(), spec.secrets_dir.clone()),
+        // What the sandbox sees of host directories are views (see `mounts`): nothing in
+        // its mountinfo names the data directory or the function.
+        let view = |src: &Path, name: &str| -> Result<PathBuf, String> {
+            let at = sb.bundle.join(name);
+            mounts::make_view(src, &at)?;
+            Ok(at)
+        };
+        let (code, secrets, runtime) = match &sb.slots {
+            Some(dir) => (
+                dir.join("code"),
+                dir.join("secrets"),
+                Some(view(&spec.workdir, VIEWS[2])?),
+            ),
+            None => (
+                view(&spec.workdir, VIEWS[0])?,
+                view(&spec.secrets_dir, VIEWS[1])?,
+                None,
+            ),
         };
         let layout = Layout {
             rootfs: &self.rootfs,
@@ -227,12 +251,18 @@ impl Runc {
             secrets: &secrets,
             netns: &sb.net.netns,
             cgroups_path: &format!("/virga-{}/{}", self.key, sb.id),
-            runtime: sb.slots.as_ref().map(|_| spec.workdir.as_path()),
+            runtime: runtime.as_deref(),
         };
         let config = oci::build(&env, &layout, spec.limits)?;
-        config
-            .save(sb.bundle.join("config.json"))
-            .map_err(|e| format!("write config.json: {e}"))
+        // It holds the function's environment: readable by root only.
+        let json = serde_json::to_vec(&config).map_err(|e| format!("config.json: {e}"))?;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(sb.bundle.join("config.json"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &json))
+            .map_err(io("write config.json"))
     }
 
     /// The command that runs the sandbox in the foreground (`runc run`).
@@ -282,22 +312,19 @@ impl Runc {
             if has_memsw {
                 write(memsw, &mem)?;
             }
-            let quota = limits.cpu.map_or(-1, |c| (c * 100_000.0) as i64);
             write(
                 root.join("cpu").join(&rel).join("cpu.cfs_period_us"),
-                "100000",
+                &oci::CPU_PERIOD.to_string(),
             )?;
             write(
                 root.join("cpu").join(&rel).join("cpu.cfs_quota_us"),
-                &quota.to_string(),
+                &limits.cpu_quota().to_string(),
             )?;
         } else {
             let v2 = root.join(&rel);
             write(v2.join("memory.max"), &mem)?;
             let _ = write(v2.join("memory.swap.max"), "0");
-            let cpu = limits.cpu.map_or("max 100000".to_string(), |c| {
-                format!("{} 100000", (c * 100_000.0) as i64)
-            });
+            let cpu = format!("{} {}", limits.cpu_quota(), oci::CPU_PERIOD);
             write(v2.join("cpu.max"), &cpu)?;
         }
         Ok(())
@@ -310,7 +337,7 @@ impl Runc {
             release_slots(dir);
         }
         self.net.release(&sb.net);
-        let _ = fs::remove_dir_all(&sb.bundle);
+        remove_bundle(&sb.bundle);
         for dir in self.cgroup_dirs() {
             remove_cgroup_tree(&dir.join(&sb.id));
         }
@@ -374,6 +401,8 @@ impl Runc {
         self.closed.store(true, Ordering::SeqCst);
         self.spares().clear();
         self.remove_leftovers();
+        mounts::release_slot(&self.rootfs);
+        self.net.leave();
     }
 }
 
@@ -395,6 +424,22 @@ fn platform_key(dir: &Path) -> Result<String, String> {
     let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     fs::write(&path, &key).map_err(io("write sandbox key"))?;
     Ok(key)
+}
+
+/// The views a bundle directory may hold: code, secrets, a pooled sandbox's runtime.
+const VIEWS: [&str; 3] = ["code", "secrets", "runtime"];
+
+/// Unmount a sandbox's views and remove its bundle directory.
+fn remove_bundle(bundle: &Path) {
+    for v in VIEWS {
+        mounts::release_slot(&bundle.join(v));
+    }
+    let _ = fs::remove_dir_all(bundle);
+}
+
+/// Create `dir` (and missing parents) readable by root only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// Unmount and remove a pooled sandbox's slot directory.
@@ -419,8 +464,12 @@ fn remove_cgroup_tree(dir: &Path) {
 /// The shared read-only root: mount points, links into /usr, and a minimal /etc.
 fn make_rootfs(root: &Path) -> Result<(), String> {
     if root.exists() {
-        fs::remove_dir_all(root).map_err(io("clear rootfs"))?;
+        mounts::release_slot(root);
+        let _ = fs::remove_dir_all(root);
     }
+    // Its own tmpfs: the sandbox's mountinfo shows its root as `/`, not the data directory.
+    fs::create_dir_all(root).map_err(io("create rootfs"))?;
+    mounts::mount_tmpfs(root, 0, c"size=1m,mode=755")?;
     for d in [
         "proc",
         "dev",
