@@ -125,7 +125,11 @@ fn nft(script: &str) -> Result<(), String> {
 /// Live platforms' records, after removing those of processes that are gone.
 fn live_platforms(dir: &Path) -> Vec<String> {
     let mut live = Vec::new();
-    for e in fs::read_dir(dir.join("platforms")).into_iter().flatten().flatten() {
+    for e in fs::read_dir(dir.join("platforms"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let owner = fs::read_to_string(e.path())
             .ok()
             .and_then(|t| Owner::parse(&t));
@@ -148,8 +152,7 @@ pub(crate) fn join(dir: &Path, key: &str, me: &Owner) -> Result<(), String> {
     let platforms = dir.join("platforms");
     fs::create_dir_all(&platforms).map_err(|e| format!("create {}: {e}", platforms.display()))?;
     live_platforms(dir);
-    fs::write(platforms.join(key), me.to_string())
-        .map_err(|e| format!("record platform: {e}"))?;
+    fs::write(platforms.join(key), me.to_string()).map_err(|e| format!("record platform: {e}"))?;
     let saved = dir.join("ip_forward");
     if !saved.exists() {
         let now = fs::read_to_string(IP_FORWARD).map_err(|e| format!("read {IP_FORWARD}: {e}"))?;

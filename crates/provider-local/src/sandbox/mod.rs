@@ -439,7 +439,10 @@ fn remove_bundle(bundle: &Path) {
 
 /// Create `dir` (and missing parents) readable by root only.
 fn private_dir(dir: &Path) -> std::io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Unmount and remove a pooled sandbox's slot directory.

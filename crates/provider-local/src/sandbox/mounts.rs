@@ -55,11 +55,7 @@ pub(crate) fn mount_tmpfs(at: &Path, flags: libc::c_ulong, options: &CStr) -> Re
 /// Create `slot` as an empty read-only tmpfs that is a shared mount point of its own.
 pub(crate) fn make_shared_slot(slot: &Path) -> Result<(), String> {
     std::fs::create_dir_all(slot).map_err(|e| format!("create {}: {e}", slot.display()))?;
-    mount_tmpfs(
-        slot,
-        libc::MS_RDONLY | libc::MS_NOEXEC,
-        c"size=4k,mode=755",
-    )?;
+    mount_tmpfs(slot, libc::MS_RDONLY | libc::MS_NOEXEC, c"size=4k,mode=755")?;
     let c = cpath(slot)?;
     // SAFETY: mount(2) with a valid path; the other arguments are unused for MS_SHARED.
     let r = unsafe {

@@ -124,7 +124,11 @@ impl Network {
     /// this platform's key. Slot files without an owner record are an older Virga's: left alone.
     fn reclaim(&self, own: bool) -> usize {
         let mut freed = 0;
-        for e in fs::read_dir(self.dir.join("slots")).into_iter().flatten().flatten() {
+        for e in fs::read_dir(self.dir.join("slots"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let Some(slot) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;
             };

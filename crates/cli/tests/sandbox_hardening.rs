@@ -1,0 +1,501 @@
+//! Hardening of runc sandboxes, each shown from inside a real sandbox: the seccomp allow-list
+//! refuses namespaces and io_uring, instances reach neither each other nor the host, mount
+//! sources name no host path, limits a function cannot lift, classic calls leave no process
+//! behind, private bundles, and network slots of a platform that is gone are reclaimed.
+//! These tests need root, runc and nft (`scripts/setup --test`); they fail rather than skip.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{virga_bin, Platform, PASSWORD};
+use serde_json::json;
+
+fn start(dir: &Path, extra: &[&str]) -> Platform {
+    Platform::start_runc(dir, extra)
+}
+
+fn key(data: &Path) -> String {
+    std::fs::read_to_string(data.join("sandbox/key")).unwrap()
+}
+
+/// Deploy `code` as a classic python function run per request.
+fn deploy_python(p: &Platform, name: &str, code: &str, extra: serde_json::Value) {
+    p.deploy_bundle(name, &[("probe.py", code)], "python3 probe.py", extra);
+}
+
+/// The live sandboxes of the platform with data directory `data`: (container id, address,
+/// pooled), from their bundles' config.json (the network namespace names the slot).
+fn sandboxes(data: &Path) -> Vec<(String, Ipv4Addr, bool)> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(data.join("sandbox/bundles"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(e.path().join("config.json")) else {
+            continue;
+        };
+        let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ns = config["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["type"] == "network")
+            .unwrap()["path"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let slot: u32 = ns.rsplit("virga-").next().unwrap().parse().unwrap();
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 88, 0, 0)) + slot * 4 + 2);
+        let id = e.file_name().to_string_lossy().into_owned();
+        let pooled = data.join("sandbox/slots").join(&id).exists();
+        found.push((id, ip, pooled));
+    }
+    found
+}
+
+const SYSCALLS: &str = r#"
+import ctypes, errno, os, platform, threading
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+NR = {"x86_64": dict(clone=56, clone3=435, unshare=272, io_uring_setup=425, setns=308),
+      "aarch64": dict(clone=220, clone3=435, unshare=97, io_uring_setup=425, setns=268)}[platform.machine()]
+CLONE_NEWUSER, CLONE_NEWNET, SIGCHLD = 0x10000000, 0x40000000, 17
+
+def call(name, *args):
+    r = libc.syscall(NR[name], *args)
+    if r == 0 and name.startswith("clone"):
+        os._exit(0)  # the child of a clone that should not have worked
+    if r > 0 and name.startswith("clone"):
+        os.waitpid(r, 0)
+    print(name, "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()])
+
+flags = CLONE_NEWUSER | CLONE_NEWNET
+call("clone", ctypes.c_ulong(flags | SIGCHLD), 0, 0, 0, 0)
+args = (ctypes.c_uint64 * 11)(flags, 0, 0, 0, SIGCHLD, 0, 0, 0, 0, 0, 0)
+call("clone3", ctypes.byref(args), ctypes.c_size_t(88))
+call("unshare", ctypes.c_int(CLONE_NEWUSER))
+params = (ctypes.c_ubyte * 120)()
+call("io_uring_setup", ctypes.c_uint(4), ctypes.byref(params))
+call("setns", ctypes.c_int(0), ctypes.c_int(0))
+# What ordinary programs do still works: fork, threads, a subprocess.
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+print("fork", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+print("thread ok")
+print("subprocess", os.popen("echo hi").read().strip())
+"#;
+
+#[test]
+fn namespaces_io_uring_and_clone3_are_refused_and_ordinary_calls_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path(), &[]);
+    deploy_python(&p, "syscalls", SYSCALLS, json!({}));
+    let r = p.invoke("syscalls", "");
+    assert_eq!(r.status(), 200);
+    let out = r.text().unwrap();
+    eprintln!("{out}");
+    for line in [
+        "clone EPERM",
+        "clone3 ENOSYS",
+        "unshare EPERM",
+        "io_uring_setup EPERM",
+        "setns EPERM",
+        "fork 7",
+        "thread ok",
+        "subprocess hi",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "expected {line:?} in:\n{out}"
+        );
+    }
+}
+
+const NET_PROBE: &str = r#"
+import json, socket, sys, threading
+req = json.load(sys.stdin)
+own = host = None
+for line in open("/proc/net/route").read().splitlines()[1:]:
+    f = line.split()
+    if f[1] != "00000000":
+        net = int.from_bytes(bytes.fromhex(f[1]), "little")
+        host = socket.inet_ntoa((net + 1).to_bytes(4, "big"))
+        own = socket.inet_ntoa((net + 2).to_bytes(4, "big"))
+targets = [t for t in req["targets"] if not t.startswith(own + ":")]
+targets += ["%s:%d" % (h, req["host_port"]) for h in [host] + req["host_addrs"]]
+targets.append(req["world"])
+results = {}
+def attempt(t):
+    h, port = t.rsplit(":", 1)
+    try:
+        s = socket.create_connection((h, int(port)), 1.5)
+        s.settimeout(1.5)
+        results[t] = "reachable " + s.recv(64).decode().strip()
+        s.close()
+    except OSError as e:
+        results[t] = "unreachable"
+threads = [threading.Thread(target=attempt, args=(t,)) for t in targets]
+for t in threads: t.start()
+for t in threads: t.join()
+print("host", host)
+for t in targets:
+    print(t, results[t])
+"#;
+
+/// A network namespace standing for the world beyond the host: a veth (host end not named
+/// `vg*`, so not an instance) with a /30, and a server in it answering each connection with
+/// the peer's address. Removed on drop.
+struct World {
+    ns: String,
+    server: Child,
+    addr: SocketAddr,
+    /// The host's address on the world's link: what a masqueraded connection comes from.
+    host: Ipv4Addr,
+}
+
+impl World {
+    fn new() -> World {
+        let n = std::process::id() % 60000;
+        let (ns, hif) = (format!("virga-test-world-{n}"), format!("vwld{n}"));
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (n % 16000) * 4;
+        let (host, world) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
+        let ip = |args: &str| {
+            let ok = Command::new("ip")
+                .args(args.split(' '))
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "ip {args}");
+        };
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        ip(&format!("netns add {ns}"));
+        ip(&format!(
+            "link add {hif} type veth peer name eth0 netns {ns}"
+        ));
+        ip(&format!("addr add {host}/30 dev {hif}"));
+        ip(&format!("link set {hif} up"));
+        ip(&format!("-n {ns} addr add {world}/30 dev eth0"));
+        ip(&format!("-n {ns} link set eth0 up"));
+        let server = "import socket\ns = socket.socket(); s.bind(('0.0.0.0', 9000)); s.listen(16)\nprint('ready', flush=True)\nwhile True:\n    c, a = s.accept(); c.sendall(a[0].encode() + b'\\n'); c.close()\n";
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c", server])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        World {
+            ns,
+            server,
+            addr: SocketAddr::from((world, 9000)),
+            host,
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// The host's own IPv4 addresses other than loopback and instance ends.
+fn host_addrs() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .split('/')
+                .next()
+                .map(String::from)
+        })
+        .filter(|a| !a.starts_with("127.") && !a.starts_with("10.88.") && !a.starts_with("198.18."))
+        .collect()
+}
+
+#[test]
+fn instances_reach_neither_each_other_nor_the_host() {
+    let world = World::new();
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let _ = std::io::Write::write_all(&mut c, b"host\n");
+        }
+    });
+
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = start(data.path(), &["--warm-pool", "1"]);
+    // A pooled sandbox: the pool fills once a function can use it.
+    new_template_function(&p, work.path(), "pooled", MOUNTINFO_HANDLER);
+    assert!(
+        p.eventually(Duration::from_secs(60), || sandboxes(data.path())
+            .iter()
+            .any(|s| s.2))
+    );
+    p.deploy_script("target", "cat", json!({}));
+    assert_eq!(p.invoke("target", "alive").text().unwrap(), "alive");
+    let other_data = tempfile::tempdir().unwrap();
+    let other = start(other_data.path(), &["--warm-pool", "0"]);
+    other.deploy_script("theirs", "cat", json!({}));
+    assert_eq!(other.invoke("theirs", "x").text().unwrap(), "x");
+
+    deploy_python(&p, "open", NET_PROBE, json!({}));
+    let closed = json!({"annotations": {"virga.network.outbound": "false"}});
+    deploy_python(&p, "closed", NET_PROBE, closed);
+    assert_eq!(
+        p.invoke(
+            "open",
+            "{\"targets\":[],\"host_port\":1,\"host_addrs\":[],\"world\":\"0.0.0.0:1\"}"
+        )
+        .status(),
+        200
+    );
+    assert_eq!(
+        p.invoke(
+            "closed",
+            "{\"targets\":[],\"host_port\":1,\"host_addrs\":[],\"world\":\"0.0.0.0:1\"}"
+        )
+        .status(),
+        200
+    );
+
+    let mut all = sandboxes(data.path());
+    all.extend(sandboxes(other_data.path()));
+    assert!(all.iter().any(|s| s.2), "no pooled sandbox: {all:?}");
+    assert!(all.iter().any(|s| s.0.contains("-theirs-")), "{all:?}");
+    let targets: Vec<String> = all.iter().map(|s| format!("{}:8080", s.1)).collect();
+    // The host reaches every watchdog: that is how the platform calls them.
+    for t in &targets {
+        let addr: SocketAddr = t.parse().unwrap();
+        assert!(
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
+            "host cannot reach {t}"
+        );
+    }
+    let body = json!({
+        "targets": targets,
+        "host_port": host_port,
+        "host_addrs": host_addrs(),
+        "world": world.addr.to_string(),
+    })
+    .to_string();
+    for probe in ["open", "closed"] {
+        let out = p.invoke(probe, &body).text().unwrap();
+        eprintln!("{probe}:\n{out}");
+        let reached: Vec<&str> = out
+            .lines()
+            .skip(1)
+            .filter(|l| l.contains(" reachable"))
+            .collect();
+        let world_line = format!("{} reachable {}", world.addr, world.host);
+        if probe == "open" {
+            // Outbound on: the world answers, and sees the host's address (masqueraded).
+            assert_eq!(reached, vec![world_line.as_str()], "{probe}:\n{out}");
+        } else {
+            assert_eq!(reached, Vec::<&str>::new(), "{probe}:\n{out}");
+        }
+        let tried = out.lines().skip(1).count();
+        assert!(tried >= all.len() + 1, "{probe} tried only {tried}:\n{out}");
+    }
+    assert_eq!(p.invoke("target", "still").text().unwrap(), "still");
+}
+
+fn virga(p: &Platform, dir: &Path, args: &[&str]) {
+    let out = Command::new(virga_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("VIRGA_URL", &p.url)
+        .env("VIRGA_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "virga {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const MOUNTINFO_HANDLER: &str =
+    "def handle(event, context):\n    return {'body': open('/proc/self/mountinfo').read()}\n";
+
+/// A python3-http function `name` (scale.min 0, so its instances start from the warm pool)
+/// with `handler` as its handler.py.
+fn new_template_function(p: &Platform, work: &Path, name: &str, handler: &str) {
+    p.create_secret("token", "t");
+    virga(p, work, &["new", name, "--lang", "python3-http"]);
+    std::fs::write(work.join(name).join("handler.py"), handler).unwrap();
+    let stack = format!("provider:\n  name: openfaas\nfunctions:\n  {name}:\n    lang: python3-http\n    handler: ./{name}\n    secrets: [token]\n    labels:\n      com.openfaas.scale.min: \"0\"\n");
+    std::fs::write(work.join("stack.yml"), stack).unwrap();
+    virga(p, work, &["deploy", "-f", "stack.yml"]);
+}
+
+const LIMITS_PROBE: &str = r#"
+import os, resource
+print(open("/proc/self/mountinfo").read())
+for d in ["/tmp", "/dev/shm"]:
+    st = os.statvfs(d)
+    print("size", d, st.f_blocks * st.f_frsize >> 20)
+print("nofile", *resource.getrlimit(resource.RLIMIT_NOFILE))
+"#;
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// The CPU limit written into the cgroup of `key`'s container whose id starts with `prefix`.
+fn cpu_limit(key: &str, prefix: &str) -> String {
+    for (dir, file) in [
+        (
+            format!("/sys/fs/cgroup/cpu/virga-{key}"),
+            "cpu.cfs_quota_us",
+        ),
+        (format!("/sys/fs/cgroup/virga-{key}"), "cpu.max"),
+    ] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                return std::fs::read_to_string(e.path().join(file)).unwrap();
+            }
+        }
+    }
+    panic!("no cgroup for {prefix}");
+}
+
+#[test]
+fn sandboxes_show_no_host_paths_and_have_default_limits() {
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = start(data.path(), &["--warm-pool", "1"]);
+    new_template_function(&p, work.path(), "pooled-seeker", MOUNTINFO_HANDLER);
+    deploy_python(&p, "seeker", LIMITS_PROBE, json!({"secrets": ["token"]}));
+    let out = p.invoke("seeker", "").text().unwrap();
+    eprintln!("{out}");
+    let r = p.invoke("pooled-seeker", "");
+    assert_eq!(r.status(), 200);
+    let pooled = r.text().unwrap();
+    eprintln!("{pooled}");
+    assert!(pooled.contains(" /home/app "), "{pooled}");
+    let data_dir = std::fs::canonicalize(data.path()).unwrap();
+    for (what, info) in [("classic", &out), ("pooled", &pooled)] {
+        for secret in [
+            data_dir.to_str().unwrap(),
+            "seeker",
+            "/sandbox/",
+            "bundles",
+            "slots",
+        ] {
+            assert!(
+                !info.contains(secret),
+                "{what} sandbox's mountinfo shows {secret:?}:\n{info}"
+            );
+        }
+    }
+    for line in ["size /tmp 60", "size /dev/shm 4", "nofile 1024 4096"] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "expected {line:?} in:\n{out}"
+        );
+    }
+    let k = key(data.path());
+    let quota = cpu_limit(&k, &format!("{k}-seeker-"));
+    assert!(
+        ["100000", "100000 100000"].contains(&quota.trim()),
+        "cpu limit {quota}"
+    );
+
+    let bundles = data.path().join("sandbox/bundles");
+    assert_eq!(mode(&bundles), 0o700);
+    let mut seen = 0;
+    for e in std::fs::read_dir(&bundles).unwrap().flatten() {
+        assert_eq!(mode(&e.path()), 0o700, "{}", e.path().display());
+        assert_eq!(mode(&e.path().join("config.json")), 0o600);
+        seen += 1;
+    }
+    assert!(seen >= 2, "{seen} bundles");
+}
+
+#[test]
+fn a_classic_call_leaves_no_process_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path(), &[]);
+    // `setsid` leaves the call's process group; `sleep` is the daemon. The starting call
+    // waits until the daemon runs `sleep`, then every call counts the live `sleep`s.
+    let script = "count() { n=0; for s in /proc/[0-9]*/stat; do read -r _ c st _ < $s 2>/dev/null || continue; \
+        [ \"$c\" = '(sleep)' ] && [ \"$st\" != Z ] && n=$((n+1)); done; echo $n; }\n\
+        if [ \"$(cat)\" = start ]; then setsid sleep 1000 </dev/null >/dev/null 2>&1 &\n\
+        i=0; while [ \"$(count)\" = 0 ] && [ $i -lt 200 ]; do i=$((i+1)); done; fi\n\
+        count\n";
+    p.deploy_script("daemon", script, json!({}));
+    assert_eq!(p.invoke("daemon", "start").text().unwrap().trim(), "1");
+    let mut last = String::new();
+    let gone = p.eventually(Duration::from_secs(5), || {
+        last = p.invoke("daemon", "count").text().unwrap();
+        last.trim() == "0"
+    });
+    assert!(gone, "the daemon outlived its call: {last}");
+}
+
+/// Network slot files and namespaces of the platform with key `key`.
+fn slots_of(key: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/run/virga-net/slots").unwrap().flatten() {
+        let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if owner.split_whitespace().next() == Some(key) {
+            let n = e.file_name().to_string_lossy().into_owned();
+            found.push(format!("slot {n}"));
+            if Path::new(&format!("/run/netns/virga-{n}")).exists() {
+                found.push(format!("netns virga-{n}"));
+            }
+            if Path::new(&format!("/sys/class/net/vg{n}")).exists() {
+                found.push(format!("veth vg{n}"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn network_slots_of_a_platform_that_is_gone_are_reclaimed() {
+    let gone = tempfile::tempdir().unwrap();
+    let data: PathBuf = gone.path().join("data");
+    let mut p = start(&data, &[]);
+    p.deploy_script("echo", "cat", json!({}));
+    assert_eq!(p.invoke("echo", "x").text().unwrap(), "x");
+    let k = key(&data);
+    let before = slots_of(&k);
+    assert!(before.iter().any(|s| s.starts_with("netns")), "{before:?}");
+    p.kill9();
+    // Its data directory goes too, so it never starts again to clean up after itself.
+    let _ = Command::new("rm").arg("-rf").arg(&data).status();
+    drop(p);
+    assert_eq!(
+        slots_of(&k),
+        before,
+        "slots vanished before another platform started"
+    );
+
+    let other = tempfile::tempdir().unwrap();
+    let q = start(other.path(), &[]);
+    assert_eq!(slots_of(&k), Vec::<String>::new());
+    drop(q);
+}
