@@ -91,13 +91,45 @@ print("fork", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 t = threading.Thread(target=lambda: None); t.start(); t.join()
 print("thread ok")
 print("subprocess", os.popen("echo hi").read().strip())
+print("bash", os.popen("bash -c 'echo $((6 * 7))'").read().strip())
+print("coreutils", os.popen("printf 'b\\na\\n' | sort | head -1 && date +%Y >/dev/null && ls / >/dev/null && echo ok").read().split())
+"#;
+
+/// Node under the profile: threads (a worker), the libuv pool, a child process, crypto.
+const NODE_PROBE: &str = r#"
+const { Worker } = require('worker_threads')
+const fs = require('fs')
+const w = new Worker('require("crypto").randomBytes(8)', { eval: true })
+w.on('exit', async (code) => {
+  await fs.promises.writeFile('/tmp/n', 'written')
+  const read = await fs.promises.readFile('/tmp/n', 'utf8')
+  const child = require('child_process').execSync('echo child').toString().trim()
+  console.log('node', code, read, child)
+})
 "#;
 
 #[test]
 fn namespaces_io_uring_and_clone3_are_refused_and_ordinary_calls_work() {
     let dir = tempfile::tempdir().unwrap();
-    let p = start(dir.path(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    let p = start(dir.path(), &["--warm-pool", "1"]);
     deploy_python(&p, "syscalls", SYSCALLS, json!({}));
+    p.deploy_bundle(
+        "node",
+        &[("probe.js", NODE_PROBE)],
+        "node probe.js",
+        json!({}),
+    );
+    assert_eq!(
+        p.invoke("node", "").text().unwrap(),
+        "node 0 written child\n"
+    );
+    // The node template from the warm pool.
+    let js = "'use strict'\nmodule.exports = async (event, context) => context.status(200).succeed({ pid: process.pid > 0 })\n";
+    new_function_from(&p, work.path(), "js", "node", "handler.js", js);
+    let r = p.invoke("js", "");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "{\"pid\":true}");
     let r = p.invoke("syscalls", "");
     assert_eq!(r.status(), 200);
     let out = r.text().unwrap();
@@ -111,6 +143,8 @@ fn namespaces_io_uring_and_clone3_are_refused_and_ordinary_calls_work() {
         "fork 7",
         "thread ok",
         "subprocess hi",
+        "bash 42",
+        "coreutils ['a', 'ok']",
     ] {
         assert!(
             out.lines().any(|l| l == line),
@@ -349,10 +383,15 @@ const MOUNTINFO_HANDLER: &str =
 /// A python3-http function `name` (scale.min 0, so its instances start from the warm pool)
 /// with `handler` as its handler.py.
 fn new_template_function(p: &Platform, work: &Path, name: &str, handler: &str) {
+    new_function_from(p, work, name, "python3-http", "handler.py", handler);
+}
+
+/// A function `name` from template `lang` with `code` as its `file`, deployed with a secret.
+fn new_function_from(p: &Platform, work: &Path, name: &str, lang: &str, file: &str, code: &str) {
     p.create_secret("token", "t");
-    virga(p, work, &["new", name, "--lang", "python3-http"]);
-    std::fs::write(work.join(name).join("handler.py"), handler).unwrap();
-    let stack = format!("provider:\n  name: openfaas\nfunctions:\n  {name}:\n    lang: python3-http\n    handler: ./{name}\n    secrets: [token]\n    labels:\n      com.openfaas.scale.min: \"0\"\n");
+    virga(p, work, &["new", name, "--lang", lang]);
+    std::fs::write(work.join(name).join(file), code).unwrap();
+    let stack = format!("provider:\n  name: openfaas\nfunctions:\n  {name}:\n    lang: {lang}\n    handler: ./{name}\n    secrets: [token]\n    labels:\n      com.openfaas.scale.min: \"0\"\n");
     std::fs::write(work.join("stack.yml"), stack).unwrap();
     virga(p, work, &["deploy", "-f", "stack.yml"]);
 }

@@ -1,10 +1,11 @@
 //! Sandboxes through a real OCI runtime (runc). Each instance is one container whose init is
-//! the watchdog: read-only root, code and secrets mounted read-only, non-root, no
-//! capabilities, seccomp, its own namespaces (network via `net`) and cgroup limits (`oci`).
+//! the watchdog: read-only root, code and secrets as read-only views (`mounts`), non-root, no
+//! capabilities, a seccomp allow-list (`seccomp`), its own namespaces (network via `net`,
+//! kept apart by `host`'s nftables table) and cgroup limits (`oci`).
 //!
 //! Everything a sandbox creates is named after this platform's key (kept in the data
 //! directory), so a restart after a crash finds and removes what the last run left behind:
-//! containers in the runc state directory, cgroups under `/virga-KEY`, network slots.
+//! containers in the runc state directory, cgroups under `/virga-KEY`, mounts, network slots.
 
 mod host;
 mod mounts;
