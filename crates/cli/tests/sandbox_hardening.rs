@@ -163,7 +163,7 @@ for line in open("/proc/net/route").read().splitlines()[1:]:
         net = int.from_bytes(bytes.fromhex(f[1]), "little")
         host = socket.inet_ntoa((net + 1).to_bytes(4, "big"))
         own = socket.inet_ntoa((net + 2).to_bytes(4, "big"))
-targets = [t for t in req["targets"] if not t.startswith(own + ":")]
+targets = [t for t in req["targets"] if not t.startswith(own + ":")]  # IPv6 ones included
 targets += ["%s:%d" % (h, req["host_port"]) for h in [host] + req["host_addrs"]]
 targets.append(req["world"])
 results = {}
@@ -271,58 +271,75 @@ fn host_addrs() -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn instances_reach_neither_each_other_nor_the_host() {
-    let world = World::new();
-    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
-    let host_port = listener.local_addr().unwrap().port();
+/// A listener on the host on every address (`[::]`, IPv4 too) that greets each connection.
+fn host_listener() -> u16 {
+    let listener = TcpListener::bind("[::]:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for mut c in listener.incoming().flatten() {
             let _ = std::io::Write::write_all(&mut c, b"host\n");
         }
     });
+    port
+}
 
+/// The IPv6 link-local address of the host end of the sandbox at `ip`, as its instance
+/// names it (`fe80::...%eth0`).
+fn host_link_local(ip: Ipv4Addr) -> String {
+    let slot = (u32::from(ip) - u32::from(Ipv4Addr::new(10, 88, 0, 0))) / 4;
+    let out = Command::new("ip")
+        .args(["-6", "-o", "addr", "show", "dev", &format!("vg{slot}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let addr = text
+        .split_whitespace()
+        .find(|w| w.starts_with("fe80::"))
+        .unwrap_or_else(|| panic!("no link-local address on vg{slot}: {text}"));
+    format!("{}%eth0", addr.split('/').next().unwrap())
+}
+
+/// Start a platform with a pooled sandbox and a classic one, a second platform with one, and
+/// the probes `open` and `closed`; every sandbox of both.
+fn network_scene(
+    p: &Platform,
+    data: &Path,
+    other: &Platform,
+    other_data: &Path,
+) -> Vec<(String, Ipv4Addr, bool)> {
     let work = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let p = start(data.path(), &["--warm-pool", "1"]);
     // A pooled sandbox: the pool fills once a function can use it.
-    new_template_function(&p, work.path(), "pooled", MOUNTINFO_HANDLER);
+    new_template_function(p, work.path(), "pooled", MOUNTINFO_HANDLER);
+    let pooled = || sandboxes(data).iter().any(|s| s.2);
     assert!(
-        p.eventually(Duration::from_secs(60), || sandboxes(data.path())
-            .iter()
-            .any(|s| s.2))
+        p.eventually(Duration::from_secs(60), pooled),
+        "no pooled sandbox"
     );
     p.deploy_script("target", "cat", json!({}));
     assert_eq!(p.invoke("target", "alive").text().unwrap(), "alive");
-    let other_data = tempfile::tempdir().unwrap();
-    let other = start(other_data.path(), &["--warm-pool", "0"]);
     other.deploy_script("theirs", "cat", json!({}));
     assert_eq!(other.invoke("theirs", "x").text().unwrap(), "x");
-
-    deploy_python(&p, "open", NET_PROBE, json!({}));
+    deploy_python(p, "open", NET_PROBE, json!({}));
     let closed = json!({"annotations": {"virga.network.outbound": "false"}});
-    deploy_python(&p, "closed", NET_PROBE, closed);
-    assert_eq!(
-        p.invoke(
-            "open",
-            "{\"targets\":[],\"host_port\":1,\"host_addrs\":[],\"world\":\"0.0.0.0:1\"}"
-        )
-        .status(),
-        200
-    );
-    assert_eq!(
-        p.invoke(
-            "closed",
-            "{\"targets\":[],\"host_port\":1,\"host_addrs\":[],\"world\":\"0.0.0.0:1\"}"
-        )
-        .status(),
-        200
-    );
-
-    let mut all = sandboxes(data.path());
-    all.extend(sandboxes(other_data.path()));
-    assert!(all.iter().any(|s| s.2), "no pooled sandbox: {all:?}");
+    deploy_python(p, "closed", NET_PROBE, closed);
+    let nothing = json!({"targets": [], "host_port": 1, "host_addrs": [], "world": "0.0.0.0:1"});
+    for probe in ["open", "closed"] {
+        assert_eq!(p.invoke(probe, &nothing.to_string()).status(), 200);
+    }
+    let mut all = sandboxes(data);
+    all.extend(sandboxes(other_data));
     assert!(all.iter().any(|s| s.0.contains("-theirs-")), "{all:?}");
+    all
+}
+
+#[test]
+fn instances_reach_neither_each_other_nor_the_host() {
+    let world = World::new();
+    let host_port = host_listener();
+    let (data, other_data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let p = start(data.path(), &["--warm-pool", "1"]);
+    let other = start(other_data.path(), &["--warm-pool", "0"]);
+    let all = network_scene(&p, data.path(), &other, other_data.path());
     let targets: Vec<String> = all.iter().map(|s| format!("{}:8080", s.1)).collect();
     // The host reaches every watchdog: that is how the platform calls them.
     for t in &targets {
@@ -332,21 +349,25 @@ fn instances_reach_neither_each_other_nor_the_host() {
             "host cannot reach {t}"
         );
     }
-    let body = json!({
-        "targets": targets,
-        "host_port": host_port,
-        "host_addrs": host_addrs(),
-        "world": world.addr.to_string(),
-    })
-    .to_string();
     // Outbound on: only the world answers, and it sees the host's address (masqueraded).
     let world_line = format!("{} reachable {}", world.addr, world.host);
     let mut got = Vec::new();
     for (probe, want) in [("open", vec![world_line]), ("closed", vec![])] {
-        let out = p.invoke(probe, &body).text().unwrap();
+        let own = all
+            .iter()
+            .find(|s| s.0.contains(&format!("-{probe}-")))
+            .unwrap();
+        let v6 = format!("{}:{host_port}", host_link_local(own.1));
+        let body = json!({
+            "targets": targets.iter().chain([&v6]).collect::<Vec<_>>(),
+            "host_port": host_port,
+            "host_addrs": host_addrs(),
+            "world": world.addr.to_string(),
+        });
+        let out = p.invoke(probe, &body.to_string()).text().unwrap();
         eprintln!("{probe}:\n{out}");
         let tried = out.lines().skip(1).count();
-        assert!(tried > all.len(), "{probe} tried only {tried}:\n{out}");
+        assert!(tried > all.len() + 1, "{probe} tried only {tried}:\n{out}");
         let reached: Vec<String> = out
             .lines()
             .skip(1)

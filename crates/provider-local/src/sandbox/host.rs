@@ -160,8 +160,13 @@ pub(crate) fn join(dir: &Path, key: &str, me: &Owner) -> Result<(), String> {
             fs::write(&saved, now.trim()).map_err(|e| format!("save ip_forward: {e}"))?;
         }
     }
-    fs::write(IP_FORWARD, "1").map_err(|e| format!("enable IP forwarding: {e}"))?;
-    nft(TABLE)
+    let set_up = fs::write(IP_FORWARD, "1")
+        .map_err(|e| format!("enable IP forwarding: {e}"))
+        .and_then(|()| nft(TABLE));
+    if set_up.is_err() {
+        leave(dir, key);
+    }
+    set_up
 }
 
 /// Drop platform `key`'s record; the last live platform removes the table and restores
