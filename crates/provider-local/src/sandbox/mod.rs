@@ -255,14 +255,17 @@ impl Runc {
             runtime: runtime.as_deref(),
         };
         let config = oci::build(&env, &layout, spec.limits)?;
-        // It holds the function's environment: readable by root only.
+        // It holds the function's environment: readable by root only. Renamed into place,
+        // so nobody reading the bundle ever sees half of it.
         let json = serde_json::to_vec(&config).map_err(|e| format!("config.json: {e}"))?;
+        let part = sb.bundle.join("config.json.part");
         fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(sb.bundle.join("config.json"))
+            .open(&part)
             .and_then(|mut f| std::io::Write::write_all(&mut f, &json))
+            .and_then(|()| fs::rename(&part, sb.bundle.join("config.json")))
             .map_err(io("write config.json"))
     }
 
