@@ -4,9 +4,17 @@
 //! child becomes the real watchdog, the parent forwards signals to it and reaps every exited
 //! process until the watchdog itself exits, then exits with its status.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// Set in the watchdog forked by a PID 1: it then runs in a PID namespace of its own.
+static OWN_NAMESPACE: AtomicBool = AtomicBool::new(false);
+
+/// Whether this watchdog was forked by the PID 1 of its own PID namespace (a sandbox), so
+/// every other process it can see is the function's and `kill(-1)` reaches only those.
+pub fn owns_pid_namespace() -> bool {
+    OWN_NAMESPACE.load(Ordering::Relaxed)
+}
 
 extern "C" fn forward(sig: libc::c_int) {
     let pid = CHILD.load(Ordering::SeqCst);
@@ -30,9 +38,11 @@ pub fn run_if_pid1() -> Option<i32> {
         let child = libc::fork();
         if child < 0 {
             // Cannot fork: serve without a reaper rather than not at all.
+            OWN_NAMESPACE.store(true, Ordering::Relaxed);
             return None;
         }
         if child == 0 {
+            OWN_NAMESPACE.store(true, Ordering::Relaxed);
             return None;
         }
         CHILD.store(child, Ordering::SeqCst);

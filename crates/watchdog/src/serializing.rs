@@ -1,8 +1,13 @@
 //! Serializing mode (classic watchdog): one process per request, the whole
 //! request body on stdin and the whole stdout as the response body.
+//!
+//! No process of a call outlives it: its process group is killed when it ends, and in a
+//! sandbox (where the watchdog has a PID namespace to itself) the last call in flight to end
+//! kills every other process there, which also takes what left the group (`setsid`).
 
 use std::io;
 use std::process::ExitStatus;
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -14,6 +19,39 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use crate::body::{full, text, ResponseBody};
 use crate::cgi::cgi_env;
 use crate::process::{describe_status, ExecSettings, GroupKill, Running};
+
+/// Classic calls in flight in this process.
+static IN_FLIGHT: Mutex<usize> = Mutex::new(0);
+
+fn in_flight() -> MutexGuard<'static, usize> {
+    IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One call, counted from before its process starts until it is dropped.
+struct Call;
+
+impl Call {
+    /// Counts a call and runs `spawn` under the same lock, so the sweep of a call ending at
+    /// the same moment cannot hit the new call's process.
+    fn start<T>(spawn: impl FnOnce() -> T) -> (Call, T) {
+        let mut n = in_flight();
+        *n += 1;
+        (Call, spawn())
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let mut n = in_flight();
+        *n -= 1;
+        if *n == 0 && crate::init::owns_pid_namespace() {
+            // kill(-1) spares PID 1 (the reaper) and the caller, and reaches nothing outside
+            // the namespace; everything else here belongs to a finished call.
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
+        }
+    }
+}
 
 /// Reads a whole request body, bounded by `read_timeout`.
 pub(crate) async fn read_body(
@@ -70,7 +108,8 @@ pub async fn handle(settings: &ExecSettings, req: Request<Incoming>) -> Response
     };
 
     let program = settings.spec.program();
-    let (mut child, pending) = match Running::spawn(&settings.spec.spawner, &env, &body) {
+    let (_call, started) = Call::start(|| Running::spawn(&settings.spec.spawner, &env, &body));
+    let (mut child, pending) = match started {
         Ok(started) => started,
         Err(e) => return crate::body::spawn_failed(program, &e),
     };

@@ -316,7 +316,8 @@ pub fn sandbox_leftovers(dir: &Path) -> Vec<String> {
         .flatten()
         .flatten()
     {
-        if std::fs::read_to_string(slot.path()).unwrap_or_default() == key {
+        let owner = std::fs::read_to_string(slot.path()).unwrap_or_default();
+        if owner.split_whitespace().next() == Some(key.as_str()) {
             let n = slot.file_name().to_string_lossy().into_owned();
             found.push(format!("network slot {n}"));
             if Path::new(&format!("/run/netns/virga-{n}")).exists() {

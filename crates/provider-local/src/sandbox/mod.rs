@@ -1,18 +1,21 @@
 //! Sandboxes through a real OCI runtime (runc). Each instance is one container whose init is
-//! the watchdog: read-only root, code and secrets mounted read-only, non-root, no
-//! capabilities, seccomp, its own namespaces (network via `net`) and cgroup limits (`oci`).
+//! the watchdog: read-only root, code and secrets as read-only views (`mounts`), non-root, no
+//! capabilities, a seccomp allow-list (`seccomp`), its own namespaces (network via `net`,
+//! kept apart by `host`'s nftables table) and cgroup limits (`oci`).
 //!
 //! Everything a sandbox creates is named after this platform's key (kept in the data
 //! directory), so a restart after a crash finds and removes what the last run left behind:
-//! containers in the runc state directory, cgroups under `/virga-KEY`, network slots.
+//! containers in the runc state directory, cgroups under `/virga-KEY`, mounts, network slots.
 
+mod host;
 mod mounts;
 mod net;
 mod oci;
+mod seccomp;
 
 use std::fs;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,9 +102,13 @@ impl Runc {
             key,
         };
         rt.remove_leftovers();
-        fs::create_dir_all(&rt.bundles).map_err(io("create bundles dir"))?;
-        make_rootfs(&rt.rootfs)?;
-        net::enable_forwarding();
+        let ready = private_dir(&rt.bundles)
+            .map_err(io("create bundles dir"))
+            .and_then(|()| make_rootfs(&rt.rootfs));
+        if let Err(e) = ready {
+            rt.net.leave();
+            return Err(e);
+        }
         Ok(rt)
     }
 
@@ -120,6 +127,9 @@ impl Runc {
             }
         }
         self.net.release_all();
+        for bundle in fs::read_dir(&self.bundles).into_iter().flatten().flatten() {
+            remove_bundle(&bundle.path());
+        }
         let _ = fs::remove_dir_all(&self.bundles);
         for slot in fs::read_dir(&self.slots).into_iter().flatten().flatten() {
             release_slots(&slot.path());
@@ -156,7 +166,7 @@ impl Runc {
     ) -> Result<Sandbox, String> {
         let cid = format!("{}-{id}", self.key);
         let bundle = self.bundles.join(&cid);
-        fs::create_dir_all(&bundle).map_err(io("create sandbox bundle"))?;
+        private_dir(&bundle).map_err(io("create sandbox bundle"))?;
         let spare = if spec.outbound {
             self.spares().pop()
         } else {
@@ -231,9 +241,24 @@ impl Runc {
             "secret_mount_path".into(),
             virga_types::SECRETS_MOUNT.into(),
         );
-        let (code, secrets) = match &sb.slots {
-            Some(dir) => (dir.join("code"), dir.join("secrets")),
-            None => (spec.workdir.clone(), spec.secrets_dir.clone()),
+        // What the sandbox sees of host directories are views (see `mounts`): nothing in
+        // its mountinfo names the data directory or the function.
+        let view = |src: &Path, name: &str| -> Result<PathBuf, String> {
+            let at = sb.bundle.join(name);
+            mounts::make_view(src, &at)?;
+            Ok(at)
+        };
+        let (code, secrets, runtime) = match &sb.slots {
+            Some(dir) => (
+                dir.join("code"),
+                dir.join("secrets"),
+                Some(view(&spec.workdir, VIEWS[2])?),
+            ),
+            None => (
+                view(&spec.workdir, VIEWS[0])?,
+                view(&spec.secrets_dir, VIEWS[1])?,
+                None,
+            ),
         };
         let layout = Layout {
             rootfs: &self.rootfs,
@@ -242,12 +267,21 @@ impl Runc {
             secrets: &secrets,
             netns: &sb.net.netns,
             cgroups_path: &format!("/virga-{}/{}", self.key, sb.id),
-            runtime: sb.slots.as_ref().map(|_| spec.workdir.as_path()),
+            runtime: runtime.as_deref(),
         };
         let config = oci::build(&env, &layout, spec.limits)?;
-        config
-            .save(sb.bundle.join("config.json"))
-            .map_err(|e| format!("write config.json: {e}"))
+        // It holds the function's environment: readable by root only. Renamed into place,
+        // so nobody reading the bundle ever sees half of it.
+        let json = serde_json::to_vec(&config).map_err(|e| format!("config.json: {e}"))?;
+        let part = sb.bundle.join("config.json.part");
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&part)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &json))
+            .and_then(|()| fs::rename(&part, sb.bundle.join("config.json")))
+            .map_err(io("write config.json"))
     }
 
     /// The command that runs the sandbox in the foreground (`runc run`).
@@ -297,22 +331,19 @@ impl Runc {
             if has_memsw {
                 write(memsw, &mem)?;
             }
-            let quota = limits.cpu.map_or(-1, |c| (c * 100_000.0) as i64);
             write(
                 root.join("cpu").join(&rel).join("cpu.cfs_period_us"),
-                "100000",
+                &oci::CPU_PERIOD.to_string(),
             )?;
             write(
                 root.join("cpu").join(&rel).join("cpu.cfs_quota_us"),
-                &quota.to_string(),
+                &limits.cpu_quota().to_string(),
             )?;
         } else {
             let v2 = root.join(&rel);
             write(v2.join("memory.max"), &mem)?;
             let _ = write(v2.join("memory.swap.max"), "0");
-            let cpu = limits.cpu.map_or("max 100000".to_string(), |c| {
-                format!("{} 100000", (c * 100_000.0) as i64)
-            });
+            let cpu = format!("{} {}", limits.cpu_quota(), oci::CPU_PERIOD);
             write(v2.join("cpu.max"), &cpu)?;
         }
         Ok(())
@@ -325,7 +356,7 @@ impl Runc {
             release_slots(dir);
         }
         self.net.release(&sb.net);
-        let _ = fs::remove_dir_all(&sb.bundle);
+        remove_bundle(&sb.bundle);
         for dir in self.cgroup_dirs() {
             remove_cgroup_tree(&dir.join(&sb.id));
         }
@@ -389,6 +420,8 @@ impl Runc {
         self.closed.store(true, Ordering::SeqCst);
         self.spares().clear();
         self.remove_leftovers();
+        mounts::release_slot(&self.rootfs);
+        self.net.leave();
     }
 }
 
@@ -410,6 +443,25 @@ fn platform_key(dir: &Path) -> Result<String, String> {
     let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     fs::write(&path, &key).map_err(io("write sandbox key"))?;
     Ok(key)
+}
+
+/// The views a bundle directory may hold: code, secrets, a pooled sandbox's runtime.
+const VIEWS: [&str; 3] = ["code", "secrets", "runtime"];
+
+/// Unmount a sandbox's views and remove its bundle directory.
+fn remove_bundle(bundle: &Path) {
+    for v in VIEWS {
+        mounts::release_slot(&bundle.join(v));
+    }
+    let _ = fs::remove_dir_all(bundle);
+}
+
+/// Create `dir` (and missing parents) readable by root only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Unmount and remove a pooled sandbox's slot directory.
@@ -434,8 +486,12 @@ fn remove_cgroup_tree(dir: &Path) {
 /// The shared read-only root: mount points, links into /usr, and a minimal /etc.
 fn make_rootfs(root: &Path) -> Result<(), String> {
     if root.exists() {
-        fs::remove_dir_all(root).map_err(io("clear rootfs"))?;
+        mounts::release_slot(root);
+        let _ = fs::remove_dir_all(root);
     }
+    // Its own tmpfs: the sandbox's mountinfo shows its root as `/`, not the data directory.
+    fs::create_dir_all(root).map_err(io("create rootfs"))?;
+    mounts::mount_tmpfs(root, 0, c"size=1m,mode=755")?;
     for d in [
         "proc",
         "dev",

@@ -1,29 +1,25 @@
-//! Host-side mounts that reach into running sandboxes. A pooled sandbox is created with its
-//! code and secrets directories bind-mounted from host "slots" that are shared mount points
-//! (the sandbox's copies are slaves), so binding it to a function later is one host mount per
-//! slot, which propagates in. Those mounts are made read-only before they are attached
-//! (`open_tree` + `mount_setattr` + `move_mount`): a read-only remount after the fact would
-//! not propagate, and the sandbox would get a writable copy of the function's code.
+//! Host-side mounts that sandboxes see. Every directory of the host a sandbox gets (its code,
+//! its secrets, a pooled sandbox's runtime) reaches it as a read-only overlay whose layers are
+//! the directory and an empty one, both named by `/proc/self/fd/N`: a bind mount would show
+//! the source's path inside its filesystem in `/proc/self/mountinfo` (the data directory,
+//! the function's name), an overlay shows `/` and those fd paths.
+//!
+//! A pooled sandbox is created with its code and secrets directories bind-mounted from host
+//! "slots": small empty tmpfs mounts that are shared mount points (the sandbox's copies are
+//! slaves), so binding it to a function later is one overlay mounted on each slot, which
+//! propagates in. The overlay is read-only, nosuid and nodev from the start: a read-only
+//! remount after the fact would not propagate.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::OnceLock;
 
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-
-/// `struct mount_attr` of mount_setattr(2).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
+/// An always-empty directory: the second layer of every view (overlayfs needs two lower
+/// layers when it has no upper one).
+const EMPTY_DIR: &str = "/run/virga-empty";
 
 fn cpath(p: &Path) -> Result<CString, String> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("{} has a NUL byte", p.display()))
@@ -37,90 +33,105 @@ fn last_err(what: &str, p: &Path) -> String {
     )
 }
 
-/// Create `slot` and make it a shared mount point of its own.
+/// Mount a fresh tmpfs on `at` with `flags` and `options`.
+pub(crate) fn mount_tmpfs(at: &Path, flags: libc::c_ulong, options: &CStr) -> Result<(), String> {
+    let c = cpath(at)?;
+    // SAFETY: mount(2) with valid NUL-terminated strings; flags are plain integers.
+    let r = unsafe {
+        libc::mount(
+            c"virga".as_ptr(),
+            c.as_ptr(),
+            c"tmpfs".as_ptr(),
+            flags | libc::MS_NOSUID | libc::MS_NODEV,
+            options.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(last_err("mount a tmpfs on", at));
+    }
+    Ok(())
+}
+
+/// Create `slot` as an empty read-only tmpfs that is a shared mount point of its own.
 pub(crate) fn make_shared_slot(slot: &Path) -> Result<(), String> {
     std::fs::create_dir_all(slot).map_err(|e| format!("create {}: {e}", slot.display()))?;
+    mount_tmpfs(slot, libc::MS_RDONLY | libc::MS_NOEXEC, c"size=4k,mode=755")?;
     let c = cpath(slot)?;
-    // SAFETY: mount(2) with valid NUL-terminated paths; flags are plain integers.
-    unsafe {
-        if libc::mount(
-            c.as_ptr(),
-            c.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(last_err("bind", slot));
-        }
-        if libc::mount(
+    // SAFETY: mount(2) with a valid path; the other arguments are unused for MS_SHARED.
+    let r = unsafe {
+        libc::mount(
             std::ptr::null(),
             c.as_ptr(),
             std::ptr::null(),
             libc::MS_SHARED,
             std::ptr::null(),
-        ) != 0
-        {
-            return Err(last_err("make shared", slot));
-        }
+        )
+    };
+    if r != 0 {
+        return Err(last_err("make shared", slot));
     }
     Ok(())
 }
 
-/// Attach a read-only, nosuid, nodev view of `src` on `slot`.
-pub(crate) fn attach_ro(src: &Path, slot: &Path) -> Result<(), String> {
-    let (csrc, cslot) = (cpath(src)?, cpath(slot)?);
-    let empty = c"";
-    // SAFETY: raw syscalls with valid paths, a properly sized mount_attr, and a descriptor we
-    // own and close.
-    unsafe {
-        let fd = libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            csrc.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
-        );
-        if fd < 0 {
-            return Err(last_err("open_tree", src));
-        }
-        let fd = fd as libc::c_int;
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: 0,
-        };
-        let set = libc::syscall(
-            libc::SYS_mount_setattr,
-            fd,
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        );
-        if set != 0 {
-            let e = last_err("mount_setattr", src);
-            libc::close(fd);
-            return Err(e);
-        }
-        let moved = libc::syscall(
-            libc::SYS_move_mount,
-            fd,
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            cslot.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        );
-        libc::close(fd);
-        if moved != 0 {
-            return Err(last_err("move_mount onto", slot));
-        }
+/// The empty directory's descriptor (made once per process; it must stay empty).
+fn empty_layer() -> Result<&'static OwnedFd, String> {
+    static EMPTY: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
+    EMPTY
+        .get_or_init(|| {
+            let dir = Path::new(EMPTY_DIR);
+            let fail = |e: std::io::Error| format!("{EMPTY_DIR}: {e}");
+            match std::fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(fail(e)),
+            }
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).map_err(fail)?;
+            let fd = std::fs::File::open(dir).map_err(fail)?;
+            if std::fs::read_dir(dir).map_err(fail)?.next().is_some() {
+                return Err(format!("{EMPTY_DIR} must be empty"));
+            }
+            Ok(fd.into())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Mount a read-only, nosuid, nodev view of `src` on `at` (see the module's comment).
+pub(crate) fn attach_ro(src: &Path, at: &Path) -> Result<(), String> {
+    let empty = empty_layer()?;
+    let lower = std::fs::File::open(src).map_err(|e| format!("open {}: {e}", src.display()))?;
+    let options = CString::new(format!(
+        "lowerdir=/proc/self/fd/{}:/proc/self/fd/{}",
+        lower.as_raw_fd(),
+        empty.as_raw_fd()
+    ))
+    .map_err(|_| "overlay options hold a NUL byte".to_string())?;
+    let c = cpath(at)?;
+    // SAFETY: mount(2) with valid NUL-terminated strings; both descriptors named in the
+    // options stay open until it returns.
+    let r = unsafe {
+        libc::mount(
+            c"virga".as_ptr(),
+            c.as_ptr(),
+            c"overlay".as_ptr(),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            options.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(last_err("mount a read-only view on", at));
     }
     Ok(())
 }
 
-/// Unmount everything stacked on `slot` (attached views and the slot's own bind), then
-/// remove the directory if it is empty.
+/// Create `at` and mount a view of `src` on it (a sandbox's own code and secrets).
+pub(crate) fn make_view(src: &Path, at: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(at).map_err(|e| format!("create {}: {e}", at.display()))?;
+    attach_ro(src, at)
+}
+
+/// Unmount everything stacked on `slot` (attached views and the slot's own tmpfs; or a
+/// sandbox's view, or the rootfs), then remove the directory if it is empty.
 pub(crate) fn release_slot(slot: &Path) {
     if let Ok(c) = cpath(slot) {
         for _ in 0..8 {

@@ -1,8 +1,10 @@
 //! Per-instance networking: every sandbox gets its own network namespace joined to the host by
-//! a veth pair with a /30 of 10.88.0.0/16 (host end .1, instance end .2). No bridge is shared,
-//! so nothing global is left to clean but the pair itself. Slots are allocated under a lock in
-//! /run/virga-net so several platforms on one machine never collide; each slot file names the
-//! platform that owns it, which is how a restart finds what a crashed run left behind.
+//! a veth pair with a /30 of 10.88.0.0/16 (host end .1, instance end .2). No bridge is shared;
+//! what keeps instances apart from each other and from the host is the nftables table of
+//! `host`. Slots are allocated under a lock in /run/virga-net so several platforms on one
+//! machine never collide; each slot file names the platform that owns it and the owning
+//! process (pid, start time, boot), which is how a restart finds what a crashed run left
+//! behind, and how any platform reclaims the slots of one that is gone with its data directory.
 
 use std::fs;
 use std::io::Write;
@@ -10,6 +12,8 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use super::host::{self, Owner};
 
 /// Root of the slot allocation files.
 const NET_DIR: &str = "/run/virga-net";
@@ -21,6 +25,8 @@ const SLOTS: u32 = 1 << 14;
 pub(crate) struct Network {
     key: String,
     dir: PathBuf,
+    /// This process, as recorded in its slot files.
+    owner: Owner,
 }
 
 /// One instance's network namespace and veth pair.
@@ -98,16 +104,54 @@ impl Drop for DirLock {
 }
 
 impl Network {
-    /// The allocator for platform `key`; removes what an earlier run of it left behind.
+    /// The allocator for platform `key`: removes what an earlier run of it and platforms that
+    /// are gone left behind, and joins the host's shared set-up (`host::join`).
     pub(crate) fn new(key: &str) -> Result<Network, String> {
         let dir = PathBuf::from(NET_DIR);
         fs::create_dir_all(dir.join("slots")).map_err(|e| format!("create {NET_DIR}: {e}"))?;
         let net = Network {
             key: key.to_string(),
             dir,
+            owner: Owner::me()?,
         };
-        net.release_all();
+        let _lock = DirLock::take(&net.dir)?;
+        net.reclaim(true);
+        host::join(&net.dir, &net.key, &net.owner)?;
         Ok(net)
+    }
+
+    /// Tear down (under the lock) the slots whose owner is gone, and with `own` those of
+    /// this platform's key. Slot files without an owner record are an older Virga's: left alone.
+    fn reclaim(&self, own: bool) -> usize {
+        let mut freed = 0;
+        for e in fs::read_dir(self.dir.join("slots"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Some(slot) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let text = fs::read_to_string(e.path()).unwrap_or_default();
+            let (key, owner) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+            let dead = Owner::parse(owner).is_some_and(|o| !o.alive());
+            if dead || (own && key == self.key) {
+                if dead {
+                    tracing::info!("reclaiming network slot {slot} of a platform that is gone");
+                }
+                teardown(slot);
+                let _ = fs::remove_file(e.path());
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// Leave the host's shared set-up (at shutdown, after the slots are released).
+    pub(crate) fn leave(&self) {
+        if let Ok(_lock) = DirLock::take(&self.dir) {
+            host::leave(&self.dir, &self.key);
+        }
     }
 
     /// Slots this platform holds.
@@ -117,7 +161,7 @@ impl Network {
         };
         entries
             .flatten()
-            .filter(|e| fs::read_to_string(e.path()).is_ok_and(|k| k.trim() == self.key))
+            .filter(|e| fs::read_to_string(e.path()).is_ok_and(|t| slot_key(&t) == self.key))
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect()
     }
@@ -129,18 +173,27 @@ impl Network {
         }
     }
 
+    /// Take the first free slot, reclaiming those of platforms that are gone when none is.
+    fn take_slot(&self) -> Result<u32, String> {
+        let _lock = DirLock::take(&self.dir)?;
+        let slots = self.dir.join("slots");
+        let free = || (0..SLOTS).find(|s| !slots.join(s.to_string()).exists());
+        let slot = match free() {
+            Some(s) => s,
+            None if self.reclaim(false) > 0 => free().ok_or("no free network slot")?,
+            None => return Err("no free network slot: too many instances".into()),
+        };
+        fs::write(
+            slots.join(slot.to_string()),
+            format!("{} {}", self.key, self.owner),
+        )
+        .map_err(|e| format!("record network slot: {e}"))?;
+        Ok(slot)
+    }
+
     /// Create a namespace and veth pair; `outbound` adds a default route through the host.
     pub(crate) fn allocate(&self, outbound: bool) -> Result<NetLease, String> {
-        let slot = {
-            let _lock = DirLock::take(&self.dir)?;
-            let slots = self.dir.join("slots");
-            let slot = (0..SLOTS)
-                .find(|s| !slots.join(s.to_string()).exists())
-                .ok_or("no free network slot: too many instances")?;
-            fs::write(slots.join(slot.to_string()), &self.key)
-                .map_err(|e| format!("record network slot: {e}"))?;
-            slot
-        };
+        let slot = self.take_slot()?;
         let (host_ip, ip) = slot_ips(slot);
         let (ns, hif) = (netns_name(slot), host_if(slot));
         let host = format!(
@@ -178,28 +231,31 @@ impl Network {
             return;
         };
         let file = self.dir.join("slots").join(slot.to_string());
-        if fs::read_to_string(&file).map_or(true, |k| k.trim() != self.key) {
+        if fs::read_to_string(&file).map_or(true, |t| slot_key(&t) != self.key) {
             return;
         }
-        let ns = netns_name(slot);
-        if Path::new("/run/netns").join(&ns).exists() {
-            if let Err(e) = ip_batch(&[], &format!("netns del {ns}\n")) {
-                tracing::warn!("removing network namespace {ns}: {e}");
-            }
-        }
-        // A host end left without its namespace (interrupted setup) goes too.
-        let hif = host_if(slot);
-        if Path::new("/sys/class/net").join(&hif).exists() {
-            let _ = ip_batch(&[], &format!("link del {hif}\n"));
-        }
+        teardown(slot);
         let _ = fs::remove_file(file);
     }
 }
 
-/// Allow forwarding so instances with a default route reach beyond the host.
-pub(crate) fn enable_forwarding() {
-    if let Err(e) = fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
-        tracing::warn!("cannot enable IP forwarding (outbound access from functions): {e}");
+/// The platform key a slot file names (its first word).
+fn slot_key(text: &str) -> &str {
+    text.split_whitespace().next().unwrap_or("")
+}
+
+/// Remove slot `slot`'s namespace (which destroys its veth pair), or a host end left without
+/// it (interrupted setup).
+fn teardown(slot: u32) {
+    let ns = netns_name(slot);
+    if Path::new("/run/netns").join(&ns).exists() {
+        if let Err(e) = ip_batch(&[], &format!("netns del {ns}\n")) {
+            tracing::warn!("removing network namespace {ns}: {e}");
+        }
+    }
+    let hif = host_if(slot);
+    if Path::new("/sys/class/net").join(&hif).exists() {
+        let _ = ip_batch(&[], &format!("link del {hif}\n"));
     }
 }
 

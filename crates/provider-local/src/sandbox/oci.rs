@@ -1,17 +1,18 @@
 //! The OCI runtime configuration of one sandbox, built with the `oci-spec` crate: a read-only
 //! root that holds only the host's /usr (and the /etc files programs need), the function's
 //! code read-only at /home/app, its own secrets read-only at /var/openfaas/secrets, a
-//! size-limited /tmp, a non-root user with no capabilities and no new privileges, a seccomp
-//! deny-list, its own PID/mount/IPC/UTS/cgroup/network namespaces, and cgroup limits.
+//! size-limited /tmp and /dev/shm, a non-root user with no capabilities, no new privileges
+//! and bounded open files, a seccomp allow-list (`seccomp`), its own
+//! PID/mount/IPC/UTS/cgroup/network namespaces, and cgroup limits (CPU by default too).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Arch, Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Process,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 /// User and group the function runs as (not root, not a host account).
@@ -29,60 +30,35 @@ pub(crate) const ETC_BINDS: [&str; 7] = [
     "/etc/hosts",
 ];
 
-/// Syscalls a function has no business making; they fail with EPERM.
-const DENIED_SYSCALLS: [&str; 39] = [
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "move_mount",
-    "name_to_handle_at",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "unshare",
-];
+/// CPU cores a sandbox gets when `limits.cpu` says nothing: one function cannot take every core.
+pub(crate) const DEFAULT_CPU: f64 = 1.0;
+/// The CFS period of the CPU limit, in microseconds.
+pub(crate) const CPU_PERIOD: u64 = 100_000;
+/// Open files (soft, hard) of every process in a sandbox.
+const NOFILE: (u64, u64) = (1024, 4096);
+/// Where POSIX shared memory lives.
+const SHM: &str = "/dev/shm";
+/// /dev/shm's size, taken out of the /tmp budget (so both together are `limits.tmp`).
+const SHM_SIZE: u64 = 4 << 20;
 
 /// Resource limits of one sandbox.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     /// Memory in bytes (also the memory+swap limit, so it cannot swap).
     pub(crate) memory: u64,
-    /// CPU cores, if limited.
+    /// CPU cores, if given (else [`DEFAULT_CPU`]).
     pub(crate) cpu: Option<f64>,
     /// Most processes and threads.
     pub(crate) pids: i64,
     /// Size of the private /tmp in bytes.
     pub(crate) tmp: u64,
+}
+
+impl Limits {
+    /// The CFS quota per [`CPU_PERIOD`]: `cpu` cores, or [`DEFAULT_CPU`] when none is given.
+    pub(crate) fn cpu_quota(&self) -> i64 {
+        (self.cpu.unwrap_or(DEFAULT_CPU) * CPU_PERIOD as f64) as i64
+    }
 }
 
 /// Host paths one sandbox is made of.
@@ -117,27 +93,21 @@ fn bind_with(dest: &str, src: &Path, extra: &[&str]) -> Result<Mount, String> {
         .map_err(|e| e.to_string())
 }
 
-fn tmpfs(dest: &str, size: u64, mode: &str) -> Result<Mount, String> {
+fn tmpfs(dest: &str, size: u64, mode: &str, extra: &[&str]) -> Result<Mount, String> {
+    let mut options = vec![
+        "nosuid".to_string(),
+        "nodev".into(),
+        format!("size={size}"),
+        format!("mode={mode}"),
+    ];
+    options.extend(extra.iter().map(|o| o.to_string()));
     MountBuilder::default()
         .destination(dest)
         .typ("tmpfs")
         .source("tmpfs")
-        .options(vec![
-            "nosuid".into(),
-            "nodev".into(),
-            format!("size={size}"),
-            format!("mode={mode}"),
-        ])
+        .options(options)
         .build()
         .map_err(|e| e.to_string())
-}
-
-fn seccomp_arches() -> Vec<Arch> {
-    match std::env::consts::ARCH {
-        "x86_64" => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
-        "aarch64" => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
-        _ => Vec::new(),
-    }
 }
 
 /// The runtime spec for a sandbox running the watchdog with `env`.
@@ -146,6 +116,50 @@ pub(crate) fn build(
     layout: &Layout<'_>,
     limits: Limits,
 ) -> Result<Spec, String> {
+    let e = |e: oci_spec::OciSpecError| e.to_string();
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .chain([LinuxNamespaceBuilder::default()
+        .typ(LinuxNamespaceType::Network)
+        .path(PathBuf::from("/run/netns").join(layout.netns))
+        .build()])
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(e)?;
+    let defaults = oci_spec::runtime::Linux::default();
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources(limits)?)
+        .cgroups_path(layout.cgroups_path)
+        .seccomp(super::seccomp::profile()?)
+        .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
+        .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
+        .build()
+        .map_err(e)?;
+
+    let mut spec = Spec::default();
+    spec.set_hostname(Some("function".into()))
+        .set_process(Some(process(env, layout)?))
+        .set_root(Some(
+            RootBuilder::default()
+                .path(layout.rootfs)
+                .readonly(true)
+                .build()
+                .map_err(e)?,
+        ))
+        .set_mounts(Some(mounts(layout, limits)?))
+        .set_linux(Some(linux));
+    Ok(spec)
+}
+
+/// The watchdog as uid 12000 with no capabilities, no new privileges and bounded open files.
+fn process(env: &BTreeMap<String, String>, layout: &Layout<'_>) -> Result<Process, String> {
     let e = |e: oci_spec::OciSpecError| e.to_string();
     let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let no_caps = LinuxCapabilitiesBuilder::default()
@@ -156,7 +170,13 @@ pub(crate) fn build(
         .ambient(Capabilities::new())
         .build()
         .map_err(e)?;
-    let process = ProcessBuilder::default()
+    let nofile = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .soft(NOFILE.0)
+        .hard(NOFILE.1)
+        .build()
+        .map_err(e)?;
+    ProcessBuilder::default()
         .terminal(false)
         .user(
             UserBuilder::default()
@@ -174,13 +194,22 @@ pub(crate) fn build(
         })
         .capabilities(no_caps)
         .no_new_privileges(true)
+        .rlimits(vec![nofile])
         .build()
-        .map_err(e)?;
+        .map_err(e)
+}
 
+/// runc's defaults (without /sys/fs/cgroup, with a small /dev/shm), the read-only host parts,
+/// the function's views and the private /tmp.
+fn mounts(layout: &Layout<'_>, limits: Limits) -> Result<Vec<Mount>, String> {
+    let shm = SHM_SIZE.min(limits.tmp / 2);
     let mut mounts: Vec<Mount> = oci_spec::runtime::get_default_mounts()
         .into_iter()
-        .filter(|m| m.destination() != Path::new("/sys/fs/cgroup"))
+        .filter(|m| {
+            m.destination() != Path::new("/sys/fs/cgroup") && m.destination() != Path::new(SHM)
+        })
         .collect();
+    mounts.push(tmpfs(SHM, shm, "1777", &["noexec"])?);
     mounts.push(bind("/usr", Path::new("/usr"))?);
     for etc in ETC_BINDS {
         if Path::new(etc).exists() {
@@ -202,80 +231,34 @@ pub(crate) fn build(
     if let Some(runtime) = layout.runtime {
         mounts.push(bind(RUNTIME_PATH, runtime)?);
     }
-    mounts.push(tmpfs("/tmp", limits.tmp, "1777")?);
+    mounts.push(tmpfs("/tmp", limits.tmp - shm, "1777", &[])?);
+    Ok(mounts)
+}
 
+/// Memory (+swap), pids and CPU limits.
+fn resources(limits: Limits) -> Result<LinuxResources, String> {
+    let e = |e: oci_spec::OciSpecError| e.to_string();
     let mut memory = LinuxMemoryBuilder::default()
         .limit(limits.memory as i64)
         .swap(limits.memory as i64);
     if limits.memory == 0 {
         memory = LinuxMemoryBuilder::default();
     }
-    let mut resources = LinuxResourcesBuilder::default()
+    LinuxResourcesBuilder::default()
         .memory(memory.build().map_err(e)?)
         .pids(
             LinuxPidsBuilder::default()
                 .limit(limits.pids)
                 .build()
                 .map_err(e)?,
-        );
-    if let Some(cores) = limits.cpu {
-        let period: u64 = 100_000;
-        resources = resources.cpu(
+        )
+        .cpu(
             LinuxCpuBuilder::default()
-                .period(period)
-                .quota((cores * period as f64) as i64)
+                .period(CPU_PERIOD)
+                .quota(limits.cpu_quota())
                 .build()
                 .map_err(e)?,
-        );
-    }
-    let namespaces = [
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Mount,
-        LinuxNamespaceType::Cgroup,
-    ]
-    .into_iter()
-    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
-    .chain([LinuxNamespaceBuilder::default()
-        .typ(LinuxNamespaceType::Network)
-        .path(PathBuf::from("/run/netns").join(layout.netns))
-        .build()])
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(e)?;
-    let seccomp = LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
-        .architectures(seccomp_arches())
-        .syscalls(vec![LinuxSyscallBuilder::default()
-            .names(DENIED_SYSCALLS.map(String::from).to_vec())
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(libc::EPERM as u32)
-            .build()
-            .map_err(e)?])
+        )
         .build()
-        .map_err(e)?;
-    let defaults = oci_spec::runtime::Linux::default();
-    let linux = LinuxBuilder::default()
-        .namespaces(namespaces)
-        .resources(resources.build().map_err(e)?)
-        .cgroups_path(layout.cgroups_path)
-        .seccomp(seccomp)
-        .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
-        .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
-        .build()
-        .map_err(e)?;
-
-    let mut spec = Spec::default();
-    spec.set_hostname(Some("function".into()))
-        .set_process(Some(process))
-        .set_root(Some(
-            RootBuilder::default()
-                .path(layout.rootfs)
-                .readonly(true)
-                .build()
-                .map_err(e)?,
-        ))
-        .set_mounts(Some(mounts))
-        .set_linux(Some(linux));
-    Ok(spec)
+        .map_err(e)
 }
