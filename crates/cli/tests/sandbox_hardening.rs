@@ -126,7 +126,7 @@ fn namespaces_io_uring_and_clone3_are_refused_and_ordinary_calls_work() {
     );
     // The node template from the warm pool.
     let js = "'use strict'\nmodule.exports = async (event, context) => context.status(200).succeed({ pid: process.pid > 0 })\n";
-    new_function_from(&p, work.path(), "js", "node", "handler.js", js);
+    new_function_from(&p, work.path(), "js", "node20", "handler.js", js);
     let r = p.invoke("js", "");
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().unwrap(), "{\"pid\":true}");

@@ -526,13 +526,13 @@ fn functions_cannot_bind_pooled_sandboxes() {
 }
 
 /// The addresses of every sandbox of the platform with data directory `data` (its network
-/// slots are the files under /run/virga-net/slots naming its key).
+/// slots are the files under /run/virga-net/slots whose first word is its key).
 fn own_sandbox_addresses(data: &Path) -> Vec<String> {
     let key = std::fs::read_to_string(data.join("sandbox/key")).unwrap();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/run/virga-net/slots").unwrap().flatten() {
         let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
-        if owner.lines().next().map(str::trim) == Some(key.trim()) {
+        if owner.split_whitespace().next() == Some(key.trim()) {
             let slot: u32 = e.file_name().to_str().unwrap().parse().unwrap();
             let ip = u32::from(std::net::Ipv4Addr::new(10, 88, 0, 0)) + slot * 4 + 2;
             out.push(std::net::Ipv4Addr::from(ip).to_string());
