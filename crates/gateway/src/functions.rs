@@ -102,6 +102,7 @@ pub(crate) async fn create(
         }
         return Err(e.into());
     }
+    state.deployed(&f.deployment);
     tracing::info!(function = %f.deployment.service, "deployed");
     Ok(StatusCode::ACCEPTED)
 }
@@ -120,6 +121,7 @@ pub(crate) async fn update(
     };
     state.provider.deploy(&f)?;
     state.store.update_function(&f)?;
+    state.deployed(&f.deployment);
     tracing::info!(function = %f.deployment.service, "updated");
     Ok(StatusCode::OK)
 }
