@@ -59,7 +59,8 @@ impl Clock {
         })
     }
 
-    /// A request head arrived; false when the connection was evicted first.
+    /// A request head arrived: its sequence number, or `None` when the connection was evicted
+    /// first.
     pub(crate) fn begin(&self) -> Option<u32> {
         self.phase
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
@@ -125,6 +126,8 @@ pub(crate) struct GuardedIo<T> {
     io: T,
     clock: Arc<Clock>,
     limits: Limits,
+    /// Whether the connection can be evicted (a reserve one), so its waker must be known.
+    evictable: bool,
     /// One timer per connection, armed at `armed`; it only moves when a limit draws nearer
     /// (a fire before the real deadline re-arms it), so steady traffic does not touch it.
     sleep: Pin<Box<Sleep>>,
@@ -133,12 +136,13 @@ pub(crate) struct GuardedIo<T> {
 
 impl<T> GuardedIo<T> {
     /// Wrap `io`, whose first request head is due within `limits.head`.
-    pub(crate) fn new(io: T, clock: Arc<Clock>, limits: Limits) -> GuardedIo<T> {
+    pub(crate) fn new(io: T, clock: Arc<Clock>, limits: Limits, evictable: bool) -> GuardedIo<T> {
         let armed = Instant::now() + limits.head;
         GuardedIo {
             io,
             clock,
             limits,
+            evictable,
             sleep: Box::pin(tokio::time::sleep_until(armed)),
             armed,
         }
@@ -146,7 +150,9 @@ impl<T> GuardedIo<T> {
 
     /// A read found no data: fail if the phase's limit has passed, else wait for it too.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.clock.waker.register(cx.waker());
+        if self.evictable {
+            self.clock.waker.register(cx.waker());
+        }
         let phase = self.clock.phase.load(Ordering::Acquire);
         let limit = match phase {
             HEAD => self.limits.head,

@@ -154,7 +154,7 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(GuardedIo::new(stream, clock.clone(), shared.limits));
+    let io = TokioIo::new(GuardedIo::new(stream, clock.clone(), shared.limits, once));
     let service = ConnService {
         router: shared.router.clone(),
         clock,
