@@ -32,8 +32,8 @@ pub struct Platform {
     /// HTTP client.
     pub http: Client,
     extra_args: Vec<String>,
-    /// RLIMIT_NOFILE (soft and hard) of the platform's process, if limited.
-    nofile: Option<u64>,
+    /// RLIMIT_NOFILE (soft, hard) of the platform's process, if limited.
+    nofile: Option<(u64, u64)>,
 }
 
 /// Path of the `virga` binary under test.
@@ -52,8 +52,8 @@ impl Platform {
         Platform::start_limited(data_dir, extra, None)
     }
 
-    /// Start with extra arguments and, if given, at most `nofile` open files.
-    pub fn start_limited(data_dir: &Path, extra: &[&str], nofile: Option<u64>) -> Platform {
+    /// Start with extra arguments and, if given, the open-file limit `nofile` (soft, hard).
+    pub fn start_limited(data_dir: &Path, extra: &[&str], nofile: Option<(u64, u64)>) -> Platform {
         let mut p = Platform {
             child: None,
             url: String::new(),
@@ -80,11 +80,11 @@ impl Platform {
             .env("VIRGA_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(n) = self.nofile {
+        if let Some((soft, hard)) = self.nofile {
             use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {
-                rlim_cur: n,
-                rlim_max: n,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             // Only setrlimit, async-signal-safe, runs between fork and exec.
             unsafe {
