@@ -287,7 +287,7 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
 /// A request body stopped arriving for longer than `--body-read-timeout`.
 #[derive(Debug)]
-pub struct BodyTimeout(pub Duration);
+pub(crate) struct BodyTimeout(pub(crate) Duration);
 
 impl std::fmt::Display for BodyTimeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

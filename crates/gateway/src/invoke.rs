@@ -223,7 +223,7 @@ fn upstream_error(
         if s.is::<BodyTooLarge>() {
             return ApiError::TooLarge(limit);
         }
-        if let Some(t) = s.downcast_ref::<crate::BodyTimeout>() {
+        if let Some(t) = s.downcast_ref::<crate::conn::BodyTimeout>() {
             return ApiError::RequestTimeout(t.to_string());
         }
         source = s.source();

@@ -39,7 +39,6 @@ use virga_types::{GatewayInfo, ProviderInfo, VersionInfo, DEFAULT_NAMESPACE};
 
 pub use asyncfn::enable_async;
 pub use auth::Credentials;
-pub use conn::BodyTimeout;
 pub use error::ApiError;
 pub use listener::ServeConfig;
 
