@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use virga_gateway::{AppState, Credentials, GatewayConfig};
+use virga_gateway::{AppState, Credentials, GatewayConfig, Listeners, ServeConfig};
 use virga_provider_local::{LocalProvider, ProviderConfig, Runc};
 use virga_store::Store;
 
@@ -20,6 +20,26 @@ pub struct UpArgs {
     /// Address the gateway listens on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Address of the web console, an origin of its own that never serves function answers
+    /// (default: --listen's host, its port + 1, or a free port when that is 0), or `off`.
+    #[arg(long, env = "VIRGA_CONSOLE_LISTEN")]
+    pub console_listen: Option<String>,
+    /// Seconds a client may take to send a request's head (request line and headers).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout: u64,
+    /// Seconds a kept-alive connection may wait for its next request.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+    /// Seconds a request body may stop arriving before the request gets 408.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout: u64,
+    /// Connections served at once on all routes (lowered to fit the open-file limit).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Further connections accepted beyond --max-connections, served only for /system/* and
+    /// /healthz, so operators get through when the public routes are full.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reserved_connections: u64,
     /// Directory of the embedded store, bundles and runtime files.
     #[arg(long, default_value = "./.virga", env = "VIRGA_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -128,6 +148,7 @@ fn init_logs(format: LogFormat) {
 }
 
 async fn serve(mut args: UpArgs) -> Result<()> {
+    let edge = serve_config(&args)?;
     let store = Arc::new(
         Store::open(&args.data_dir)
             .with_context(|| format!("open the data directory {}", args.data_dir.display()))?,
@@ -181,26 +202,27 @@ async fn serve(mut args: UpArgs) -> Result<()> {
         Credentials::new("admin", &password),
     );
     crate::queue::start(&state, &args.queue, &args.data_dir).await?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "listen on {} (is another virga running? try --listen 127.0.0.1:0)",
-                args.listen
-            )
-        })?;
-    let addr: SocketAddr = listener.local_addr()?;
-    announce(addr, &args.data_dir, restored, provider.isolation());
+    let listeners = bind(&args).await?;
+    let addr = listeners.api.local_addr()?;
+    let console_addr = listeners.console.as_ref().map(|l| l.local_addr());
+    announce(
+        addr,
+        console_addr.transpose()?,
+        &args.data_dir,
+        restored,
+        provider.isolation(),
+    );
     println!(
         "  cold starts: {}",
         start_paths(&args, provider.isolation(), node_addon.is_some())
     );
+    println!("  connections: {}", connection_limits(&edge));
     if args.with_examples {
         let url = format!("http://{addr}");
         let dir = args.data_dir.clone();
         tokio::task::spawn_blocking(move || crate::examples::deploy(&url, &password, &dir));
     }
-    virga_gateway::serve(listener, state, shutdown_signal())
+    virga_gateway::serve(listeners, state, &edge, shutdown_signal())
         .await
         .context("serve HTTP")?;
     tracing::info!("stopping instances");
@@ -211,10 +233,117 @@ async fn serve(mut args: UpArgs) -> Result<()> {
     Ok(())
 }
 
-fn announce(addr: SocketAddr, data_dir: &Path, restored: usize, isolation: &str) {
+/// File descriptors kept for everything but client connections: the store, logs, instances'
+/// pipes and sockets, the async queue.
+const OTHER_FDS: u64 = 256;
+
+/// The listeners' settings, with the connection cap lowered to fit the open-file limit, which
+/// is first raised as far as the system allows (each API connection may need a second
+/// descriptor for its call to an instance).
+fn serve_config(args: &UpArgs) -> Result<ServeConfig> {
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).context("raise RLIMIT_NOFILE")?;
+    let reserved = args.reserved_connections;
+    // The API's reserve, and the console listener's cap and reserve.
+    let budget = nofile.saturating_sub(OTHER_FDS + 3 * reserved) / 2;
+    if budget == 0 {
+        bail!(
+            "the open-file limit ({nofile}) is too low for --reserved-connections {reserved}: \
+             raise it (ulimit -n) or lower --reserved-connections"
+        );
+    }
+    let mut max = args.max_connections;
+    if max > budget {
+        tracing::warn!(
+            "--max-connections {max} lowered to {budget} to fit the open-file limit ({nofile})"
+        );
+        max = budget;
+    }
+    Ok(ServeConfig {
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        body_read_timeout: Duration::from_secs(args.body_read_timeout),
+        max_connections: max as usize,
+        reserved_connections: reserved as usize,
+    })
+}
+
+/// Bind the API's listener, then the console's.
+async fn bind(args: &UpArgs) -> Result<Listeners> {
+    let api = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listen on {} (is another virga running? try --listen 127.0.0.1:0)",
+                args.listen
+            )
+        })?;
+    let addr = api.local_addr()?;
+    let console = bind_console(args.console_listen.as_deref(), &args.listen, addr).await?;
+    Ok(Listeners { api, console })
+}
+
+/// The connection limits, as `virga up` prints them.
+fn connection_limits(edge: &ServeConfig) -> String {
+    format!(
+        "up to {} at once (+{} for /system and /healthz); request heads within {:?}, bodies \
+         without pauses over {:?}, idle connections closed after {:?}",
+        edge.max_connections,
+        edge.reserved_connections,
+        edge.header_read_timeout,
+        edge.body_read_timeout,
+        edge.idle_timeout
+    )
+}
+
+/// Bind the console's listener: `given` (`off` for none), else --listen's host at the API's
+/// port + 1 (a free port when the API's was picked freely).
+async fn bind_console(
+    given: Option<&str>,
+    listen: &str,
+    api: SocketAddr,
+) -> Result<Option<tokio::net::TcpListener>> {
+    let addr = match given {
+        Some("off") => return Ok(None),
+        Some(a) => a.to_string(),
+        None => {
+            let asked_port = listen.rsplit_once(':').map(|(_, p)| p);
+            let port = match asked_port {
+                Some("0") => 0,
+                _ => api.port().checked_add(1).with_context(|| {
+                    format!(
+                        "the API listens on port {}: pass --console-listen",
+                        api.port()
+                    )
+                })?,
+            };
+            SocketAddr::new(api.ip(), port).to_string()
+        }
+    };
+    let l = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| {
+            format!(
+                "listen on {addr} for the web console (is another virga running? pass \
+             --console-listen ADDR, or off)"
+            )
+        })?;
+    Ok(Some(l))
+}
+
+fn announce(
+    addr: SocketAddr,
+    console: Option<SocketAddr>,
+    data_dir: &Path,
+    restored: usize,
+    isolation: &str,
+) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "Virga gateway listening on http://{addr}");
-    let _ = writeln!(out, "  console: http://{addr}/ui/ (user admin)");
+    match console {
+        Some(c) => writeln!(out, "  console: http://{c}/ui/ (user admin)"),
+        None => writeln!(out, "  console: off (--console-listen off)"),
+    }
+    .ok();
     let _ = writeln!(out, "  data directory: {}", data_dir.display());
     let _ = writeln!(out, "  functions restored: {restored}");
     let how = if isolation == "runc" {

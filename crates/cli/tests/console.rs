@@ -1,256 +1,17 @@
 //! The web console in a real browser: the real `virga up`, headless Chromium driven over the
-//! DevTools protocol (a minimal client over one WebSocket, so no generated protocol crate has to
-//! compile), and the page used as a person would: sign in, deploy from the form, see the API's
-//! message next to a bad field, invoke, follow live logs, see the chart, delete with
-//! confirmation. A screenshot is saved to `target/test-output/console.png`.
+//! DevTools protocol (`browser`), and the page used as a person would, on the console's own
+//! origin: sign in, deploy from the form, see the API's message next to a bad field, invoke,
+//! follow live logs, see the chart, delete with confirmation. A screenshot is saved to
+//! `target/test-output/console.png`.
 
+mod browser;
 mod common;
 
-use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use base64::Engine;
+use browser::{output_path, Browser};
 use common::{script, Platform, PASSWORD};
 use serde_json::{json, Value};
-use tungstenite::{Message, WebSocket};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// A headless Chromium with one page, driven over the DevTools protocol.
-struct Browser {
-    child: Child,
-    ws: WebSocket<TcpStream>,
-    next_id: u64,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    fn launch() -> Browser {
-        assert!(
-            Path::new(CHROMIUM).exists(),
-            "{CHROMIUM} is missing: run scripts/setup (installs the `chromium` package)"
-        );
-        let profile = tempfile::tempdir().unwrap();
-        let child = Command::new(CHROMIUM)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--hide-scrollbars",
-                "--window-size=1280,900",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start chromium");
-        // Chromium writes its DevTools port into the profile once it listens.
-        let port_file = profile.path().join("DevToolsActivePort");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let port: u16 = loop {
-            if let Some(p) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
-            {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "chromium did not start in 60 s");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let targets: Vec<Value> =
-            reqwest::blocking::get(format!("http://127.0.0.1:{port}/json/list"))
-                .and_then(|r| r.json())
-                .expect("list chromium's targets");
-        let ws_url = targets
-            .iter()
-            .find(|t| t["type"] == "page")
-            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-            .expect("chromium has a page")
-            .to_string();
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let (ws, _) = tungstenite::client(ws_url.as_str(), stream).expect("DevTools WebSocket");
-        let mut b = Browser {
-            child,
-            ws,
-            next_id: 0,
-            _profile: profile,
-        };
-        b.call("Page.enable", json!({}));
-        b.call("Runtime.enable", json!({}));
-        b.call(
-            "Emulation.setDeviceMetricsOverride",
-            json!({"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
-        );
-        b
-    }
-
-    /// Send one DevTools command and return its result (events in between are skipped).
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let msg = json!({"id": id, "method": method, "params": params}).to_string();
-        self.ws.send(Message::text(msg)).expect("send to chromium");
-        loop {
-            let m = self.ws.read().expect("read from chromium");
-            let Message::Text(text) = m else { continue };
-            let v: Value = serde_json::from_str(text.as_str()).unwrap();
-            if v["id"] != id {
-                continue;
-            }
-            if let Some(e) = v.get("error") {
-                panic!("{method} failed: {e}");
-            }
-            return v["result"].clone();
-        }
-    }
-
-    /// Evaluate `js` in the page (promises awaited) and return its value.
-    fn eval(&mut self, js: &str) -> Value {
-        let r = self.call(
-            "Runtime.evaluate",
-            json!({"expression": js, "returnByValue": true, "awaitPromise": true}),
-        );
-        if let Some(e) = r.get("exceptionDetails") {
-            panic!("page script failed: {e}\n{js}");
-        }
-        r["result"]["value"].clone()
-    }
-
-    /// Poll `js` until it is truthy; panic with `what` and the page's text after `limit`.
-    fn wait_for(&mut self, what: &str, js: &str, limit: Duration) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let v = self.eval(js);
-            let truthy = match &v {
-                Value::Null => false,
-                Value::Bool(b) => *b,
-                Value::String(s) => !s.is_empty(),
-                Value::Number(n) => n.as_f64() != Some(0.0),
-                _ => true,
-            };
-            if truthy {
-                return v;
-            }
-            if Instant::now() > deadline {
-                let text = self.eval("document.body.innerText");
-                panic!("timed out waiting for {what}; the page shows:\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Click the element `selector` with the mouse, once it is visible, still and on top.
-    fn click(&mut self, selector: &str) {
-        let sel = serde_json::to_string(selector).unwrap();
-        let js = format!(
-            r#"(() => {{
-                const e = document.querySelector({sel});
-                if (!e) return null;
-                e.scrollIntoView({{block: 'center', behavior: 'instant'}});
-                const r = e.getBoundingClientRect();
-                if (r.width === 0 || r.height === 0) return null;
-                const x = r.x + r.width / 2, y = r.y + r.height / 2;
-                const top = document.elementFromPoint(x, y);
-                if (!top || !(top === e || e.contains(top))) return null;
-                const key = [x, y].join(',');
-                if (window.__lastClickPos !== key) {{ window.__lastClickPos = key; return null; }}
-                return [x, y];
-            }})()"#
-        );
-        self.eval("window.__lastClickPos = null");
-        let at = self.wait_for(
-            &format!("{selector} to be clickable"),
-            &js,
-            Duration::from_secs(20),
-        );
-        let (x, y) = (at[0].as_f64().unwrap(), at[1].as_f64().unwrap());
-        for kind in ["mousePressed", "mouseReleased"] {
-            self.call(
-                "Input.dispatchMouseEvent",
-                json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}),
-            );
-        }
-    }
-
-    /// Replace the text of the input `selector` by typing `text`.
-    fn type_into(&mut self, selector: &str, text: &str) {
-        let sel = serde_json::to_string(selector).unwrap();
-        self.wait_for(
-            &format!("{selector} to exist"),
-            &format!(
-                "(() => {{ const e = document.querySelector({sel}); if (!e) return false; \
-                 e.focus(); e.select(); return document.activeElement === e; }})()"
-            ),
-            Duration::from_secs(20),
-        );
-        self.call("Input.insertText", json!({"text": text}));
-    }
-
-    /// Text content of `selector` ("" if missing).
-    fn text(&mut self, selector: &str) -> String {
-        let sel = serde_json::to_string(selector).unwrap();
-        self.eval(&format!(
-            "(document.querySelector({sel}) || {{}}).textContent || ''"
-        ))
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-    }
-
-    /// Save a PNG of the whole page to `path`.
-    fn screenshot(&mut self, path: &Path) {
-        let height = self
-            .eval("Math.ceil(document.documentElement.scrollHeight)")
-            .as_f64()
-            .unwrap_or(900.0);
-        self.call(
-            "Emulation.setDeviceMetricsOverride",
-            json!({"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": false}),
-        );
-        let shot = self.call("Page.captureScreenshot", json!({"format": "png"}));
-        self.call(
-            "Emulation.setDeviceMetricsOverride",
-            json!({"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
-        );
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(shot["data"].as_str().unwrap())
-            .unwrap();
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, png).unwrap();
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // Chromium and its helpers share the process group started for it.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
-/// `target/test-output/NAME`, next to the binaries under test.
-fn output_path(name: &str) -> PathBuf {
-    let bin = PathBuf::from(common::virga_bin());
-    let target = bin.parent().and_then(Path::parent).unwrap();
-    target.join("test-output").join(name)
-}
 
 /// True when the gateway serves `/system/logs` (the route is added by another issue).
 fn has_logs_route(p: &Platform, name: &str) -> bool {
@@ -271,11 +32,16 @@ fn has_logs_route(p: &Platform, name: &str) -> bool {
 fn console_files_are_served_with_types_and_no_data() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::start(dir.path());
+    let console = p
+        .console_url
+        .clone()
+        .expect("the console has its own address");
+    assert_ne!(console, p.url);
     let no_redirect = reqwest::blocking::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let r = no_redirect.get(format!("{}/ui", p.url)).send().unwrap();
+    let r = no_redirect.get(format!("{console}/ui")).send().unwrap();
     assert!(r.status().is_redirection(), "{}", r.status());
     assert_eq!(r.headers()["location"], "/ui/");
 
@@ -286,7 +52,7 @@ fn console_files_are_served_with_types_and_no_data() {
         ("/ui/favicon.svg", "image/svg+xml", "<svg"),
     ] {
         // No credentials: the files are public and carry no data.
-        let r = p.anon(reqwest::Method::GET, path).send().unwrap();
+        let r = p.http.get(format!("{console}{path}")).send().unwrap();
         assert_eq!(r.status(), 200, "{path}");
         let h = r.headers().clone();
         assert!(
@@ -309,17 +75,19 @@ fn console_files_are_served_with_types_and_no_data() {
             "{path} links elsewhere"
         );
         let again = p
-            .anon(reqwest::Method::GET, path)
+            .http
+            .get(format!("{console}{path}"))
             .header("if-none-match", etag)
             .send()
             .unwrap();
         assert_eq!(again.status(), 304, "{path}");
     }
-    let r = p.anon(reqwest::Method::GET, "/ui/nope.js").send().unwrap();
+    let r = p.http.get(format!("{console}/ui/nope.js")).send().unwrap();
     assert_eq!(r.status(), 404);
     // The API stays closed to the page's visitors without credentials.
     let r = p
-        .anon(reqwest::Method::GET, "/system/functions")
+        .http
+        .get(format!("{console}/system/functions"))
         .send()
         .unwrap();
     assert_eq!(r.status(), 401);
@@ -337,7 +105,11 @@ fn console_in_a_real_browser() {
     let mut b = Browser::launch();
     let long = Duration::from_secs(30);
 
-    b.call("Page.navigate", json!({"url": format!("{}/ui/", p.url)}));
+    let console = p
+        .console_url
+        .clone()
+        .expect("the console has its own address");
+    b.call("Page.navigate", json!({"url": format!("{console}/ui/")}));
     b.wait_for(
         "the login screen",
         "!!document.getElementById('login') && !document.getElementById('login').hidden",

@@ -1,6 +1,7 @@
 // Virga console. Plain JavaScript, no dependencies. This file holds no data: everything the
 // page shows comes from the gateway's authenticated API (/system/*, sent with HTTP basic auth
-// from sessionStorage) and from function calls the user makes (/function/*).
+// from sessionStorage). The console has an origin of its own, which never serves a function's
+// answer: calls made from the page go through /system/virga/invoke/NAME.
 'use strict';
 
 (function () {
@@ -411,9 +412,15 @@
     btn.textContent = 'Calling…';
     const t0 = performance.now();
     try {
-      const init = { method, credentials: 'omit', cache: 'no-store' };
+      const init = {
+        method, headers: { Authorization: 'Basic ' + st.auth }, credentials: 'omit', cache: 'no-store',
+      };
       if (method !== 'GET' && method !== 'HEAD') init.body = body;
-      const r = await fetch('/function/' + encodeURIComponent(name), init);
+      const r = await fetch('/system/virga/invoke/' + encodeURIComponent(name), init);
+      if (r.status === 401) {
+        signOut('The gateway no longer accepts these credentials: sign in again.');
+        return;
+      }
       const text = await r.text();
       const ms = performance.now() - t0;
       const inFn = parseFloat(r.headers.get('X-Duration-Seconds'));

@@ -1,15 +1,27 @@
-//! HTTP basic auth for `/system/*`: one admin user, compared in constant time.
+//! HTTP basic auth for `/system/*`: one admin user, compared in constant time, with a backoff
+//! per client address on wrong passwords ([`crate::backoff`]).
+//!
+//! Browsers are never asked for basic credentials: a 401 to a browser request carries no
+//! `WWW-Authenticate: Basic`, so no browser shows a password prompt or caches what was typed
+//! for an origin where function pages run. API clients (faas-cli, curl, the SDKs) still get
+//! the challenge, as from OpenFaaS.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
+use crate::listener::ClientAddr;
 use crate::{ApiError, AppState};
+
+static SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
 
 /// The admin credentials.
 #[derive(Clone)]
@@ -44,21 +56,66 @@ impl Credentials {
     }
 }
 
-/// Middleware: 401 with `WWW-Authenticate` unless the request carries the credentials.
+/// Middleware: 401 unless the request carries the credentials; 429 while its address is
+/// blocked after too many wrong ones.
 pub(crate) async fn require(
     State(state): State<Arc<AppState>>,
     req: Request,
     next: Next,
-) -> Result<Response, ApiError> {
-    let ok = req
-        .headers()
-        .get(AUTHORIZATION)
-        .is_some_and(|v| state.credentials.check(v.as_bytes()));
-    if ok {
-        Ok(next.run(req).await)
-    } else {
-        Err(ApiError::Unauthorized)
+) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0);
+    let now = Instant::now();
+    if let Some(wait) = state.backoff.blocked(ip, now) {
+        return too_many(wait.as_secs_f64().ceil() as u64);
     }
+    let Some(given) = req.headers().get(header::AUTHORIZATION) else {
+        return unauthorized(req.headers());
+    };
+    if state.credentials.check(given.as_bytes()) {
+        state.backoff.succeeded(ip);
+        return next.run(req).await;
+    }
+    if let Some(wait) = state.backoff.failed(ip, now) {
+        tracing::warn!(client = %ip, "wrong admin credentials: blocked for {wait:?}");
+    }
+    unauthorized(req.headers())
+}
+
+/// Whether a request comes from a browser (which sends `Sec-Fetch-*` on every request, or
+/// asks for a page).
+fn from_browser(h: &HeaderMap) -> bool {
+    h.contains_key(&SEC_FETCH_MODE)
+        || h.get_all(header::ACCEPT)
+            .iter()
+            .any(|v| v.as_bytes().windows(9).any(|w| w == b"text/html"))
+}
+
+fn unauthorized(h: &HeaderMap) -> Response {
+    let mut resp = ApiError::Unauthorized.into_response();
+    if !from_browser(h) {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"virga\""),
+        );
+    }
+    resp
+}
+
+fn too_many(secs: u64) -> Response {
+    let secs = secs.max(1);
+    let mut resp = (
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "too many wrong admin passwords from your address: wait {secs} s before trying again\n"
+        ),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
 }
 
 #[cfg(test)]
@@ -74,5 +131,21 @@ mod tests {
         assert!(!c.check(format!("Basic {bad}").as_bytes()));
         assert!(!c.check(b"Bearer x"));
         assert!(!c.check(b"Basic !!!"));
+    }
+
+    #[test]
+    fn browsers_get_no_basic_challenge() {
+        let mut h = HeaderMap::new();
+        assert!(!from_browser(&h), "curl and faas-cli");
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(!from_browser(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html,application/xhtml+xml"),
+        );
+        assert!(from_browser(&h));
+        let mut h = HeaderMap::new();
+        h.insert(&SEC_FETCH_MODE, HeaderValue::from_static("cors"));
+        assert!(from_browser(&h));
     }
 }

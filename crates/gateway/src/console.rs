@@ -3,24 +3,31 @@
 //! external fonts, so it works offline). The files are public and hold no data at all:
 //! everything the console shows comes from the authenticated API. The page asks for the admin
 //! password, checks it with `GET /system/info`, keeps it in the tab's `sessionStorage` and sends
-//! it as HTTP basic auth on every `/system/*` call it makes; function calls go to `/function/*`
-//! like any other client's.
+//! it as HTTP basic auth on every `/system/*` call it makes.
+//!
+//! The console has an origin of its own (its own listener): a function's answer is never served
+//! there, so no function page can read the console's storage or act as the signed-in console.
+//! It calls functions through `/system/virga/invoke/NAME` (authenticated; the admin's
+//! credentials are not passed on, and the answer is sandboxed). The API's `/ui` redirects there.
 //!
 //! Responses carry `Cache-Control: no-cache` with an `ETag` (a revalidation is a cheap 304 and a
 //! new binary's files are never mixed with old ones), and a strict `Content-Security-Policy`
 //! that allows only this origin, so the page cannot load or send anything elsewhere.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
-use axum::extract::Path;
+use axum::extract::{Path, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 use include_dir::{include_dir, Dir};
 use sha2::{Digest, Sha256};
+
+use crate::{ApiError, AppState};
 
 static ASSETS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/console");
 
@@ -38,6 +45,70 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
                 serve(&path, &headers)
             }),
         )
+}
+
+/// The API listener's `/ui` routes: a redirect to the console's own origin, or 404 when the
+/// console is off.
+pub(crate) fn moved<S: Clone + Send + Sync + 'static>(console: Option<SocketAddr>) -> Router<S> {
+    let to = move |headers: HeaderMap| async move { moved_to(console, &headers) };
+    Router::new()
+        .route("/ui", get(to))
+        .route("/ui/", get(to))
+        .route("/ui/{*path}", get(to))
+}
+
+fn moved_to(console: Option<SocketAddr>, headers: &HeaderMap) -> Response {
+    let Some(addr) = console else {
+        return ApiError::NotFound(
+            "the web console is off (virga up --console-listen off): start it with \
+             --console-listen ADDR"
+                .into(),
+        )
+        .into_response();
+    };
+    // A console on every address is on this host: send the browser to the name it used.
+    let url = if addr.ip().is_unspecified() {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map_or("127.0.0.1", strip_port);
+        format!("http://{host}:{}/ui/", addr.port())
+    } else {
+        format!("http://{addr}/ui/")
+    };
+    match HeaderValue::from_str(&url) {
+        Ok(v) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, v)]).into_response(),
+        Err(_) => ApiError::NotFound(format!("the web console is at port {}", addr.port()))
+            .into_response(),
+    }
+}
+
+/// `host:port` → `host` (`[v6]:port` → `[v6]`).
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// `ANY /system/virga/invoke/{name}[/path]`: a function call made by the console, on its own
+/// origin. It goes through the same path as `/function/...`, without the admin's credentials,
+/// and its answer always carries `Content-Security-Policy: sandbox`.
+pub(crate) async fn invoke(State(state): State<Arc<AppState>>, mut req: Request) -> Response {
+    let rest = req
+        .uri()
+        .path_and_query()
+        .map_or("", |p| p.as_str())
+        .strip_prefix("/system/virga/invoke/")
+        .unwrap_or_default();
+    match Uri::try_from(format!("/function/{rest}")) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(e) => return ApiError::BadRequest(format!("bad function path: {e}")).into_response(),
+    }
+    req.headers_mut().remove(header::AUTHORIZATION);
+    let mut resp = crate::invoke::proxy(State(state), req).await;
+    crate::invoke::sandbox(resp.headers_mut());
+    resp
 }
 
 /// The `Content-Type` of an asset, by its extension.
@@ -131,6 +202,14 @@ mod tests {
         assert_eq!(serve("../Cargo.toml", &h).status(), StatusCode::NOT_FOUND);
         assert_eq!(serve("nope.js", &h).status(), StatusCode::NOT_FOUND);
         assert_eq!(serve("app.js", &h).status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn strips_the_port_of_a_host() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub enum ApiError {
     /// Missing or wrong credentials (401).
     #[error("unauthorized: give the admin credentials with HTTP basic auth")]
     Unauthorized,
+    /// The request did not arrive in time (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// Unknown function, secret or route (404).
     #[error("{0}")]
     NotFound(String),
@@ -58,6 +61,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) | ApiError::ContentTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -79,14 +83,8 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!("{status}: {self}");
         }
-        let mut resp = (status, format!("{self}\n")).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Basic realm=\"virga\""),
-            );
-        }
-        resp
+        // 401's `WWW-Authenticate` depends on the client: see `auth`.
+        (status, format!("{self}\n")).into_response()
     }
 }
 

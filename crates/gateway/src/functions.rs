@@ -124,6 +124,7 @@ pub(crate) async fn create(
         }
         return Err(e.into());
     }
+    state.deployed(&f.deployment);
     tracing::info!(function = %f.deployment.service, "deployed");
     Ok(StatusCode::ACCEPTED)
 }
@@ -150,6 +151,7 @@ pub(crate) async fn update(
         }
         return Err(e.into());
     }
+    state.deployed(&f.deployment);
     tracing::info!(function = %f.deployment.service, "updated");
     Ok(StatusCode::OK)
 }

@@ -22,6 +22,9 @@ static X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
 static X_DURATION: HeaderName = HeaderName::from_static("x-duration-seconds");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Annotation with which a function lets its answers run as pages of the API's origin.
+pub(crate) const SANDBOX_ANNOTATION: &str = "virga.http.sandbox";
+
 /// Further attempts on another instance when the picked one refuses the connection.
 const MAX_RETRIES: usize = 2;
 
@@ -39,20 +42,45 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 6] = [
 pub(crate) async fn proxy(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     let (full_name, _) = split_path(req.uri().path());
-    let metrics = split_namespace(full_name)
+    let handle = split_namespace(full_name)
         .ok()
-        .and_then(|name| state.function_metrics(name));
-    if let Some(m) = &metrics {
-        m.started();
+        .and_then(|name| state.function_handle(name));
+    if let Some(h) = &handle {
+        h.metrics.started();
     }
-    let resp = match forward(&state, req).await {
+    let mut resp = match forward(&state, req).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
-    if let Some(m) = metrics {
-        m.finished(resp.status().as_u16(), started.elapsed());
+    if let Some(h) = &handle {
+        h.metrics
+            .finished(resp.status().as_u16(), started.elapsed());
+    }
+    // A function's page runs in an opaque origin unless the function opts out, so it cannot
+    // read or act with anything of the gateway's origin.
+    if handle.is_none_or(|h| h.sandboxed()) {
+        sandbox(resp.headers_mut());
     }
     resp
+}
+
+/// Add `Content-Security-Policy: sandbox` (next to any policy of the function's own).
+pub(crate) fn sandbox(h: &mut HeaderMap) {
+    let csp = HeaderValue::from_static("sandbox");
+    if !h
+        .get_all(header::CONTENT_SECURITY_POLICY)
+        .iter()
+        .any(|v| v == csp)
+    {
+        h.append(header::CONTENT_SECURITY_POLICY, csp);
+    }
+}
+
+/// Whether a deployment's answers are sandboxed (all but `virga.http.sandbox: "false"`).
+pub(crate) fn sandboxed(annotations: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+    annotations
+        .and_then(|a| a.get(SANDBOX_ANNOTATION))
+        .is_none_or(|v| v != "false")
 }
 
 /// `/function/NAME.NS/a/b` → ("NAME.NS", "/a/b").
@@ -194,6 +222,9 @@ fn upstream_error(
     while let Some(s) = source {
         if s.is::<BodyTooLarge>() {
             return ApiError::TooLarge(limit);
+        }
+        if let Some(t) = s.downcast_ref::<crate::conn::BodyTimeout>() {
+            return ApiError::RequestTimeout(t.to_string());
         }
         source = s.source();
     }

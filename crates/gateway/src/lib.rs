@@ -2,26 +2,34 @@
 //! JSON fields and status codes) so OpenFaaS clients work unchanged, checks credentials on
 //! `/system/*`, and proxies `/function/*` calls to a ready instance from the provider.
 //!
-//! Follow one request: `router` (this file) → `invoke::proxy` → `LocalProvider::lease` →
-//! the instance's watchdog; management calls go `functions` / `secrets` → store → provider.
+//! Follow one request: `listener` (hyper, timeouts, connection cap) → `router` (this file) →
+//! `invoke::proxy` → `LocalProvider::lease` → the instance's watchdog; management calls go
+//! `functions` / `secrets` → store → provider. The web console has an origin of its own
+//! (`console_router` on a second listener), so no function page shares it.
 
 mod alert;
 mod asyncfn;
 mod auth;
+mod backoff;
 mod bundles;
+mod conn;
 mod console;
 mod error;
 mod functions;
 mod invoke;
+mod limit;
+mod listener;
 mod logs;
 mod metrics;
 mod replay;
 mod secrets;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
+use axum::response::Redirect;
 use axum::routing::{any, get, head, post};
 use axum::{middleware, Json, Router};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -33,6 +41,7 @@ use virga_types::{GatewayInfo, ProviderInfo, VersionInfo, DEFAULT_NAMESPACE};
 pub use asyncfn::enable_async;
 pub use auth::Credentials;
 pub use error::ApiError;
+pub use listener::ServeConfig;
 
 /// Settings of the gateway.
 #[derive(Debug, Clone)]
@@ -64,6 +73,8 @@ pub struct AppState {
     pub(crate) store: Arc<Store>,
     pub(crate) provider: Arc<LocalProvider>,
     pub(crate) credentials: Credentials,
+    /// Failed sign-ins per client address.
+    pub(crate) backoff: backoff::Backoff,
     pub(crate) client: Client<HttpConnector, axum::body::Body>,
     /// The platform's metrics (shared with the provider).
     pub metrics: Arc<virga_metrics::Metrics>,
@@ -93,6 +104,7 @@ impl AppState {
             cfg,
             store,
             credentials,
+            backoff: backoff::Backoff::new(),
             client,
             metrics: provider.metrics().clone(),
             logs: provider.logs().clone(),
@@ -105,7 +117,9 @@ impl AppState {
 
     /// Invocations of `name` since start (the sum of `gateway_function_invocation_total`).
     pub(crate) fn invocation_count(&self, name: &str) -> u64 {
-        self.fn_metrics.get(name).map_or(0, |m| m.invocations())
+        self.fn_metrics
+            .get(name)
+            .map_or(0, |h| h.metrics.invocations())
     }
 
     /// Forget the counters and in-memory logs of a removed function.
@@ -115,9 +129,9 @@ impl AppState {
     }
 }
 
-/// The gateway's routes.
-pub fn router(state: Arc<AppState>) -> Router {
-    let system = Router::new()
+/// The `/system/*` routes, behind basic auth.
+fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
         .route("/system/info", get(info))
         .route(
             "/system/functions",
@@ -151,8 +165,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/system/virga/bundles/{digest}",
             head(bundles::exists).put(bundles::upload),
         )
+        .route("/system/virga/invoke/{name}", any(console::invoke))
+        .route("/system/virga/invoke/{name}/", any(console::invoke))
+        .route("/system/virga/invoke/{name}/{*rest}", any(console::invoke))
         .layer(DefaultBodyLimit::max(state.cfg.max_bundle_bytes))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require))
+}
+
+/// The API's routes (the OpenFaaS gateway's). `/ui` points to the console's own origin at
+/// `console`, if it is on.
+pub fn router(state: Arc<AppState>, console: Option<SocketAddr>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::scrape))
@@ -162,9 +184,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/async-function/{name}", any(asyncfn::accept))
         .route("/async-function/{name}/", any(asyncfn::accept))
         .route("/async-function/{name}/{*rest}", any(asyncfn::accept))
-        .merge(system)
-        .merge(console::routes())
+        .merge(system_routes(&state))
+        .merge(console::moved(console))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+}
+
+/// The console's origin: its files, the API routes it uses (`/system/*`, `/metrics`) and
+/// `/healthz`; never a function's answer.
+pub fn console_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/ui/") }))
+        .route("/healthz", get(|| async { "OK" }))
+        .route("/metrics", get(metrics::scrape))
+        .merge(system_routes(&state))
+        .merge(console::routes())
+        .fallback(|| async {
+            ApiError::NotFound(
+                "not served on the console's address (only /ui/, /system/* and /metrics): \
+                 call functions at the gateway's API address"
+                    .into(),
+            )
+        })
         .with_state(state)
 }
 
@@ -199,13 +240,48 @@ async fn namespaces() -> Json<Vec<&'static str>> {
     Json(vec![DEFAULT_NAMESPACE])
 }
 
-/// Serve the gateway on `listener` until `shutdown` completes.
+/// The sockets the gateway serves.
+pub struct Listeners {
+    /// The API (`/function/*`, `/async-function/*`, `/system/*`, `/metrics`, `/healthz`).
+    pub api: tokio::net::TcpListener,
+    /// The console's own origin, unless it is off.
+    pub console: Option<tokio::net::TcpListener>,
+}
+
+/// Serve the gateway on `listeners` until `shutdown` completes, then finish the requests in
+/// flight and return once every connection has ended.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     state: Arc<AppState>,
+    cfg: &ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let console_addr = listeners
+        .console
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    let life = listener::Lifecycle::new();
+    let mut loops = Vec::new();
+    let api = limit::Limiter::new(cfg.max_connections, cfg.reserved_connections);
+    let (stop, open) = life.handles();
+    let (router, c) = (router(state.clone(), console_addr), cfg.clone());
+    loops.push(tokio::spawn(async move {
+        listener::accept_loop(listeners.api, router, &c, api, stop, open).await
+    }));
+    if let Some(l) = listeners.console {
+        let limiter = limit::Limiter::new(cfg.reserved_connections, cfg.reserved_connections);
+        let (stop, open) = life.handles();
+        let (router, c) = (console_router(state), cfg.clone());
+        loops.push(tokio::spawn(async move {
+            listener::accept_loop(l, router, &c, limiter, stop, open).await
+        }));
+    }
+    shutdown.await;
+    let stopped = life.shut_down();
+    for l in loops {
+        let _ = l.await;
+    }
+    stopped.await;
+    Ok(())
 }

@@ -1,27 +1,45 @@
-//! `GET /metrics` (no auth, as on the OpenFaaS gateway) and the per-function metric handles the
-//! invoke path records into. Handles are created once per deployed function and cached by name,
-//! so a call costs a map read and a few atomic operations; calls to names that are not deployed
-//! are not recorded, so callers cannot grow the label set at will.
+//! `GET /metrics` (no auth, as on the OpenFaaS gateway) and the per-function handles the
+//! invoke path uses: the metrics it records into and whether the function's answers are
+//! sandboxed. Handles are created once per deployed function and cached by name, so a call
+//! costs a map read and a few atomic operations; calls to names that are not deployed are not
+//! recorded, so callers cannot grow the label set at will.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use virga_metrics::FunctionMetrics;
+use virga_types::FunctionDeployment;
 
 use crate::{ApiError, AppState};
 
-/// Cached [`FunctionMetrics`] of the deployed functions, by name.
+/// What the invoke path keeps per deployed function.
+pub(crate) struct FunctionHandle {
+    /// The function's metrics.
+    pub(crate) metrics: FunctionMetrics,
+    /// Whether its answers get `Content-Security-Policy: sandbox` (from its annotations).
+    sandbox: AtomicBool,
+}
+
+impl FunctionHandle {
+    /// Whether the function's answers are sandboxed.
+    pub(crate) fn sandboxed(&self) -> bool {
+        self.sandbox.load(Ordering::Relaxed)
+    }
+}
+
+/// Cached [`FunctionHandle`]s of the deployed functions, by name.
 #[derive(Default)]
 pub(crate) struct FunctionHandles {
-    map: RwLock<HashMap<String, Arc<FunctionMetrics>>>,
+    map: RwLock<HashMap<String, Arc<FunctionHandle>>>,
 }
 
 impl FunctionHandles {
     /// The handles of `name`, if one is cached.
-    pub(crate) fn get(&self, name: &str) -> Option<Arc<FunctionMetrics>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<FunctionHandle>> {
         self.map
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -39,14 +57,19 @@ impl FunctionHandles {
 }
 
 impl AppState {
-    /// The metric handles of `name`, or `None` if no such function is deployed.
-    pub(crate) fn function_metrics(&self, name: &str) -> Option<Arc<FunctionMetrics>> {
+    /// The handles of `name`, or `None` if no such function is deployed.
+    pub(crate) fn function_handle(&self, name: &str) -> Option<Arc<FunctionHandle>> {
         if let Some(h) = self.fn_metrics.get(name) {
             return Some(h);
         }
         if !self.provider.contains(name) {
             return None;
         }
+        // Once per function: its annotations, from the store (sandboxed if unreadable).
+        let sandbox = match self.store.function(name) {
+            Ok(Some(f)) => crate::invoke::sandboxed(f.deployment.annotations.as_ref()),
+            _ => true,
+        };
         let mut map = self
             .fn_metrics
             .map
@@ -54,9 +77,22 @@ impl AppState {
             .unwrap_or_else(|e| e.into_inner());
         Some(
             map.entry(name.to_string())
-                .or_insert_with(|| Arc::new(self.metrics.function(name)))
+                .or_insert_with(|| {
+                    Arc::new(FunctionHandle {
+                        metrics: self.metrics.function(name),
+                        sandbox: AtomicBool::new(sandbox),
+                    })
+                })
                 .clone(),
         )
+    }
+
+    /// A function was deployed or updated (and stored): refresh what its handle derives from it.
+    pub(crate) fn deployed(&self, d: &FunctionDeployment) {
+        if let Some(h) = self.fn_metrics.get(&d.service) {
+            let sandbox = crate::invoke::sandboxed(d.annotations.as_ref());
+            h.sandbox.store(sandbox, Ordering::Relaxed);
+        }
     }
 }
 

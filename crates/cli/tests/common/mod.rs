@@ -25,11 +25,15 @@ pub struct Platform {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The console's own origin, `http://127.0.0.1:PORT` (`None` with `--console-listen off`).
+    pub console_url: Option<String>,
     /// The data directory (kept across restarts of the same test).
     pub data_dir: PathBuf,
     /// HTTP client.
     pub http: Client,
     extra_args: Vec<String>,
+    /// RLIMIT_NOFILE (soft, hard) of the platform's process, if limited.
+    nofile: Option<(u64, u64)>,
 }
 
 /// Path of the `virga` binary under test.
@@ -45,32 +49,54 @@ impl Platform {
 
     /// Start with extra `virga up` arguments.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Platform {
+        Platform::start_limited(data_dir, extra, None)
+    }
+
+    /// Start with extra arguments and, if given, the open-file limit `nofile` (soft, hard).
+    pub fn start_limited(data_dir: &Path, extra: &[&str], nofile: Option<(u64, u64)>) -> Platform {
         let mut p = Platform {
             child: None,
             url: String::new(),
+            console_url: None,
             data_dir: data_dir.to_path_buf(),
             http: Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            nofile,
         };
         p.launch();
         p
     }
 
     fn launch(&mut self) {
-        let mut child = Command::new(virga_bin())
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        let mut cmd = Command::new(virga_bin());
+        cmd.args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
             .args(self.isolation_args())
             .args(&self.extra_args)
             .env("VIRGA_ADMIN_PASSWORD", PASSWORD)
             .env("VIRGA_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start virga up");
+            .stderr(Stdio::inherit());
+        if let Some((soft, hard)) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // Only setrlimit, async-signal-safe, runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("start virga up");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let first = lines.next().expect("virga up printed nothing").unwrap();
@@ -79,6 +105,11 @@ impl Platform {
             .unwrap_or_else(|| panic!("unexpected first line: {first}"))
             .trim()
             .to_string();
+        let second = lines.next().expect("virga up printed one line").unwrap();
+        self.console_url = second
+            .strip_prefix("  console: ")
+            .and_then(|c| c.split_once("/ui/"))
+            .map(|(base, _)| base.to_string());
         // Keep draining stdout so the platform never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         self.url = url;

@@ -1,0 +1,319 @@
+//! The gateway's listeners, served with hyper directly (HTTP/1.1) so that no client can hold
+//! the platform with slow or idle connections: a request head must arrive within
+//! `header_read_timeout`, a kept-alive connection may idle for `idle_timeout`, a request body
+//! may pause for `body_read_timeout`, and each listener caps its connections with a reserve for
+//! `/system/*` and `/healthz` ([`crate::limit`]). Connections are accepted as fast as they come,
+//! so the kernel's backlog never holds the operator's request behind an attacker's.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tower_service::Service;
+
+use crate::conn::{Clock, GuardedIo, Limits, TimedBody, Tracked};
+use crate::limit::{Admission, Limiter};
+
+/// How the listeners treat their connections.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Longest time a client may take to send a request head (request line and headers).
+    pub header_read_timeout: Duration,
+    /// Longest time a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Longest pause in the arrival of a request body.
+    pub body_read_timeout: Duration,
+    /// Connections the API listener serves on every route.
+    pub max_connections: usize,
+    /// Further connections per listener served only for `/system/*` and `/healthz`; also the
+    /// console listener's cap.
+    pub reserved_connections: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            reserved_connections: 64,
+        }
+    }
+}
+
+/// The address a `/system` request came from (set only on `/system` requests, for the
+/// sign-in backoff).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub(crate) IpAddr);
+
+/// What every connection of one listener shares.
+struct Shared {
+    router: Router,
+    limits: Limits,
+    body_timeout: Duration,
+    http: http1::Builder,
+    /// Reserve connections serve one request each.
+    http_once: http1::Builder,
+}
+
+/// The answer to a connection beyond every slot, written without waiting, before it is closed.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; \
+charset=utf-8\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 58\r\n\r\n\
+the gateway is at its connection limit: retry in a moment\n";
+
+/// Serve `router` on `listener` under `limiter` until `stop` says so; connection tasks hold
+/// `open` until they end.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    cfg: &ServeConfig,
+    limiter: Arc<Limiter>,
+    mut stop: watch::Receiver<bool>,
+    open: watch::Receiver<()>,
+) {
+    let mut http = http1::Builder::new();
+    // The connection's clock enforces the head timeout (hyper's own would also end idle
+    // connections at the head timeout).
+    http.header_read_timeout(None);
+    let mut http_once = http.clone();
+    http_once.keep_alive(false);
+    let shared = Arc::new(Shared {
+        router,
+        limits: Limits {
+            head: cfg.header_read_timeout,
+            idle: cfg.idle_timeout,
+        },
+        body_timeout: cfg.body_read_timeout,
+        http,
+        http_once,
+    });
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) {
+                    // Out of file descriptors, most likely: give closing connections a moment.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                continue;
+            }
+        };
+        let (slot, once) = match limiter.admit() {
+            Admission::Public(slot) => (slot, false),
+            Admission::Reserve(slot) => (slot, true),
+            Admission::Refused => {
+                let _ = stream.try_write(REFUSED);
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, slot.clock().clone(), once, &shared, stop).await;
+            drop(slot);
+            drop(open);
+        });
+    }
+}
+
+/// Completes once the listeners are told to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    clock: Arc<Clock>,
+    once: bool,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(GuardedIo::new(stream, clock.clone(), shared.limits, once));
+    let service = ConnService {
+        router: shared.router.clone(),
+        clock,
+        peer: peer.ip(),
+        once,
+        body_timeout: shared.body_timeout,
+    };
+    let http = if once {
+        &shared.http_once
+    } else {
+        &shared.http
+    };
+    let conn = http.serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// Serves the requests of one connection through the router.
+struct ConnService {
+    router: Router,
+    clock: Arc<Clock>,
+    peer: IpAddr,
+    /// A reserve connection: only `/system/*` and `/healthz`.
+    once: bool,
+    body_timeout: Duration,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<Tracked<Body>>;
+    type Error = Infallible;
+    type Future = Reply;
+
+    fn call(&self, req: Request<Incoming>) -> Reply {
+        let Some(seq) = self.clock.begin() else {
+            return Reply::now(
+                busy("this connection was closed to make room"),
+                &self.clock,
+                0,
+            );
+        };
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path();
+        let system = path == "/system" || path.starts_with("/system/");
+        if self.once && !system && path != "/healthz" {
+            let resp = busy(
+                "the gateway is at its connection limit: only /system and /healthz are served \
+                 on this connection; retry in a moment",
+            );
+            return Reply::now(resp, &self.clock, seq);
+        }
+        if system {
+            parts.extensions.insert(ClientAddr(self.peer));
+        }
+        let req = Request::from_parts(parts, TimedBody::new(body, self.body_timeout));
+        Reply {
+            inner: Inner::Route(self.router.clone().call(req)),
+            clock: self.clock.clone(),
+            seq,
+        }
+    }
+}
+
+fn busy(message: &str) -> Response<Body> {
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// The answer to one request, its body tracked so the connection's clock knows when it is done.
+pub(crate) struct Reply {
+    inner: Inner,
+    clock: Arc<Clock>,
+    seq: u32,
+}
+
+enum Inner {
+    Route(axum::routing::future::RouteFuture<Infallible>),
+    Now(Option<Response<Body>>),
+}
+
+impl Reply {
+    fn now(resp: Response<Body>, clock: &Arc<Clock>, seq: u32) -> Reply {
+        Reply {
+            inner: Inner::Now(Some(resp)),
+            clock: clock.clone(),
+            seq,
+        }
+    }
+}
+
+impl Future for Reply {
+    type Output = Result<Response<Tracked<Body>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let resp = match &mut this.inner {
+            Inner::Route(fut) => match Pin::new(fut).poll(cx) {
+                Poll::Ready(Ok(resp)) => resp,
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => return Poll::Pending,
+            },
+            Inner::Now(resp) => resp
+                .take()
+                .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+        };
+        let (clock, seq) = (this.clock.clone(), this.seq);
+        Poll::Ready(Ok(resp.map(|b| Tracked::new(b, clock, seq))))
+    }
+}
+
+/// The listeners' stop signal and the count of connections still open.
+pub(crate) struct Lifecycle {
+    stop: watch::Sender<bool>,
+    /// Every accept loop and connection task holds one of its receivers.
+    open: watch::Sender<()>,
+}
+
+impl Lifecycle {
+    /// Nothing stopped yet.
+    pub(crate) fn new() -> Lifecycle {
+        Lifecycle {
+            stop: watch::channel(false).0,
+            open: watch::channel(()).0,
+        }
+    }
+
+    /// What an accept loop needs: the stop signal and a handle that counts as open.
+    pub(crate) fn handles(&self) -> (watch::Receiver<bool>, watch::Receiver<()>) {
+        (self.stop.subscribe(), self.open.subscribe())
+    }
+
+    /// Stop accepting and shut connections down gracefully (now); the future completes once
+    /// every connection has ended.
+    pub(crate) fn shut_down(self) -> impl Future<Output = ()> {
+        self.stop.send_replace(true);
+        async move { self.open.closed().await }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_well_formed() {
+        let text = std::str::from_utf8(REFUSED).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+    }
+}
