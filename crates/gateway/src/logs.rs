@@ -89,7 +89,8 @@ fn parse_bool(s: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// `since`: an RFC 3339 timestamp, or a duration back from `now` such as `90s`, `5m`, `1h30m`.
+/// `since`: an RFC 3339 timestamp, or a duration back from `now` such as `90s`, `5m`, `1h30m`
+/// (the platform's duration syntax).
 fn parse_since(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
@@ -100,33 +101,9 @@ fn parse_since(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
              nor a duration such as 30s, 5m or 1h30m"
         ))
     };
-    let mut total = Duration::zero();
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: i64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::try_milliseconds(n),
-            "s" => Duration::try_seconds(n),
-            "m" => Duration::try_minutes(n),
-            "h" => Duration::try_hours(n),
-            "d" => Duration::try_days(n),
-            _ => None,
-        };
-        total = part.and_then(|p| total.checked_add(&p)).ok_or_else(bad)?;
-        rest = &rest[unit_len..];
-    }
-    if s.is_empty() {
-        return Err(bad());
-    }
-    now.checked_sub_signed(total).ok_or_else(bad)
+    let back = virga_types::duration::parse(s).map_err(|_| bad())?;
+    let back = Duration::from_std(back).map_err(|_| bad())?;
+    now.checked_sub_signed(back).ok_or_else(bad)
 }
 
 #[cfg(test)]
@@ -142,11 +119,12 @@ mod tests {
         assert_eq!(at("5m").unwrap(), "2024-05-01T11:55:00+00:00");
         assert_eq!(at("1h30m").unwrap(), "2024-05-01T10:30:00+00:00");
         assert_eq!(at("1500ms").unwrap(), "2024-05-01T11:59:58.500+00:00");
+        assert_eq!(at("90").unwrap(), "2024-05-01T11:58:30+00:00");
         assert_eq!(
             at("2024-04-30T10:00:00+02:00").unwrap(),
             "2024-04-30T08:00:00+00:00"
         );
-        for bad in ["", "5", "m", "5x", "-5m", "yesterday", "5m3"] {
+        for bad in ["", "m", "5x", "-5m", "yesterday", "5m3", "2d"] {
             assert!(at(bad).is_err(), "{bad:?}");
         }
         let msg = at("soon").unwrap_err().to_string();

@@ -160,7 +160,8 @@ impl Config {
         let duration = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
             match get(name) {
                 Some(v) => {
-                    let d = parse_duration(v).map_err(|reason| invalid(name, v, reason))?;
+                    let d = virga_types::duration::parse(v)
+                        .map_err(|reason| invalid(name, v, reason))?;
                     Ok((!d.is_zero()).then_some(d))
                 }
                 None => Ok(Some(DEFAULT_TIMEOUT)),
@@ -171,9 +172,8 @@ impl Config {
         let write_timeout = duration("write_timeout")?;
 
         let healthcheck_interval = match get("healthcheck_interval") {
-            Some(v) => {
-                parse_duration(v).map_err(|reason| invalid("healthcheck_interval", v, reason))?
-            }
+            Some(v) => virga_types::duration::parse(v)
+                .map_err(|reason| invalid("healthcheck_interval", v, reason))?,
             None => Duration::ZERO,
         };
         // of-watchdog defaults the interval to write_timeout.
@@ -276,54 +276,6 @@ fn parse_upstream(v: &str) -> Result<Uri, ConfigError> {
     Ok(uri)
 }
 
-/// Parses a Go-style duration (`10s`, `1m30s`, `500ms`, `1.5h`) or a plain
-/// integer meaning seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    if s.starts_with('-') {
-        return Err("negative durations are not allowed".into());
-    }
-    let s = s.strip_prefix('+').unwrap_or(s);
-    let mut total_nanos: f64 = 0.0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (num, tail) = rest.split_at(num_len);
-        if num.is_empty() || num == "." {
-            return Err(format!("invalid duration {s:?}"));
-        }
-        let value: f64 = num.parse().map_err(|_| format!("invalid number {num:?}"))?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let scale = match unit {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            "" => return Err(format!("missing unit in duration {s:?}")),
-            other => return Err(format!("unknown unit {other:?} in duration {s:?}")),
-        };
-        total_nanos += value * scale;
-        rest = tail;
-    }
-    if !total_nanos.is_finite() || total_nanos > u64::MAX as f64 {
-        return Err(format!("duration {s:?} is too large"));
-    }
-    Ok(Duration::from_nanos(total_nanos.round() as u64))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,25 +285,6 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        assert!(parse_duration("10").is_ok());
-        assert!(parse_duration("10x").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("1.5").is_err());
-        assert!(parse_duration("").is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod server;
 pub mod streaming;
 pub mod zygote;
 
-pub use config::{parse_duration, Config, ConfigError, Mode};
+pub use config::{Config, ConfigError, Mode};
 pub use server::{run, shutdown_signal, Server};
 
 /// Errors that stop the watchdog.
