@@ -59,6 +59,9 @@ pub struct UpArgs {
     /// (NATS JetStream, shareable by several gateways).
     #[arg(long, default_value = "embedded", env = "VIRGA_QUEUE")]
     pub queue: String,
+    /// Async calls: body limit, queue limits, callbacks.
+    #[command(flatten)]
+    pub async_calls: crate::queue::AsyncArgs,
     /// Log format of the platform's own logs.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -169,7 +172,7 @@ async fn serve(mut args: UpArgs) -> Result<()> {
         provider.clone(),
         Credentials::new("admin", &password),
     );
-    crate::queue::start(&state, &args.queue, &args.data_dir).await?;
+    crate::queue::start(&state, &args.queue, &args.data_dir, &args.async_calls).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| {

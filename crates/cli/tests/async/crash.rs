@@ -110,3 +110,4 @@ pub fn kill9_delivers_every_accepted_call(b: Backend) {
         assert!(id.starts_with("crash-"), "unknown call id {id:?}");
     }
 }
+

@@ -30,6 +30,7 @@ pub struct Platform {
     /// HTTP client.
     pub http: Client,
     extra_args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 /// Path of the `virga` binary under test.
@@ -45,6 +46,11 @@ impl Platform {
 
     /// Start with extra `virga up` arguments.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Platform {
+        Platform::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Start with extra `virga up` arguments and environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Platform {
         let mut p = Platform {
             child: None,
             url: String::new(),
@@ -54,6 +60,10 @@ impl Platform {
                 .build()
                 .unwrap(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         p.launch();
         p
@@ -67,6 +77,7 @@ impl Platform {
             .args(&self.extra_args)
             .env("VIRGA_ADMIN_PASSWORD", PASSWORD)
             .env("VIRGA_LOG", "warn")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -159,6 +170,11 @@ impl Platform {
     /// Deploy a shell script as a classic function (`sh handler.sh` per request).
     pub fn deploy_script(&self, name: &str, body: &str, extra: serde_json::Value) {
         self.deploy_bundle(name, &[("handler.sh", body)], "sh handler.sh", extra);
+    }
+
+    /// The platform's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// kill -9 the platform (its instances die with it).
