@@ -124,11 +124,24 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// Open the store, waiting a little while its file is locked: right after a crash, a child of
+/// the previous run that was between fork and exec still shares the lock until it dies.
+async fn open_store(dir: &Path) -> Result<Store> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Store::open(dir) {
+            Err(virga_store::StoreError::Db(e))
+                if e.contains("already open") && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r.with_context(|| format!("open the data directory {}", dir.display())),
+        }
+    }
+}
+
 async fn serve(mut args: UpArgs) -> Result<()> {
-    let store = Arc::new(
-        Store::open(&args.data_dir)
-            .with_context(|| format!("open the data directory {}", args.data_dir.display()))?,
-    );
+    let store = Arc::new(open_store(&args.data_dir).await?);
     // Sandbox configs, mounts and sockets need absolute paths: `./.virga` is the default.
     args.data_dir = store.dir().to_path_buf();
     let password = admin_password(&args.data_dir)?;

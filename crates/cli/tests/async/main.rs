@@ -45,6 +45,11 @@ both_backends! {
 }
 
 #[test]
+fn restart_waits_for_a_lock_left_by_a_dying_child() {
+    crash::restart_waits_for_a_lock_left_by_a_dying_child();
+}
+
+#[test]
 fn callbacks_to_internal_addresses_are_refused() {
     guards::callbacks_to_internal_addresses_are_refused();
 }
