@@ -172,6 +172,25 @@ pub fn callbacks_outlast_a_receiver_outage(b: Backend) {
     assert!(s.dead_letters().is_empty());
 }
 
+/// Every file under `dir` is 0600 and every directory 0700 (the log and the dead letters);
+/// returns how many files there are.
+fn assert_private(dir: &std::path::Path) -> usize {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+        if e.file_type().unwrap().is_dir() {
+            assert_eq!(mode, 0o700, "{}", e.path().display());
+            files += assert_private(&e.path());
+        } else {
+            assert_eq!(mode, 0o600, "{}", e.path().display());
+            files += 1;
+        }
+    }
+    files
+}
+
 pub fn an_undeliverable_callback_is_a_dead_letter_with_its_result(b: Backend) {
     let s = Setup::start_with(b, &["--callback-retry-for", "2s"]);
     let calls = s.deploy_flaky("echo", 0, 503, json!({}));
@@ -210,6 +229,10 @@ pub fn an_undeliverable_callback_is_a_dead_letter_with_its_result(b: Backend) {
         "{table}"
     );
     assert_eq!(s.queues()["callbacksFailed"], 1);
+    if b == Backend::Embedded {
+        // At least a log segment and the dead letter.
+        assert!(assert_private(&s.p.data_dir.join("queue")) >= 2);
+    }
     // Sent again from the dead letter: the stored result, without running the call again.
     cb.resume();
     let out = s.virga(&["dead-letters", "retry", "cb-dl"]);
