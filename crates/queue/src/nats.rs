@@ -539,3 +539,7 @@ impl Nats {
 fn call_subject(call: &Call) -> String {
     format!("virga.calls.{}.{}", call.queue, call.function)
 }
+
+#[cfg(test)]
+#[path = "nats_tests.rs"]
+mod tests;
