@@ -69,6 +69,13 @@ impl Lane {
             .map_or(200, |&(due, _)| due.saturating_sub(now_ms).clamp(1, 200))
     }
 
+    /// Hand record `seq` out again at `due_ms` (it was taken but could not be read).
+    pub(crate) fn put_back(&mut self, seq: u64, due_ms: u64) {
+        if self.inflight.remove(&seq) {
+            self.delayed.insert((due_ms, seq));
+        }
+    }
+
     /// Drop record `seq` (delivered, moved or dead).
     pub(crate) fn remove(&mut self, seq: u64) -> Option<Entry> {
         self.inflight.remove(&seq);
@@ -239,5 +246,9 @@ mod tests {
         assert_eq!(lane.take_due(500), Some((2, loc(2))));
         assert!(lane.remove(1).is_some());
         assert_eq!((lane.depth(), lane.inflight()), (0, 2));
+        lane.put_back(3, 900);
+        assert_eq!((lane.depth(), lane.inflight()), (1, 1));
+        assert_eq!(lane.take_due(800), None);
+        assert_eq!(lane.take_due(900), Some((3, loc(3))));
     }
 }

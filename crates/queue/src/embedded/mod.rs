@@ -264,12 +264,21 @@ impl Embedded {
             if let Some((seq, loc)) = taken {
                 match self.read(loc).await.and_then(|b| decode(&b)) {
                     Ok(item) => return (seq, item),
-                    Err(e) => {
+                    Err(e @ QueueError::Corrupt(_)) => {
                         tracing::error!(seq, "queue: dropping a record that cannot be read: {e}");
                         self.drop_record(at, seq);
-                        continue;
+                    }
+                    Err(e) => {
+                        // The disk may come back (a full descriptor table, say): try again.
+                        tracing::warn!(
+                            seq,
+                            "queue: cannot read a record, trying again in 1 s: {e}"
+                        );
+                        let due = self.timing.clock.now_ms() + 1000;
+                        self.lock().lane(at).put_back(seq, due);
                     }
                 }
+                continue;
             }
             let _ = tokio::time::timeout(Duration::from_millis(wait), notify.notified()).await;
         }

@@ -257,3 +257,19 @@ async fn limits_refuse_new_calls_but_not_results_and_free_up_on_ack() {
         Err(QueueError::Full(_))
     ));
 }
+
+#[tokio::test]
+async fn a_record_that_cannot_be_read_for_now_is_tried_again_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let clk = clock();
+    let q = open(dir.path(), clk.clone());
+    q.enqueue(sample_call("later")).await.unwrap();
+    let seg = dir.path().join("seg-000000000001.log");
+    let away = dir.path().join("away");
+    std::fs::rename(&seg, &away).unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), q.receive("default")).await;
+    assert!(early.is_err(), "delivered without its record");
+    std::fs::rename(&away, &seg).unwrap();
+    clk.0.fetch_add(1000, Ordering::SeqCst);
+    assert_eq!(receive(&q, "default").await.call.id, "later");
+}
