@@ -1,31 +1,114 @@
 //! Async calls in the CLI: opening the queue for `virga up` (`--queue embedded` or
-//! `--queue nats://HOST:PORT`), `virga queue` (depth, in-flight and dead letters per queue) and
-//! `virga dead-letters list|retry ID|purge`, each one call to the gateway's `/system/virga/` API.
+//! `--queue nats://HOST:PORT`, with its limits and callback settings), `virga queue` (depth,
+//! in-flight and dead letters per queue) and `virga dead-letters list|retry ID|purge`, each one
+//! call to the gateway's `/system/virga/` API.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use reqwest::Method;
-use virga_gateway::AppState;
+use virga_gateway::{AppState, AsyncConfig};
 use virga_queue::embedded::{Embedded, EmbeddedConfig};
 use virga_queue::nats::{Nats, NatsConfig};
-use virga_queue::{DeadLetterInfo, PoolConfig, PoolCounters, Queue, QueueStats};
+use virga_queue::{
+    CallbackPolicy, DeadLetterInfo, Limits, PoolConfig, PoolCounters, Queue, QueueStats,
+};
 
 use crate::client::{ensure_success, Client};
 use crate::functions::print_table;
 
+/// Options of `virga up` for async calls.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AsyncArgs {
+    /// Largest request body of an async call, in bytes (413 beyond); also the most of a
+    /// function's answer kept for its callback. 1 MiB is NATS's default max_payload too.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_async_body_bytes: usize,
+    /// Async calls waiting in all, results waiting for their callback included (429 beyond).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub async_max_depth: u64,
+    /// Bytes of async calls (and results) waiting in all (429 beyond).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub async_max_bytes: u64,
+    /// Async calls (and results) waiting per function (429 beyond).
+    #[arg(long, default_value_t = 100_000)]
+    pub async_max_depth_per_function: u64,
+    /// Bytes of async calls (and results) waiting per function (429 beyond; with NATS the
+    /// per-function limit is the depth only).
+    #[arg(long, default_value_t = 256 << 20)]
+    pub async_max_bytes_per_function: u64,
+    /// Dead letters kept; beyond, the oldest are dropped.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_dead_letters: u64,
+    /// How long a failed callback is retried (backoff up to a minute between attempts)
+    /// before its result becomes a dead letter, e.g. 30m, 6h, 48h.
+    #[arg(long, default_value = "6h", value_parser = duration)]
+    pub callback_retry_for: Duration,
+    /// Let callbacks reach any address, loopback and private networks included.
+    #[arg(long)]
+    pub callback_allow_private: bool,
+    /// An internal network callbacks may reach (CIDR, e.g. 10.1.0.0/16); repeat it or
+    /// separate several with commas.
+    #[arg(long, value_delimiter = ',')]
+    pub callback_allow_cidr: Vec<ipnet::IpNet>,
+}
+
+fn duration(v: &str) -> Result<Duration, String> {
+    virga_queue::parse_duration(v)
+}
+
+impl AsyncArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_depth: self.async_max_depth,
+            max_bytes: self.async_max_bytes,
+            max_depth_per_function: self.async_max_depth_per_function,
+            max_bytes_per_function: self.async_max_bytes_per_function,
+            max_dead_letters: self.max_dead_letters,
+        }
+    }
+
+    fn config(&self) -> AsyncConfig {
+        let policy = CallbackPolicy {
+            allow_private: self.callback_allow_private,
+            allowed: self.callback_allow_cidr.clone(),
+        };
+        AsyncConfig {
+            pool: PoolConfig {
+                callback_retry_for: self.callback_retry_for,
+                callback_policy: Arc::new(policy),
+                ..PoolConfig::default()
+            },
+            max_body_bytes: self.max_async_body_bytes,
+        }
+    }
+}
+
 /// Open the queue `spec` names and start its workers on the gateway `state`.
-pub async fn start(state: &Arc<AppState>, spec: &str, data_dir: &Path) -> Result<()> {
+pub async fn start(
+    state: &Arc<AppState>,
+    spec: &str,
+    data_dir: &Path,
+    args: &AsyncArgs,
+) -> Result<()> {
     let queue = if spec == "embedded" {
         let dir = data_dir.join("queue");
-        Queue::Embedded(
-            Embedded::open(EmbeddedConfig::new(dir.clone()))
-                .with_context(|| format!("open the async-call queue in {}", dir.display()))?,
-        )
+        let cfg = EmbeddedConfig {
+            limits: args.limits(),
+            ..EmbeddedConfig::new(dir.clone())
+        };
+        Queue::Embedded(Box::new(Embedded::open(cfg).with_context(|| {
+            format!("open the async-call queue in {}", dir.display())
+        })?))
     } else if spec.starts_with("nats://") {
+        let cfg = NatsConfig {
+            limits: args.limits(),
+            ..NatsConfig::new(spec)
+        };
         Queue::Nats(Box::new(
-            Nats::connect(NatsConfig::new(spec))
+            Nats::connect(cfg)
                 .await
                 .with_context(|| format!("open the async-call queue on {spec}"))?,
         ))
@@ -33,7 +116,9 @@ pub async fn start(state: &Arc<AppState>, spec: &str, data_dir: &Path) -> Result
         bail!("--queue {spec:?}: expected `embedded` or nats://HOST:PORT");
     };
     tracing::info!(backend = queue.backend(), "async-call queue ready");
-    virga_gateway::enable_async(state, Arc::new(queue), PoolConfig::default()).await;
+    virga_gateway::enable_async(state, Arc::new(queue), args.config())
+        .await
+        .context("start the async-call workers")?;
     Ok(())
 }
 
@@ -49,6 +134,8 @@ pub struct QueueArgs {
 struct QueuesReport {
     backend: String,
     queues: Vec<QueueStats>,
+    #[serde(default)]
+    callbacks: QueueStats,
     #[serde(flatten)]
     counters: PoolCounters,
 }
@@ -81,8 +168,12 @@ pub fn show(client: &Client, args: QueueArgs) -> Result<()> {
     print_table(&rows);
     let c = &r.counters;
     println!(
-        "\nBackend: {}. Since start: {} completed, {} retries, {} dead-lettered; callbacks {} delivered, {} failed.",
-        r.backend, c.completed, c.retried, c.dead_lettered, c.callbacks_delivered, c.callbacks_failed
+        "\nBackend: {}. Callbacks waiting: {}, being sent: {}.",
+        r.backend, r.callbacks.depth, r.callbacks.inflight
+    );
+    println!(
+        "Since start: {} completed, {} retries, {} dead-lettered; callbacks {} delivered, {} retried, {} failed.",
+        c.completed, c.retried, c.dead_lettered, c.callbacks_delivered, c.callbacks_retried, c.callbacks_failed
     );
     Ok(())
 }
@@ -120,6 +211,7 @@ pub fn dead_letters(client: &Client, cmd: DeadLetterCommand) -> Result<()> {
             let list: Vec<DeadLetterInfo> = client.get_json(PATH, "listing dead letters")?;
             let mut rows = vec![vec![
                 "Call id".to_string(),
+                "Failed".to_string(),
                 "Function".to_string(),
                 "Queue".to_string(),
                 "Attempts".to_string(),
@@ -129,6 +221,7 @@ pub fn dead_letters(client: &Client, cmd: DeadLetterCommand) -> Result<()> {
             for d in &list {
                 rows.push(vec![
                     d.id.clone(),
+                    d.kind.clone(),
                     d.function.clone(),
                     d.queue.clone(),
                     d.attempts.to_string(),

@@ -85,6 +85,9 @@ pub struct UpArgs {
     /// (NATS JetStream, shareable by several gateways).
     #[arg(long, default_value = "embedded", env = "VIRGA_QUEUE")]
     pub queue: String,
+    /// Async calls: body limit, queue limits, callbacks.
+    #[command(flatten)]
+    pub async_calls: crate::queue::AsyncArgs,
     /// Log format of the platform's own logs.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -147,12 +150,25 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// Open the store, waiting a little while its file is locked: right after a crash, a child of
+/// the previous run that was between fork and exec still shares the lock until it dies.
+async fn open_store(dir: &Path) -> Result<Store> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Store::open(dir) {
+            Err(virga_store::StoreError::Db(e))
+                if e.contains("already open") && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r.with_context(|| format!("open the data directory {}", dir.display())),
+        }
+    }
+}
+
 async fn serve(mut args: UpArgs) -> Result<()> {
     let edge = serve_config(&args)?;
-    let store = Arc::new(
-        Store::open(&args.data_dir)
-            .with_context(|| format!("open the data directory {}", args.data_dir.display()))?,
-    );
+    let store = Arc::new(open_store(&args.data_dir).await?);
     // Sandbox configs, mounts and sockets need absolute paths: `./.virga` is the default.
     args.data_dir = store.dir().to_path_buf();
     let password = admin_password(&args.data_dir)?;
@@ -201,7 +217,7 @@ async fn serve(mut args: UpArgs) -> Result<()> {
         provider.clone(),
         Credentials::new("admin", &password),
     );
-    crate::queue::start(&state, &args.queue, &args.data_dir).await?;
+    crate::queue::start(&state, &args.queue, &args.data_dir, &args.async_calls).await?;
     let listeners = bind(&args).await?;
     let addr = listeners.api.local_addr()?;
     let console_addr = listeners.console.as_ref().map(|l| l.local_addr());

@@ -1,22 +1,27 @@
 //! Async calls: `POST /async-function/{name}[.{namespace}][/path]` stores the request (method,
-//! extra path, query, headers, body) durably in the queue and answers 202 with `X-Call-Id`;
-//! the queue's workers deliver it later through [`GatewayDeliver`], which calls the same
-//! `invoke::forward` as `/function/*` (so a function at zero is scaled up), without HTTP to
-//! self. Also the Virga dead-letter and queue APIs under `/system/virga/`.
+//! extra path, query, headers, body of at most `--max-async-body-bytes`) durably in the queue
+//! and answers 202 with `X-Call-Id`; a full queue answers 429, a callback URL aimed at an
+//! internal address 400. The queue's workers deliver calls later through [`GatewayDeliver`],
+//! which calls the same `invoke::forward` as `/function/*` (so a function at zero is scaled
+//! up) without HTTP to self, and counts each attempt as an invocation, as OpenFaaS's queue
+//! worker calling through its gateway is counted. Also the Virga dead-letter and queue APIs
+//! under `/system/virga/`.
 
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::header::{self, HeaderName, HeaderValue};
-use axum::http::{StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
 use serde::Serialize;
 use virga_queue::{
-    Call, DeadLetterInfo, Deliver, FunctionPolicy, FunctionSettings, Outcome, PoolConfig,
-    PoolCounters, QueueStats, SharedQueue, WorkerPool,
+    Call, Deliver, FunctionPolicy, FunctionSettings, Outcome, PoolConfig, PoolCounters, QueueError,
+    QueueStats, SharedQueue, WorkerPool,
 };
 
 use crate::functions::{load, split_namespace};
@@ -30,16 +35,55 @@ static X_CALLBACK_URL: HeaderName = HeaderName::from_static("x-callback-url");
 /// Request headers not stored with a call, besides the hop-by-hop ones.
 const NOT_STORED: [HeaderName; 2] = [header::CONTENT_LENGTH, header::HOST];
 
+/// Settings of async calls.
+#[derive(Clone)]
+pub struct AsyncConfig {
+    /// The worker pool's settings (callbacks included).
+    pub pool: PoolConfig,
+    /// Largest request body of an async call (413 beyond); also the most of a function's
+    /// answer kept for its callback.
+    pub max_body_bytes: usize,
+}
+
+impl Default for AsyncConfig {
+    fn default() -> Self {
+        AsyncConfig {
+            pool: PoolConfig::default(),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
 /// The queue and its workers, once `virga up` enabled them.
 pub(crate) struct AsyncCalls {
     queue: SharedQueue,
     pool: Arc<WorkerPool>,
+    max_body_bytes: usize,
 }
 
 /// Start the worker pool over `queue` and accept async calls on `state`'s gateway.
-pub async fn enable_async(state: &Arc<AppState>, queue: SharedQueue, cfg: PoolConfig) {
-    let deliver = Arc::new(GatewayDeliver(Arc::downgrade(state)));
-    let pool = WorkerPool::start(queue.clone(), deliver, cfg).await;
+pub async fn enable_async(
+    state: &Arc<AppState>,
+    queue: SharedQueue,
+    cfg: AsyncConfig,
+) -> Result<(), QueueError> {
+    if let Some(max) = queue.max_message_bytes() {
+        // The defaults match (1 MiB bodies, NATS's 1 MiB max_payload): only calls within a few
+        // KiB of the limit do not fit then, and get 413. Warn when many more would not.
+        if cfg.max_body_bytes > max + (64 << 10) {
+            tracing::warn!(
+                "async calls: bodies may be up to {} bytes, but the NATS server stores messages \
+                 of at most {max} with headers: larger calls get 413 (raise the server's \
+                 max_payload or lower --max-async-body-bytes)",
+                cfg.max_body_bytes
+            );
+        }
+    }
+    let deliver = Arc::new(GatewayDeliver {
+        state: Arc::downgrade(state),
+        max_answer: cfg.max_body_bytes,
+    });
+    let pool = WorkerPool::start(queue.clone(), deliver, cfg.pool).await?;
     if let Ok(functions) = state.store.functions() {
         for f in functions {
             if let Ok(p) = FunctionPolicy::from_annotations(f.deployment.annotations.as_ref()) {
@@ -47,7 +91,13 @@ pub async fn enable_async(state: &Arc<AppState>, queue: SharedQueue, cfg: PoolCo
             }
         }
     }
-    let _ = state.async_calls.set(AsyncCalls { queue, pool });
+    let calls = AsyncCalls {
+        queue,
+        pool,
+        max_body_bytes: cfg.max_body_bytes,
+    };
+    let _ = state.async_calls.set(calls);
+    Ok(())
 }
 
 /// Set the queue gauges (depth, in flight) from the queue, for a scrape of `/metrics`.
@@ -84,19 +134,12 @@ fn split_path(path: &str) -> (&str, &str) {
     }
 }
 
-/// Check an `X-Callback-Url`: an absolute `http://` URL with a host.
-fn callback_url(v: &HeaderValue) -> Result<String, ApiError> {
+/// Check an `X-Callback-Url`: an absolute `http://` or `https://` URL whose host the policy
+/// allows.
+fn callback_url(v: &HeaderValue, policy: &virga_queue::CallbackPolicy) -> Result<String, ApiError> {
     let bad = |why: &str| ApiError::BadRequest(format!("X-Callback-Url: {why}"));
     let s = v.to_str().map_err(|_| bad("must be plain ASCII text"))?;
-    let uri: Uri = s.parse().map_err(|_| bad(&format!("{s:?} is not a URL")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(bad("https callbacks are not supported yet: use http://")),
-        _ => return Err(bad(&format!("{s:?} is not an absolute http:// URL"))),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(bad(&format!("{s:?} has no host")));
-    }
+    policy.check_url(s).map_err(|e| bad(&e))?;
     Ok(s.to_string())
 }
 
@@ -112,7 +155,37 @@ pub(crate) async fn accept(State(state): State<Arc<AppState>>, req: Request) -> 
     }
 }
 
-async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, ApiError> {
+/// Why an async call was not accepted.
+enum Refused {
+    Api(ApiError),
+    TooLarge(String),
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Refused::Api(e)
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Api(e) => e.into_response(),
+            Refused::TooLarge(msg) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, format!("{msg}\n")).into_response()
+            }
+        }
+    }
+}
+
+fn too_large(limit: usize) -> Refused {
+    Refused::TooLarge(format!(
+        "async call body is larger than the limit of {limit} bytes (virga up \
+         --max-async-body-bytes): send a smaller body, or call /function/ synchronously"
+    ))
+}
+
+async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, Refused> {
     let (parts, body) = req.into_parts();
     let (full_name, rest) = split_path(parts.uri.path());
     let name = split_namespace(full_name)?.to_string();
@@ -120,18 +193,19 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, ApiE
     let policy = FunctionPolicy::from_annotations(f.deployment.annotations.as_ref())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let calls = async_calls(state)?;
+    let allowed = &calls.pool.config().callback_policy;
     let callback = parts
         .headers
         .get(&X_CALLBACK_URL)
-        .map(callback_url)
+        .map(|v| callback_url(v, allowed))
         .transpose()?;
-    let limit = state.cfg.max_body_bytes;
-    crate::invoke::declared_length(&parts.headers, limit)?;
+    let limit = calls.max_body_bytes;
+    crate::invoke::declared_length(&parts.headers, limit).map_err(|_| too_large(limit))?;
     // Read past the limit before answering 413, as the sync path does (see DrainingLimit):
     // the connection then stays usable and the client gets its 413.
     let body = axum::body::to_bytes(Body::new(DrainingLimit::new(body, limit)), usize::MAX)
         .await
-        .map_err(|_| ApiError::TooLarge(limit))?;
+        .map_err(|_| too_large(limit))?;
     let id = match parts.headers.get(&X_CALL_ID) {
         Some(v) if !v.is_empty() && v.len() <= 256 && v.to_str().is_ok() => v.clone(),
         _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
@@ -160,33 +234,73 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, ApiE
         accepted_ms: virga_queue::unix_ms(),
         attempts: 0,
     };
-    calls
-        .queue
-        .enqueue(call)
-        .await
-        .map_err(|e| ApiError::Internal(format!("cannot queue the call: {e}")))?;
+    calls.queue.enqueue(call).await.map_err(|e| match e {
+        QueueError::Full(why) => Refused::Api(ApiError::TooManyRequests(format!(
+            "async call refused: {why}; try again later (virga up sets the limits: \
+             --async-max-depth, --async-max-bytes and their -per-function forms)"
+        ))),
+        QueueError::TooLarge(why) => Refused::TooLarge(format!("async call refused: {why}")),
+        e => Refused::Api(ApiError::Internal(format!("cannot queue the call: {e}"))),
+    })?;
     calls.pool.ensure_queue(&policy.queue);
     Ok(id)
 }
 
 /// Delivers queued calls through the gateway's own invoke path.
-struct GatewayDeliver(Weak<AppState>);
+struct GatewayDeliver {
+    state: Weak<AppState>,
+    /// Most bytes of a function's answer kept for the callback.
+    max_answer: usize,
+}
+
+/// Read at most `cap` bytes of `body`; true if there was more.
+async fn read_capped(mut body: Body, cap: usize) -> Result<(Bytes, bool), axum::Error> {
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(mut data) = frame?.into_data() else {
+            continue;
+        };
+        let room = cap - len;
+        let cut = data.len() > room;
+        if cut {
+            data.truncate(room);
+        }
+        len += data.len();
+        parts.push(data);
+        if cut {
+            return Ok((concat(parts, len), true));
+        }
+    }
+    Ok((concat(parts, len), false))
+}
+
+fn concat(mut parts: Vec<Bytes>, len: usize) -> Bytes {
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let mut out = Vec::with_capacity(len);
+    for p in &parts {
+        out.extend_from_slice(p);
+    }
+    out.into()
+}
 
 impl Deliver for GatewayDeliver {
     fn retried(&self, function: &str) {
-        if let Some(state) = self.0.upgrade() {
+        if let Some(state) = self.state.upgrade() {
             state.metrics.queue_retry(function);
         }
     }
 
     fn dead_lettered(&self, function: &str) {
-        if let Some(state) = self.0.upgrade() {
+        if let Some(state) = self.state.upgrade() {
             state.metrics.dead_letter(function);
         }
     }
 
     fn settings(&self, function: &str) -> Option<FunctionSettings> {
-        let state = self.0.upgrade()?;
+        let state = self.state.upgrade()?;
         let f = state.store.function(function).ok()??;
         let policy =
             FunctionPolicy::from_annotations(f.deployment.annotations.as_ref()).unwrap_or_default();
@@ -212,53 +326,70 @@ impl Deliver for GatewayDeliver {
 
     fn invoke<'a>(&'a self, call: &'a Call) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let Some(state) = self.0.upgrade() else {
+            let Some(state) = self.state.upgrade() else {
                 return failure(503, "the gateway is shutting down".into(), false);
             };
-            let mut req = Request::new(Body::from(call.body.clone()));
-            *req.method_mut() = match call.method.parse() {
-                Ok(m) => m,
-                Err(_) => return failure(400, format!("bad method {:?}", call.method), false),
-            };
-            *req.uri_mut() = match format!("/function/{}{}", call.function, call.path).parse() {
-                Ok(u) => u,
-                Err(_) => return failure(400, format!("bad path {:?}", call.path), false),
-            };
-            let h = req.headers_mut();
-            for (k, v) in &call.headers {
-                if let (Ok(k), Ok(v)) = (
-                    HeaderName::from_bytes(k.as_bytes()),
-                    HeaderValue::from_bytes(v),
-                ) {
-                    h.append(k, v);
-                }
+            // Counted like a call through /function/ (only for deployed functions).
+            let handle = state.function_handle(&call.function);
+            if let Some(h) = &handle {
+                h.metrics.started();
             }
-            if let Ok(v) = HeaderValue::from_str(&call.id) {
-                h.insert(X_CALL_ID.clone(), v);
+            let started = Instant::now();
+            let outcome = deliver_once(&state, call, self.max_answer).await;
+            if let Some(h) = handle {
+                h.metrics.finished(outcome.status, started.elapsed());
+                state.metrics.async_delivery(&call.function, outcome.status);
             }
-            let resp = match crate::invoke::forward(&state, req).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let unreachable = matches!(e, ApiError::BadGateway(_));
-                    return failure(e.status().as_u16(), e.to_string(), unreachable);
-                }
-            };
-            let (parts, body) = resp.into_parts();
-            let body = match axum::body::to_bytes(body, state.cfg.max_body_bytes).await {
-                Ok(b) => b,
-                Err(e) => return failure(502, format!("reading the function's answer: {e}"), true),
-            };
-            Outcome {
-                status: parts.status.as_u16(),
-                headers: parts
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                    .collect(),
-                body,
-                connection_failed: false,
-            }
+            outcome
         })
+    }
+}
+
+/// One attempt at `call` through the invoke path.
+async fn deliver_once(state: &AppState, call: &Call, max_answer: usize) -> Outcome {
+    let mut req = Request::new(Body::from(call.body.clone()));
+    *req.method_mut() = match call.method.parse() {
+        Ok(m) => m,
+        Err(_) => return failure(400, format!("bad method {:?}", call.method), false),
+    };
+    *req.uri_mut() = match format!("/function/{}{}", call.function, call.path).parse() {
+        Ok(u) => u,
+        Err(_) => return failure(400, format!("bad path {:?}", call.path), false),
+    };
+    let h = req.headers_mut();
+    for (k, v) in &call.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            h.append(k, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&call.id) {
+        h.insert(X_CALL_ID.clone(), v);
+    }
+    let resp = match crate::invoke::forward(state, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let unreachable = matches!(e, ApiError::BadGateway(_));
+            return failure(e.status().as_u16(), e.to_string(), unreachable);
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    let (body, truncated) = match read_capped(body, max_answer).await {
+        Ok(b) => b,
+        Err(e) => return failure(502, format!("reading the function's answer: {e}"), true),
+    };
+    Outcome {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        body,
+        truncated,
+        connection_failed: false,
     }
 }
 
@@ -267,6 +398,7 @@ fn failure(status: u16, message: String, connection_failed: bool) -> Outcome {
         status,
         headers: vec![("content-type".into(), b"text/plain".to_vec())],
         body: message.into(),
+        truncated: false,
         connection_failed,
     }
 }
@@ -274,13 +406,13 @@ fn failure(status: u16, message: String, connection_failed: bool) -> Outcome {
 /// `GET /system/virga/dead-letters`.
 pub(crate) async fn list_dead(
     State(state): State<Arc<AppState>>,
-) -> Result<Json<Vec<DeadLetterInfo>>, ApiError> {
+) -> Result<Json<Vec<virga_queue::DeadLetterInfo>>, ApiError> {
     let letters = async_calls(&state)?
         .queue
         .dead_letters()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(letters.iter().map(DeadLetterInfo::from).collect()))
+    Ok(Json(letters))
 }
 
 /// `POST /system/virga/dead-letters/{id}/retry`: back on its queue, attempts reset.
@@ -289,11 +421,16 @@ pub(crate) async fn retry_dead(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let calls = async_calls(&state)?;
+    let now = virga_queue::unix_ms();
+    let until = now.saturating_add(calls.pool.config().callback_retry_for.as_millis() as u64);
     let found = calls
         .queue
-        .retry_dead_letter(&id, virga_queue::unix_ms())
+        .retry_dead_letter(&id, now, until)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(|e| match e {
+            QueueError::Full(why) => ApiError::TooManyRequests(why),
+            e => ApiError::Internal(e.to_string()),
+        })?;
     if !found {
         return Err(ApiError::NotFound(format!("dead letter {id:?} not found")));
     }
@@ -327,6 +464,8 @@ pub(crate) async fn purge_dead(
 pub(crate) struct QueuesReport {
     backend: &'static str,
     queues: Vec<QueueStats>,
+    /// Results waiting for their callback (`depth`) and being sent (`inflight`).
+    callbacks: QueueStats,
     #[serde(flatten)]
     counters: PoolCounters,
 }
@@ -336,14 +475,13 @@ pub(crate) async fn queues(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<QueuesReport>, ApiError> {
     let calls = async_calls(&state)?;
-    let queues = calls
-        .queue
-        .stats()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let internal = |e: QueueError| ApiError::Internal(e.to_string());
+    let queues = calls.queue.stats().await.map_err(internal)?;
+    let callbacks = calls.queue.callback_stats().await.map_err(internal)?;
     Ok(Json(QueuesReport {
         backend: calls.queue.backend(),
         queues,
+        callbacks,
         counters: calls.pool.counters(),
     }))
 }
@@ -362,20 +500,20 @@ mod tests {
     }
 
     #[test]
-    fn callback_urls_must_be_absolute_http() {
-        let ok = HeaderValue::from_static("http://127.0.0.1:9000/cb?x=1");
-        assert_eq!(callback_url(&ok).unwrap(), "http://127.0.0.1:9000/cb?x=1");
+    fn callback_urls_must_be_absolute_http_or_https() {
+        let p = virga_queue::CallbackPolicy::default();
+        for ok in ["http://example.com:9000/cb?x=1", "https://example.com/cb"] {
+            assert_eq!(callback_url(&HeaderValue::from_static(ok), &p).unwrap(), ok);
+        }
         for bad in [
             "not a url",
             "/relative",
             "ftp://x/y",
-            "https://x/y",
             "http://",
+            "http://127.0.0.1:9000/cb",
         ] {
-            assert!(
-                callback_url(&HeaderValue::from_static(bad)).is_err(),
-                "{bad}"
-            );
+            let e = callback_url(&HeaderValue::from_static(bad), &p).unwrap_err();
+            assert!(e.to_string().starts_with("X-Callback-Url: "), "{bad}: {e}");
         }
     }
 }

@@ -38,7 +38,7 @@ use virga_provider_local::LocalProvider;
 use virga_store::Store;
 use virga_types::{GatewayInfo, ProviderInfo, VersionInfo, DEFAULT_NAMESPACE};
 
-pub use asyncfn::enable_async;
+pub use asyncfn::{enable_async, AsyncConfig};
 pub use auth::Credentials;
 pub use error::ApiError;
 pub use listener::ServeConfig;

@@ -153,6 +153,7 @@ pub struct Metrics {
     queue_inflight: Family<QueueLabels, Gauge>,
     queue_retries: Family<FnLabels, Counter>,
     dead_letters: Family<FnLabels, Counter>,
+    async_deliveries: Family<FnCodeLabels, Counter>,
     warm_pool: Family<FnLabels, Gauge>,
     warm_starts: Family<FnLabels, Counter>,
     /// Serialises scrapes: they refill the state gauges before encoding.
@@ -266,6 +267,13 @@ impl Metrics {
             "Async calls given up on and dead-lettered",
             dead_letters.clone(),
         );
+        let async_deliveries = Family::<FnCodeLabels, Counter>::default();
+        r.register(
+            "virga_async_deliveries",
+            "Attempts at delivering async calls, by HTTP status code (also counted in \
+             gateway_function_invocation_total, as OpenFaaS's queue worker calls through the gateway)",
+            async_deliveries.clone(),
+        );
         let warm_pool = Family::<FnLabels, Gauge>::default();
         r.register(
             "virga_warm_pool_instances",
@@ -288,6 +296,7 @@ impl Metrics {
             queue_inflight,
             queue_retries,
             dead_letters,
+            async_deliveries,
             warm_pool,
             warm_starts,
             scrape: Mutex::new(()),
@@ -345,6 +354,15 @@ impl Metrics {
     /// Hook for the async queue: an async call of function `name` is dead-lettered.
     pub fn dead_letter(&self, name: &str) {
         self.dead_letters.get_or_create(&fn_labels(name)).inc();
+    }
+
+    /// Hook for the async queue: an attempt at delivering a call of `name` ended with `code`.
+    pub fn async_delivery(&self, name: &str, code: u16) {
+        let labels = FnCodeLabels {
+            function_name: function_label(name),
+            code: code.to_string(),
+        };
+        self.async_deliveries.get_or_create(&labels).inc();
     }
 
     /// Idle pre-started runtimes of warm pool `key` (a template runtime).

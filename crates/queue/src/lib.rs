@@ -2,134 +2,37 @@
 //! durably stored in a [`Queue`] before the gateway answers 202; the [`WorkerPool`] takes calls
 //! off their named queue, delivers them to the function through a [`Deliver`] implementation
 //! (the gateway's sync invoke path), retries with backoff by the function's [`RetryPolicy`],
-//! POSTs the result to the call's callback URL, and moves calls whose attempts are exhausted to
-//! the dead-letter list.
+//! and moves calls whose attempts are exhausted to the dead-letter list. A call with a callback
+//! URL is replaced in the queue by its [`CallResult`] (durably, before the call is acked); the
+//! callback dispatcher POSTs it and retries with backoff for hours, across restarts, before it
+//! dead-letters the result.
 //!
 //! Two backends behave the same: [`embedded`] (an append-only log with group commit in the data
-//! directory) and [`nats`] (NATS JetStream, so several gateways can share one queue).
+//! directory) and [`nats`] (NATS JetStream, so several gateways can share one queue). Both cap
+//! what they hold per function and in total ([`Limits`]).
 
+mod addr;
 mod callback;
 mod codec;
 pub mod embedded;
 pub mod nats;
 mod policy;
+mod types;
 mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use serde::Serialize;
 use thiserror::Error;
 
+pub use addr::{is_internal, CallbackPolicy};
 pub use policy::{
-    Backoff, Clock, FunctionPolicy, Jitter, PolicyError, RetryPolicy, SystemClock, Timing,
-    ANN_MAX_INFLIGHT, ANN_QUEUE, ANN_RETRY_ATTEMPTS, ANN_RETRY_CODES, ANN_RETRY_MAX_WAIT,
+    parse_duration, Backoff, Clock, FunctionPolicy, Jitter, PolicyError, RetryPolicy, SystemClock,
+    Timing, ANN_MAX_INFLIGHT, ANN_QUEUE, ANN_RETRY_ATTEMPTS, ANN_RETRY_CODES, ANN_RETRY_MAX_WAIT,
     ANN_RETRY_MIN_WAIT, DEFAULT_QUEUE,
 };
+pub use types::{Call, CallResult, DeadLetter, DeadLetterInfo, Failed, Limits, QueueStats};
 pub use worker::{Deliver, FunctionSettings, Outcome, PoolConfig, PoolCounters, WorkerPool};
-
-/// One accepted asynchronous call, as stored in the queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
-    /// The call id (`X-Call-Id`), caller-supplied or generated.
-    pub id: String,
-    /// Function name (without namespace).
-    pub function: String,
-    /// Queue the call waits on.
-    pub queue: String,
-    /// HTTP method.
-    pub method: String,
-    /// Extra path after the function name, with the query: `/a/b?x=1`.
-    pub path: String,
-    /// Request headers (hop-by-hop ones removed).
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// Request body.
-    pub body: Bytes,
-    /// Where to POST the result, if anywhere.
-    pub callback: Option<String>,
-    /// When it was accepted, milliseconds since the Unix epoch.
-    pub accepted_ms: u64,
-    /// Attempts already made before this copy was stored.
-    pub attempts: u32,
-}
-
-/// A call whose attempts are exhausted (or whose function vanished).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// The call as last attempted.
-    pub call: Call,
-    /// Why it failed, in words.
-    pub reason: String,
-    /// The last status the function (or the gateway on its behalf) answered.
-    pub status: u16,
-    /// When it was given up, milliseconds since the Unix epoch.
-    pub failed_ms: u64,
-}
-
-/// What the dead-letter API shows of a dead letter (no body, no headers).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetterInfo {
-    /// Call id.
-    pub id: String,
-    /// Function name.
-    pub function: String,
-    /// Queue name.
-    pub queue: String,
-    /// HTTP method.
-    pub method: String,
-    /// Extra path and query.
-    pub path: String,
-    /// Attempts made.
-    pub attempts: u32,
-    /// Last status.
-    pub status: u16,
-    /// Why it failed.
-    pub reason: String,
-    /// Callback URL, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub callback: Option<String>,
-    /// Milliseconds since the Unix epoch when it was accepted.
-    pub accepted_ms: u64,
-    /// Milliseconds since the Unix epoch when it was given up.
-    pub failed_ms: u64,
-    /// Body size in bytes.
-    pub body_bytes: usize,
-}
-
-impl From<&DeadLetter> for DeadLetterInfo {
-    fn from(d: &DeadLetter) -> Self {
-        DeadLetterInfo {
-            id: d.call.id.clone(),
-            function: d.call.function.clone(),
-            queue: d.call.queue.clone(),
-            method: d.call.method.clone(),
-            path: d.call.path.clone(),
-            attempts: d.call.attempts,
-            status: d.status,
-            reason: d.reason.clone(),
-            callback: d.call.callback.clone(),
-            accepted_ms: d.call.accepted_ms,
-            failed_ms: d.failed_ms,
-            body_bytes: d.call.body.len(),
-        }
-    }
-}
-
-/// Depth, in-flight and dead letters of one queue.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct QueueStats {
-    /// Queue name.
-    pub queue: String,
-    /// Calls waiting (due now or waiting for a retry).
-    pub depth: u64,
-    /// Calls being delivered.
-    pub inflight: u64,
-    /// Dead letters from this queue.
-    pub dead: u64,
-}
 
 /// Everything the queue can fail with.
 #[derive(Debug, Error)]
@@ -146,14 +49,33 @@ pub enum QueueError {
     /// The queue is shutting down.
     #[error("the queue is closed")]
     Closed,
+    /// A limit is reached: the call is refused (429).
+    #[error("{0}")]
+    Full(String),
+    /// The call is larger than the backend can store (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The queue or its workers cannot be set up as configured.
+    #[error("{0}")]
+    Config(String),
 }
 
-/// A call handed to a worker; settle it with ack, retry or dead-letter.
+/// A call handed to a worker; settle it with [`Queue::retry`] or [`Queue::finish`].
 #[derive(Debug)]
 pub struct Delivery {
     /// The call.
     pub call: Call,
     /// This attempt's number, from 1.
+    pub attempt: u32,
+    token: Token,
+}
+
+/// A result handed to the callback dispatcher; settle it with ack, retry or dead-letter.
+#[derive(Debug)]
+pub struct ResultDelivery {
+    /// The result.
+    pub result: CallResult,
+    /// This callback attempt's number, from 1.
     pub attempt: u32,
     token: Token,
 }
@@ -164,19 +86,36 @@ enum Token {
     Nats(Box<async_nats::jetstream::Message>),
 }
 
+/// How a delivered call that is not retried ends. The dead letter is stored first, then the
+/// result replaces the call (or the call is acked), each durably.
+#[derive(Debug, Default)]
+pub struct Ending {
+    /// Dead-letter the call: its last status and why.
+    pub dead: Option<(u16, String)>,
+    /// Keep its result for the callback.
+    pub result: Option<CallResult>,
+    /// Now, milliseconds since the Unix epoch.
+    pub now_ms: u64,
+}
+
 /// The durable queue: the embedded log or NATS JetStream, with one behaviour.
 pub enum Queue {
     /// Append-only log in the data directory.
-    Embedded(embedded::Embedded),
+    Embedded(Box<embedded::Embedded>),
     /// NATS JetStream.
     Nats(Box<nats::Nats>),
 }
 
+fn wrong_backend() -> QueueError {
+    QueueError::Corrupt("delivery from another backend".into())
+}
+
 impl Queue {
-    /// Store `call` durably; returns once it is safe from a crash.
+    /// Store `call` durably; returns once it is safe from a crash ([`QueueError::Full`] when a
+    /// limit is reached).
     pub async fn enqueue(&self, call: Call) -> Result<(), QueueError> {
         match self {
-            Queue::Embedded(q) => q.enqueue(call).await,
+            Queue::Embedded(q) => q.enqueue(call, true).await,
             Queue::Nats(q) => q.enqueue(call).await,
         }
     }
@@ -189,19 +128,38 @@ impl Queue {
         }
     }
 
-    /// The call is done: forget it.
+    /// The call is done and nothing is kept of it.
     pub async fn ack(&self, d: Delivery) -> Result<(), QueueError> {
-        match (self, d.token) {
-            (Queue::Embedded(q), Token::Embedded(seq)) => q.ack(&d.call.queue, seq).await,
-            (Queue::Nats(q), Token::Nats(m)) => q.ack(&m).await,
-            _ => Err(QueueError::Corrupt("delivery from another backend".into())),
-        }
+        self.finish(d, Ending::default()).await
     }
 
     /// Tell the backend a long delivery is still going (NATS would hand it out again).
     pub async fn keep_alive(&self, d: &Delivery) {
-        if let (Queue::Nats(q), Token::Nats(m)) = (self, &d.token) {
+        self.progress(&d.token).await;
+    }
+
+    async fn progress(&self, token: &Token) {
+        if let (Queue::Nats(q), Token::Nats(m)) = (self, token) {
             q.progress(m).await;
+        }
+    }
+
+    /// Run `work`, telling the backend as often as it needs that the delivery of `token` goes on.
+    pub(crate) async fn alive_during<T>(
+        &self,
+        token: &Token,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let Some(every) = self.keep_alive_every() else {
+            return work.await;
+        };
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                o = &mut work => return o,
+                _ = tick.tick() => self.progress(token).await,
+            }
         }
     }
 
@@ -222,7 +180,28 @@ impl Queue {
                 q.reschedule(seq, call, delay).await
             }
             (Queue::Nats(q), Token::Nats(m)) => q.retry(&m, delay).await,
-            _ => Err(QueueError::Corrupt("delivery from another backend".into())),
+            _ => Err(wrong_backend()),
+        }
+    }
+
+    /// End a delivered call: dead-letter it and/or keep its result, durably, then drop it.
+    pub async fn finish(&self, d: Delivery, ending: Ending) -> Result<(), QueueError> {
+        let dead = ending.dead.map(|(status, reason)| {
+            let mut call = d.call.clone();
+            call.attempts = d.attempt;
+            DeadLetter {
+                failed: Failed::Call(call),
+                reason,
+                status,
+                failed_ms: ending.now_ms,
+            }
+        });
+        match (self, d.token) {
+            (Queue::Embedded(q), Token::Embedded(seq)) => {
+                q.finish(&d.call.queue, seq, dead, ending.result).await
+            }
+            (Queue::Nats(q), Token::Nats(m)) => q.finish(&m, dead, ending.result).await,
+            _ => Err(wrong_backend()),
         }
     }
 
@@ -234,34 +213,88 @@ impl Queue {
         reason: String,
         now_ms: u64,
     ) -> Result<(), QueueError> {
-        let mut call = d.call;
-        call.attempts = d.attempt;
+        let ending = Ending {
+            dead: Some((status, reason)),
+            result: None,
+            now_ms,
+        };
+        self.finish(d, ending).await
+    }
+
+    /// Wait for the next result whose callback is due.
+    pub async fn receive_result(&self) -> Result<ResultDelivery, QueueError> {
+        match self {
+            Queue::Embedded(q) => q.receive_result().await,
+            Queue::Nats(q) => q.receive_result().await,
+        }
+    }
+
+    /// The callback was delivered: forget the result.
+    pub async fn ack_result(&self, d: ResultDelivery) -> Result<(), QueueError> {
+        match (self, d.token) {
+            (Queue::Embedded(q), Token::Embedded(seq)) => {
+                q.ack_result(seq);
+                Ok(())
+            }
+            (Queue::Nats(q), Token::Nats(m)) => q.ack(&m).await,
+            _ => Err(wrong_backend()),
+        }
+    }
+
+    /// Send the callback again after `delay`.
+    pub async fn retry_result(&self, d: ResultDelivery, delay: Duration) -> Result<(), QueueError> {
+        match (self, d.token) {
+            (Queue::Embedded(q), Token::Embedded(seq)) => {
+                let mut result = d.result;
+                result.attempts = d.attempt;
+                q.reschedule_result(seq, result, delay).await
+            }
+            (Queue::Nats(q), Token::Nats(m)) => q.retry(&m, delay).await,
+            _ => Err(wrong_backend()),
+        }
+    }
+
+    /// Give up on the callback: the result becomes a dead letter.
+    pub async fn dead_letter_result(
+        &self,
+        d: ResultDelivery,
+        reason: String,
+        now_ms: u64,
+    ) -> Result<(), QueueError> {
+        let mut result = d.result;
+        result.attempts = d.attempt;
         let dead = DeadLetter {
-            call,
+            status: result.status,
+            failed: Failed::Callback(result),
             reason,
-            status,
             failed_ms: now_ms,
         };
         match (self, d.token) {
-            (Queue::Embedded(q), Token::Embedded(seq)) => q.dead_letter(seq, dead).await,
+            (Queue::Embedded(q), Token::Embedded(seq)) => q.dead_letter_result(seq, dead).await,
             (Queue::Nats(q), Token::Nats(m)) => q.dead_letter(&m, dead).await,
-            _ => Err(QueueError::Corrupt("delivery from another backend".into())),
+            _ => Err(wrong_backend()),
         }
     }
 
     /// Every dead letter, oldest first.
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetterInfo>, QueueError> {
         match self {
             Queue::Embedded(q) => Ok(q.dead_letters().await),
             Queue::Nats(q) => q.dead_letters().await,
         }
     }
 
-    /// Put the dead letter `id` back on its queue (attempts reset); false if unknown.
-    pub async fn retry_dead_letter(&self, id: &str, now_ms: u64) -> Result<bool, QueueError> {
+    /// Put the dead letter `id` back: a call on its queue, a result on the callbacks (retried
+    /// until `callback_until_ms`); attempts reset. False if unknown.
+    pub async fn retry_dead_letter(
+        &self,
+        id: &str,
+        now_ms: u64,
+        callback_until_ms: u64,
+    ) -> Result<bool, QueueError> {
         match self {
-            Queue::Embedded(q) => q.retry_dead_letter(id, now_ms).await,
-            Queue::Nats(q) => q.retry_dead_letter(id, now_ms).await,
+            Queue::Embedded(q) => q.retry_dead_letter(id, now_ms, callback_until_ms).await,
+            Queue::Nats(q) => q.retry_dead_letter(id, now_ms, callback_until_ms).await,
         }
     }
 
@@ -288,10 +321,10 @@ impl Queue {
             Queue::Nats(q) => q.stats().await?,
         };
         for d in self.dead_letters().await? {
-            match stats.iter_mut().find(|s| s.queue == d.call.queue) {
+            match stats.iter_mut().find(|s| s.queue == d.queue) {
                 Some(s) => s.dead += 1,
                 None => stats.push(QueueStats {
-                    queue: d.call.queue.clone(),
+                    queue: d.queue.clone(),
                     dead: 1,
                     ..QueueStats::default()
                 }),
@@ -299,6 +332,23 @@ impl Queue {
         }
         stats.sort_by(|a, b| a.queue.cmp(&b.queue));
         Ok(stats)
+    }
+
+    /// Results waiting for their callback (`depth`) and being sent (`inflight`).
+    pub async fn callback_stats(&self) -> Result<QueueStats, QueueError> {
+        match self {
+            Queue::Embedded(q) => Ok(q.callback_stats()),
+            Queue::Nats(q) => q.callback_stats().await,
+        }
+    }
+
+    /// The largest encoded call or result the backend stores, if it has a limit of its own
+    /// (NATS: the server's `max_payload`, less room for the dead-letter envelope).
+    pub fn max_message_bytes(&self) -> Option<usize> {
+        match self {
+            Queue::Embedded(_) => None,
+            Queue::Nats(q) => Some(q.max_message_bytes()),
+        }
     }
 
     /// Which backend this is, for logs: `embedded` or `nats`.

@@ -3,7 +3,8 @@
 //! [`Deliver::settings`]) and a per-queue cap, so one busy function cannot starve other queues.
 //! A delivery goes through [`Deliver::invoke`] (the gateway's sync invoke path, which scales a
 //! function up from zero); a retryable answer is rescheduled with backoff, an exhausted one is
-//! dead-lettered, and the final answer is POSTed to the call's callback URL, if any.
+//! dead-lettered, and for a call with a callback URL the final answer replaces the call in the
+//! queue (durably, before the call counts as done) for the callback dispatcher to POST.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +16,11 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::callback::{CallbackSender, Report};
-use crate::{Backoff, Call, Delivery, FunctionPolicy, SharedQueue, Timing, DEFAULT_QUEUE};
+use crate::callback::Callbacks;
+use crate::{
+    Backoff, Call, CallResult, CallbackPolicy, Delivery, Ending, FunctionPolicy, QueueError,
+    SharedQueue, Timing, DEFAULT_QUEUE,
+};
 
 /// What the pool needs to know about a function before delivering to it.
 #[derive(Debug, Clone)]
@@ -34,8 +38,10 @@ pub struct Outcome {
     pub status: u16,
     /// Response headers.
     pub headers: Vec<(String, Vec<u8>)>,
-    /// Response body.
+    /// Response body (at most the async body limit).
     pub body: Bytes,
+    /// The body was cut at the limit.
+    pub truncated: bool,
     /// The instance could not be reached at all.
     pub connection_failed: bool,
 }
@@ -59,12 +65,18 @@ pub struct PoolConfig {
     pub timing: Timing,
     /// Most deliveries in flight per queue.
     pub queue_inflight: usize,
-    /// Attempts at delivering one callback.
-    pub callback_attempts: u32,
-    /// First wait between callback attempts (doubles).
+    /// Most callbacks being sent at once.
+    pub callback_inflight: usize,
+    /// First wait between callback attempts (doubles, with jitter).
     pub callback_min_wait: Duration,
+    /// Longest wait between callback attempts.
+    pub callback_max_wait: Duration,
+    /// How long a callback is retried before its result is dead-lettered.
+    pub callback_retry_for: Duration,
     /// Time limit of one callback request.
     pub callback_timeout: Duration,
+    /// Which addresses callbacks may reach.
+    pub callback_policy: Arc<CallbackPolicy>,
 }
 
 impl Default for PoolConfig {
@@ -72,9 +84,12 @@ impl Default for PoolConfig {
         PoolConfig {
             timing: Timing::default(),
             queue_inflight: 256,
-            callback_attempts: 5,
+            callback_inflight: 64,
             callback_min_wait: Duration::from_millis(250),
+            callback_max_wait: Duration::from_secs(60),
+            callback_retry_for: Duration::from_secs(6 * 3600),
             callback_timeout: Duration::from_secs(10),
+            callback_policy: Arc::new(CallbackPolicy::default()),
         }
     }
 }
@@ -91,7 +106,10 @@ pub struct PoolCounters {
     pub dead_lettered: u64,
     /// Callbacks delivered.
     pub callbacks_delivered: u64,
-    /// Callbacks given up after all their attempts.
+    /// Callback attempts that failed and were scheduled again.
+    #[serde(default)]
+    pub callbacks_retried: u64,
+    /// Callbacks given up on (their results are dead letters).
     pub callbacks_failed: u64,
 }
 
@@ -109,18 +127,18 @@ pub struct WorkerPool {
     cfg: PoolConfig,
     running: Mutex<HashSet<String>>,
     gate: Arc<Gate>,
-    callbacks: CallbackSender,
+    callbacks: Callbacks,
     counters: Counters,
 }
 
 impl WorkerPool {
-    /// Start dispatchers for the default queue and every queue that holds calls.
+    /// Start dispatchers for the default queue, every queue that holds calls, and callbacks.
     pub async fn start(
         queue: SharedQueue,
         deliver: Arc<dyn Deliver>,
         cfg: PoolConfig,
-    ) -> Arc<WorkerPool> {
-        let callbacks = CallbackSender::new(&cfg);
+    ) -> Result<Arc<WorkerPool>, QueueError> {
+        let callbacks = Callbacks::new(&cfg)?;
         let pool = Arc::new(WorkerPool {
             queue: queue.clone(),
             deliver,
@@ -134,12 +152,18 @@ impl WorkerPool {
         for name in queue.known_queues().await {
             pool.ensure_queue(&name);
         }
-        pool
+        tokio::spawn(pool.clone().dispatch_callbacks());
+        Ok(pool)
     }
 
     /// The queue the pool works on.
     pub fn queue(&self) -> &SharedQueue {
         &self.queue
+    }
+
+    /// The pool's settings.
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
     }
 
     /// Make sure a dispatcher runs for queue `name`.
@@ -153,12 +177,13 @@ impl WorkerPool {
 
     /// Counters since start.
     pub fn counters(&self) -> PoolCounters {
-        let (ok, failed) = self.callbacks.counts();
+        let (delivered, retried, failed) = self.callbacks.counts();
         PoolCounters {
             completed: self.counters.completed.load(Ordering::Relaxed),
             retried: self.counters.retried.load(Ordering::Relaxed),
             dead_lettered: self.counters.dead_lettered.load(Ordering::Relaxed),
-            callbacks_delivered: ok,
+            callbacks_delivered: delivered,
+            callbacks_retried: retried,
             callbacks_failed: failed,
         }
     }
@@ -183,16 +208,11 @@ impl WorkerPool {
                     status: 404,
                     headers: Vec::new(),
                     body: Bytes::from(msg.clone()),
+                    truncated: false,
                     connection_failed: false,
                 };
-                let call = d.call.clone();
-                self.give_up(d, &outcome, msg).await;
-                self.report(
-                    call,
-                    outcome,
-                    self.cfg.timing.clock.now_ms(),
-                    Duration::ZERO,
-                );
+                let now = self.cfg.timing.clock.now_ms();
+                self.end(d, outcome, Some(msg), now, Duration::ZERO).await;
                 drop(permit);
                 continue;
             };
@@ -211,20 +231,10 @@ impl WorkerPool {
     async fn handle(&self, d: Delivery, settings: FunctionSettings, slot: GateSlot) {
         let start_ms = self.cfg.timing.clock.now_ms();
         let started = Instant::now();
-        let outcome = match self.queue.keep_alive_every() {
-            None => self.deliver.invoke(&d.call).await,
-            Some(every) => {
-                let invoke = self.deliver.invoke(&d.call);
-                tokio::pin!(invoke);
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                loop {
-                    tokio::select! {
-                        o = &mut invoke => break o,
-                        _ = tick.tick() => self.queue.keep_alive(&d).await,
-                    }
-                }
-            }
-        };
+        let outcome = self
+            .queue
+            .alive_during(&d.token, self.deliver.invoke(&d.call))
+            .await;
         let duration = started.elapsed();
         drop(slot);
         let retry = &settings.policy.retry;
@@ -244,43 +254,85 @@ impl WorkerPool {
             }
             return;
         }
-        let call = d.call.clone();
-        if retryable {
-            let reason = if outcome.connection_failed {
+        let dead = retryable.then(|| {
+            if outcome.connection_failed {
                 format!("function unreachable after {attempt} attempt(s)")
             } else {
                 format!("status {} after {attempt} attempt(s)", outcome.status)
-            };
-            self.give_up(d, &outcome, reason).await;
-        } else {
-            self.counters.completed.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.queue.ack(d).await {
-                tracing::warn!(call = %id, "async call: ack failed (it may be delivered again): {e}");
+            }
+        });
+        self.end(d, outcome, dead, start_ms, duration).await;
+    }
+
+    /// End a call that is not retried: dead-letter it if `dead` says why, and keep its result
+    /// for the callback if it has one (else ack it).
+    async fn end(
+        &self,
+        d: Delivery,
+        outcome: Outcome,
+        dead: Option<String>,
+        start_ms: u64,
+        duration: Duration,
+    ) {
+        let (id, function) = (d.call.id.clone(), d.call.function.clone());
+        let now = self.cfg.timing.clock.now_ms();
+        match &dead {
+            Some(reason) => {
+                tracing::warn!(call = %id, %function, "async call: dead-lettered: {reason}");
+                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.deliver.dead_lettered(&function);
+            }
+            None => {
+                self.counters.completed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.report(call, outcome, start_ms, duration);
-    }
-
-    async fn give_up(&self, d: Delivery, outcome: &Outcome, reason: String) {
-        let id = d.call.id.clone();
-        tracing::warn!(call = %id, function = %d.call.function, "async call: dead-lettered: {reason}");
-        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        self.deliver.dead_lettered(&d.call.function);
-        let now = self.cfg.timing.clock.now_ms();
-        if let Err(e) = self.queue.dead_letter(d, outcome.status, reason, now).await {
-            tracing::error!(call = %id, "async call: cannot store the dead letter: {e}");
+        let until = now.saturating_add(self.cfg.callback_retry_for.as_millis() as u64);
+        let result = d.call.callback.clone().map(|url| CallResult {
+            id: d.call.id.clone(),
+            function: d.call.function.clone(),
+            queue: d.call.queue.clone(),
+            method: d.call.method.clone(),
+            path: d.call.path.clone(),
+            callback: url,
+            accepted_ms: d.call.accepted_ms,
+            call_attempts: d.attempt,
+            status: outcome.status,
+            headers: outcome.headers,
+            body: outcome.body,
+            truncated: outcome.truncated,
+            start_ms,
+            duration_us: duration.as_micros() as u64,
+            give_up_ms: until,
+            attempts: 0,
+        });
+        let ending = Ending {
+            dead: dead.map(|r| (outcome.status, r)),
+            result,
+            now_ms: now,
+        };
+        if let Err(e) = self.queue.finish(d, ending).await {
+            tracing::error!(call = %id, "async call: cannot settle it (it is delivered again after a restart): {e}");
         }
     }
 
-    fn report(&self, call: Call, outcome: Outcome, start_ms: u64, duration: Duration) {
-        if let Some(url) = call.callback.clone() {
-            self.callbacks.send(Report {
-                url,
-                call_id: call.id,
-                function: call.function,
-                outcome,
-                start_ms,
-                duration,
+    async fn dispatch_callbacks(self: Arc<Self>) {
+        let cap = Arc::new(Semaphore::new(self.cfg.callback_inflight.max(1)));
+        loop {
+            let Ok(permit) = cap.clone().acquire_owned().await else {
+                return;
+            };
+            let d = match self.queue.receive_result().await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!("queue: cannot receive results for callbacks: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let pool = self.clone();
+            tokio::spawn(async move {
+                pool.callbacks.deliver(&pool.queue, &pool.cfg, d).await;
+                drop(permit);
             });
         }
     }

@@ -251,11 +251,20 @@ pub fn named_queue_isolation(b: Backend) {
 }
 
 pub fn bad_input(b: Backend) {
-    let s = Setup::start_with(b, &["--max-body-bytes", "1000"]);
+    let s = Setup::start_with(
+        b,
+        &[
+            "--max-async-body-bytes",
+            "1000",
+            "--callback-retry-for",
+            "1s",
+        ],
+    );
     let file = deploy_recorder(&s, "rec", "0", json!({}));
     // Oversized bodies, declared or streamed: 413 and nothing stored.
     let r = s.call_async("rec", &"x".repeat(1001), &[]);
     assert_eq!(r.status(), 413);
+    assert!(r.text().unwrap().contains("--max-async-body-bytes"));
     let r =
         s.p.anon(Method::POST, "/async-function/rec")
             .body(reqwest::blocking::Body::new(std::io::Cursor::new(vec![
@@ -282,7 +291,8 @@ pub fn bad_input(b: Backend) {
             .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().unwrap().contains("com.openfaas.retry.attempts"));
-    // A callback to a closed port is retried, then counted as failed; the queue goes on.
+    // A callback to a closed port is retried until --callback-retry-for, then its result is a
+    // dead letter; the queue goes on meanwhile.
     let r = s.call_async("rec", "", &[("X-Callback-Url", "http://127.0.0.1:1/cb")]);
     assert_eq!(r.status(), 202);
     assert!(s.p.eventually(WAIT, || lines(&file).len() == 1));
@@ -298,6 +308,13 @@ pub fn bad_input(b: Backend) {
         "{}",
         s.queues()
     );
+    let dead = s.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["kind"], "callback");
+    assert!(dead[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("callback to http://127.0.0.1:1/cb"));
     // Nothing from the oversized call was stored or delivered.
     assert_eq!(lines(&file).len(), 4);
     let q = s.queues();

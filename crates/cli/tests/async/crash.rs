@@ -110,3 +110,28 @@ pub fn kill9_delivers_every_accepted_call(b: Backend) {
         assert!(id.starts_with("crash-"), "unknown call id {id:?}");
     }
 }
+
+/// Right after a crash, a child of the killed `virga up` that was between fork and exec still
+/// shares the lock of `state.redb` until it dies: a restart waits for it instead of failing.
+pub fn restart_waits_for_a_lock_left_by_a_dying_child() {
+    use std::os::fd::AsRawFd;
+    let mut s = Setup::start(Backend::Embedded);
+    s.p.kill9();
+    let file = std::fs::File::open(s.p.data_dir.join("state.redb")).unwrap();
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let held = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        drop(file);
+    });
+    let started = Instant::now();
+    s.p.restart();
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "the lock was not held"
+    );
+    held.join().unwrap();
+    assert_eq!(
+        s.p.get_json("/system/info")["provider"]["provider"],
+        "virga-local"
+    );
+}

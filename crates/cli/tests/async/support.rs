@@ -1,13 +1,16 @@
 //! What the async tests need besides the platform: a nats-server with JetStream on a free
-//! loopback port (killed on drop), a callback receiver that records requests, an HTTP-mode
-//! Python function that fails its first N calls with a chosen status, and the backend switch.
+//! loopback port (killed on drop), a callback receiver that records requests (and can be taken
+//! down and brought back on its port), an HTTP-mode Python function that fails its first N
+//! calls with a chosen status, and the backend switch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::common::{Platform, PASSWORD};
@@ -73,13 +76,23 @@ pub struct Setup {
     _nats: Option<NatsServer>,
 }
 
+/// Lets callbacks reach the tests' receivers, which listen on 127.0.0.1.
+pub const ALLOW_RECEIVERS: [&str; 2] = ["--callback-allow-cidr", "127.0.0.1/32"];
+
 impl Setup {
     pub fn start(backend: Backend) -> Setup {
         Setup::start_with(backend, &[])
     }
 
-    /// Start with extra `virga up` arguments.
+    /// Start with extra `virga up` arguments; callbacks may reach 127.0.0.1.
     pub fn start_with(backend: Backend, extra: &[&str]) -> Setup {
+        let mut args = ALLOW_RECEIVERS.to_vec();
+        args.extend_from_slice(extra);
+        Setup::start_bare(backend, &args, &[])
+    }
+
+    /// Start with exactly these extra `virga up` arguments and environment variables.
+    pub fn start_bare(backend: Backend, extra: &[&str], envs: &[(&str, &str)]) -> Setup {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let nats = (backend == Backend::Nats).then(NatsServer::start);
@@ -88,7 +101,7 @@ impl Setup {
             args = vec!["--queue", n.url.as_str()];
         }
         args.extend_from_slice(extra);
-        let p = Platform::start_with(&dir.join("data"), &args);
+        let p = Platform::start_with_env(&dir.join("data"), &args, envs);
         Setup {
             p,
             dir,
@@ -214,29 +227,84 @@ pub struct Received {
     pub at: Instant,
 }
 
-/// A tiny HTTP server recording every request; answers 200.
+/// What a receiver answers by default.
+pub const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// A tiny HTTP server recording every request; it can be stopped (its port then refuses
+/// connections) and resumed on the same port.
 pub struct Receiver {
     pub url: String,
+    pub addr: SocketAddr,
     pub got: Arc<Mutex<Vec<Received>>>,
+    answer: &'static str,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Receiver::answering(OK)
+    }
+
+    /// A receiver answering every request with the raw HTTP response `answer`.
+    pub fn answering(answer: &'static str) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/cb", listener.local_addr().unwrap());
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let g = got.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let g = g.clone();
-                std::thread::spawn(move || serve_one(stream, &g));
+        let addr = listener.local_addr().unwrap();
+        let mut r = Receiver {
+            url: format!("http://{addr}/cb"),
+            addr,
+            got: Arc::new(Mutex::new(Vec::new())),
+            answer,
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        };
+        r.listen(listener);
+        r
+    }
+
+    fn listen(&mut self, listener: TcpListener) {
+        listener.set_nonblocking(true).unwrap();
+        self.stop.store(false, Ordering::SeqCst);
+        let (got, stop, answer) = (self.got.clone(), self.stop.clone(), self.answer);
+        self.thread = Some(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let got = got.clone();
+                        std::thread::spawn(move || serve_one(stream, &got, answer));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
             }
-        });
-        Receiver { url, got }
+        }));
+    }
+
+    /// Close the port: callbacks now fail to connect.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    /// Listen on the same port again.
+    pub fn resume(&mut self) {
+        self.listen(TcpListener::bind(self.addr).unwrap());
     }
 
     pub fn requests(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
+    }
+
+    /// Distinct `X-Call-Id`s received and how many requests came in all.
+    pub fn call_ids(&self) -> (HashSet<String>, usize) {
+        let got = self.got.lock().unwrap();
+        let ids = got
+            .iter()
+            .filter_map(|r| r.headers.get("x-call-id").cloned())
+            .collect();
+        (ids, got.len())
     }
 
     /// Wait for `n` requests (up to `limit`).
@@ -252,8 +320,15 @@ impl Receiver {
     }
 }
 
-fn serve_one(stream: TcpStream, got: &Mutex<Vec<Received>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Read one request from `stream`, record it and answer `answer`.
+pub fn serve_one(stream: impl Read + Write, got: &Mutex<Vec<Received>>, answer: &str) {
+    let mut reader = BufReader::new(stream);
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
         return;
@@ -274,15 +349,18 @@ fn serve_one(stream: TcpStream, got: &Mutex<Vec<Received>>) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let mut body = vec![0u8; len];
-    let _ = reader.read_exact(&mut body);
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
     got.lock().unwrap().push(Received {
         path,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
         at: Instant::now(),
     });
-    let mut s = stream;
-    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let s = reader.get_mut();
+    let _ = s.write_all(answer.as_bytes());
+    let _ = s.flush();
 }
 
 /// Lines of a file (empty if missing).

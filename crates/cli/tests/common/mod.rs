@@ -34,6 +34,8 @@ pub struct Platform {
     extra_args: Vec<String>,
     /// RLIMIT_NOFILE (soft, hard) of the platform's process, if limited.
     nofile: Option<(u64, u64)>,
+    /// Extra environment variables of the platform's process.
+    envs: Vec<(String, String)>,
 }
 
 /// Path of the `virga` binary under test.
@@ -49,11 +51,26 @@ impl Platform {
 
     /// Start with extra `virga up` arguments.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Platform {
-        Platform::start_limited(data_dir, extra, None)
+        Platform::start_configured(data_dir, extra, &[], None)
     }
 
     /// Start with extra arguments and, if given, the open-file limit `nofile` (soft, hard).
     pub fn start_limited(data_dir: &Path, extra: &[&str], nofile: Option<(u64, u64)>) -> Platform {
+        Platform::start_configured(data_dir, extra, &[], nofile)
+    }
+
+    /// Start with extra `virga up` arguments and environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Platform {
+        Platform::start_configured(data_dir, extra, envs, None)
+    }
+
+    /// Start with extra arguments, environment variables and an open-file limit.
+    fn start_configured(
+        data_dir: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+        nofile: Option<(u64, u64)>,
+    ) -> Platform {
         let mut p = Platform {
             child: None,
             url: String::new(),
@@ -65,6 +82,10 @@ impl Platform {
                 .unwrap(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             nofile,
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         p.launch();
         p
@@ -78,6 +99,7 @@ impl Platform {
             .args(&self.extra_args)
             .env("VIRGA_ADMIN_PASSWORD", PASSWORD)
             .env("VIRGA_LOG", "warn")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some((soft, hard)) = self.nofile {
@@ -190,6 +212,11 @@ impl Platform {
     /// Deploy a shell script as a classic function (`sh handler.sh` per request).
     pub fn deploy_script(&self, name: &str, body: &str, extra: serde_json::Value) {
         self.deploy_bundle(name, &[("handler.sh", body)], "sh handler.sh", extra);
+    }
+
+    /// The platform's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// kill -9 the platform (its instances die with it).
