@@ -339,9 +339,9 @@ impl Proxy {
             *req.version_mut() = parts.version;
             *req.headers_mut() = parts.headers.clone();
             match self.send(req).await {
-                // Refused: the process died a moment ago and the request reached nothing;
-                // send it again (once) when the restarted process serves.
-                Err(e) if e.is_connect() && !held && body.unread() => {
+                // The process died a moment ago and the request reached nothing: send it again
+                // (once) when the restarted process serves.
+                Err(e) if never_read(&e) && !held && body.unread() => {
                     *lock(&self.health) = Some((Instant::now(), false));
                     if !self.held(hold).await {
                         return self.not_serving(hold);
@@ -413,6 +413,24 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Whether a failed attempt cannot have been read by the function: the connection was
+/// refused, or reset before any answer. A socket closed with unread data (or already closed
+/// when the request arrived) resets; one whose process read the request and then died ends
+/// with a plain close instead, and that attempt is not sent again.
+fn never_read(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionReset;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Resolves once shutdown was requested (the borrow guard is dropped inside).

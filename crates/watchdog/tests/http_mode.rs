@@ -264,3 +264,67 @@ async fn a_request_refused_by_a_dying_upstream_waits_for_its_restart() {
         assert_ne!(pid_of(&text), pid_of(&first));
     }
 }
+
+/// An upstream that answers one request on a kept-alive connection, then dies with the next
+/// request on that connection unread (`MODE=unread`: the kernel resets the connection) or
+/// after reading it (`MODE=read`: a plain close).
+const DIES_KEPT_ALIVE_PY: &str = r#"
+import os, socket, sys, time
+l = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+def request(c):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        more = c.recv(65536)
+        if not more:
+            return None
+        buf += more
+    return buf
+while True:
+    c, _ = l.accept()
+    if request(c) is not None:
+        break
+    c.close()  # a readiness probe
+body = b"pid=%d" % os.getpid()
+c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+if os.environ.get("MODE") == "read":
+    request(c)
+else:
+    time.sleep(0.3)
+os._exit(0)
+"#;
+
+async fn kept_alive_death(mode: &str) -> (String, reqwest::Response) {
+    let dir = tempfile::tempdir().unwrap();
+    let py = script(dir.path(), "dies.py", DIES_KEPT_ALIVE_PY);
+    let port = free_port();
+    let fprocess = format!("python3 {} {port}", py.display());
+    let upstream = format!("http://127.0.0.1:{port}");
+    let wd = Watchdog::start(&[
+        ("mode", "http"),
+        ("fprocess", fprocess.as_str()),
+        ("upstream_url", upstream.as_str()),
+        ("MODE", mode),
+    ]);
+    let c = client();
+    wait_for_status(&c, &wd.url("/_/health"), 200, Duration::from_secs(20)).await;
+    let first = c.get(wd.url("/")).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first = first.text().await.unwrap();
+    let second = c.get(wd.url("/again")).send().await.unwrap();
+    drop(dir);
+    (first, second)
+}
+
+/// A request the dying upstream never read (its connection was reset, and no byte of a body
+/// was sent) is sent again to the restarted process; one it read before dying is not (it may
+/// have run): 502.
+#[tokio::test]
+async fn only_requests_a_dead_upstream_never_read_are_sent_again() {
+    let (first, second) = kept_alive_death("unread").await;
+    let status = second.status();
+    let text = second.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert_ne!(pid_of(&text), pid_of(&first), "{text}");
+    let (_, second) = kept_alive_death("read").await;
+    assert_eq!(second.status(), 502);
+}
