@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use virga_gateway::{AppState, Credentials, GatewayConfig, Listeners, ServeConfig};
+use virga_provider::SharedProvider;
 use virga_provider_local::{LocalProvider, ProviderConfig, Runc};
 use virga_store::Store;
 
@@ -172,29 +173,14 @@ async fn serve(mut args: UpArgs) -> Result<()> {
     // Sandbox configs, mounts and sockets need absolute paths: `./.virga` is the default.
     args.data_dir = store.dir().to_path_buf();
     let password = admin_password(&args.data_dir)?;
-    let watchdog = watchdog_path(args.watchdog.as_deref())?;
-    let sandbox = sandbox_runtime(args.isolation, &args.data_dir, &watchdog)?;
-    let node_addon = node_addon_path();
-    let provider = Arc::new(LocalProvider::new(
-        ProviderConfig {
-            watchdog,
-            run_dir: args.data_dir.join("run"),
-            ready_timeout: Duration::from_secs(args.ready_timeout),
-            queue_timeout: Duration::from_millis(args.queue_timeout_ms),
-            sandbox: sandbox.clone(),
-            warm_pool: args.warm_pool,
-            runtimes: crate::templates::embedded_runtimes(),
-            zygote: !args.no_zygote,
-            node_addon: node_addon.clone(),
-            metrics: Arc::new(virga_metrics::Metrics::new()),
-            logs: Arc::new(virga_logs::LogHub::new(virga_logs::LogConfig {
-                dir: Some(args.data_dir.join("logs")),
-                ..virga_logs::LogConfig::default()
-            })),
-        },
-        store.clone(),
-    )?);
-    let restored = provider.restore()?;
+    let metrics = Arc::new(virga_metrics::Metrics::new());
+    let logs = Arc::new(virga_logs::LogHub::new(virga_logs::LogConfig {
+        dir: Some(args.data_dir.join("logs")),
+        ..virga_logs::LogConfig::default()
+    }));
+    let local = start_provider(&args, &store, &metrics, &logs)?;
+    let restored = local.provider.restore()?;
+    let provider: SharedProvider = local.provider.clone();
     virga_scaler::spawn(
         provider.clone(),
         virga_scaler::ScalerConfig {
@@ -202,35 +188,29 @@ async fn serve(mut args: UpArgs) -> Result<()> {
             ..virga_scaler::ScalerConfig::default()
         },
     );
-    let cfg = GatewayConfig {
-        max_body_bytes: args.max_body_bytes,
-        bundle_limits: virga_store::UnpackLimits {
-            max_bytes: args.max_bundle_unpacked_bytes,
-            max_entries: args.max_bundle_entries,
-        },
-        upstream_timeout: Duration::from_secs(args.upstream_timeout),
-        ..GatewayConfig::default()
-    };
     let state = AppState::new(
-        cfg,
+        gateway_config(&args),
         store,
-        provider.clone(),
+        provider,
         Credentials::new("admin", &password),
+        metrics,
+        logs,
     );
     crate::queue::start(&state, &args.queue, &args.data_dir, &args.async_calls).await?;
     let listeners = bind(&args).await?;
     let addr = listeners.api.local_addr()?;
     let console_addr = listeners.console.as_ref().map(|l| l.local_addr());
+    let isolation = local.provider.isolation();
     announce(
         addr,
         console_addr.transpose()?,
         &args.data_dir,
         restored,
-        provider.isolation(),
+        isolation,
     );
     println!(
         "  cold starts: {}",
-        start_paths(&args, provider.isolation(), node_addon.is_some())
+        start_paths(&args, isolation, local.node_addon)
     );
     println!("  connections: {}", connection_limits(&edge));
     if args.with_examples {
@@ -242,11 +222,64 @@ async fn serve(mut args: UpArgs) -> Result<()> {
         .await
         .context("serve HTTP")?;
     tracing::info!("stopping instances");
-    provider.shutdown().await;
-    if let Some(rt) = sandbox {
+    local.provider.shutdown().await;
+    if let Some(rt) = local.sandbox {
         rt.shutdown();
     }
     Ok(())
+}
+
+/// The local provider and what `virga up` keeps of its set-up.
+struct Local {
+    provider: Arc<LocalProvider>,
+    sandbox: Option<Arc<Runc>>,
+    /// Whether node's fork addon was found (for the start-up summary).
+    node_addon: bool,
+}
+
+/// The local provider over `store`, reporting into `metrics` and `logs`.
+fn start_provider(
+    args: &UpArgs,
+    store: &Arc<Store>,
+    metrics: &Arc<virga_metrics::Metrics>,
+    logs: &Arc<virga_logs::LogHub>,
+) -> Result<Local> {
+    let watchdog = watchdog_path(args.watchdog.as_deref())?;
+    let sandbox = sandbox_runtime(args.isolation, &args.data_dir, &watchdog)?;
+    let node_addon = node_addon_path();
+    let provider = LocalProvider::new(
+        ProviderConfig {
+            watchdog,
+            run_dir: args.data_dir.join("run"),
+            ready_timeout: Duration::from_secs(args.ready_timeout),
+            queue_timeout: Duration::from_millis(args.queue_timeout_ms),
+            sandbox: sandbox.clone(),
+            warm_pool: args.warm_pool,
+            runtimes: crate::templates::embedded_runtimes(),
+            zygote: !args.no_zygote,
+            node_addon: node_addon.clone(),
+            metrics: metrics.clone(),
+            logs: logs.clone(),
+        },
+        store.clone(),
+    )?;
+    Ok(Local {
+        provider: Arc::new(provider),
+        sandbox,
+        node_addon: node_addon.is_some(),
+    })
+}
+
+fn gateway_config(args: &UpArgs) -> GatewayConfig {
+    GatewayConfig {
+        max_body_bytes: args.max_body_bytes,
+        bundle_limits: virga_store::UnpackLimits {
+            max_bytes: args.max_bundle_unpacked_bytes,
+            max_entries: args.max_bundle_entries,
+        },
+        upstream_timeout: Duration::from_secs(args.upstream_timeout),
+        ..GatewayConfig::default()
+    }
 }
 
 /// File descriptors kept for everything but client connections: the store, logs, instances'

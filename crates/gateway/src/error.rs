@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use thiserror::Error;
-use virga_provider_local::ProviderError;
+use virga_provider::ProviderError;
 use virga_store::StoreError;
 use virga_types::Invalid;
 

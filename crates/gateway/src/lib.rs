@@ -3,7 +3,7 @@
 //! `/system/*`, and proxies `/function/*` calls to a ready instance from the provider.
 //!
 //! Follow one request: `listener` (hyper, timeouts, connection cap) → `router` (this file) →
-//! `invoke::proxy` → `LocalProvider::lease` → the instance's watchdog; management calls go
+//! `invoke::proxy` → `Provider::lease` → the instance's watchdog; management calls go
 //! `functions` / `secrets` → store → provider. The web console has an origin of its own
 //! (`console_router` on a second listener), so no function page shares it.
 
@@ -34,7 +34,7 @@ use axum::routing::{any, get, head, post};
 use axum::{middleware, Json, Router};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use virga_provider_local::LocalProvider;
+use virga_provider::SharedProvider;
 use virga_store::Store;
 use virga_types::{GatewayInfo, ProviderInfo, VersionInfo, DEFAULT_NAMESPACE};
 
@@ -71,7 +71,7 @@ impl Default for GatewayConfig {
 pub struct AppState {
     pub(crate) cfg: GatewayConfig,
     pub(crate) store: Arc<Store>,
-    pub(crate) provider: Arc<LocalProvider>,
+    pub(crate) provider: SharedProvider,
     pub(crate) credentials: Credentials,
     /// Failed sign-ins per client address.
     pub(crate) backoff: backoff::Backoff,
@@ -88,12 +88,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for a gateway over `store` and `provider`.
+    /// State for a gateway over `store` and `provider`, recording into `metrics` and reading
+    /// instance output from `logs` (the same ones `virga up` hands the provider).
     pub fn new(
         cfg: GatewayConfig,
         store: Arc<Store>,
-        provider: Arc<LocalProvider>,
+        provider: SharedProvider,
         credentials: Credentials,
+        metrics: Arc<virga_metrics::Metrics>,
+        logs: Arc<virga_logs::LogHub>,
     ) -> Arc<AppState> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -106,8 +109,8 @@ impl AppState {
             credentials,
             backoff: backoff::Backoff::new(),
             client,
-            metrics: provider.metrics().clone(),
-            logs: provider.logs().clone(),
+            metrics,
+            logs,
             provider,
             fn_metrics: metrics::FunctionHandles::default(),
             async_calls: std::sync::OnceLock::new(),
@@ -217,7 +220,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<GatewayInfo> {
     };
     Json(GatewayInfo {
         provider: ProviderInfo {
-            provider: "virga-local".into(),
+            provider: state.provider.name().into(),
             orchestration: "local".into(),
             version: version.clone(),
             isolation: state.provider.isolation().into(),

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use virga_provider::{Lease, LeaseSlot};
 
 use crate::boot::{boot, terminate, Booted};
 use crate::launch::Launch;
@@ -82,47 +83,30 @@ impl Instance {
     }
 }
 
-/// A claim on one instance for one request; releases the in-flight slot when dropped.
-pub struct Lease {
-    inst: Arc<Instance>,
-    addr: SocketAddr,
-}
-
-impl Lease {
-    /// The instance's watchdog address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+impl LeaseSlot for Instance {
+    fn id(&self) -> &str {
+        &self.id
     }
 
-    /// The instance id (for logs).
-    pub fn instance(&self) -> &str {
-        &self.inst.id
-    }
-}
-
-impl Lease {
-    /// The instance refused connections: take it out of rotation so a retry goes elsewhere
-    /// (its task replaces it once the process is seen gone).
-    pub fn mark_unreachable(&self) {
-        self.inst.ready.store(false, Ordering::SeqCst);
+    fn release(&self) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(wake) = &self.wake {
+            wake.notify_waiters();
+        }
     }
 
-    /// True when the instance's function was OOM-killed since the last time this was asked.
-    pub fn take_oom_kill(&self) -> bool {
-        let Some(launch) = self.inst.launch.get() else {
+    /// Out of rotation, so a retry goes elsewhere (its task replaces it once the process is
+    /// seen gone).
+    fn mark_unreachable(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    fn take_oom_kill(&self) -> bool {
+        let Some(launch) = self.launch.get() else {
             return false;
         };
         let now = launch.oom_kills();
-        now > self.inst.oom_seen.swap(now, Ordering::SeqCst)
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.inst.inflight.fetch_sub(1, Ordering::AcqRel);
-        if let Some(wake) = &self.inst.wake {
-            wake.notify_waiters();
-        }
+        now > self.oom_seen.swap(now, Ordering::SeqCst)
     }
 }
 
@@ -137,10 +121,7 @@ pub(crate) fn pick(list: &[Arc<Instance>]) -> Option<Lease> {
             continue;
         };
         if inst.claim() {
-            return Some(Lease {
-                inst: inst.clone(),
-                addr,
-            });
+            return Some(Lease::new(addr, inst.clone()));
         }
     }
     None

@@ -12,6 +12,7 @@ mod instance;
 mod launch;
 mod load;
 mod pool;
+mod provider;
 mod sandbox;
 mod spec;
 
@@ -21,18 +22,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use thiserror::Error;
 use tokio::sync::Notify;
 use virga_store::{Store, StoredFunction};
 use virga_types::ScalingPolicy;
 
 use instance::Instance;
-pub use instance::Lease;
-pub use load::FunctionLoad;
 pub use pool::PoolRuntime;
 use pool::{PoolUse, WarmPool};
 pub use sandbox::Runc;
 pub use spec::{InstanceSpec, OUTBOUND_ANNOTATION};
+pub use virga_provider::{FunctionLoad, Lease, ProviderError};
 
 /// Settings of the local provider.
 #[derive(Debug, Clone)]
@@ -60,42 +59,6 @@ pub struct ProviderConfig {
     /// The addon a node zygote forks with (`libvirga_node_zygote.so`); `None`: node runtimes
     /// start without a zygote.
     pub node_addon: Option<PathBuf>,
-}
-
-/// Errors the provider reports to the gateway.
-#[derive(Debug, Error)]
-pub enum ProviderError {
-    /// No function of that name is running here.
-    #[error("function {0:?} not found")]
-    NotFound(String),
-    /// No instance became ready in time.
-    #[error("function {name:?} has no ready instance after {waited:?}: {reason}")]
-    NotReady {
-        /// Function name.
-        name: String,
-        /// How long the request waited.
-        waited: Duration,
-        /// What the instances were doing.
-        reason: String,
-    },
-    /// Every instance is at its `max_inflight` and none freed up in time.
-    #[error("function {name:?} is at capacity: every instance has {limit} requests in flight (max_inflight), waited {waited:?}")]
-    AtCapacity {
-        /// Function name.
-        name: String,
-        /// The per-instance limit.
-        limit: usize,
-        /// How long the request waited.
-        waited: Duration,
-    },
-    /// The function's code or secrets could not be prepared.
-    #[error("cannot prepare function {name:?}: {reason}")]
-    Prepare {
-        /// Function name.
-        name: String,
-        /// Why.
-        reason: String,
-    },
 }
 
 /// Instance numbers, unique for the platform's life (sandbox names derive from them).
@@ -390,16 +353,6 @@ impl LocalProvider {
                 }
             })
             .collect()
-    }
-
-    /// The metrics registry instances report into.
-    pub fn metrics(&self) -> &Arc<virga_metrics::Metrics> {
-        &self.cfg.metrics
-    }
-
-    /// The hub holding the instances' output.
-    pub fn logs(&self) -> &Arc<virga_logs::LogHub> {
-        &self.cfg.logs
     }
 
     /// Stop every instance (platform shutdown) and wait for them to exit.

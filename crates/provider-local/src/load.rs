@@ -5,26 +5,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use virga_types::{ScaleType, ScalingPolicy};
+use virga_provider::FunctionLoad;
+use virga_types::ScaleType;
 
 use crate::{Function, LocalProvider};
-
-/// One function's load at one moment.
-#[derive(Debug, Clone)]
-pub struct FunctionLoad {
-    /// Function name.
-    pub name: String,
-    /// Its scaling labels.
-    pub policy: ScalingPolicy,
-    /// Wanted instances now.
-    pub desired: u64,
-    /// Requests in flight on instances plus those waiting for one.
-    pub inflight: u64,
-    /// Requests that arrived since the function was deployed (monotonic).
-    pub arrivals: u64,
-    /// CPU seconds used by its live instances (only for `cpu`-type functions).
-    pub cpu_seconds: Option<f64>,
-}
 
 impl LocalProvider {
     /// The load of every deployed function.

@@ -11,10 +11,9 @@
 //! is tested without processes or sleeping.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virga_provider_local::{FunctionLoad, LocalProvider};
+use virga_provider::{FunctionLoad, SharedProvider};
 use virga_types::ScaleType;
 
 /// A source of the current time.
@@ -43,15 +42,18 @@ pub trait Fleet: Send + Sync {
     fn scale_to_zero(&self, name: &str, arrivals: u64) -> bool;
 }
 
-impl Fleet for LocalProvider {
+/// The fleet of a provider: the provider seam's load and replica calls.
+struct ProviderFleet(SharedProvider);
+
+impl Fleet for ProviderFleet {
     fn loads(&self) -> Vec<FunctionLoad> {
-        LocalProvider::loads(self)
+        self.0.loads()
     }
     fn set_replicas(&self, name: &str, replicas: u64) {
-        self.autoscale(name, replicas);
+        self.0.autoscale(name, replicas);
     }
     fn scale_to_zero(&self, name: &str, arrivals: u64) -> bool {
-        self.scale_idle_to_zero(name, arrivals)
+        self.0.scale_idle_to_zero(name, arrivals)
     }
 }
 
@@ -205,14 +207,15 @@ fn load(kind: ScaleType, samples: &VecDeque<Sample>) -> f64 {
 }
 
 /// Run the autoscaler over `provider` on the real clock until the runtime stops.
-pub fn spawn(provider: Arc<LocalProvider>, cfg: ScalerConfig) -> tokio::task::JoinHandle<()> {
+pub fn spawn(provider: SharedProvider, cfg: ScalerConfig) -> tokio::task::JoinHandle<()> {
+    let fleet = ProviderFleet(provider);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(cfg.interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut scaler = Scaler::new(cfg, SystemClock);
         loop {
             every.tick().await;
-            scaler.tick(provider.as_ref());
+            scaler.tick(&fleet);
         }
     })
 }

@@ -1,7 +1,7 @@
 //! The policy against a fake fleet on a manual clock.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use virga_types::ScalingPolicy;
 
