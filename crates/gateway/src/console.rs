@@ -188,7 +188,15 @@ mod tests {
 
     #[test]
     fn embeds_the_console_files() {
-        for f in ["index.html", "app.js", "style.css", "favicon.svg"] {
+        for f in [
+            "index.html",
+            "app.js",
+            "core.js",
+            "chart.js",
+            "edit.js",
+            "style.css",
+            "favicon.svg",
+        ] {
             assert!(ASSETS.get_file(f).is_some(), "{f} is not embedded");
             assert!(etags().contains_key(f));
         }

@@ -209,6 +209,17 @@ impl Browser {
         .to_string()
     }
 
+    /// Value of the form control `selector` ("" if missing).
+    pub fn value(&mut self, selector: &str) -> String {
+        let sel = serde_json::to_string(selector).unwrap();
+        self.eval(&format!(
+            "(document.querySelector({sel}) || {{}}).value || ''"
+        ))
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
     /// Save a PNG of the whole page to `path`.
     pub fn screenshot(&mut self, path: &Path) {
         let height = self
