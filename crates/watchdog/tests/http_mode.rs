@@ -289,6 +289,7 @@ c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 if os.environ.get("MODE") == "read":
     request(c)
 else:
+    l.close()  # no later connection can wait in this process's backlog
     time.sleep(0.3)
 os._exit(0)
 "#;
