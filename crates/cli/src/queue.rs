@@ -56,7 +56,7 @@ pub struct AsyncArgs {
 }
 
 fn duration(v: &str) -> Result<Duration, String> {
-    virga_queue::parse_duration(v)
+    virga_types::duration::parse(v)
 }
 
 impl AsyncArgs {

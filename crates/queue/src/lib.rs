@@ -27,8 +27,8 @@ use thiserror::Error;
 
 pub use addr::{is_internal, CallbackPolicy};
 pub use policy::{
-    parse_duration, Backoff, Clock, FunctionPolicy, Jitter, PolicyError, RetryPolicy, SystemClock,
-    Timing, ANN_MAX_INFLIGHT, ANN_QUEUE, ANN_RETRY_ATTEMPTS, ANN_RETRY_CODES, ANN_RETRY_MAX_WAIT,
+    Backoff, Clock, FunctionPolicy, Jitter, PolicyError, RetryPolicy, SystemClock, Timing,
+    ANN_MAX_INFLIGHT, ANN_QUEUE, ANN_RETRY_ATTEMPTS, ANN_RETRY_CODES, ANN_RETRY_MAX_WAIT,
     ANN_RETRY_MIN_WAIT, DEFAULT_QUEUE,
 };
 pub use types::{Call, CallResult, DeadLetter, DeadLetterInfo, Failed, Limits, QueueStats};

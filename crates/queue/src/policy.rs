@@ -141,10 +141,12 @@ impl FunctionPolicy {
             p.retry.codes = codes;
         }
         if let Some(v) = get(ANN_RETRY_MIN_WAIT) {
-            p.retry.min_wait = parse_duration(v).map_err(|r| bad(ANN_RETRY_MIN_WAIT, r))?;
+            p.retry.min_wait =
+                virga_types::duration::parse(v).map_err(|r| bad(ANN_RETRY_MIN_WAIT, r))?;
         }
         if let Some(v) = get(ANN_RETRY_MAX_WAIT) {
-            p.retry.max_wait = parse_duration(v).map_err(|r| bad(ANN_RETRY_MAX_WAIT, r))?;
+            p.retry.max_wait =
+                virga_types::duration::parse(v).map_err(|r| bad(ANN_RETRY_MAX_WAIT, r))?;
         }
         if p.retry.max_wait < p.retry.min_wait {
             return Err(bad(
@@ -187,39 +189,6 @@ pub fn validate_queue_name(v: &str) -> Result<(), String> {
             "{v:?} is not a queue name: use 1-64 letters, digits, '-' or '_'"
         ))
     }
-}
-
-/// Parse a Go-style duration: `250ms`, `5s`, `1m30s`, `2h`; a bare number is seconds.
-pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let err = || format!("{v:?} is not a duration (expected e.g. 500ms, 5s, 1m)");
-    if let Ok(secs) = v.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = v;
-    if rest.is_empty() {
-        return Err(err());
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
-        let n: f64 = rest[..num_end].parse().map_err(|_| err())?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_end] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(err()),
-        };
-        rest = &rest[unit_end..];
-        total += Duration::try_from_secs_f64(n * unit).map_err(|_| err())?;
-    }
-    Ok(total)
 }
 
 /// A source of the current time in milliseconds since the Unix epoch.
@@ -329,16 +298,6 @@ mod tests {
         ])))
         .unwrap_err();
         assert_eq!(e.annotation, ANN_RETRY_MAX_WAIT);
-    }
-
-    #[test]
-    fn durations_in_go_syntax() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("1h2m").unwrap(), Duration::from_secs(3720));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("ms").is_err());
     }
 
     #[test]

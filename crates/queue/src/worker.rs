@@ -156,11 +156,6 @@ impl WorkerPool {
         Ok(pool)
     }
 
-    /// The queue the pool works on.
-    pub fn queue(&self) -> &SharedQueue {
-        &self.queue
-    }
-
     /// The pool's settings.
     pub fn config(&self) -> &PoolConfig {
         &self.cfg
