@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use virga_gateway::{AppState, Credentials, GatewayConfig, Listeners, ServeConfig};
 use virga_provider_local::{LocalProvider, ProviderConfig, Runc};
-use virga_store::Store;
+use virga_store::SecretsKey;
+
+use crate::at_rest;
 
 /// Options of `virga up`.
 #[derive(Debug, clap::Args)]
@@ -43,6 +45,11 @@ pub struct UpArgs {
     /// Directory of the embedded store, bundles and runtime files.
     #[arg(long, default_value = "./.virga", env = "VIRGA_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// File holding the key secrets are sealed with, created (0600) at first start
+    /// [default: /etc/virga/secrets.key as root, else ~/.config/virga/secrets.key];
+    /// `VIRGA_SECRETS_KEY` (the key itself) takes precedence.
+    #[arg(long, env = "VIRGA_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
     /// Deploy the example functions once the gateway is up.
     #[arg(long)]
     pub with_examples: bool,
@@ -131,8 +138,10 @@ pub enum LogFormat {
 /// Run the platform until SIGINT/SIGTERM.
 pub fn run(args: UpArgs) -> Result<()> {
     init_logs(args.log_format);
+    // Before the runtime's threads exist: the variable is removed from the environment.
+    let env_key = crate::at_rest::take_env_key()?;
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    rt.block_on(serve(args))
+    rt.block_on(serve(args, env_key))
 }
 
 fn init_logs(format: LogFormat) {
@@ -147,14 +156,14 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-async fn serve(mut args: UpArgs) -> Result<()> {
+async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
     let edge = serve_config(&args)?;
-    let store = Arc::new(
-        Store::open(&args.data_dir)
-            .with_context(|| format!("open the data directory {}", args.data_dir.display()))?,
-    );
+    let (store, key_origin) =
+        at_rest::open_store(&args.data_dir, env_key, args.secrets_key_file.as_deref())?;
+    let store = Arc::new(store);
     // Sandbox configs, mounts and sockets need absolute paths: `./.virga` is the default.
     args.data_dir = store.dir().to_path_buf();
+    let secrets_tmpfs = at_rest::SecretsTmpfs::create(&args.data_dir)?;
     let password = admin_password(&args.data_dir)?;
     let watchdog = watchdog_path(args.watchdog.as_deref())?;
     let sandbox = sandbox_runtime(args.isolation, &args.data_dir, &watchdog)?;
@@ -163,6 +172,7 @@ async fn serve(mut args: UpArgs) -> Result<()> {
         ProviderConfig {
             watchdog,
             run_dir: args.data_dir.join("run"),
+            secrets_dir: secrets_tmpfs.path().to_path_buf(),
             ready_timeout: Duration::from_secs(args.ready_timeout),
             queue_timeout: Duration::from_millis(args.queue_timeout_ms),
             sandbox: sandbox.clone(),
@@ -217,6 +227,10 @@ async fn serve(mut args: UpArgs) -> Result<()> {
         start_paths(&args, provider.isolation(), node_addon.is_some())
     );
     println!("  connections: {}", connection_limits(&edge));
+    println!(
+        "  secrets: sealed {key_origin}; instances read them from {}",
+        secrets_tmpfs.describe()
+    );
     if args.with_examples {
         let url = format!("http://{addr}");
         let dir = args.data_dir.clone();
@@ -230,6 +244,7 @@ async fn serve(mut args: UpArgs) -> Result<()> {
     if let Some(rt) = sandbox {
         rt.shutdown();
     }
+    drop(secrets_tmpfs);
     Ok(())
 }
 

@@ -34,6 +34,10 @@ pub struct Platform {
     extra_args: Vec<String>,
     /// RLIMIT_NOFILE (soft, hard) of the platform's process, if limited.
     nofile: Option<(u64, u64)>,
+    /// Extra environment variables of the platform's process.
+    envs: Vec<(String, String)>,
+    /// File the platform's stderr is appended to (inherited when `None`).
+    stderr: Option<PathBuf>,
 }
 
 /// Path of the `virga` binary under test.
@@ -54,7 +58,31 @@ impl Platform {
 
     /// Start with extra arguments and, if given, the open-file limit `nofile` (soft, hard).
     pub fn start_limited(data_dir: &Path, extra: &[&str], nofile: Option<(u64, u64)>) -> Platform {
-        let mut p = Platform {
+        let mut p = Platform::new(data_dir, extra, nofile);
+        p.launch();
+        p
+    }
+
+    /// Start with extra arguments, environment variables `envs`, and stderr appended to
+    /// the file `stderr` if given.
+    pub fn start_env(
+        data_dir: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+        stderr: Option<&Path>,
+    ) -> Platform {
+        let mut p = Platform::new(data_dir, extra, None);
+        p.envs = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        p.stderr = stderr.map(Path::to_path_buf);
+        p.launch();
+        p
+    }
+
+    fn new(data_dir: &Path, extra: &[&str], nofile: Option<(u64, u64)>) -> Platform {
+        Platform {
             child: None,
             url: String::new(),
             console_url: None,
@@ -65,9 +93,9 @@ impl Platform {
                 .unwrap(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             nofile,
-        };
-        p.launch();
-        p
+            envs: Vec::new(),
+            stderr: None,
+        }
     }
 
     fn launch(&mut self) {
@@ -78,8 +106,17 @@ impl Platform {
             .args(&self.extra_args)
             .env("VIRGA_ADMIN_PASSWORD", PASSWORD)
             .env("VIRGA_LOG", "warn")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match &self.stderr {
+                Some(path) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap()
+                    .into(),
+                None => Stdio::inherit(),
+            });
         if let Some((soft, hard)) = self.nofile {
             use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {
