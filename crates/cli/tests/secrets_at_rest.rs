@@ -145,6 +145,31 @@ fn mounted(point: &Path) -> usize {
     mounts().iter().filter(|(p, _)| p == point).count()
 }
 
+/// Secrets directories as two other platforms left them: one whose process is gone and one
+/// whose process (this test) still runs.
+fn leftovers_of_other_platforms() -> (PathBuf, PathBuf) {
+    let start = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let (_, rest) = stat.rsplit_once(')').unwrap();
+        rest.split_whitespace().nth(19).unwrap().to_string()
+    };
+    let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+    let dead = (child.id(), start(child.id()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let me = (std::process::id(), start(std::process::id()));
+    let tag = hex::encode(rand::random::<[u8; 6]>());
+    let dirs = [("gone", dead), ("alive", me)].map(|(what, (pid, start))| {
+        let dir = PathBuf::from(format!("/run/virga-secrets-test-{what}-{tag}"));
+        std::fs::create_dir_all(dir.join("1-f")).unwrap();
+        std::fs::write(dir.join("s"), "x").unwrap();
+        std::fs::write(dir.join(".owner"), format!("{pid} {start}\n")).unwrap();
+        dir
+    });
+    let [gone, alive] = dirs;
+    (gone, alive)
+}
+
 /// Create the secrets `plain` (a value) and `raw` (a rawValue of bytes that are not text).
 fn create_secrets(p: &Platform, plain: &[u8], raw: &[u8]) {
     p.create_secret("plain", std::str::from_utf8(plain).unwrap());
@@ -183,15 +208,21 @@ fn secrets_are_sealed_at_rest_and_instances_read_them_from_a_tmpfs() {
     let log = tmp.path().join("platform.log");
     let (plain, raw) = (random_text("plain-"), random(&[0, 0xff, 0x7f]));
     let (np, nr) = (Needle::new("plain", &plain), Needle::new("raw", &raw));
+    let (gone, alive) = leftovers_of_other_platforms();
     // The platform's own logs at their most talkative, to see no value goes there either.
     let envs = [("VIRGA_LOG", "trace")];
     let mut p = Platform::start_env(&data, &[], &envs, Some(&log));
+    assert!(!gone.exists(), "{gone:?}: its platform is gone");
+    assert!(alive.join("s").exists(), "{alive:?}: its platform runs");
+    std::fs::remove_dir_all(&alive).unwrap();
     create_secrets(&p, &plain, &raw);
     let show = script(tmp.path(), "show.sh", &reader("$secret_mount_path"));
     p.deploy_process("reader", &show, json!({"secrets": ["plain", "raw"]}));
     let (got_plain, got_raw, dir) = read_secrets(&p, "reader");
     assert_eq!((got_plain, got_raw), (plain.clone(), raw.clone()));
 
+    let found = scan(&data, &[&np, &nr]);
+    assert!(found.is_empty(), "secret values at rest: {found:#?}");
     // The instance's files: 0600 in a 0700 directory on a tmpfs outside the data directory.
     let point = check_tmpfs(&dir, &data);
     for name in ["plain", "raw"] {
@@ -201,8 +232,6 @@ fn secrets_are_sealed_at_rest_and_instances_read_them_from_a_tmpfs() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{name}");
     }
-    let found = scan(&data, &[&np, &nr]);
-    assert!(found.is_empty(), "secret values at rest: {found:#?}");
 
     // A clean stop takes the tmpfs away; a start with the key reads the secrets again.
     assert!(p.terminate().success());
@@ -249,6 +278,8 @@ fn sandboxed_instances_read_sealed_secrets_from_the_tmpfs_as_their_own_user() {
     );
     let (got_plain, got_raw, _) = read_secrets(&p, "reader");
     assert_eq!((got_plain, got_raw), (plain.clone(), raw.clone()));
+    let found = scan(&data, &[&np, &nr]);
+    assert!(found.is_empty(), "secret values at rest: {found:#?}");
 
     // The host side of the sandbox's secrets: the one tmpfs file holding this value.
     let files: Vec<PathBuf> = std::fs::read_dir("/run")
@@ -272,8 +303,6 @@ fn sandboxed_instances_read_sealed_secrets_from_the_tmpfs_as_their_own_user() {
         let want = if f == dir { 0o700 } else { 0o600 };
         assert_eq!(meta.permissions().mode() & 0o777, want, "{f:?}");
     }
-    let found = scan(&data, &[&np, &nr]);
-    assert!(found.is_empty(), "secret values at rest: {found:#?}");
     assert!(p.terminate().success());
     assert_eq!(mounted(&point), 0, "{point:?} still mounted");
     assert!(!point.exists());
