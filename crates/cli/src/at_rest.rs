@@ -263,7 +263,7 @@ fn clear(path: &Path) -> Result<()> {
             meta.uid()
         );
     }
-    if meta.is_dir() {
+    let removed = if meta.is_dir() {
         let c = cpath(path)?;
         for _ in 0..8 {
             // SAFETY: umount2 on a NUL-terminated path; it fails harmlessly once nothing is
@@ -275,8 +275,12 @@ fn clear(path: &Path) -> Result<()> {
         fs::remove_dir_all(path)
     } else {
         fs::remove_file(path)
+    };
+    match removed {
+        // Another platform's start swept it at the same time.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.with_context(|| format!("remove {}", path.display())),
     }
-    .with_context(|| format!("remove {}", path.display()))
 }
 
 /// The start time of process `pid` (clock ticks since boot), from `/proc/PID/stat`.

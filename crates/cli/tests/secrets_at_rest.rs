@@ -453,3 +453,109 @@ fn plain_secrets_of_an_older_version_are_sealed_at_start() {
     p.restart();
     assert_eq!(p.invoke("reader", "").text().unwrap().as_bytes(), second);
 }
+
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn without_root_the_key_is_in_the_config_dir_and_the_files_on_dev_shm() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&home).unwrap();
+    let show = script(tmp.path(), "show.sh", &reader("$secret_mount_path"));
+    for p in [tmp.path(), &home, Path::new(&show)] {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    let mut child = KillOnDrop(
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "env",
+                "-i",
+            ])
+            .arg(format!("HOME={}", home.display()))
+            .arg(format!("VIRGA_ADMIN_PASSWORD={PASSWORD}"))
+            .arg("VIRGA_LOG=warn")
+            .arg(virga_bin())
+            .args(["up", "--listen", "127.0.0.1:0", "--isolation", "process"])
+            .args(["--warm-pool", "0", "--data-dir"])
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .strip_prefix("Virga gateway listening on ")
+        .unwrap()
+        .to_string();
+    std::thread::spawn(move || for _ in lines {});
+    let http = reqwest::blocking::Client::new();
+    let sys = |path: &str, body: serde_json::Value| {
+        let r = http
+            .post(format!("{url}{path}"))
+            .basic_auth("admin", Some(PASSWORD));
+        r.json(&body).send().unwrap().status().as_u16()
+    };
+    let plain = random_text("unprivileged-");
+    let value = String::from_utf8(plain.clone()).unwrap();
+    assert_eq!(
+        sys("/system/secrets", json!({"name": "plain", "value": value})),
+        201
+    );
+    assert_eq!(
+        sys(
+            "/system/secrets",
+            json!({"name": "raw", "rawValue": "AAE="})
+        ),
+        201
+    );
+    let f = json!({"service": "reader", "envProcess": show, "secrets": ["plain", "raw"]});
+    assert_eq!(sys("/system/functions", f), 202);
+    let out = http
+        .post(format!("{url}/function/reader"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], [value.as_str(), "0001"], "{out}");
+    let dir = PathBuf::from(lines[2]);
+    let root = dir.parent().unwrap().to_path_buf();
+    assert!(
+        root.to_string_lossy()
+            .starts_with("/dev/shm/virga-secrets-"),
+        "{out}"
+    );
+    assert_eq!(mount_of(&dir).1, "tmpfs");
+    let meta = std::fs::metadata(&root).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.permissions().mode() & 0o777),
+        (65534, 0o700)
+    );
+    let key = std::fs::metadata(home.join(".config/virga/secrets.key")).unwrap();
+    assert_eq!(
+        (key.uid(), key.permissions().mode() & 0o777),
+        (65534, 0o600)
+    );
+    let found = scan(&data, &[&Needle::new("plain", &plain)]);
+    assert!(found.is_empty(), "secret values at rest: {found:#?}");
+
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(child.0.wait().unwrap().success());
+    assert!(!root.exists(), "{root:?} left behind");
+}
