@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod at_rest;
 mod builder;
 mod client;
 mod config;

@@ -13,7 +13,9 @@ use anyhow::{bail, Context, Result};
 use virga_gateway::{AppState, Credentials, GatewayConfig, Listeners, ServeConfig};
 use virga_provider::SharedProvider;
 use virga_provider_local::{LocalProvider, ProviderConfig, Runc};
-use virga_store::Store;
+use virga_store::{SecretsKey, Store};
+
+use crate::at_rest;
 
 /// Options of `virga up`.
 #[derive(Debug, clap::Args)]
@@ -44,6 +46,11 @@ pub struct UpArgs {
     /// Directory of the embedded store, bundles and runtime files.
     #[arg(long, default_value = "./.virga", env = "VIRGA_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// File holding the key secrets are sealed with, created (0600) at first start
+    /// [default: /etc/virga/secrets.key as root, else ~/.config/virga/secrets.key];
+    /// `VIRGA_SECRETS_KEY` (the key itself) takes precedence.
+    #[arg(long, env = "VIRGA_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
     /// Deploy the example functions once the gateway is up.
     #[arg(long)]
     pub with_examples: bool,
@@ -135,8 +142,10 @@ pub enum LogFormat {
 /// Run the platform until SIGINT/SIGTERM.
 pub fn run(args: UpArgs) -> Result<()> {
     init_logs(args.log_format);
+    // Before the runtime's threads exist: the variable is removed from the environment.
+    let env_key = crate::at_rest::take_env_key()?;
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    rt.block_on(serve(args))
+    rt.block_on(serve(args, env_key))
 }
 
 fn init_logs(format: LogFormat) {
@@ -151,34 +160,21 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// Open the store, waiting a little while its file is locked: right after a crash, a child of
-/// the previous run that was between fork and exec still shares the lock until it dies.
-async fn open_store(dir: &Path) -> Result<Store> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match Store::open(dir) {
-            Err(virga_store::StoreError::Db(e))
-                if e.contains("already open") && std::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            r => return r.with_context(|| format!("open the data directory {}", dir.display())),
-        }
-    }
-}
-
-async fn serve(mut args: UpArgs) -> Result<()> {
+async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
     let edge = serve_config(&args)?;
-    let store = Arc::new(open_store(&args.data_dir).await?);
+    let (store, key_origin) =
+        at_rest::open_store(&args.data_dir, env_key, args.secrets_key_file.as_deref())?;
+    let store = Arc::new(store);
     // Sandbox configs, mounts and sockets need absolute paths: `./.virga` is the default.
     args.data_dir = store.dir().to_path_buf();
+    let secrets_tmpfs = at_rest::SecretsTmpfs::create(&args.data_dir)?;
     let password = admin_password(&args.data_dir)?;
     let metrics = Arc::new(virga_metrics::Metrics::new());
     let logs = Arc::new(virga_logs::LogHub::new(virga_logs::LogConfig {
         dir: Some(args.data_dir.join("logs")),
         ..virga_logs::LogConfig::default()
     }));
-    let local = start_provider(&args, &store, &metrics, &logs)?;
+    let local = start_provider(&args, &store, &metrics, &logs, secrets_tmpfs.path())?;
     let restored = local.provider.restore()?;
     let provider: SharedProvider = local.provider.clone();
     virga_scaler::spawn(
@@ -213,6 +209,10 @@ async fn serve(mut args: UpArgs) -> Result<()> {
         start_paths(&args, isolation, local.node_addon)
     );
     println!("  connections: {}", connection_limits(&edge));
+    println!(
+        "  secrets: sealed {key_origin}; instances read them from {}",
+        secrets_tmpfs.describe()
+    );
     if args.with_examples {
         let url = format!("http://{addr}");
         let dir = args.data_dir.clone();
@@ -226,6 +226,7 @@ async fn serve(mut args: UpArgs) -> Result<()> {
     if let Some(rt) = local.sandbox {
         rt.shutdown();
     }
+    drop(secrets_tmpfs);
     Ok(())
 }
 
@@ -237,12 +238,14 @@ struct Local {
     node_addon: bool,
 }
 
-/// The local provider over `store`, reporting into `metrics` and `logs`.
+/// The local provider over `store`, reporting into `metrics` and `logs`, writing instances'
+/// secret files under `secrets_dir`.
 fn start_provider(
     args: &UpArgs,
     store: &Arc<Store>,
     metrics: &Arc<virga_metrics::Metrics>,
     logs: &Arc<virga_logs::LogHub>,
+    secrets_dir: &Path,
 ) -> Result<Local> {
     let watchdog = watchdog_path(args.watchdog.as_deref())?;
     let sandbox = sandbox_runtime(args.isolation, &args.data_dir, &watchdog)?;
@@ -251,6 +254,7 @@ fn start_provider(
         ProviderConfig {
             watchdog,
             run_dir: args.data_dir.join("run"),
+            secrets_dir: secrets_dir.to_path_buf(),
             ready_timeout: Duration::from_secs(args.ready_timeout),
             queue_timeout: Duration::from_millis(args.queue_timeout_ms),
             sandbox: sandbox.clone(),

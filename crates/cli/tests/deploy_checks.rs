@@ -70,7 +70,8 @@ fn stored_replica_counts_beyond_the_bounds_are_clamped_at_start() {
     let dir = tempfile::tempdir().unwrap();
     {
         // What an older gateway stored without checking.
-        let store = virga_store::Store::open(dir.path()).unwrap();
+        let store =
+            virga_store::Store::open(dir.path(), virga_store::SecretsKey::random()).unwrap();
         let f: virga_store::StoredFunction = serde_json::from_value(json!({
             "deployment": {"service": "old", "envProcess": "cat", "namespace": "openfaas-fn",
                            "labels": {"com.openfaas.scale.max": "2"}},

@@ -38,8 +38,11 @@ pub use virga_provider::{FunctionLoad, Lease, ProviderError};
 pub struct ProviderConfig {
     /// Path of the `virga-watchdog` binary.
     pub watchdog: PathBuf,
-    /// Directory for per-function runtime files (secrets, empty homes); wiped at start.
+    /// Directory for per-function runtime files (empty homes, runtimes); wiped at start.
     pub run_dir: PathBuf,
+    /// Empty directory on a tmpfs outside the data directory, where each definition's
+    /// secrets are written for its instances (the caller creates and removes it).
+    pub secrets_dir: PathBuf,
     /// How long a request waits for an instance to become ready.
     pub ready_timeout: Duration,
     /// How long a request waits for a free slot when every instance is at `max_inflight`.

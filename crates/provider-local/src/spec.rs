@@ -1,6 +1,6 @@
 //! What an instance of a function runs: the watchdog environment (template defaults from the
 //! bundle manifest, then the function's envVars, then envProcess), its working directory and
-//! its secrets, written 0600 under the run directory.
+//! its secrets, written 0600 to the secrets tmpfs (never into the data directory).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -140,7 +140,7 @@ impl InstanceSpec {
         // A directory of this definition's own: the instances of the one it replaces keep
         // theirs until they are gone (and keep them whole if this one fails to prepare).
         let generation = NEXT_SECRETS.fetch_add(1, Ordering::Relaxed);
-        let secrets_dir = fn_dir.join(format!("secrets-{generation}"));
+        let secrets_dir = cfg.secrets_dir.join(format!("{generation}-{name}"));
         let written =
             write_secrets(store, &secrets_dir, &d.secrets).and_then(|()| match &cfg.sandbox {
                 Some(_) => crate::sandbox::hand_over_secrets(&secrets_dir),

@@ -1,4 +1,5 @@
-//! Functions and secrets in redb. Values are JSON so the schema can grow without migrations.
+//! Functions and secrets in redb. Functions are JSON so the schema can grow without
+//! migrations; secrets are sealed (`sealed`) under a key that is not in the data directory.
 
 use std::fs;
 use std::io::Write;
@@ -11,11 +12,15 @@ use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use virga_types::{FunctionDeployment, ScalingPolicy, MAX_REPLICAS};
+use zeroize::Zeroizing;
 
-use crate::{is_disk_full, Bundles, Result, StoreError};
+use crate::{is_disk_full, Bundles, Result, SecretsKey, StoreError};
 
-const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
-const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// Functions by name, as JSON.
+pub(crate) const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
+/// Secrets by name, each value sealed.
+pub(crate) const SEALED_SECRETS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("sealed_secrets");
 
 /// A deployed function as stored: the deployment plus what the platform decided about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +44,7 @@ pub struct Store {
     db_path: PathBuf,
     bundles: Bundles,
     dir: PathBuf,
+    key: SecretsKey,
     /// Set when the disk failed the store, cleared when a write succeeds.
     failing: AtomicBool,
     /// The last such failure, for `/healthz`.
@@ -47,7 +53,7 @@ pub struct Store {
 
 /// A redb error as a store error: I/O failures (a full disk above all) are told apart,
 /// since they close the database and answer 507/503 rather than 500.
-fn db_err(e: impl Into<redb::Error>) -> StoreError {
+pub(crate) fn db_err(e: impl Into<redb::Error>) -> StoreError {
     match e.into() {
         redb::Error::Io(io) if is_disk_full(&io) => StoreError::Full("database write".into()),
         redb::Error::Io(io) => StoreError::Unavailable(format!("database I/O error: {io}")),
@@ -62,6 +68,25 @@ fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Db(format!("stored value: {e}"))
 }
 
+/// Refuse `key` unless every sealed secret in `db` (at `path`) opens with it: starting
+/// with another key would leave every secret unreadable.
+fn check_key(db: &Database, key: &SecretsKey, path: &Path) -> Result<()> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let table = tx.open_table(SEALED_SECRETS).map_err(db_err)?;
+    for row in table.iter().map_err(db_err)? {
+        let (name, sealed) = row.map_err(db_err)?;
+        if key.open(name.value(), sealed.value()).is_none() {
+            return Err(StoreError::WrongKey(format!(
+                "secret {:?} in {} does not open with this key: the secrets were sealed \
+                 with another key (or altered)",
+                name.value(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A stored function, with a replica count from before the cap brought within it.
 fn decode_function(bytes: &[u8]) -> Result<StoredFunction> {
     let mut f: StoredFunction = serde_json::from_slice(bytes).map_err(json_err)?;
@@ -72,8 +97,10 @@ fn decode_function(bytes: &[u8]) -> Result<StoredFunction> {
 }
 
 impl Store {
-    /// Open (or create) the store in `dir`, which is created with mode 0700.
-    pub fn open(dir: &Path) -> Result<Store> {
+    /// Open (or create) the store in `dir`, which is created with mode 0700, with secrets
+    /// sealed under `key`. Plain secrets an older version stored are sealed first; a store
+    /// whose secrets do not open with `key` is refused ([`StoreError::WrongKey`]).
+    pub fn open(dir: &Path, key: SecretsKey) -> Result<Store> {
         fs::create_dir_all(dir).map_err(StoreError::io(format!("create {}", dir.display())))?;
         // Absolute from here on: bundle paths end up in sandbox configs and mounts.
         let dir =
@@ -89,16 +116,22 @@ impl Store {
             .open(&path)
             .map_err(StoreError::io(format!("open {}", path.display())))?;
         let db = Database::create(&path).map_err(db_err)?;
+        let (db, sealed) = crate::migrate::seal_plain_secrets(db, &path, &key)?;
+        if sealed > 0 {
+            tracing::info!("store: {sealed} plain-text secrets of an older version sealed");
+        }
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(FUNCTIONS).map_err(db_err)?;
-        tx.open_table(SECRETS).map_err(db_err)?;
+        tx.open_table(SEALED_SECRETS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
+        check_key(&db, &key, &path)?;
         let bundles = Bundles::open(&dir.join("bundles"))?;
         Ok(Store {
             db: RwLock::new(Some(db)),
             db_path: path,
             bundles,
             dir: dir.to_path_buf(),
+            key,
             failing: AtomicBool::new(false),
             failure: Mutex::new(String::new()),
         })
@@ -195,12 +228,26 @@ impl Store {
     /// transaction, so of concurrent creates exactly one succeeds; the others get
     /// [`StoreError::Exists`].
     pub fn create_function(&self, f: &StoredFunction) -> Result<()> {
-        self.write(FUNCTIONS, "function", &f.deployment.service, f, Some(false))
+        let bytes = serde_json::to_vec(f).map_err(json_err)?;
+        self.write(
+            FUNCTIONS,
+            "function",
+            &f.deployment.service,
+            bytes,
+            Some(false),
+        )
     }
 
     /// Replace a function; fails with [`StoreError::NotFound`] when it does not exist.
     pub fn update_function(&self, f: &StoredFunction) -> Result<()> {
-        self.write(FUNCTIONS, "function", &f.deployment.service, f, Some(true))
+        let bytes = serde_json::to_vec(f).map_err(json_err)?;
+        self.write(
+            FUNCTIONS,
+            "function",
+            &f.deployment.service,
+            bytes,
+            Some(true),
+        )
     }
 
     /// One function.
@@ -239,19 +286,24 @@ impl Store {
         self.delete(FUNCTIONS, &f.deployment.service, Some(&bytes))
     }
 
-    /// Store a secret: `create` fails when it exists, otherwise it must exist.
+    /// Store a secret, sealed: `create` fails when it exists, otherwise it must exist.
     pub fn put_secret(&self, name: &str, value: &[u8], create: bool) -> Result<()> {
-        self.write(SECRETS, "secret", name, &value, Some(!create))
+        let sealed = self.key.seal(name, value)?;
+        self.write(SEALED_SECRETS, "secret", name, sealed, Some(!create))
     }
 
-    /// A secret's value.
-    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+    /// A secret's value (wiped from memory when dropped).
+    pub fn secret(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
         self.with_db(false, |db| {
             let tx = db.begin_read().map_err(db_err)?;
-            let table = tx.open_table(SECRETS).map_err(db_err)?;
+            let table = tx.open_table(SEALED_SECRETS).map_err(db_err)?;
             let row = table.get(name).map_err(db_err)?;
-            row.map(|v| serde_json::from_slice(v.value()).map_err(json_err))
-                .transpose()
+            row.map(|v| {
+                self.key.open(name, v.value()).ok_or_else(|| {
+                    StoreError::WrongKey(format!("secret {name:?} was altered on disk"))
+                })
+            })
+            .transpose()
         })
     }
 
@@ -259,7 +311,7 @@ impl Store {
     pub fn secret_names(&self) -> Result<Vec<String>> {
         self.with_db(false, |db| {
             let tx = db.begin_read().map_err(db_err)?;
-            let table = tx.open_table(SECRETS).map_err(db_err)?;
+            let table = tx.open_table(SEALED_SECRETS).map_err(db_err)?;
             let mut out = Vec::new();
             for row in table.iter().map_err(db_err)? {
                 out.push(row.map_err(db_err)?.0.value().to_string());
@@ -270,19 +322,18 @@ impl Store {
 
     /// Delete a secret; false when it did not exist.
     pub fn delete_secret(&self, name: &str) -> Result<bool> {
-        self.delete(SECRETS, name, None)
+        self.delete(SEALED_SECRETS, name, None)
     }
 
     /// Write `value` under `key`; `must_exist` Some(true) = update only, Some(false) = create only.
-    fn write<T: Serialize>(
+    fn write(
         &self,
         def: TableDefinition<&str, &[u8]>,
         kind: &'static str,
         key: &str,
-        value: &T,
+        bytes: Vec<u8>,
         must_exist: Option<bool>,
     ) -> Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(json_err)?;
         self.with_db(true, |db| {
             let tx = db.begin_write().map_err(db_err)?;
             {
@@ -329,7 +380,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn function(name: &str) -> StoredFunction {
@@ -344,11 +395,16 @@ mod tests {
         }
     }
 
+    /// The same key every time it is asked for.
+    pub(crate) fn key() -> SecretsKey {
+        SecretsKey::parse(&"11".repeat(32)).unwrap()
+    }
+
     #[test]
     fn functions_and_secrets_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = Store::open(dir.path(), key()).unwrap();
             s.create_function(&function("a")).unwrap();
             assert!(matches!(
                 s.create_function(&function("a")),
@@ -362,7 +418,7 @@ mod tests {
             assert!(s.put_secret("k", b"v", true).is_err());
             s.put_secret("k", b"w", false).unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(dir.path(), key()).unwrap();
         assert_eq!(s.functions().unwrap().len(), 1);
         let a = s.function("a").unwrap().unwrap();
         let mut other = a.clone();
@@ -370,7 +426,7 @@ mod tests {
         assert!(!s.delete_function_if(&other).unwrap());
         assert!(s.delete_function_if(&a).unwrap());
         s.create_function(&a).unwrap();
-        assert_eq!(s.secret("k").unwrap().unwrap(), b"w");
+        assert_eq!(s.secret("k").unwrap().unwrap().as_slice(), b"w");
         assert_eq!(s.secret_names().unwrap(), vec!["k".to_string()]);
         assert!(s.delete_function("a").unwrap());
         assert!(!s.delete_function("a").unwrap());
@@ -384,7 +440,7 @@ mod tests {
     #[test]
     fn stored_replicas_beyond_the_cap_are_clamped_when_loaded() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(dir.path(), key()).unwrap();
         let mut f = function("big");
         f.replicas = u64::MAX;
         f.deployment.labels =
@@ -401,5 +457,34 @@ mod tests {
         let all = s.functions().unwrap();
         let replicas: Vec<u64> = all.iter().map(|f| f.replicas).collect();
         assert_eq!(replicas, [MAX_REPLICAS, 5, 20]);
+    }
+
+    #[test]
+    fn secrets_are_sealed_and_open_only_with_their_key_under_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let s = Store::open(dir.path(), key()).unwrap();
+            s.put_secret("a", b"needle-of-a", true).unwrap();
+            s.put_secret("b", b"needle-of-b", true).unwrap();
+        }
+        let bytes = fs::read(&path).unwrap();
+        assert!(!bytes.windows(11).any(|w| w == b"needle-of-a"));
+        let e = Store::open(dir.path(), SecretsKey::random()).err().unwrap();
+        assert!(matches!(e, StoreError::WrongKey(_)), "{e}");
+        assert!(e.to_string().contains("sealed with another key"), "{e}");
+        // A's sealed value copied over b's does not open as b.
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(SEALED_SECRETS).unwrap();
+                let a = t.get("a").unwrap().unwrap().value().to_vec();
+                t.insert("b", a.as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let e = Store::open(dir.path(), key()).err().unwrap();
+        assert!(e.to_string().contains("secret \"b\""), "{e}");
     }
 }

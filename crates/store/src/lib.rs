@@ -1,17 +1,20 @@
-//! Durable state of the platform, kept in one data directory: functions and secrets in an
-//! embedded redb database (every write is a committed, fsync'd transaction), and function
-//! code as content-addressed bundles on disk. Everything the gateway accepted is here, so a
+//! Durable state of the platform, kept in one data directory: functions and secrets (sealed
+//! under a key kept elsewhere) in an embedded redb database (every write is a committed,
+//! fsync'd transaction), and function code as content-addressed bundles on disk. Everything the gateway accepted is here, so a
 //! restarted `virga up` (even after kill -9) finds it all again.
 
 mod beneath;
 mod bundles;
 mod db;
+mod migrate;
+mod sealed;
 mod unpack;
 
 pub use beneath::read_beneath;
 
 pub use bundles::Bundles;
 pub use db::{Store, StoredFunction};
+pub use sealed::SecretsKey;
 pub use unpack::UnpackLimits;
 
 use thiserror::Error;
@@ -48,6 +51,12 @@ pub enum StoreError {
     /// next use).
     #[error("the store cannot read or write: {0}")]
     Unavailable(String),
+    /// The secrets key cannot be used (malformed, unreadable, or a key file others may read).
+    #[error("{0}")]
+    Key(String),
+    /// The stored secrets do not open with the key given.
+    #[error("{0}")]
+    WrongKey(String),
     /// The database failed.
     #[error("database: {0}")]
     Db(String),

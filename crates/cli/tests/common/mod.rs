@@ -1,5 +1,5 @@
 //! Test harness: starts the real `virga up` on an ephemeral port with a temporary data
-//! directory and talks to it over real HTTP. The process is killed when the guard drops.
+//! directory and talks to it over real HTTP. The process is stopped when the guard drops.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -36,6 +36,8 @@ pub struct Platform {
     nofile: Option<(u64, u64)>,
     /// Extra environment variables of the platform's process.
     envs: Vec<(String, String)>,
+    /// File the platform's stderr is appended to (inherited when `None`).
+    stderr: Option<PathBuf>,
 }
 
 /// Path of the `virga` binary under test.
@@ -51,27 +53,41 @@ impl Platform {
 
     /// Start with extra `virga up` arguments.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Platform {
-        Platform::start_configured(data_dir, extra, &[], None)
+        Platform::start_limited(data_dir, extra, None)
     }
 
     /// Start with extra arguments and, if given, the open-file limit `nofile` (soft, hard).
     pub fn start_limited(data_dir: &Path, extra: &[&str], nofile: Option<(u64, u64)>) -> Platform {
-        Platform::start_configured(data_dir, extra, &[], nofile)
+        let mut p = Platform::new(data_dir, extra, nofile);
+        p.launch();
+        p
     }
 
     /// Start with extra `virga up` arguments and environment variables.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Platform {
-        Platform::start_configured(data_dir, extra, envs, None)
+        Platform::start_env(data_dir, extra, envs, None)
     }
 
-    /// Start with extra arguments, environment variables and an open-file limit.
-    fn start_configured(
+    /// Start with extra arguments, environment variables `envs`, and stderr appended to
+    /// the file `stderr` if given.
+    pub fn start_env(
         data_dir: &Path,
         extra: &[&str],
         envs: &[(&str, &str)],
-        nofile: Option<(u64, u64)>,
+        stderr: Option<&Path>,
     ) -> Platform {
-        let mut p = Platform {
+        let mut p = Platform::new(data_dir, extra, None);
+        p.envs = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        p.stderr = stderr.map(Path::to_path_buf);
+        p.launch();
+        p
+    }
+
+    fn new(data_dir: &Path, extra: &[&str], nofile: Option<(u64, u64)>) -> Platform {
+        Platform {
             child: None,
             url: String::new(),
             console_url: None,
@@ -82,13 +98,9 @@ impl Platform {
                 .unwrap(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             nofile,
-            envs: envs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        p.launch();
-        p
+            envs: Vec::new(),
+            stderr: None,
+        }
     }
 
     fn launch(&mut self) {
@@ -101,7 +113,15 @@ impl Platform {
             .env("VIRGA_LOG", "warn")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match &self.stderr {
+                Some(path) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap()
+                    .into(),
+                None => Stdio::inherit(),
+            });
         if let Some((soft, hard)) = self.nofile {
             use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {
