@@ -20,18 +20,18 @@ use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use serde::Serialize;
 use virga_queue::{
-    Call, Deliver, FunctionPolicy, FunctionSettings, Outcome, PoolConfig, PoolCounters, QueueError,
-    QueueStats, SharedQueue, WorkerPool,
+    Call, Deliver, FunctionSettings, Outcome, PoolConfig, PoolCounters, QueueError, QueueStats,
+    SharedQueue, WorkerPool,
 };
+use virga_types::{headers, Target};
 
-use crate::functions::{load, split_namespace};
 use crate::replay::DrainingLimit;
 use crate::{ApiError, AppState};
 
 /// Deliveries at once of a function whose instances set no `max_inflight`.
 const DEFAULT_CONCURRENCY: usize = 32;
-static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
-static X_CALLBACK_URL: HeaderName = HeaderName::from_static("x-callback-url");
+static X_CALL_ID: HeaderName = HeaderName::from_static(headers::X_CALL_ID);
+static X_CALLBACK_URL: HeaderName = HeaderName::from_static(headers::X_CALLBACK_URL);
 /// Request headers not stored with a call, besides the hop-by-hop ones.
 const NOT_STORED: [HeaderName; 2] = [header::CONTENT_LENGTH, header::HOST];
 
@@ -86,8 +86,8 @@ pub async fn enable_async(
     let pool = WorkerPool::start(queue.clone(), deliver, cfg.pool).await?;
     if let Ok(functions) = state.store.functions() {
         for f in functions {
-            if let Ok(p) = FunctionPolicy::from_annotations(f.deployment.annotations.as_ref()) {
-                pool.ensure_queue(&p.queue);
+            if let Some(h) = state.function_handle(&f.deployment.service) {
+                pool.ensure_queue(&h.calls().policy.queue);
             }
         }
     }
@@ -123,15 +123,6 @@ fn async_calls(state: &AppState) -> Result<&AsyncCalls, ApiError> {
         .async_calls
         .get()
         .ok_or_else(|| ApiError::Unavailable("async calls are not enabled on this gateway".into()))
-}
-
-/// `/async-function/NAME.NS/a/b` → ("NAME.NS", "/a/b").
-fn split_path(path: &str) -> (&str, &str) {
-    let rest = path.strip_prefix("/async-function/").unwrap_or(path);
-    match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    }
 }
 
 /// Check an `X-Callback-Url`: an absolute `http://` or `https://` URL whose host the policy
@@ -186,12 +177,13 @@ fn too_large(limit: usize) -> Refused {
 }
 
 async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, Refused> {
+    let target = crate::invoke::target_after(&req, "/async-function/")?;
+    let handle = state
+        .function_handle(&target.function)
+        .ok_or_else(|| ApiError::NotFound(format!("function {:?} not found", target.function)))?;
+    let settings = handle.calls();
+    let policy = &settings.policy;
     let (parts, body) = req.into_parts();
-    let (full_name, rest) = split_path(parts.uri.path());
-    let name = split_namespace(full_name)?.to_string();
-    let f = load(state, &name)?;
-    let policy = FunctionPolicy::from_annotations(f.deployment.annotations.as_ref())
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let calls = async_calls(state)?;
     let allowed = &calls.pool.config().callback_policy;
     let callback = parts
@@ -218,16 +210,12 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, Refu
             headers.push((k.as_str().to_string(), v.as_bytes().to_vec()));
         }
     }
-    let path = match parts.uri.query() {
-        Some(q) => format!("{rest}?{q}"),
-        None => rest.to_string(),
-    };
     let call = Call {
         id: id.to_str().unwrap_or_default().to_string(),
-        function: name,
+        function: target.function,
         queue: policy.queue.clone(),
         method: parts.method.as_str().to_string(),
-        path,
+        path: target.path,
         headers,
         body,
         callback,
@@ -301,25 +289,17 @@ impl Deliver for GatewayDeliver {
 
     fn settings(&self, function: &str) -> Option<FunctionSettings> {
         let state = self.state.upgrade()?;
-        let f = state.store.function(function).ok()??;
-        let policy =
-            FunctionPolicy::from_annotations(f.deployment.annotations.as_ref()).unwrap_or_default();
-        let per_instance = f
-            .deployment
-            .env_vars
-            .get("max_inflight")
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0);
+        let settings = state.function_handle(function)?.calls();
         let (_, ready) = state.provider.replicas(function);
-        let mut concurrency = match per_instance {
+        let mut concurrency = match settings.per_instance {
             Some(n) => n.saturating_mul(ready.max(1) as usize),
             None => DEFAULT_CONCURRENCY,
         };
-        if let Some(cap) = policy.max_inflight {
+        if let Some(cap) = settings.policy.max_inflight {
             concurrency = concurrency.min(cap);
         }
         Some(FunctionSettings {
-            policy,
+            policy: settings.policy.clone(),
             concurrency,
         })
     }
@@ -352,10 +332,6 @@ async fn deliver_once(state: &AppState, call: &Call, max_answer: usize) -> Outco
         Ok(m) => m,
         Err(_) => return failure(400, format!("bad method {:?}", call.method), false),
     };
-    *req.uri_mut() = match format!("/function/{}{}", call.function, call.path).parse() {
-        Ok(u) => u,
-        Err(_) => return failure(400, format!("bad path {:?}", call.path), false),
-    };
     let h = req.headers_mut();
     for (k, v) in &call.headers {
         if let (Ok(k), Ok(v)) = (
@@ -368,7 +344,8 @@ async fn deliver_once(state: &AppState, call: &Call, max_answer: usize) -> Outco
     if let Ok(v) = HeaderValue::from_str(&call.id) {
         h.insert(X_CALL_ID.clone(), v);
     }
-    let resp = match crate::invoke::forward(state, req).await {
+    let target = Target::stored(&call.function, &call.path);
+    let resp = match crate::invoke::forward(state, &target, req).await {
         Ok(r) => r,
         Err(e) => {
             let unreachable = matches!(e, ApiError::BadGateway(_));
@@ -489,15 +466,6 @@ pub(crate) async fn queues(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_async_paths() {
-        assert_eq!(split_path("/async-function/echo"), ("echo", "/"));
-        assert_eq!(
-            split_path("/async-function/echo.openfaas-fn/a/b"),
-            ("echo.openfaas-fn", "/a/b")
-        );
-    }
 
     #[test]
     fn callback_urls_must_be_absolute_http_or_https() {

@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Path, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
-use axum::http::{StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
@@ -95,18 +95,12 @@ fn strip_port(host: &str) -> &str {
 /// origin. It goes through the same path as `/function/...`, without the admin's credentials,
 /// and its answer always carries `Content-Security-Policy: sandbox`.
 pub(crate) async fn invoke(State(state): State<Arc<AppState>>, mut req: Request) -> Response {
-    let rest = req
-        .uri()
-        .path_and_query()
-        .map_or("", |p| p.as_str())
-        .strip_prefix("/system/virga/invoke/")
-        .unwrap_or_default();
-    match Uri::try_from(format!("/function/{rest}")) {
-        Ok(uri) => *req.uri_mut() = uri,
-        Err(e) => return ApiError::BadRequest(format!("bad function path: {e}")).into_response(),
-    }
+    let target = match crate::invoke::target_after(&req, "/system/virga/invoke/") {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
     req.headers_mut().remove(header::AUTHORIZATION);
-    let mut resp = crate::invoke::proxy(State(state), req).await;
+    let mut resp = crate::invoke::call(&state, &target, req).await;
     crate::invoke::sandbox(resp.headers_mut());
     resp
 }

@@ -12,15 +12,15 @@ use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
+use virga_types::{headers, Target};
 
-use crate::functions::split_namespace;
 use crate::replay::{BodyTooLarge, DrainingLimit, Replayable};
 use crate::{ApiError, AppState};
 
-static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
-static X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
-static X_DURATION: HeaderName = HeaderName::from_static("x-duration-seconds");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_CALL_ID: HeaderName = HeaderName::from_static(headers::X_CALL_ID);
+static X_START_TIME: HeaderName = HeaderName::from_static(headers::X_START_TIME);
+static X_DURATION: HeaderName = HeaderName::from_static(headers::X_DURATION_SECONDS);
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static(headers::X_FORWARDED_HOST);
 
 /// Annotation with which a function lets its answers run as pages of the API's origin.
 pub(crate) const SANDBOX_ANNOTATION: &str = "virga.http.sandbox";
@@ -38,17 +38,29 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
-/// Proxy one call to the function named in the path, recording it in the metrics.
+/// `ANY /function/{name}[.{namespace}][/path]`.
 pub(crate) async fn proxy(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    match target_after(&req, "/function/") {
+        Ok(target) => call(&state, &target, req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The invocation target in `req`'s path after `prefix`, parsed once for the whole call.
+pub(crate) fn target_after(req: &Request, prefix: &str) -> Result<Target, ApiError> {
+    let uri = req.uri();
+    let rest = uri.path().strip_prefix(prefix).unwrap_or(uri.path());
+    Ok(Target::parse(rest, uri.query())?)
+}
+
+/// Make one call to `target`, recording it in the function's metrics.
+pub(crate) async fn call(state: &AppState, target: &Target, req: Request) -> Response {
     let started = Instant::now();
-    let (full_name, _) = split_path(req.uri().path());
-    let handle = split_namespace(full_name)
-        .ok()
-        .and_then(|name| state.function_handle(name));
+    let handle = state.function_handle(&target.function);
     if let Some(h) = &handle {
         h.metrics.started();
     }
-    let mut resp = match forward(&state, req).await {
+    let mut resp = match forward(state, target, req).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
@@ -83,27 +95,18 @@ pub(crate) fn sandboxed(annotations: Option<&std::collections::BTreeMap<String, 
         .is_none_or(|v| v != "false")
 }
 
-/// `/function/NAME.NS/a/b` → ("NAME.NS", "/a/b").
-fn split_path(path: &str) -> (&str, &str) {
-    let rest = path.strip_prefix("/function/").unwrap_or(path);
-    match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    }
-}
-
-/// Forward one `/function/...` request to an instance (also used by the async workers).
-pub(crate) async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
+/// Forward `req` (its method, headers and body; its path is `target`'s) to an instance of
+/// `target`'s function (also used by the async workers).
+pub(crate) async fn forward(
+    state: &AppState,
+    target: &Target,
+    req: Request,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
-    let (full_name, rest) = split_path(parts.uri.path());
-    let name = split_namespace(full_name)?.to_string();
+    let name = &target.function;
     let limit = state.cfg.max_body_bytes;
     let declared = declared_length(&parts.headers, limit)?;
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{rest}?{q}"),
-        None => rest.to_string(),
-    };
     let call_id = prepare_headers(&mut parts.headers);
     let body = match declared {
         Some(_) => body,
@@ -112,11 +115,11 @@ pub(crate) async fn forward(state: &AppState, req: Request) -> Result<Response, 
     let body = Replayable::new(body);
     let mut attempt = 0;
     let (lease, result) = loop {
-        let lease = state.provider.lease(&name).await?;
+        let lease = state.provider.lease(name).await?;
         let uri = Uri::builder()
             .scheme("http")
             .authority(lease.addr().to_string())
-            .path_and_query(path_and_query.as_str())
+            .path_and_query(target.path.as_str())
             .build()
             .map_err(|e| ApiError::BadRequest(format!("bad request path: {e}")))?;
         let Some(attempt_body) = body.attempt() else {
@@ -147,7 +150,7 @@ pub(crate) async fn forward(state: &AppState, req: Request) -> Result<Response, 
     // Only a failed call can have been an OOM kill; reading the cgroup costs a file read.
     let failed = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
     if failed && lease.take_oom_kill() {
-        state.metrics.oom_kill(&name);
+        state.metrics.oom_kill(name);
         return Err(ApiError::FunctionFailed(format!(
             "function {name:?} ran out of memory and was killed (instance {}): raise limits.memory",
             lease.instance()
@@ -160,7 +163,7 @@ pub(crate) async fn forward(state: &AppState, req: Request) -> Result<Response, 
                 state.cfg.upstream_timeout
             )))
         }
-        Ok(Err(e)) => return Err(upstream_error(&name, lease.instance(), e, limit)),
+        Ok(Err(e)) => return Err(upstream_error(name, lease.instance(), e, limit)),
         Ok(Ok(resp)) => resp,
     };
     let (mut parts, body) = resp.into_parts();
@@ -231,19 +234,4 @@ fn upstream_error(
     ApiError::BadGateway(format!(
         "function {name:?} (instance {instance}) did not answer: {e}"
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_function_paths() {
-        assert_eq!(split_path("/function/echo"), ("echo", "/"));
-        assert_eq!(split_path("/function/echo/"), ("echo", "/"));
-        assert_eq!(
-            split_path("/function/echo.openfaas-fn/a/b"),
-            ("echo.openfaas-fn", "/a/b")
-        );
-    }
 }

@@ -12,22 +12,72 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use virga_metrics::FunctionMetrics;
+use virga_queue::FunctionPolicy;
 use virga_types::FunctionDeployment;
 
 use crate::{ApiError, AppState};
 
-/// What the invoke path keeps per deployed function.
+/// What the invoke paths keep per deployed function: its metrics, and what its definition
+/// says of calls, parsed once per deployment (not per call).
 pub(crate) struct FunctionHandle {
     /// The function's metrics.
     pub(crate) metrics: FunctionMetrics,
     /// Whether its answers get `Content-Security-Policy: sandbox` (from its annotations).
     sandbox: AtomicBool,
+    /// Its async-call settings.
+    calls: RwLock<Arc<CallSettings>>,
+}
+
+/// What a function's definition says of its async calls.
+#[derive(Debug, Default)]
+pub(crate) struct CallSettings {
+    /// Its queue, retries and delivery cap (`com.openfaas.queue`, `com.openfaas.retry.*`, ...).
+    pub(crate) policy: FunctionPolicy,
+    /// Its instances' `max_inflight`, if it sets one.
+    pub(crate) per_instance: Option<usize>,
+}
+
+impl CallSettings {
+    fn of(d: &FunctionDeployment) -> CallSettings {
+        CallSettings {
+            // Checked at deploy; a definition stored before a check existed gets the defaults.
+            policy: FunctionPolicy::from_annotations(d.annotations.as_ref()).unwrap_or_default(),
+            per_instance: d
+                .env_vars
+                .get("max_inflight")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&n| n > 0),
+        }
+    }
 }
 
 impl FunctionHandle {
+    fn new(metrics: FunctionMetrics, d: Option<&FunctionDeployment>) -> FunctionHandle {
+        FunctionHandle {
+            metrics,
+            sandbox: AtomicBool::new(
+                d.is_none_or(|d| crate::invoke::sandboxed(d.annotations.as_ref())),
+            ),
+            calls: RwLock::new(Arc::new(d.map(CallSettings::of).unwrap_or_default())),
+        }
+    }
+
     /// Whether the function's answers are sandboxed.
     pub(crate) fn sandboxed(&self) -> bool {
         self.sandbox.load(Ordering::Relaxed)
+    }
+
+    /// Its async-call settings.
+    pub(crate) fn calls(&self) -> Arc<CallSettings> {
+        self.calls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn refresh(&self, d: &FunctionDeployment) {
+        self.sandbox.store(
+            crate::invoke::sandboxed(d.annotations.as_ref()),
+            Ordering::Relaxed,
+        );
+        *self.calls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(CallSettings::of(d));
     }
 }
 
@@ -65,11 +115,9 @@ impl AppState {
         if !self.provider.contains(name) {
             return None;
         }
-        // Once per function: its annotations, from the store (sandboxed if unreadable).
-        let sandbox = match self.store.function(name) {
-            Ok(Some(f)) => crate::invoke::sandboxed(f.deployment.annotations.as_ref()),
-            _ => true,
-        };
+        // Once per function (after a restart): its definition, from the store (sandboxed, with
+        // default settings, if unreadable).
+        let stored = self.store.function(name).ok().flatten();
         let mut map = self
             .fn_metrics
             .map
@@ -78,10 +126,8 @@ impl AppState {
         Some(
             map.entry(name.to_string())
                 .or_insert_with(|| {
-                    Arc::new(FunctionHandle {
-                        metrics: self.metrics.function(name),
-                        sandbox: AtomicBool::new(sandbox),
-                    })
+                    let d = stored.as_ref().map(|f| &f.deployment);
+                    Arc::new(FunctionHandle::new(self.metrics.function(name), d))
                 })
                 .clone(),
         )
@@ -90,8 +136,7 @@ impl AppState {
     /// A function was deployed or updated (and stored): refresh what its handle derives from it.
     pub(crate) fn deployed(&self, d: &FunctionDeployment) {
         if let Some(h) = self.fn_metrics.get(&d.service) {
-            let sandbox = crate::invoke::sandboxed(d.annotations.as_ref());
-            h.sandbox.store(sandbox, Ordering::Relaxed);
+            h.refresh(d);
         }
     }
 }

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use virga_types::headers;
+
 use crate::addr::FilteredResolver;
 use crate::worker::PoolConfig;
 use crate::{Backoff, CallResult, CallbackPolicy, Queue, QueueError, ResultDelivery, RetryPolicy};
@@ -139,15 +141,15 @@ impl Callbacks {
         let mut req = self
             .http
             .post(&r.callback)
-            .header("X-Call-Id", &r.id)
-            .header("X-Function-Name", &r.function)
-            .header("X-Function-Status", r.status.to_string())
+            .header(headers::X_CALL_ID, &r.id)
+            .header(headers::X_FUNCTION_NAME, &r.function)
+            .header(headers::X_FUNCTION_STATUS, r.status.to_string())
             .header(
-                "X-Duration-Seconds",
+                headers::X_DURATION_SECONDS,
                 format!("{:.6}", r.duration_us as f64 / 1e6),
             )
             .header(
-                "X-Start-Time",
+                headers::X_START_TIME,
                 (u128::from(r.start_ms) * 1_000_000).to_string(),
             );
         if let Some((_, v)) = r

@@ -7,6 +7,7 @@ mod bundle;
 pub mod duration;
 mod resources;
 mod scaling;
+mod target;
 mod validate;
 mod watchdog;
 
@@ -14,6 +15,7 @@ pub use api::*;
 pub use bundle::*;
 pub use resources::*;
 pub use scaling::*;
+pub use target::{headers, Target};
 pub use validate::*;
 pub use watchdog::*;
 

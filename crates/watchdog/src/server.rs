@@ -18,14 +18,16 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use virga_types::headers;
+
 use crate::body::{text, with_guard, ResponseBody};
 use crate::config::{Config, Mode};
 use crate::process::ExecSettings;
 use crate::proxy::Proxy;
 use crate::{serializing, streaming, WatchdogError};
 
-const X_DURATION_SECONDS: HeaderName = HeaderName::from_static("x-duration-seconds");
-const X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
+const X_DURATION_SECONDS: HeaderName = HeaderName::from_static(headers::X_DURATION_SECONDS);
+const X_CALL_ID: HeaderName = HeaderName::from_static(headers::X_CALL_ID);
 
 enum Handler {
     Serializing(ExecSettings),

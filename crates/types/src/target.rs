@@ -1,0 +1,89 @@
+//! The target of one invocation, parsed once from the request path and handed down: the
+//! function, its namespace and the path (with query) the function is called with. The sync
+//! path parses it from `/function/NAME[.NS][/path]`, the async path from
+//! `/async-function/...` and stores it with the queued call, so a delivery never parses a
+//! path again.
+
+use crate::{validate_name, validate_namespace, Invalid, DEFAULT_NAMESPACE};
+
+/// Which function a call is for, and what it asks of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Function name.
+    pub function: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The path after the function's name, with the query: `/a/b?x=1` (at least `/`).
+    pub path: String,
+}
+
+impl Target {
+    /// The target of `rest`, the part of a route after its prefix (`NAME[.NS][/path]`), with
+    /// the request's `query`.
+    pub fn parse(rest: &str, query: Option<&str>) -> Result<Target, Invalid> {
+        let (full, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (function, namespace) = full.split_once('.').unwrap_or((full, ""));
+        validate_name("function name", function)?;
+        validate_namespace(namespace)?;
+        let path = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        Ok(Target {
+            function: function.to_string(),
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            path,
+        })
+    }
+
+    /// The target of a call stored for `function` with `path` (as [`Target::path`]).
+    pub fn stored(function: &str, path: &str) -> Target {
+        Target {
+            function: function.to_string(),
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            path: path.to_string(),
+        }
+    }
+}
+
+/// Header names the platform sets or reads, in one place (lower case, as HTTP/2 and
+/// `HeaderName::from_static` want them).
+pub mod headers {
+    /// The call's id, given by the caller or generated (OpenFaaS's `X-Call-Id`).
+    pub const X_CALL_ID: &str = "x-call-id";
+    /// When the gateway started the call, in Unix nanoseconds.
+    pub const X_START_TIME: &str = "x-start-time";
+    /// How long the call took, in seconds.
+    pub const X_DURATION_SECONDS: &str = "x-duration-seconds";
+    /// Where an async call's result is POSTed.
+    pub const X_CALLBACK_URL: &str = "x-callback-url";
+    /// A callback's function name.
+    pub const X_FUNCTION_NAME: &str = "x-function-name";
+    /// A callback's function status code.
+    pub const X_FUNCTION_STATUS: &str = "x-function-status";
+    /// The host the caller asked for, as the gateway saw it.
+    pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_function_namespace_path_and_query() {
+        let t = Target::parse("echo", None).unwrap();
+        assert_eq!((t.function.as_str(), t.path.as_str()), ("echo", "/"));
+        let t = Target::parse("echo.openfaas-fn/a/b", Some("x=1&y")).unwrap();
+        assert_eq!(
+            (t.function.as_str(), t.namespace.as_str(), t.path.as_str()),
+            ("echo", "openfaas-fn", "/a/b?x=1&y")
+        );
+        assert_eq!(Target::parse("echo/", None).unwrap().path, "/");
+        assert!(Target::parse("echo.other/a", None).is_err());
+        assert!(Target::parse("Bad_Name", None).is_err());
+        assert!(Target::parse("", None).is_err());
+    }
+}
