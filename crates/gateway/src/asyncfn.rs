@@ -205,7 +205,7 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, Refu
     };
     let mut headers = Vec::with_capacity(parts.headers.len());
     for (k, v) in &parts.headers {
-        let hop = crate::invoke::HOP_BY_HOP.contains(k) || NOT_STORED.contains(k);
+        let hop = virga_http::HOP_BY_HOP.contains(k) || NOT_STORED.contains(k);
         if !hop && k != X_CALLBACK_URL && k != X_CALL_ID {
             headers.push((k.as_str().to_string(), v.as_bytes().to_vec()));
         }

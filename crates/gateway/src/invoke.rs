@@ -14,8 +14,9 @@ use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use virga_types::{headers, Target};
 
-use crate::replay::{BodyTooLarge, DrainingLimit, Replayable};
+use crate::replay::{BodyTooLarge, DrainingLimit};
 use crate::{ApiError, AppState};
+use virga_http::{Replayable, HOP_BY_HOP};
 
 static X_CALL_ID: HeaderName = HeaderName::from_static(headers::X_CALL_ID);
 static X_START_TIME: HeaderName = HeaderName::from_static(headers::X_START_TIME);
@@ -27,16 +28,6 @@ pub(crate) const SANDBOX_ANNOTATION: &str = "virga.http.sandbox";
 
 /// Further attempts on another instance when the picked one refuses the connection.
 const MAX_RETRIES: usize = 2;
-
-/// Headers that belong to one hop and must not be forwarded.
-pub(crate) const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// `ANY /function/{name}[.{namespace}][/path]`.
 pub(crate) async fn proxy(State(state): State<Arc<AppState>>, req: Request) -> Response {
@@ -128,7 +119,7 @@ pub(crate) async fn forward(
                 lease.instance()
             )));
         };
-        let mut req = Request::new(attempt_body);
+        let mut req = Request::new(Body::new(attempt_body));
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = parts.version;
@@ -138,7 +129,8 @@ pub(crate) async fn forward(
         // A refused connection, or a dead one that never read the (non-empty) body: the
         // instance died after it was picked, so try another (its replacement if it was the
         // only one). A function cannot have seen a request whose body it never got.
-        let retry = matches!(&result, Ok(Err(e)) if e.is_connect() || body.unread());
+        let retry =
+            matches!(&result, Ok(Err(e)) if e.is_connect() || (!body.is_empty() && body.unread()));
         if retry && attempt < MAX_RETRIES {
             attempt += 1;
             lease.mark_unreachable();

@@ -11,7 +11,6 @@ pub mod config;
 pub mod init;
 pub mod process;
 pub mod proxy;
-pub mod replay;
 pub mod serializing;
 pub mod server;
 pub mod streaming;

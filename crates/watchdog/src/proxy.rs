@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::body::{text, ResponseBody};
 use crate::config::Config;
 use crate::process::{signal_group, FunctionSpec, LineLogger};
-use crate::replay::{Attempt, Replayable};
+use virga_http::{Attempt, Replayable, HOP_BY_HOP};
 
 /// How long a readiness probe result is reused.
 const HEALTH_CACHE: Duration = Duration::from_millis(5);
@@ -37,17 +37,6 @@ const STABLE_RUN: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long a request waits for a restarting function process before a 503.
 const RESTART_WAIT: Duration = Duration::from_secs(10);
-
-/// Hop-by-hop headers that must not be forwarded.
-const HOP_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// The http-mode handler: upstream supervisor plus reverse proxy.
 pub struct Proxy {
@@ -467,8 +456,8 @@ fn strip_hop_headers(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_HEADERS {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 

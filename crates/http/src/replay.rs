@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use hyper::body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame, SizeHint};
 
 /// The body of one request, shared between attempts.
 pub struct Replayable<B> {
@@ -24,6 +24,11 @@ impl<B: Body + Unpin> Replayable<B> {
             end: body.is_end_stream(),
             slot: Arc::new(Mutex::new(Some(body))),
         }
+    }
+
+    /// Whether the body is empty (an empty body is never read, so it is always unread).
+    pub fn is_empty(&self) -> bool {
+        self.end
     }
 
     /// True while no attempt has started reading the body.
@@ -91,5 +96,26 @@ impl<B: Body + Unpin> Body for Attempt<B> {
             Some(b) => b.size_hint(),
             None => self.hint,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    #[tokio::test]
+    async fn an_unread_body_is_available_again() {
+        let r = Replayable::new(Full::new(bytes::Bytes::from_static(b"hello")));
+        assert!(!r.is_empty());
+        let first = r.attempt().unwrap();
+        assert_eq!(first.size_hint().exact(), Some(5));
+        drop(first);
+        assert!(r.unread());
+        let second = r.attempt().unwrap();
+        let bytes = second.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+        assert!(!r.unread());
+        assert!(r.attempt().is_none());
     }
 }
