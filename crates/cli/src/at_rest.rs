@@ -231,6 +231,7 @@ fn is_memory_fs(dir: &Path) -> bool {
     let Ok(c) = cpath(dir) else { return false };
     // SAFETY: statfs fills the zeroed struct we pass; the path is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && MEMORY_FS.contains(&(st.f_type as i64))
 }
 

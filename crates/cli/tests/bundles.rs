@@ -237,6 +237,7 @@ fn manifests_stored_before_the_upload_checks_still_cannot_reach_host_files() {
     };
     let fifo = |p: &Path| {
         let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     };
     type Make<'a> = Box<dyn Fn(&Path) + 'a>;

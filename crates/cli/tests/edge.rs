@@ -24,6 +24,7 @@ fn raise_own_nofile() {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: getrlimit fills the struct we pass.
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
         l.rlim_cur = l.rlim_max;

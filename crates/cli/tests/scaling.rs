@@ -274,6 +274,7 @@ fn a_call_is_retried_on_another_instance_when_one_dies() {
         // Kill one instance and call at once, many times in parallel: every call is answered
         // (calls that reach the dead one before it is out of rotation are retried).
         let victim = pids[round % 2];
+        // SAFETY: kill(2) of an instance process this test's platform started.
         unsafe { libc::kill(victim, libc::SIGKILL) };
         // Once it has exited (its sockets closed), before the platform has necessarily noticed.
         let exited = || {

@@ -130,7 +130,9 @@ fn check_tmpfs(secrets: &Path, data: &Path) -> PathBuf {
     let shown = point.to_string_lossy();
     assert!(shown.starts_with("/run/virga-secrets-"), "{shown}");
     let c = std::ffi::CString::new(secrets.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statfs fills the zeroed struct we pass; the path is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
     assert_eq!(
         st.f_type as i64, 0x0102_1994,
@@ -555,6 +557,7 @@ fn without_root_the_key_is_in_the_config_dir_and_the_files_on_dev_shm() {
     let found = scan(&data, &[&Needle::new("plain", &plain)]);
     assert!(found.is_empty(), "secret values at rest: {found:#?}");
 
+    // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     assert!(child.0.wait().unwrap().success());
     assert!(!root.exists(), "{root:?} left behind");

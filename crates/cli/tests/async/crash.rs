@@ -118,6 +118,7 @@ pub fn restart_waits_for_a_lock_left_by_a_dying_child() {
     let mut s = Setup::start(Backend::Embedded);
     s.p.kill9();
     let file = std::fs::File::open(s.p.data_dir.join("state.redb")).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
     assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
     let held = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(700));

@@ -246,6 +246,7 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         // Chromium and its helpers share the process group started for it.
+        // SAFETY: kill(2) on the process group of our own child.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }

@@ -128,7 +128,7 @@ impl Platform {
                 rlim_cur: soft,
                 rlim_max: hard,
             };
-            // Only setrlimit, async-signal-safe, runs between fork and exec.
+            // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
@@ -250,6 +250,7 @@ impl Platform {
     /// SIGTERM the platform and wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("platform running");
+        // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         c.wait().unwrap()
     }
