@@ -9,10 +9,12 @@ pub mod body;
 pub mod cgi;
 pub mod config;
 pub mod init;
+pub mod logger;
 pub mod process;
 pub mod proxy;
 pub mod serializing;
 pub mod server;
+pub mod spawn;
 pub mod streaming;
 pub mod zygote;
 

@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 
 use crate::body::{text, ResponseBody};
 use crate::config::Config;
-use crate::process::{signal_group, FunctionSpec, LineLogger};
+use crate::logger::LineLogger;
+use crate::process::{signal_group, FunctionSpec};
 use virga_http::{Attempt, Replayable, HOP_BY_HOP};
 
 /// How long a readiness probe result is reused.

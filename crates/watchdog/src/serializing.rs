@@ -18,7 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::body::{full, text, ResponseBody};
 use crate::cgi::cgi_env;
-use crate::process::{describe_status, ExecSettings, GroupKill, Running};
+use crate::process::{describe_status, ExecSettings, GroupKill};
+use crate::spawn::Running;
 
 /// Classic calls in flight in this process.
 static IN_FLIGHT: Mutex<usize> = Mutex::new(0);
