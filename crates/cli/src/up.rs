@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use virga_gateway::{AppState, Credentials, GatewayConfig, Listeners, ServeConfig};
-use virga_provider_local::{LocalProvider, ProviderConfig, Runc};
+use virga_provider_local::{IsolationKind, LocalProvider, ProviderConfig, Runc};
 use virga_store::Store;
 
 /// Options of `virga up`.
@@ -101,20 +101,20 @@ pub enum Isolation {
     Process,
 }
 
-/// The sandbox runtime the chosen isolation asks for.
-fn sandbox_runtime(mode: Isolation, data_dir: &Path, watchdog: &Path) -> Result<Option<Arc<Runc>>> {
+/// The isolation the chosen mode asks for.
+fn isolation(mode: Isolation, data_dir: &Path, watchdog: &Path) -> Result<IsolationKind> {
     if mode == Isolation::Process {
-        return Ok(None);
+        return Ok(IsolationKind::Process);
     }
     match Runc::new(&data_dir.join("sandbox"), watchdog) {
-        Ok(rt) => Ok(Some(Arc::new(rt))),
+        Ok(rt) => Ok(IsolationKind::Runc(Arc::new(rt))),
         Err(e) if mode == Isolation::Runc => bail!("runc sandboxes are unavailable: {e}"),
         Err(e) => {
             tracing::warn!(
                 "runc sandboxes are unavailable ({e}): functions run as PLAIN PROCESSES, \
                  without isolation"
             );
-            Ok(None)
+            Ok(IsolationKind::Process)
         }
     }
 }
@@ -157,7 +157,7 @@ async fn serve(mut args: UpArgs) -> Result<()> {
     args.data_dir = store.dir().to_path_buf();
     let password = admin_password(&args.data_dir)?;
     let watchdog = watchdog_path(args.watchdog.as_deref())?;
-    let sandbox = sandbox_runtime(args.isolation, &args.data_dir, &watchdog)?;
+    let isolation = isolation(args.isolation, &args.data_dir, &watchdog)?;
     let node_addon = node_addon_path();
     let provider = Arc::new(LocalProvider::new(
         ProviderConfig {
@@ -165,7 +165,7 @@ async fn serve(mut args: UpArgs) -> Result<()> {
             run_dir: args.data_dir.join("run"),
             ready_timeout: Duration::from_secs(args.ready_timeout),
             queue_timeout: Duration::from_millis(args.queue_timeout_ms),
-            sandbox: sandbox.clone(),
+            isolation,
             warm_pool: args.warm_pool,
             runtimes: crate::templates::embedded_runtimes(),
             zygote: !args.no_zygote,
@@ -227,9 +227,6 @@ async fn serve(mut args: UpArgs) -> Result<()> {
         .context("serve HTTP")?;
     tracing::info!("stopping instances");
     provider.shutdown().await;
-    if let Some(rt) = sandbox {
-        rt.shutdown();
-    }
     Ok(())
 }
 

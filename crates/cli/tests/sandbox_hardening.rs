@@ -596,3 +596,76 @@ fn network_slots_of_a_platform_that_is_gone_are_reclaimed() {
     assert_eq!(slots_of(&k), Vec::<String>::new());
     drop(q);
 }
+
+/// The cgroup directories (in every hierarchy) of the platform with key `key`.
+fn cgroups_of(key: &str) -> Vec<PathBuf> {
+    let name = format!("virga-{key}");
+    let root = Path::new("/sys/fs/cgroup");
+    std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|ctrl| ctrl.path().join(&name))
+        .chain([root.join(&name)])
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// A process of the test's, killed when dropped.
+struct Stray(Child);
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sandboxes_of_a_platform_that_is_gone_are_reclaimed() {
+    let gone = tempfile::tempdir().unwrap();
+    let data: PathBuf = gone.path().join("data");
+    let mut p = start(&data, &[]);
+    p.deploy_script("echo", "cat", json!({}));
+    assert_eq!(p.invoke("echo", "x").text().unwrap(), "x");
+    let k = key(&data);
+    // A process in the sandbox's cgroup that does not die with the platform, as a sandbox
+    // caught between `runc create` and its start does (`runc init` waits forever).
+    let cgroup = std::fs::read_dir(format!("/sys/fs/cgroup/pids/virga-{k}"))
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{k}-echo-"))
+        })
+        .expect("the instance's pids cgroup")
+        .path();
+    let mut stray = Stray(
+        Command::new("sleep")
+            .arg("1000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(cgroup.join("cgroup.procs"), stray.0.id().to_string()).unwrap();
+    p.kill9();
+    // Its data directory goes too, runc's state with it: it never cleans up after itself.
+    let _ = Command::new("rm")
+        .arg("-rf")
+        .arg(&data)
+        .stderr(Stdio::null())
+        .status();
+    drop(p);
+    assert!(!cgroups_of(&k).is_empty());
+
+    let other = tempfile::tempdir().unwrap();
+    let q = start(other.path(), &[]);
+    let running = stray.0.try_wait().unwrap().is_none();
+    assert_eq!(
+        (cgroups_of(&k), running),
+        (Vec::<PathBuf>::new(), false),
+        "cgroups left, and whether the process in one still runs"
+    );
+    drop(q);
+}
