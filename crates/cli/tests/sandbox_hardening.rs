@@ -1,7 +1,8 @@
 //! Hardening of runc sandboxes, each shown from inside a real sandbox: the seccomp allow-list
 //! refuses namespaces and io_uring, instances reach neither each other nor the host, mount
 //! sources name no host path, limits a function cannot lift, classic calls leave no process
-//! behind, private bundles, and network slots of a platform that is gone are reclaimed.
+//! behind, private bundles, and network slots and cgroups (with what still runs in them) of
+//! a platform that is gone are reclaimed.
 //! These tests need root, runc and nft (`scripts/setup --test`); they fail rather than skip.
 
 mod common;
@@ -630,7 +631,14 @@ fn sandboxes_of_a_platform_that_is_gone_are_reclaimed() {
     let k = key(&data);
     // A process in the sandbox's cgroup that does not die with the platform, as a sandbox
     // caught between `runc create` and its start does (`runc init` waits forever).
-    let cgroup = std::fs::read_dir(format!("/sys/fs/cgroup/pids/virga-{k}"))
+    let parent = [
+        format!("/sys/fs/cgroup/pids/virga-{k}"),
+        format!("/sys/fs/cgroup/virga-{k}"),
+    ]
+    .into_iter()
+    .find(|d| Path::new(d).is_dir())
+    .expect("the platform's cgroup (v1 pids, or v2)");
+    let cgroup = std::fs::read_dir(parent)
         .unwrap()
         .flatten()
         .find(|e| {
@@ -638,7 +646,7 @@ fn sandboxes_of_a_platform_that_is_gone_are_reclaimed() {
                 .to_string_lossy()
                 .starts_with(&format!("{k}-echo-"))
         })
-        .expect("the instance's pids cgroup")
+        .expect("the instance's cgroup")
         .path();
     let mut stray = Stray(
         Command::new("sleep")

@@ -1,6 +1,7 @@
-//! Scaling through the real `virga up`: the autoscaler adds replicas under load, idle
-//! functions go to zero and come back on the next call, `max_inflight` gives 429 after a brief
-//! wait, a call held at zero gets a clear 503, and a call whose instance died is retried.
+//! Scaling through the real `virga up`: the autoscaler adds replicas under load (CPU load of
+//! pooled sandboxes included), idle functions go to zero and come back on the next call,
+//! `max_inflight` gives 429 after a brief wait, a call held at zero gets a clear 503, and a
+//! call whose instance died is retried.
 
 mod common;
 

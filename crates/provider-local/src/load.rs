@@ -33,9 +33,10 @@ impl FunctionLoad {
         let (running, handles): (u64, Vec<Arc<dyn Handle>>) = {
             let list = f.lock();
             let running = list.iter().map(|i| i.inflight() as u64).sum();
-            let handles = match cpu {
-                true => list.iter().filter_map(|i| i.handle().cloned()).collect(),
-                false => Vec::new(),
+            let handles = if cpu {
+                list.iter().filter_map(|i| i.handle().cloned()).collect()
+            } else {
+                Vec::new()
             };
             (running, handles)
         };
