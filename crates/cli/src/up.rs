@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use virga_gateway::{AppState, Credentials, GatewayConfig, Listeners, ServeConfig};
 use virga_provider::SharedProvider;
-use virga_provider_local::{LocalProvider, ProviderConfig, Runc};
+use virga_provider_local::{IsolationKind, LocalProvider, ProviderConfig, Runc};
 use virga_store::{SecretsKey, Store};
 
 use crate::at_rest;
@@ -112,20 +112,20 @@ pub enum Isolation {
     Process,
 }
 
-/// The sandbox runtime the chosen isolation asks for.
-fn sandbox_runtime(mode: Isolation, data_dir: &Path, watchdog: &Path) -> Result<Option<Arc<Runc>>> {
+/// The isolation the chosen mode asks for.
+fn isolation(mode: Isolation, data_dir: &Path, watchdog: &Path) -> Result<IsolationKind> {
     if mode == Isolation::Process {
-        return Ok(None);
+        return Ok(IsolationKind::Process);
     }
     match Runc::new(&data_dir.join("sandbox"), watchdog) {
-        Ok(rt) => Ok(Some(Arc::new(rt))),
+        Ok(rt) => Ok(IsolationKind::Runc(Arc::new(rt))),
         Err(e) if mode == Isolation::Runc => bail!("runc sandboxes are unavailable: {e}"),
         Err(e) => {
             tracing::warn!(
                 "runc sandboxes are unavailable ({e}): functions run as PLAIN PROCESSES, \
                  without isolation"
             );
-            Ok(None)
+            Ok(IsolationKind::Process)
         }
     }
 }
@@ -223,9 +223,6 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
         .context("serve HTTP")?;
     tracing::info!("stopping instances");
     local.provider.shutdown().await;
-    if let Some(rt) = local.sandbox {
-        rt.shutdown();
-    }
     drop(secrets_tmpfs);
     Ok(())
 }
@@ -233,7 +230,6 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
 /// The local provider and what `virga up` keeps of its set-up.
 struct Local {
     provider: Arc<LocalProvider>,
-    sandbox: Option<Arc<Runc>>,
     /// Whether node's fork addon was found (for the start-up summary).
     node_addon: bool,
 }
@@ -248,7 +244,7 @@ fn start_provider(
     secrets_dir: &Path,
 ) -> Result<Local> {
     let watchdog = watchdog_path(args.watchdog.as_deref())?;
-    let sandbox = sandbox_runtime(args.isolation, &args.data_dir, &watchdog)?;
+    let isolation = isolation(args.isolation, &args.data_dir, &watchdog)?;
     let node_addon = node_addon_path();
     let provider = LocalProvider::new(
         ProviderConfig {
@@ -257,7 +253,7 @@ fn start_provider(
             secrets_dir: secrets_dir.to_path_buf(),
             ready_timeout: Duration::from_secs(args.ready_timeout),
             queue_timeout: Duration::from_millis(args.queue_timeout_ms),
-            sandbox: sandbox.clone(),
+            isolation,
             warm_pool: args.warm_pool,
             runtimes: crate::templates::embedded_runtimes(),
             zygote: !args.no_zygote,
@@ -269,7 +265,6 @@ fn start_provider(
     )?;
     Ok(Local {
         provider: Arc::new(provider),
-        sandbox,
         node_addon: node_addon.is_some(),
     })
 }

@@ -1,7 +1,8 @@
 //! Hardening of runc sandboxes, each shown from inside a real sandbox: the seccomp allow-list
 //! refuses namespaces and io_uring, instances reach neither each other nor the host, mount
 //! sources name no host path, limits a function cannot lift, classic calls leave no process
-//! behind, private bundles, and network slots of a platform that is gone are reclaimed.
+//! behind, private bundles, and network slots and cgroups (with what still runs in them) of
+//! a platform that is gone are reclaimed.
 //! These tests need root, runc and nft (`scripts/setup --test`); they fail rather than skip.
 
 mod common;
@@ -594,5 +595,85 @@ fn network_slots_of_a_platform_that_is_gone_are_reclaimed() {
     let other = tempfile::tempdir().unwrap();
     let q = start(other.path(), &[]);
     assert_eq!(slots_of(&k), Vec::<String>::new());
+    drop(q);
+}
+
+/// The cgroup directories (in every hierarchy) of the platform with key `key`.
+fn cgroups_of(key: &str) -> Vec<PathBuf> {
+    let name = format!("virga-{key}");
+    let root = Path::new("/sys/fs/cgroup");
+    std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|ctrl| ctrl.path().join(&name))
+        .chain([root.join(&name)])
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// A process of the test's, killed when dropped.
+struct Stray(Child);
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sandboxes_of_a_platform_that_is_gone_are_reclaimed() {
+    let gone = tempfile::tempdir().unwrap();
+    let data: PathBuf = gone.path().join("data");
+    let mut p = start(&data, &[]);
+    p.deploy_script("echo", "cat", json!({}));
+    assert_eq!(p.invoke("echo", "x").text().unwrap(), "x");
+    let k = key(&data);
+    // A process in the sandbox's cgroup that does not die with the platform, as a sandbox
+    // caught between `runc create` and its start does (`runc init` waits forever).
+    let parent = [
+        format!("/sys/fs/cgroup/pids/virga-{k}"),
+        format!("/sys/fs/cgroup/virga-{k}"),
+    ]
+    .into_iter()
+    .find(|d| Path::new(d).is_dir())
+    .expect("the platform's cgroup (v1 pids, or v2)");
+    let cgroup = std::fs::read_dir(parent)
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{k}-echo-"))
+        })
+        .expect("the instance's cgroup")
+        .path();
+    let mut stray = Stray(
+        Command::new("sleep")
+            .arg("1000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(cgroup.join("cgroup.procs"), stray.0.id().to_string()).unwrap();
+    p.kill9();
+    // Its data directory goes too, runc's state with it: it never cleans up after itself.
+    let _ = Command::new("rm")
+        .arg("-rf")
+        .arg(&data)
+        .stderr(Stdio::null())
+        .status();
+    drop(p);
+    assert!(!cgroups_of(&k).is_empty());
+
+    let other = tempfile::tempdir().unwrap();
+    let q = start(other.path(), &[]);
+    let running = stray.0.try_wait().unwrap().is_none();
+    assert_eq!(
+        (cgroups_of(&k), running),
+        (Vec::<PathBuf>::new(), false),
+        "cgroups left, and whether the process in one still runs"
+    );
     drop(q);
 }

@@ -1,6 +1,7 @@
-//! Scaling through the real `virga up`: the autoscaler adds replicas under load, idle
-//! functions go to zero and come back on the next call, `max_inflight` gives 429 after a brief
-//! wait, a call held at zero gets a clear 503, and a call whose instance died is retried.
+//! Scaling through the real `virga up`: the autoscaler adds replicas under load (CPU load of
+//! pooled sandboxes included), idle functions go to zero and come back on the next call,
+//! `max_inflight` gives 429 after a brief wait, a call held at zero gets a clear 503, and a
+//! call whose instance died is retried.
 
 mod common;
 
@@ -327,4 +328,57 @@ fn scale_to_zero_and_back_under_runc() {
     assert_eq!(r.text().unwrap(), "two");
     eprintln!("runc scale from zero answered in {:?}", t.elapsed());
     assert_eq!(replicas(&p, "nap"), (1, 1));
+}
+
+/// The first value of the metric whose line starts with `prefix`.
+fn metric(p: &Platform, prefix: &str) -> Option<f64> {
+    let text = p
+        .anon(Method::GET, "/metrics")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A python3-http handler that burns one CPU second per call.
+const BURN: &str = "import time\n\ndef handle(event, context):\n    end = time.process_time() + 1.0\n    while time.process_time() < end:\n        pass\n    return 'burnt'\n";
+
+#[test]
+fn cpu_scaling_counts_sandboxes_bound_from_the_warm_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let p = Arc::new(Platform::start_runc(dir.path(), &["--warm-pool", "1"]));
+    p.cli(work.path(), &["new", "burn", "--lang", "python3-http"]);
+    std::fs::write(work.path().join("burn/handler.py"), BURN).unwrap();
+    // At zero until called, so its instance is the pooled sandbox once the pool is ready.
+    let stack = "provider:\n  name: openfaas\nfunctions:\n  burn:\n    lang: python3-http\n    handler: ./burn\n    labels:\n      com.openfaas.scale.min: \"0\"\n      com.openfaas.scale.max: \"3\"\n      com.openfaas.scale.type: cpu\n      com.openfaas.scale.target: \"100\"\n";
+    std::fs::write(work.path().join("stack.yml"), stack).unwrap();
+    p.cli(work.path(), &["deploy", "-f", "stack.yml"]);
+    let pool = "virga_warm_pool_instances{function_name=\"python3-http-";
+    assert!(p.eventually(Duration::from_secs(60), || metric(&p, pool) == Some(1.0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let (p, stop) = (p.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    assert_eq!(p.invoke("burn", "").text().unwrap(), "burnt");
+                }
+            })
+        })
+        .collect();
+    let scaled = p.eventually(Duration::from_secs(30), || replicas(&p, "burn").0 > 1);
+    stop.store(true, Ordering::SeqCst);
+    for c in callers {
+        c.join().unwrap();
+    }
+    let warm = "virga_warm_starts_total{function_name=\"burn.openfaas-fn\"}";
+    assert!(
+        metric(&p, warm) >= Some(1.0),
+        "its first instance was not pooled"
+    );
+    assert!(scaled, "a core busy in a pooled sandbox added no replica");
 }

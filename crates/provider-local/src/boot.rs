@@ -1,29 +1,30 @@
-//! Starting one watchdog (an instance or a pooled runtime) until it says it is ready: the
-//! command comes from [`Launch`] (a process or a sandbox), the listening address from the
-//! watchdog's first stdout line, readiness from its ready line (pushed, never polled). Every
-//! other line it writes goes to the platform log, under a target a pooled runtime can switch
-//! when it is handed to a function.
+//! Starting one instance (a function's, or a pooled runtime) until it says it is ready: the
+//! isolation starts it, the listening address comes from the watchdog's first stdout line,
+//! readiness from its ready line (pushed, never polled). Every other line it writes goes to
+//! the platform log, under a target a pooled runtime can switch when it is handed to a
+//! function.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Child;
 
-use crate::launch::Launch;
+use crate::config::Ctx;
+use crate::isolation::{Handle, Life, Output, Start, Started};
 use crate::spec::InstanceSpec;
-use crate::ProviderConfig;
 
 /// Prefix of the line the watchdog prints once bound.
 const LISTENING: &str = "virga-watchdog listening on ";
 /// The line the watchdog prints the moment its function can serve (readiness is pushed).
 const READY: &str = "virga-watchdog ready";
-/// A started, ready instance: its process, sandbox and address, and where its output goes.
+
+/// A started, ready instance: its life, handle and address, and where its output goes.
 pub(crate) struct Booted {
     pub(crate) id: String,
-    pub(crate) child: Child,
-    pub(crate) launch: Launch,
+    /// Declared before `handle`: the instance ends before what it runs in is removed.
+    pub(crate) life: Box<dyn Life>,
+    pub(crate) handle: Arc<dyn Handle>,
     pub(crate) addr: SocketAddr,
     pub(crate) log: LogTarget,
     /// The secret a pooled runtime wants with its bind (`None` for a function's own start).
@@ -37,13 +38,13 @@ impl Booted {
     }
 }
 
-/// Start `spec`'s watchdog as instance `id` (its runtime forked by `zygote` if given) and
-/// wait until it says it is ready.
+/// Start `spec`'s instance `id` (its runtime forked by `zygote` if given) and wait until it
+/// says it is ready.
 pub(crate) async fn boot(
-    cfg: &ProviderConfig,
+    ctx: &Ctx,
     spec: &Arc<InstanceSpec>,
     id: &str,
-    zygote: Option<std::path::PathBuf>,
+    zygote: Option<PathBuf>,
 ) -> Result<Booted, String> {
     let t0 = std::time::Instant::now();
     let bind_token = spec.unbound.then(new_token);
@@ -54,17 +55,23 @@ pub(crate) async fn boot(
             .iter()
             .map(|t| (BIND_TOKEN_ENV.to_string(), t.clone())),
     );
-    let (launch, mut cmd) = Launch::prepare(cfg, spec, id, zygote.as_deref(), &extra).await?;
-    let prepared = t0.elapsed();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cfg.watchdog.display()))?;
-    let spawned = t0.elapsed();
-    let target = LogTarget::new(cfg.logs.function(&spec.name), id);
-    if let Some(err) = child.stderr.take() {
+    let start = Start {
+        spec: spec.clone(),
+        id: id.to_string(),
+        extra,
+        zygote,
+    };
+    let Started {
+        mut life,
+        handle,
+        stdout,
+        stderr,
+    } = ctx.isolation.clone().start(start).await?;
+    let started = t0.elapsed();
+    let target = LogTarget::new(ctx.cfg.logs.function(&spec.name), id);
+    if let Some(err) = stderr {
         tokio::spawn(forward_log(target.clone(), err));
     }
-    let stdout = child.stdout.take().ok_or("watchdog stdout not captured")?;
     let mut lines = BufReader::new(stdout).lines();
     let ready = async {
         let printed = read_until(&target, &mut lines, LISTENING).await?;
@@ -76,30 +83,30 @@ pub(crate) async fn boot(
         read_until(&target, &mut lines, READY).await?;
         tracing::debug!(
             instance = %id,
-            ?prepared,
-            ?spawned,
+            ?started,
             ?listening,
             ready = ?t0.elapsed(),
             "instance started"
         );
-        Ok::<_, String>(launch.reach(addr))
+        Ok::<_, String>(handle.reach(addr))
     };
-    let addr = match tokio::time::timeout(cfg.ready_timeout, ready).await {
+    let timeout = ctx.cfg.ready_timeout;
+    let addr = match tokio::time::timeout(timeout, ready).await {
         Ok(Ok(addr)) => addr,
         Ok(Err(e)) => {
-            terminate(&mut child).await;
+            life.stop().await;
             return Err(e);
         }
         Err(_) => {
-            terminate(&mut child).await;
-            return Err(format!("not ready after {:?}", cfg.ready_timeout));
+            life.stop().await;
+            return Err(format!("not ready after {timeout:?}"));
         }
     };
     tokio::spawn(forward_log(target.clone(), lines.into_inner()));
     Ok(Booted {
         id: id.to_string(),
-        child,
-        launch,
+        life,
+        handle,
         addr,
         log: target,
         bind_token,
@@ -141,7 +148,7 @@ impl LogTarget {
 /// Read stdout lines (logging the others) until one starts with `prefix`; returns the rest of it.
 async fn read_until(
     log: &LogTarget,
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    lines: &mut tokio::io::Lines<BufReader<Output>>,
     prefix: &str,
 ) -> Result<String, String> {
     while let Ok(Some(line)) = lines.next_line().await {
@@ -161,44 +168,5 @@ pub(crate) async fn forward_log<R: AsyncRead + Unpin>(log: LogTarget, r: R) {
         let text = String::from_utf8_lossy(&buf);
         log.push(text.trim_end_matches(['\n', '\r']));
         buf.clear();
-    }
-}
-
-/// SIGTERM the process group, then SIGKILL it if it has not exited in time.
-pub(crate) async fn terminate(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        signal_group(pid, libc::SIGTERM);
-        if tokio::time::timeout(Duration::from_secs(3), child.wait())
-            .await
-            .is_err()
-        {
-            signal_group(pid, libc::SIGKILL);
-        }
-    }
-    let _ = child.wait().await;
-}
-
-fn signal_group(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on our own child's process group; errors (already gone) are harmless.
-    unsafe {
-        libc::kill(-(pid as libc::pid_t), sig);
-    }
-}
-
-/// Wait until none of `pids` exists any more, at most `limit`.
-pub(crate) async fn wait_gone(pids: &[u32], limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        // SAFETY: signal 0 only checks existence.
-        let alive = pids
-            .iter()
-            .any(|&p| unsafe { libc::kill(p as libc::pid_t, 0) } == 0);
-        if !alive {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    for &p in pids {
-        signal_group(p, libc::SIGKILL);
     }
 }

@@ -1,29 +1,28 @@
-//! One instance: a `virga-watchdog` process in its own process group. Its task starts it,
-//! reads the bound address from its first stdout line, waits for the ready line, marks it ready,
-//! forwards its output to the platform log, and replaces it if it dies while still wanted.
+//! One instance as requests see it: whether it is ready, how many requests it has in flight
+//! (within its `max_inflight`), its address, and the lease a request holds on it. Picking
+//! the least busy ready instance is the request path: atomics only, no allocation.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use virga_provider::{Lease, LeaseSlot};
 
-use crate::boot::{boot, terminate, Booted};
-use crate::launch::Launch;
-use crate::Function;
+use crate::isolation::Handle;
 
-/// A running (or starting) watchdog process.
+/// A running (or starting) instance.
 pub(crate) struct Instance {
     pub(crate) id: String,
     addr: OnceLock<SocketAddr>,
     ready: AtomicBool,
     inflight: AtomicUsize,
+    /// The host process to wait for at shutdown (0: none yet).
     pid: AtomicU32,
     stopping: AtomicBool,
     stop: Notify,
-    launch: OnceLock<Arc<Launch>>,
+    handle: OnceLock<Arc<dyn Handle>>,
     /// OOM kills already reported, so each is reported once.
     oom_seen: AtomicU64,
     /// The watchdog's `max_inflight` (0: unlimited).
@@ -44,7 +43,7 @@ impl Instance {
             pid: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
-            launch: OnceLock::new(),
+            handle: OnceLock::new(),
             oom_seen: AtomicU64::new(0),
         }
     }
@@ -76,10 +75,45 @@ impl Instance {
         Some(self.pid.load(Ordering::SeqCst)).filter(|&p| p != 0)
     }
 
-    /// Ask the instance to stop; its task terminates the process.
+    /// Ask the instance to stop; its task stops it.
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.stop.notify_one();
+    }
+
+    /// Whether it was asked to stop.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when it is asked to stop (also if it was asked before).
+    pub(crate) fn stop_requested(&self) -> Notified<'_> {
+        self.stop.notified()
+    }
+
+    /// It started (reachable at `addr`, its host process `pid`) and is ready for requests.
+    pub(crate) fn set_ready(&self, addr: SocketAddr, handle: Arc<dyn Handle>, pid: Option<u32>) {
+        self.pid.store(pid.unwrap_or(0), Ordering::SeqCst);
+        let _ = self.addr.set(addr);
+        let _ = self.handle.set(handle);
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// It takes no more requests (it ended, or is ending).
+    pub(crate) fn set_gone(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// What it runs in, once it started.
+    pub(crate) fn handle(&self) -> Option<&Arc<dyn Handle>> {
+        self.handle.get()
+    }
+
+    /// Whether OOM kills happened in it that no request has reported yet.
+    pub(crate) fn unreported_oom_kills(&self) -> bool {
+        self.handle
+            .get()
+            .is_some_and(|h| h.oom_kills() > self.oom_seen.load(Ordering::SeqCst))
     }
 }
 
@@ -102,10 +136,10 @@ impl LeaseSlot for Instance {
     }
 
     fn take_oom_kill(&self) -> bool {
-        let Some(launch) = self.launch.get() else {
+        let Some(handle) = self.handle.get() else {
             return false;
         };
-        let now = launch.oom_kills();
+        let now = handle.oom_kills();
         now > self.oom_seen.swap(now, Ordering::SeqCst)
     }
 }
@@ -125,81 +159,4 @@ pub(crate) fn pick(list: &[Arc<Instance>]) -> Option<Lease> {
         }
     }
     None
-}
-
-/// The life of one instance, from spawn to exit.
-pub(crate) async fn run(func: Arc<Function>, inst: Arc<Instance>) {
-    let started = tokio::time::Instant::now();
-    let served = match start_and_wait(&func, &inst).await {
-        Ok(served) => served,
-        Err(why) => {
-            tracing::warn!(function = %func.spec.name, instance = %inst.id, "{why}");
-            func.spec.record_failure(why);
-            false
-        }
-    };
-    inst.ready.store(false, Ordering::SeqCst);
-    func.lock().retain(|i| !Arc::ptr_eq(i, &inst));
-    func.changed.notify_waiters();
-    if inst.stopping.load(Ordering::SeqCst) || func.stopped.load(Ordering::SeqCst) {
-        return;
-    }
-    // Died on its own while wanted: replace it, backing off while it keeps crashing early.
-    let streak = if served || started.elapsed() > Duration::from_secs(10) {
-        func.crash_streak.store(0, Ordering::SeqCst);
-        0
-    } else {
-        func.crash_streak.fetch_add(1, Ordering::SeqCst) + 1
-    };
-    let backoff = Duration::from_millis(50u64 << streak.min(7));
-    tokio::time::sleep(backoff).await;
-    func.reconcile();
-}
-
-/// Get a ready watchdog (from the warm pool, else started cold), serve until exit or stop.
-/// Ok(true) if it ever became ready.
-async fn start_and_wait(func: &Arc<Function>, inst: &Arc<Instance>) -> Result<bool, String> {
-    let spec = &func.spec;
-    let pooled = match func.pool_use.as_ref() {
-        Some(use_) if func.pool.serves() => func.pool.take(spec, use_, &inst.id).await,
-        _ => None,
-    };
-    let booted = match pooled {
-        Some(b) => {
-            b.log_as(func.cfg.logs.function(&spec.name), &inst.id);
-            b
-        }
-        None => tokio::select! {
-            b = boot(&func.cfg, spec, &inst.id, func.pool.zygote(func.pool_use.as_ref())) => b?,
-            _ = inst.stop.notified() => return Ok(false),
-        },
-    };
-    let Booted {
-        mut child,
-        launch,
-        addr,
-        ..
-    } = booted;
-    inst.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
-    let _ = inst.addr.set(addr);
-    let launch = Arc::new(launch);
-    let _ = inst.launch.set(launch.clone());
-    inst.ready.store(true, Ordering::SeqCst);
-    func.crash_streak.store(0, Ordering::SeqCst);
-    func.changed.notify_waiters();
-    let result = tokio::select! {
-        status = child.wait() => Err(exit_reason(status)),
-        _ = inst.stop.notified() => { terminate(&mut child).await; Ok(true) }
-    };
-    if launch.oom_kills() > inst.oom_seen.load(Ordering::SeqCst) && result.is_err() {
-        spec.record_failure("the instance ran out of memory and was killed".into());
-    }
-    result
-}
-
-fn exit_reason(status: std::io::Result<std::process::ExitStatus>) -> String {
-    match status {
-        Ok(s) => format!("watchdog exited ({s})"),
-        Err(e) => format!("watchdog wait failed: {e}"),
-    }
 }

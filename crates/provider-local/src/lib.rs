@@ -1,145 +1,62 @@
-//! The local provider: runs each function's instances on this machine as `virga-watchdog`
-//! child processes, keeps the wanted number of them alive, and hands the gateway a ready
-//! instance (least in-flight first) for every request, starting one when a function is at zero.
+//! The local provider: runs each function's instances on this machine, keeps the wanted
+//! number of them alive, and hands the gateway a ready instance (least in-flight first) for
+//! every request, starting one when a function is at zero.
 //!
 //! An instance is ready when its watchdog says so on stdout (`virga-watchdog ready`, pushed,
-//! never polled); the provider learns the port from the line the watchdog prints when it binds
-//! (`port=0`), so instances never race for ports. Requests count into per-function atomics the
-//! autoscaler (`virga-scaler`) reads through [`LocalProvider::loads`].
+//! never polled); the provider learns the address from the line the watchdog prints when it
+//! binds (`port=0`), so instances never race for ports. Requests count into per-function
+//! atomics the autoscaler (`virga-scaler`) reads through [`LocalProvider::loads`].
+//!
+//! Layout, dependencies pointing one way (each module uses only modules listed after it):
+//! - `lib` ([`LocalProvider`]: deploy, scale, lease, shutdown) and `load` (what the autoscaler
+//!   reads);
+//! - `function`: one function's instances, reconciled to the wanted count, and each
+//!   instance's life;
+//! - `pool`: the warm pool (`runtime`: which functions may use it; `bind`) and zygotes;
+//! - `boot`: starting one instance until its watchdog says it is ready; its log lines;
+//! - `config`: the settings, and the context the parts share, holding the isolation they
+//!   chose, picked once in [`LocalProvider::new`];
+//! - `process` and `sandbox`: the two isolations, plain processes and runc sandboxes, on
+//!   `child` (the host processes the platform starts);
+//! - `instance`: an instance as requests see it (ready, in flight, [`Lease`]): the hot path;
+//! - `isolation`: the contract every isolation meets;
+//! - `spec`: what an instance of a function runs; `error`.
+
+#![warn(missing_docs)]
 
 mod boot;
+mod child;
+mod config;
+mod function;
 mod instance;
-mod launch;
+mod isolation;
 mod load;
 mod pool;
+mod process;
 mod provider;
 mod sandbox;
 mod spec;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use virga_store::{Store, StoredFunction};
 use virga_types::ScalingPolicy;
 
-use instance::Instance;
-pub use pool::PoolRuntime;
-use pool::{PoolUse, WarmPool};
+use config::Ctx;
+pub use config::{IsolationKind, PoolRuntime, ProviderConfig};
+use function::Function;
+use pool::WarmPool;
 pub use sandbox::Runc;
-pub use spec::{InstanceSpec, OUTBOUND_ANNOTATION};
+use spec::InstanceSpec;
+pub use spec::OUTBOUND_ANNOTATION;
 pub use virga_provider::{FunctionLoad, Lease, ProviderError};
 
-/// Settings of the local provider.
-#[derive(Debug, Clone)]
-pub struct ProviderConfig {
-    /// Path of the `virga-watchdog` binary.
-    pub watchdog: PathBuf,
-    /// Directory for per-function runtime files (empty homes, runtimes); wiped at start.
-    pub run_dir: PathBuf,
-    /// Empty directory on a tmpfs outside the data directory, where each definition's
-    /// secrets are written for its instances (the caller creates and removes it).
-    pub secrets_dir: PathBuf,
-    /// How long a request waits for an instance to become ready.
-    pub ready_timeout: Duration,
-    /// How long a request waits for a free slot when every instance is at `max_inflight`.
-    pub queue_timeout: Duration,
-    /// Where cold starts and OOM kills are counted.
-    pub metrics: Arc<virga_metrics::Metrics>,
-    /// Where every instance's stdout/stderr lines go.
-    pub logs: Arc<virga_logs::LogHub>,
-    /// The sandbox runtime; `None` runs instances as plain processes.
-    pub sandbox: Option<Arc<Runc>>,
-    /// Pre-started runtimes kept per template runtime (0: no warm pool).
-    pub warm_pool: usize,
-    /// The template runtimes the warm pool and zygotes may run (the platform's own copies).
-    pub runtimes: Vec<PoolRuntime>,
-    /// Fork python3-http and node20 runtimes from a pre-forked interpreter (process isolation).
-    pub zygote: bool,
-    /// The addon a node zygote forks with (`libvirga_node_zygote.so`); `None`: node runtimes
-    /// start without a zygote.
-    pub node_addon: Option<PathBuf>,
-}
-
-/// Instance numbers, unique for the platform's life (sandbox names derive from them).
-static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
-
-/// One function's instances.
-pub(crate) struct Function {
-    pub(crate) spec: Arc<InstanceSpec>,
-    /// How its starts can use the warm pool and zygotes, if they can.
-    pub(crate) pool_use: Option<PoolUse>,
-    pub(crate) desired: AtomicU64,
-    pub(crate) instances: Mutex<Vec<Arc<Instance>>>,
-    /// Woken whenever an instance becomes ready or dies, or a limited instance frees a slot.
-    pub(crate) changed: Arc<Notify>,
-    /// The `com.openfaas.scale.*` labels.
-    pub(crate) policy: ScalingPolicy,
-    /// The watchdog's `max_inflight` (0: unlimited).
-    pub(crate) limit: usize,
-    /// Requests that asked for an instance, ever (the autoscaler's rps and idleness).
-    pub(crate) arrivals: AtomicU64,
-    /// Requests waiting for an instance right now.
-    pub(crate) waiting: AtomicUsize,
-    pub(crate) stopped: AtomicBool,
-    /// Consecutive instances that died before serving; drives restart backoff.
-    pub(crate) crash_streak: AtomicUsize,
-    pub(crate) cfg: Arc<ProviderConfig>,
-    pub(crate) pool: Arc<WarmPool>,
-}
-
-impl Function {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<Arc<Instance>>> {
-        self.instances.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn ready_count(&self) -> u64 {
-        self.lock().iter().filter(|i| i.is_ready()).count() as u64
-    }
-
-    /// Start or stop instances until their number matches `desired`.
-    pub(crate) fn reconcile(self: &Arc<Self>) {
-        if self.stopped.load(Ordering::SeqCst) {
-            return;
-        }
-        // Never beyond the function's own maximum, whatever was stored or asked for.
-        let want = self.desired.load(Ordering::SeqCst).min(self.policy.max) as usize;
-        let mut list = self.lock();
-        while list.len() < want {
-            let id = format!(
-                "{}-{}",
-                self.spec.name,
-                NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed)
-            );
-            let inst = Arc::new(Instance::new(id, self.limit, &self.changed));
-            list.push(inst.clone());
-            tokio::spawn(instance::run(self.clone(), inst));
-        }
-        if list.len() > want {
-            // Stop the least useful first: not ready, then least busy.
-            list.sort_by_key(|i| (i.is_ready(), usize::MAX - i.inflight()));
-            let surplus = list.len() - want;
-            for inst in list.drain(..surplus) {
-                inst.stop();
-            }
-        }
-    }
-
-    fn stop_all(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        for inst in self.lock().drain(..) {
-            inst.stop();
-        }
-        self.changed.notify_waiters();
-    }
-}
-
-/// Runs function instances as local processes.
+/// Runs function instances on this machine, under the isolation its config chose.
 pub struct LocalProvider {
-    cfg: Arc<ProviderConfig>,
+    ctx: Arc<Ctx>,
     store: Arc<Store>,
     functions: Mutex<HashMap<String, Arc<Function>>>,
     pool: Arc<WarmPool>,
@@ -148,22 +65,19 @@ pub struct LocalProvider {
 impl LocalProvider {
     /// A provider for the functions in `store`; clears what a previous run left in `run_dir`.
     pub fn new(cfg: ProviderConfig, store: Arc<Store>) -> Result<LocalProvider, ProviderError> {
+        let fail = |reason: String| ProviderError::Prepare {
+            name: String::new(),
+            reason,
+        };
         if cfg.run_dir.exists() {
-            std::fs::remove_dir_all(&cfg.run_dir).map_err(|e| ProviderError::Prepare {
-                name: String::new(),
-                reason: format!("clear {}: {e}", cfg.run_dir.display()),
-            })?;
+            std::fs::remove_dir_all(&cfg.run_dir)
+                .map_err(|e| fail(format!("clear {}: {e}", cfg.run_dir.display())))?;
         }
-        launch::provide_python(&cfg.run_dir);
-        let cfg = Arc::new(cfg);
-        let pool =
-            WarmPool::new(cfg.warm_pool, cfg.clone()).map_err(|reason| ProviderError::Prepare {
-                name: String::new(),
-                reason,
-            })?;
+        let ctx = Arc::new(Ctx::new(cfg));
+        let pool = WarmPool::new(ctx.clone()).map_err(fail)?;
         Ok(LocalProvider {
             pool,
-            cfg,
+            ctx,
             store,
             functions: Mutex::new(HashMap::new()),
         })
@@ -171,11 +85,7 @@ impl LocalProvider {
 
     /// The isolation instances run under, as shown in `/system/info`.
     pub fn isolation(&self) -> &'static str {
-        if self.cfg.sandbox.is_some() {
-            "runc"
-        } else {
-            "process"
-        }
+        self.ctx.isolation.name()
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Function>>> {
@@ -199,34 +109,27 @@ impl LocalProvider {
 
     /// (Re)start a function's instances from its stored definition.
     pub fn deploy(&self, f: &StoredFunction) -> Result<(), ProviderError> {
-        let spec = InstanceSpec::prepare(&self.cfg, &self.store, &f.deployment)?;
+        let view = self.ctx.isolation.view();
+        let spec = InstanceSpec::prepare(
+            &self.ctx.cfg.run_dir,
+            &self.ctx.cfg.secrets_dir,
+            &view,
+            &self.store,
+            &f.deployment,
+        )?;
         let policy = ScalingPolicy::from_labels(f.deployment.labels.as_ref()).map_err(|e| {
             ProviderError::Prepare {
                 name: f.deployment.service.clone(),
                 reason: e.to_string(),
             }
         })?;
-        let limit = spec
-            .env
-            .get("max_inflight")
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        let pool_use = self.pool.use_for(&spec);
-        let func = Arc::new(Function {
-            spec: Arc::new(spec),
-            pool_use,
-            desired: AtomicU64::new(f.replicas),
-            instances: Mutex::new(Vec::new()),
-            changed: Arc::new(Notify::new()),
+        let func = Arc::new(Function::new(
+            spec,
             policy,
-            limit,
-            arrivals: AtomicU64::new(0),
-            waiting: AtomicUsize::new(0),
-            stopped: AtomicBool::new(false),
-            crash_streak: AtomicUsize::new(0),
-            cfg: self.cfg.clone(),
-            pool: self.pool.clone(),
-        });
+            f.replicas,
+            self.ctx.clone(),
+            self.pool.clone(),
+        ));
         if let Some(use_) = &func.pool_use {
             self.pool.prepare(use_);
         }
@@ -250,7 +153,7 @@ impl LocalProvider {
         if let Some(func) = self.map().remove(name) {
             func.stop_all();
         }
-        spec::remove_files(&self.cfg, name);
+        spec::remove_files(&self.ctx.cfg.run_dir, name);
     }
 
     /// (desired, ready) instance counts; (0, 0) for an unknown function.
@@ -294,7 +197,7 @@ impl LocalProvider {
                 let list = func.lock();
                 if let Some(lease) = instance::pick(&list) {
                     if cold {
-                        self.cfg.metrics.cold_start(name, started.elapsed());
+                        self.ctx.cfg.metrics.cold_start(name, started.elapsed());
                     }
                     return Ok(lease);
                 }
@@ -311,9 +214,9 @@ impl LocalProvider {
             cold |= !full;
             // Full instances make a request wait briefly (then 429); none ready, until one is.
             let limit = if full {
-                self.cfg.queue_timeout
+                self.ctx.cfg.queue_timeout
             } else {
-                self.cfg.ready_timeout
+                self.ctx.cfg.ready_timeout
             };
             if tokio::time::timeout_at(started + limit, notified)
                 .await
@@ -358,7 +261,26 @@ impl LocalProvider {
             .collect()
     }
 
-    /// Stop every instance (platform shutdown) and wait for them to exit.
+    /// The load of every deployed function.
+    pub fn loads(&self) -> Vec<FunctionLoad> {
+        let all: Vec<Arc<Function>> = self.map().values().cloned().collect();
+        all.iter().map(|f| load::load_of(f)).collect()
+    }
+
+    /// Set a function's wanted instances (the autoscaler's decision; not stored).
+    pub fn autoscale(&self, name: &str, replicas: u64) {
+        if let Ok(f) = self.get(name) {
+            f.autoscale(replicas);
+        }
+    }
+
+    /// Go to zero instances if no request arrived since `arrivals` and none is in flight.
+    pub fn scale_idle_to_zero(&self, name: &str, arrivals: u64) -> bool {
+        self.get(name).is_ok_and(|f| f.scale_idle_to_zero(arrivals))
+    }
+
+    /// Stop every instance (platform shutdown), wait for them to exit, then remove what
+    /// their isolation still holds.
     pub async fn shutdown(&self) {
         let all: Vec<_> = self.map().drain().map(|(_, f)| f).collect();
         let mut pids = Vec::new();
@@ -367,6 +289,7 @@ impl LocalProvider {
             f.stop_all();
         }
         pids.extend(self.pool.close().await);
-        boot::wait_gone(&pids, Duration::from_secs(5)).await;
+        child::wait_gone(&pids, Duration::from_secs(5)).await;
+        self.ctx.isolation.shutdown();
     }
 }

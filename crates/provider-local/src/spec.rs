@@ -1,11 +1,13 @@
 //! What an instance of a function runs: the watchdog environment (template defaults from the
-//! bundle manifest, then the function's envVars, then envProcess), its working directory and
-//! its secrets, written 0600 to the secrets tmpfs (never into the data directory).
+//! bundle manifest, then the function's envVars, then envProcess), its working directory, its
+//! limits and its secrets, written 0600 to the secrets tmpfs (never into the data
+//! directory). Prepared once per
+//! deployment, for instances that see their files as their isolation's [`View`] says.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -25,24 +27,44 @@ const DEFAULT_PIDS: i64 = 128;
 /// Size of every sandbox's private /tmp.
 const TMP_SIZE: u64 = 64 << 20;
 
-use crate::sandbox::Limits;
+use virga_provider::ProviderError;
 
 /// Numbers of function secrets directories, unique for the platform's life.
 static NEXT_SECRETS: AtomicU64 = AtomicU64::new(1);
-use crate::{ProviderConfig, ProviderError};
+
+/// How an isolation's instances see their function's files.
+pub(crate) struct View {
+    /// Where the code directory appears to the instance (`None`: at its host path).
+    pub(crate) code: Option<&'static str>,
+    /// The user that must own the secrets to read them (`None`: the platform's own).
+    pub(crate) secrets_owner: Option<u32>,
+}
+
+/// Resource limits of one instance.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Memory in bytes (also the memory+swap limit, so it cannot swap).
+    pub(crate) memory: u64,
+    /// CPU cores, if given (else the isolation's default).
+    pub(crate) cpu: Option<f64>,
+    /// Most processes and threads.
+    pub(crate) pids: i64,
+    /// Size of the private /tmp in bytes.
+    pub(crate) tmp: u64,
+}
 
 /// Everything needed to start instances of one function.
 #[derive(Debug)]
-pub struct InstanceSpec {
+pub(crate) struct InstanceSpec {
     /// Function name.
-    pub name: String,
+    pub(crate) name: String,
     /// Environment of the watchdog (and so of the function).
-    pub env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     /// Working directory: the unpacked bundle, or an empty home.
-    pub workdir: PathBuf,
+    pub(crate) workdir: PathBuf,
     /// Directory holding the function's secrets (one 0600 file each).
-    pub secrets_dir: PathBuf,
-    /// Sandbox limits (memory, CPU, pids, /tmp size).
+    pub(crate) secrets_dir: PathBuf,
+    /// Limits (memory, CPU, pids, /tmp size), where the isolation enforces them.
     pub(crate) limits: Limits,
     /// Whether a sandboxed instance may reach beyond the host.
     pub(crate) outbound: bool,
@@ -68,9 +90,13 @@ pub(crate) struct BundleTemplate {
 }
 
 impl InstanceSpec {
-    /// Resolve the bundle, write secrets and build the environment for `d`.
-    pub fn prepare(
-        cfg: &ProviderConfig,
+    /// Resolve the bundle, write secrets (under `secrets_root`, a tmpfs outside the data
+    /// directory) and build the environment for `d`, for instances that see their files as
+    /// `view` says.
+    pub(crate) fn prepare(
+        run_dir: &Path,
+        secrets_root: &Path,
+        view: &View,
         store: &Store,
         d: &FunctionDeployment,
     ) -> Result<InstanceSpec, ProviderError> {
@@ -79,49 +105,16 @@ impl InstanceSpec {
             name: name.clone(),
             reason,
         };
-        let fn_dir = cfg.run_dir.join(&name);
-        let mut env = BTreeMap::new();
-        let mut template = None;
-        let workdir = match BundleRef::parse(&d.image) {
-            Some(r) => {
-                let dir = store.bundles().path(&r.digest).ok_or_else(|| {
-                    fail(format!(
-                        "bundle sha256:{} is not uploaded; run `virga deploy` again",
-                        r.digest
-                    ))
-                })?;
-                let manifest = read_manifest(&dir).map_err(&fail)?;
-                env.extend(manifest.env.clone());
-                if d.env_process.is_empty() {
-                    template = Some(BundleTemplate {
-                        lang: manifest.lang,
-                        env: manifest.env,
-                    });
-                }
-                dir
-            }
-            None => {
-                // Only envProcess: a classic function run per request, from an empty home
-                // it can list (as /home/app in an OpenFaaS image).
-                env.insert("mode".into(), "serializing".into());
-                let home = fn_dir.join("home");
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(&home)
-                    .map_err(|e| fail(format!("create home: {e}")))?;
-                home
-            }
-        };
+        let fn_dir = run_dir.join(&name);
+        let Code {
+            workdir,
+            mut env,
+            template,
+        } = code(store, d, &fn_dir).map_err(&fail)?;
         // Packages `virga build` installed into python/ are importable by any entrypoint (a
         // real OpenFaaS template's index.py does not add that directory itself).
-        let deps = workdir.join("python");
-        if fs::symlink_metadata(&deps).is_ok_and(|m| m.is_dir()) {
-            let code = if cfg.sandbox.is_some() {
-                Path::new("/home/app")
-            } else {
-                workdir.as_path()
-            };
+        if fs::symlink_metadata(workdir.join("python")).is_ok_and(|m| m.is_dir()) {
+            let code = view.code.map_or(workdir.as_path(), Path::new);
             env.insert(
                 "PYTHONPATH".into(),
                 code.join("python").to_string_lossy().into_owned(),
@@ -137,19 +130,8 @@ impl InstanceSpec {
             ));
         }
         let limits = limits(d).map_err(&fail)?;
-        // A directory of this definition's own: the instances of the one it replaces keep
-        // theirs until they are gone (and keep them whole if this one fails to prepare).
-        let generation = NEXT_SECRETS.fetch_add(1, Ordering::Relaxed);
-        let secrets_dir = cfg.secrets_dir.join(format!("{generation}-{name}"));
-        let written =
-            write_secrets(store, &secrets_dir, &d.secrets).and_then(|()| match &cfg.sandbox {
-                Some(_) => crate::sandbox::hand_over_secrets(&secrets_dir),
-                None => Ok(()),
-            });
-        if let Err(e) = written {
-            let _ = fs::remove_dir_all(&secrets_dir);
-            return Err(fail(e));
-        }
+        let secrets_dir =
+            secrets(store, secrets_root, &name, &d.secrets, view.secrets_owner).map_err(&fail)?;
         let secret_mount_path = secrets_dir.to_string_lossy().into_owned();
         env.insert("secret_mount_path".into(), secret_mount_path.clone());
         let mut bind_env = d.env_vars.clone();
@@ -212,6 +194,72 @@ impl InstanceSpec {
             format!("last instance failure: {last}")
         }
     }
+}
+
+/// A function's code: its working directory and the environment its bundle's manifest sets.
+struct Code {
+    workdir: PathBuf,
+    env: BTreeMap<String, String>,
+    /// The template, when the function runs it unchanged (no envProcess of its own).
+    template: Option<BundleTemplate>,
+}
+
+/// The code of `d`: its unpacked bundle, or for a function of only an envProcess an empty
+/// home under `fn_dir`.
+fn code(store: &Store, d: &FunctionDeployment, fn_dir: &Path) -> Result<Code, String> {
+    let Some(r) = BundleRef::parse(&d.image) else {
+        // Only envProcess: a classic function run per request, from an empty home it can
+        // list (as /home/app in an OpenFaaS image).
+        let home = fn_dir.join("home");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&home)
+            .map_err(|e| format!("create home: {e}"))?;
+        return Ok(Code {
+            workdir: home,
+            env: BTreeMap::from([("mode".into(), "serializing".into())]),
+            template: None,
+        });
+    };
+    let dir = store.bundles().path(&r.digest).ok_or_else(|| {
+        format!(
+            "bundle sha256:{} is not uploaded; run `virga deploy` again",
+            r.digest
+        )
+    })?;
+    let manifest = read_manifest(&dir)?;
+    Ok(Code {
+        workdir: dir,
+        env: manifest.env.clone(),
+        template: d.env_process.is_empty().then_some(BundleTemplate {
+            lang: manifest.lang,
+            env: manifest.env,
+        }),
+    })
+}
+
+/// Write the secrets `names` into a directory of this definition's own under `fn_dir`
+/// (the instances of the one it replaces keep theirs until they are gone, and keep them
+/// whole if this one fails to prepare), owned by `owner` if given.
+fn secrets(
+    store: &Store,
+    root: &Path,
+    function: &str,
+    names: &[String],
+    owner: Option<u32>,
+) -> Result<PathBuf, String> {
+    let generation = NEXT_SECRETS.fetch_add(1, Ordering::Relaxed);
+    let dir = root.join(format!("{generation}-{function}"));
+    let written = write_secrets(store, &dir, names).and_then(|()| match owner {
+        Some(uid) => hand_over_secrets(&dir, uid),
+        None => Ok(()),
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    Ok(dir)
 }
 
 /// Largest `virga-bundle.json` read.
@@ -292,6 +340,25 @@ fn write_secrets(store: &Store, dir: &Path, names: &[String]) -> Result<(), Stri
     Ok(())
 }
 
+/// Give user `uid` read access to a function's secrets (files 0600, dir 0700, owned by it).
+fn hand_over_secrets(dir: &Path, uid: u32) -> Result<(), String> {
+    let chown = |p: &Path| {
+        std::os::unix::fs::chown(p, Some(uid), Some(uid))
+            .map_err(|e| format!("chown {}: {e}", p.display()))
+    };
+    let chmod = |p: &Path, mode: u32| {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {}: {e}", p.display()))
+    };
+    let entries = fs::read_dir(dir).map_err(|e| format!("read secrets dir: {e}"))?;
+    for e in entries.flatten() {
+        chown(&e.path())?;
+        chmod(&e.path(), 0o600)?;
+    }
+    chown(dir)?;
+    chmod(dir, 0o700)
+}
+
 impl Drop for InstanceSpec {
     /// The secrets directory lives as long as the definition whose instances read it.
     fn drop(&mut self) {
@@ -302,6 +369,6 @@ impl Drop for InstanceSpec {
 }
 
 /// Remove a function's runtime files.
-pub(crate) fn remove_files(cfg: &ProviderConfig, name: &str) {
-    let _ = fs::remove_dir_all(cfg.run_dir.join(name));
+pub(crate) fn remove_files(run_dir: &Path, name: &str) {
+    let _ = fs::remove_dir_all(run_dir.join(name));
 }

@@ -1,6 +1,6 @@
-//! Binding a pooled runtime to a function: in a sandbox, the function's code and secrets are
-//! attached as read-only mounts and its limits written; then one `POST /_/virga/bind` (the
-//! code's directory and environment) makes the runtime load the code.
+//! Binding a pooled runtime to a function: its isolation attaches the function's code and
+//! secrets (in a sandbox: read-only mounts, and its limits written); then one
+//! `POST /_/virga/bind` (the code's directory and environment) makes the runtime load the code.
 //!
 //! The call is authenticated both ways. It carries the runtime's bind token, a secret only the
 //! platform and that runtime hold (the runtime refuses a bind without it, so no function can
@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +21,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
 
 use crate::boot::Booted;
-use crate::launch::Launch;
+use crate::isolation::Handle;
 use crate::spec::InstanceSpec;
 
 /// The request header carrying the bind token.
@@ -32,32 +31,40 @@ const PROOF_HEADER: &str = "x-virga-bound";
 /// How long a runtime may take to load a function's code.
 const BIND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Give the instance the function's code and secrets, then have the runtime load them with
-/// `env`, as the function's instance `id`.
+/// Give the pooled instance `booted` the function's code and secrets, then have its runtime
+/// load them with `env`, as the function's instance `id`.
 pub(super) async fn bind(
-    booted: &Booted,
+    booted: &Pooled<'_>,
     spec: &InstanceSpec,
     env: &BTreeMap<String, String>,
     id: &str,
 ) -> Result<(), String> {
-    let token = booted.bind_token.as_deref().ok_or("not a pooled runtime")?;
+    let token = booted.token.ok_or("not a pooled runtime")?;
     let mut env = env.clone();
     env.insert("HOSTNAME".into(), id.into());
-    let dir = match &booted.launch {
-        Launch::Process => spec.workdir.clone(),
-        Launch::Sandbox(rt, sb) => {
-            rt.bind(sb, spec)?;
-            env.insert(
-                "secret_mount_path".into(),
-                virga_types::SECRETS_MOUNT.into(),
-            );
-            PathBuf::from("/home/app")
-        }
-    };
+    let dir = booted.handle.attach(spec, &mut env)?;
     let body = serde_json::json!({"dir": dir, "env": env}).to_string();
     tokio::time::timeout(BIND_TIMEOUT, call(booted.addr, token, body))
         .await
         .map_err(|_| format!("no answer to the bind within {BIND_TIMEOUT:?}"))?
+}
+
+/// What a bind needs of a pooled instance (not its life, which stays with its owner).
+pub(super) struct Pooled<'a> {
+    pub(super) handle: &'a dyn Handle,
+    pub(super) addr: SocketAddr,
+    pub(super) token: Option<&'a str>,
+}
+
+impl<'a> Pooled<'a> {
+    /// The bind-relevant parts of `b`.
+    pub(super) fn of(b: &'a Booted) -> Pooled<'a> {
+        Pooled {
+            handle: b.handle.as_ref(),
+            addr: b.addr,
+            token: b.bind_token.as_deref(),
+        }
+    }
 }
 
 /// `POST /_/virga/bind` to `addr` with `token`; Ok when the answer is a 200 with the proof.

@@ -11,7 +11,7 @@
 //! that template unchanged and it sets no watchdog variables of its own (those are fixed when
 //! the watchdog starts); other starts take the cold path.
 //!
-//! Under process isolation the pool also keeps a zygote per forkable runtime ([`zygote`]).
+//! Where the isolation allows it, the pool also keeps a zygote per forkable runtime ([`zygote`]).
 
 mod bind;
 mod runtime;
@@ -21,19 +21,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use runtime::PoolRuntime;
 pub(crate) use runtime::PoolUse;
 use runtime::{Installed, PoolKey};
 use zygote::Zygotes;
 
 use crate::boot::{boot, Booted};
+use crate::config::Ctx;
 use crate::spec::InstanceSpec;
-use crate::ProviderConfig;
 
 /// Pre-started generic runtimes, by key.
 pub(crate) struct WarmPool {
     size: usize,
-    cfg: Arc<ProviderConfig>,
+    ctx: Arc<Ctx>,
     runtimes: Vec<Arc<Installed>>,
     ready: Mutex<HashMap<PoolKey, Vec<Booted>>>,
     starting: Mutex<HashMap<PoolKey, usize>>,
@@ -44,14 +43,15 @@ pub(crate) struct WarmPool {
 }
 
 impl WarmPool {
-    /// A pool keeping `size` instances per runtime (0 turns it off), with the runtimes of
-    /// `cfg` installed under the run directory.
-    pub(crate) fn new(size: usize, cfg: Arc<ProviderConfig>) -> Result<Arc<WarmPool>, String> {
+    /// A pool keeping `cfg.warm_pool` instances per runtime (0 turns it off), with the
+    /// runtimes of `cfg` installed under the run directory.
+    pub(crate) fn new(ctx: Arc<Ctx>) -> Result<Arc<WarmPool>, String> {
+        let cfg = &ctx.cfg;
         let runtimes = runtime::install(&cfg.run_dir.join("runtimes"), &cfg.runtimes)?;
         Ok(Arc::new(WarmPool {
-            size,
-            zygotes: Zygotes::new(cfg.clone()),
-            cfg,
+            size: cfg.warm_pool,
+            zygotes: Zygotes::new(ctx.clone()),
+            ctx,
             runtimes,
             ready: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
@@ -120,14 +120,12 @@ impl WarmPool {
             self.next.fetch_add(1, Ordering::Relaxed)
         );
         let zygote = self.zygotes.for_refill(rt);
-        let booted = boot(&self.cfg, &rt.generic, &id, zygote).await;
+        let booted = boot(&self.ctx, &rt.generic, &id, zygote).await;
         if let Some(n) = self.starting().get_mut(&rt.key) {
             *n = n.saturating_sub(1);
         }
         match booted {
-            Ok(mut b) if self.closed.load(Ordering::SeqCst) => {
-                let _ = b.child.start_kill();
-            }
+            Ok(mut b) if self.closed.load(Ordering::SeqCst) => b.life.kill(),
             Ok(b) => {
                 let idle = {
                     let mut ready = self.ready();
@@ -135,7 +133,7 @@ impl WarmPool {
                     list.push(b);
                     list.len()
                 };
-                self.cfg.metrics.set_warm_pool(&rt.key.0, idle as i64);
+                self.ctx.cfg.metrics.set_warm_pool(&rt.key.0, idle as i64);
             }
             Err(e) => tracing::warn!("warm pool {}: {e}", rt.key.0),
         }
@@ -156,19 +154,22 @@ impl WarmPool {
                 let list = ready.get_mut(use_.key())?;
                 (list.pop()?, list.len())
             };
-            self.cfg.metrics.set_warm_pool(&use_.key().0, idle as i64);
+            self.ctx
+                .cfg
+                .metrics
+                .set_warm_pool(&use_.key().0, idle as i64);
             self.fill(&use_.runtime);
-            if !matches!(booted.child.try_wait(), Ok(None)) {
+            if !booted.life.running() {
                 continue;
             }
-            match bind::bind(&booted, spec, &use_.env, id).await {
+            match bind::bind(&bind::Pooled::of(&booted), spec, &use_.env, id).await {
                 Ok(()) => {
-                    self.cfg.metrics.warm_start(&spec.name);
+                    self.ctx.cfg.metrics.warm_start(&spec.name);
                     return Some(booted);
                 }
                 Err(e) => {
                     tracing::warn!("binding pooled instance {}: {e}", booted.id);
-                    let _ = booted.child.start_kill();
+                    booted.life.kill();
                 }
             }
         }
@@ -184,7 +185,7 @@ impl WarmPool {
     /// the platform's final clean-up sees them all.
     pub(crate) async fn close(&self) -> Vec<u32> {
         self.closed.store(true, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + self.cfg.ready_timeout;
+        let deadline = tokio::time::Instant::now() + self.ctx.cfg.ready_timeout;
         while tokio::time::Instant::now() < deadline {
             if self.starting().values().sum::<usize>() == 0 {
                 break;
@@ -194,8 +195,8 @@ impl WarmPool {
         let mut pids = self.zygotes.clear();
         for (_, list) in self.ready().drain() {
             for mut b in list {
-                pids.extend(b.child.id());
-                let _ = b.child.start_kill();
+                pids.extend(b.life.pid());
+                b.life.kill();
             }
         }
         pids

@@ -11,9 +11,10 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::PoolRuntime;
 use crate::spec::{BundleTemplate, InstanceSpec};
 
 /// Templates whose runtime can start unbound (`VIRGA_POOL=1`) and be bound later.
@@ -21,19 +22,6 @@ const BINDABLE: [&str; 2] = ["python3-http", "node20"];
 
 /// Largest runtime file compared against a bundle's copy.
 const MAX_RUNTIME_FILE: u64 = 1 << 20;
-
-/// A template runtime the warm pool can pre-start: its entrypoint files and the watchdog
-/// environment of its template (as `virga build` records them in a bundle).
-#[derive(Debug, Clone)]
-pub struct PoolRuntime {
-    /// Template name, as bundle manifests record it (`python3-http`).
-    pub lang: String,
-    /// The runtime's files (path relative to the template, contents): everything of the
-    /// template but `template.yml` and the `function/` starter.
-    pub files: Vec<(PathBuf, Vec<u8>)>,
-    /// The template's watchdog environment (`fprocess`, `mode`, `upstream_url`, ...).
-    pub env: BTreeMap<String, String>,
-}
 
 /// Which generic runtime a function can be bound to: `{lang}-{hash of its files and env}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

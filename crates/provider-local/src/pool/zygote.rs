@@ -1,4 +1,4 @@
-//! Zygotes (process isolation only): per forkable template runtime (python3-http, node20), a
+//! Zygotes (only where the isolation allows them: processes): per forkable template runtime (python3-http, node20), a
 //! runtime with its libraries loaded that forks a new runtime per start, for the starts the
 //! pool cannot serve (and, for python3-http, for refilling the pool). A zygote runs the
 //! platform's copy of the template, like pooled runtimes, and holds no function's code.
@@ -12,8 +12,9 @@ use tokio::process::Child;
 
 use super::runtime::{Installed, PoolKey};
 use crate::boot::{forward_log, LogTarget};
+use crate::child;
+use crate::config::Ctx;
 use crate::spec::InstanceSpec;
-use crate::ProviderConfig;
 
 /// A template runtime that can run as a zygote (`VIRGA_ZYGOTE`).
 struct Forkable {
@@ -55,7 +56,9 @@ struct Zygote {
 
 /// The zygotes of one platform, by runtime.
 pub(super) struct Zygotes {
-    cfg: Arc<ProviderConfig>,
+    ctx: Arc<Ctx>,
+    /// Whether zygotes run at all: asked for, and allowed by the isolation.
+    enabled: bool,
     running: Mutex<HashMap<PoolKey, Zygote>>,
     /// A private directory (0700, under the system's temp dir) for zygote sockets, made when
     /// the run directory's path is too long for a unix socket address.
@@ -63,9 +66,10 @@ pub(super) struct Zygotes {
 }
 
 impl Zygotes {
-    pub(super) fn new(cfg: Arc<ProviderConfig>) -> Arc<Zygotes> {
+    pub(super) fn new(ctx: Arc<Ctx>) -> Arc<Zygotes> {
         Arc::new(Zygotes {
-            cfg,
+            enabled: ctx.cfg.zygote && ctx.isolation.zygotes(),
+            ctx,
             running: Mutex::new(HashMap::new()),
             short_dir: OnceLock::new(),
         })
@@ -80,7 +84,7 @@ impl Zygotes {
     fn socket_path(&self, key: &PoolKey) -> Option<PathBuf> {
         let name = format!("zygote-{}.sock", key.0);
         let fits = |p: &PathBuf| p.as_os_str().len() <= 100;
-        let path = self.cfg.run_dir.join(&name);
+        let path = self.ctx.cfg.run_dir.join(&name);
         if fits(&path) {
             return Some(path);
         }
@@ -124,16 +128,16 @@ impl Zygotes {
         None
     }
 
-    /// Start `rt`'s zygote if its runtime can fork (python3-http, node20; process isolation)
+    /// Start `rt`'s zygote if zygotes are on, its runtime can fork (python3-http, node20)
     /// and none runs.
     pub(super) fn ensure(self: &Arc<Self>, rt: &Arc<Installed>) {
-        if !self.cfg.zygote || self.cfg.sandbox.is_some() {
+        if !self.enabled {
             return;
         }
         let Some(Forkable { lang, flags, .. }) = forkable(rt) else {
             return;
         };
-        let addon = match (*lang, &self.cfg.node_addon) {
+        let addon = match (*lang, &self.ctx.cfg.node_addon) {
             ("node20", None) => return,
             ("node20", Some(addon)) => Some(addon.as_path()),
             _ => None,
@@ -147,7 +151,7 @@ impl Zygotes {
                 return;
             }
         }
-        match start(&self.cfg, &rt.generic, &socket, flags, addon) {
+        match start(&self.ctx.cfg.logs, &rt.generic, &socket, flags, addon) {
             Ok((child, stdout)) => {
                 running.insert(
                     rt.key.clone(),
@@ -167,7 +171,7 @@ impl Zygotes {
     /// Mark `key`'s zygote ready once it prints so.
     async fn await_ready(&self, key: PoolKey, stdout: tokio::process::ChildStdout) {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(self.cfg.ready_timeout, lines.next_line()).await;
+        let ready = tokio::time::timeout(self.ctx.cfg.ready_timeout, lines.next_line()).await;
         if matches!(ready, Ok(Ok(Some(ref l))) if l == "virga-zygote ready") {
             if let Some(z) = self.running().get_mut(&key) {
                 z.ready = true;
@@ -191,7 +195,7 @@ impl Zygotes {
 /// Start the zygote of the runtime `generic` describes, listening on `socket`: its program
 /// with the interpreter `flags`, and node's fork `addon` when it needs one.
 fn start(
-    cfg: &ProviderConfig,
+    logs: &virga_logs::LogHub,
     generic: &InstanceSpec,
     socket: &Path,
     flags: &[&str],
@@ -200,26 +204,12 @@ fn start(
     let fprocess = generic.env.get("fprocess").ok_or("no fprocess")?;
     let words = virga_watchdog::config::split_command(fprocess)?;
     let (program, argv) = words.split_first().ok_or("empty fprocess")?;
-    let mut cmd = tokio::process::Command::new(program);
+    let mut cmd = child::command(program);
     cmd.args(flags)
         .args(argv)
-        .env_clear()
-        .envs(crate::launch::inherited_env())
         .envs(&generic.env)
         .env("VIRGA_ZYGOTE", socket)
-        .current_dir(&generic.workdir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe; the zygote dies with the platform.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+        .current_dir(&generic.workdir);
     if let Some(addon) = addon {
         cmd.env("VIRGA_NODE_ADDON", addon);
     }
@@ -227,7 +217,7 @@ fn start(
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
     if let Some(err) = child.stderr.take() {
-        let log = LogTarget::new(cfg.logs.function(&generic.name), "zygote");
+        let log = LogTarget::new(logs.function(&generic.name), "zygote");
         tokio::spawn(forward_log(log, err));
     }
     let stdout = child.stdout.take().ok_or("zygote stdout not captured")?;

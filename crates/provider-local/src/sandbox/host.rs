@@ -3,7 +3,9 @@
 //! platform has a record (`platforms/KEY`: its pid, start time and boot id) in the network
 //! directory; the first to start saves ip_forward's value and sets it, every start writes the
 //! table, and the last live platform to stop deletes the table and restores ip_forward. A
-//! record whose process is gone (a crash) is dropped by the next platform that starts or stops.
+//! record whose process is gone (a crash) is dropped by the next platform that starts or stops,
+//! after the cgroups of that platform's sandboxes are reclaimed (its data directory, with
+//! runc's state, may be gone: the record is the last thing naming them).
 //! All of it happens under the network directory's lock.
 
 use std::fs;
@@ -11,6 +13,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+
+use super::cgroup;
 
 /// The table: instances (host ends `vg*`) reach neither the host nor each other, only
 /// answer connections made to them, and leave for the outside world masqueraded (those with
@@ -122,7 +126,8 @@ fn nft(script: &str) -> Result<(), String> {
     }
 }
 
-/// Live platforms' records, after removing those of processes that are gone.
+/// Live platforms' records, after removing those of processes that are gone (and the
+/// cgroups of their sandboxes).
 fn live_platforms(dir: &Path) -> Vec<String> {
     let mut live = Vec::new();
     for e in fs::read_dir(dir.join("platforms"))
@@ -133,13 +138,19 @@ fn live_platforms(dir: &Path) -> Vec<String> {
         let owner = fs::read_to_string(e.path())
             .ok()
             .and_then(|t| Owner::parse(&t));
+        let key = e.file_name().to_string_lossy().into_owned();
         match owner {
-            Some(o) if o.alive() => live.push(e.file_name().to_string_lossy().into_owned()),
+            Some(o) if o.alive() => live.push(key),
             _ => {
                 tracing::info!(
                     "removing the record of a platform that is gone: {}",
                     e.path().display()
                 );
+                // Its sandboxes (cgroups and what still runs in them) go first: once the
+                // record is gone, nothing names them any more.
+                if super::is_key(&key) {
+                    cgroup::reclaim(&key);
+                }
                 let _ = fs::remove_file(e.path());
             }
         }

@@ -1,31 +1,35 @@
-//! Sandboxes through a real OCI runtime (runc). Each instance is one container whose init is
-//! the watchdog: read-only root, code and secrets as read-only views (`mounts`), non-root, no
-//! capabilities, a seccomp allow-list (`seccomp`), its own namespaces (network via `net`,
-//! kept apart by `host`'s nftables table) and cgroup limits (`oci`).
+//! Sandbox isolation through a real OCI runtime (runc). Each instance is one container whose
+//! init is the watchdog: a shared read-only root (`rootfs`), code and secrets as read-only
+//! views (`mounts`), non-root, no capabilities, a seccomp allow-list (`seccomp`), its own
+//! namespaces (network via `net`, kept apart by `host`'s nftables table) and cgroup limits
+//! (`oci`, `cgroup`). [`Runc`] is the [`crate::isolation::Isolation`] (`contained`).
 //!
 //! Everything a sandbox creates is named after this platform's key (kept in the data
 //! directory), so a restart after a crash finds and removes what the last run left behind:
 //! containers in the runc state directory, cgroups under `/virga-KEY`, mounts, network slots.
+//! Network slots and cgroups of a platform that is gone with its data directory are found
+//! through its record (`host`) by the next platform that starts, and removed too.
 
+mod cgroup;
+mod contained;
 mod host;
 mod mounts;
 mod net;
 mod oci;
+mod rootfs;
 mod seccomp;
 
 use std::fs;
-use std::net::Ipv4Addr;
-use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::process::Command;
 
+use crate::child;
 use crate::spec::InstanceSpec;
-pub(crate) use oci::Limits;
-use oci::{Layout, APP_UID, ETC_BINDS, WATCHDOG_PATH};
+use oci::Layout;
 
 /// The runc-based sandbox runtime of one platform.
 #[derive(Debug)]
@@ -52,19 +56,12 @@ const SPARE_NETS: usize = 2;
 
 /// One created (not necessarily running) sandbox.
 #[derive(Debug, Clone)]
-pub(crate) struct Sandbox {
+struct Sandbox {
     id: String,
     bundle: PathBuf,
     net: net::NetLease,
     /// A pooled sandbox's host slots (`code`, `secrets`), bound to a function later.
     slots: Option<PathBuf>,
-}
-
-impl Sandbox {
-    /// The instance's address (its network namespace's end of the veth pair).
-    pub(crate) fn ip(&self) -> Ipv4Addr {
-        self.net.ip
-    }
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -75,6 +72,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// An io::Error as "what: error".
 fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
@@ -104,7 +102,7 @@ impl Runc {
         rt.remove_leftovers();
         let ready = private_dir(&rt.bundles)
             .map_err(io("create bundles dir"))
-            .and_then(|()| make_rootfs(&rt.rootfs));
+            .and_then(|()| rootfs::make(&rt.rootfs));
         if let Err(e) = ready {
             rt.net.leave();
             return Err(e);
@@ -134,31 +132,14 @@ impl Runc {
         for slot in fs::read_dir(&self.slots).into_iter().flatten().flatten() {
             release_slots(&slot.path());
         }
-        for dir in self.cgroup_dirs() {
-            remove_cgroup_tree(&dir);
+        for dir in cgroup::platform_dirs(&self.key) {
+            cgroup::remove_tree(&dir);
         }
-    }
-
-    /// This platform's cgroup parent in every mounted hierarchy.
-    fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let name = format!("virga-{}", self.key);
-        let root = Path::new("/sys/fs/cgroup");
-        let mut dirs: Vec<PathBuf> = fs::read_dir(root)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path().join(&name))
-            .filter(|p| p.is_dir())
-            .collect();
-        if root.join(&name).is_dir() {
-            dirs.push(root.join(&name));
-        }
-        dirs
     }
 
     /// Create the container bundle and network of instance `id` running `spec` with the
     /// extra variables `extra`.
-    pub(crate) fn create(
+    fn create(
         &self,
         id: &str,
         spec: &InstanceSpec,
@@ -285,138 +266,46 @@ impl Runc {
     }
 
     /// The command that runs the sandbox in the foreground (`runc run`).
-    pub(crate) fn command(&self, sb: &Sandbox) -> Command {
-        let mut c = Command::new(&self.runc);
+    fn command(&self, sb: &Sandbox) -> Command {
+        let mut c = child::command(&self.runc);
         c.arg("--root")
             .arg(&self.state)
             .arg("run")
             .arg("--bundle")
             .arg(&sb.bundle)
-            .arg(&sb.id)
-            .stdin(Stdio::null());
+            .arg(&sb.id);
         c
     }
 
     /// Kill the sandbox's processes at once.
-    pub(crate) fn kill(&self, sb: &Sandbox) {
+    fn kill(&self, sb: &Sandbox) {
         let _ = self.runc_cmd().args(["kill", &sb.id, "KILL"]).output();
     }
 
     /// Bind a pooled sandbox to a function: its code and secrets appear read-only at
     /// /home/app and /var/openfaas/secrets, and its limits replace the pool's.
-    pub(crate) fn bind(&self, sb: &Sandbox, spec: &InstanceSpec) -> Result<(), String> {
+    fn bind(&self, sb: &Sandbox, spec: &InstanceSpec) -> Result<(), String> {
         let dir = sb.slots.as_ref().ok_or("not a pooled sandbox")?;
         mounts::attach_ro(&spec.workdir, &dir.join("code"))?;
         mounts::attach_ro(&spec.secrets_dir, &dir.join("secrets"))?;
-        self.set_limits(sb, spec.limits)
-    }
-
-    /// Write new memory and CPU limits into the sandbox's cgroups (v1 or v2).
-    fn set_limits(&self, sb: &Sandbox, limits: Limits) -> Result<(), String> {
-        let rel = format!("virga-{}/{}", self.key, sb.id);
-        let root = Path::new("/sys/fs/cgroup");
-        let write = |p: PathBuf, v: &str| -> Result<(), String> {
-            fs::write(&p, v).map_err(|e| format!("write {}: {e}", p.display()))
-        };
-        let mem = limits.memory.to_string();
-        let v1 = root.join("memory").join(&rel);
-        if v1.is_dir() {
-            // memory+swap may never be below memory: order the writes for either direction.
-            let memsw = v1.join("memory.memsw.limit_in_bytes");
-            let has_memsw = memsw.exists();
-            if has_memsw {
-                let _ = write(memsw.clone(), &mem);
-            }
-            write(v1.join("memory.limit_in_bytes"), &mem)?;
-            if has_memsw {
-                write(memsw, &mem)?;
-            }
-            write(
-                root.join("cpu").join(&rel).join("cpu.cfs_period_us"),
-                &oci::CPU_PERIOD.to_string(),
-            )?;
-            write(
-                root.join("cpu").join(&rel).join("cpu.cfs_quota_us"),
-                &limits.cpu_quota().to_string(),
-            )?;
-        } else {
-            let v2 = root.join(&rel);
-            write(v2.join("memory.max"), &mem)?;
-            let _ = write(v2.join("memory.swap.max"), "0");
-            let cpu = format!("{} {}", limits.cpu_quota(), oci::CPU_PERIOD);
-            write(v2.join("cpu.max"), &cpu)?;
-        }
-        Ok(())
+        cgroup::set_limits(&self.key, &sb.id, spec.limits)
     }
 
     /// Remove the container, its cgroups, its network and its bundle.
-    pub(crate) fn destroy(&self, sb: &Sandbox) {
+    fn destroy(&self, sb: &Sandbox) {
         let _ = self.runc_cmd().args(["delete", "-f", &sb.id]).output();
         if let Some(dir) = &sb.slots {
             release_slots(dir);
         }
         self.net.release(&sb.net);
         remove_bundle(&sb.bundle);
-        for dir in self.cgroup_dirs() {
-            remove_cgroup_tree(&dir.join(&sb.id));
+        for dir in cgroup::platform_dirs(&self.key) {
+            cgroup::remove_tree(&dir.join(&sb.id));
         }
-    }
-
-    /// How many times the kernel's OOM killer fired in the sandbox's memory cgroup.
-    pub(crate) fn oom_kills(&self, sb: &Sandbox) -> u64 {
-        let rel = format!("virga-{}/{}", self.key, sb.id);
-        let v1 = Path::new("/sys/fs/cgroup/memory")
-            .join(&rel)
-            .join("memory.oom_control");
-        let v2 = Path::new("/sys/fs/cgroup").join(&rel).join("memory.events");
-        [v1, v2]
-            .iter()
-            .filter_map(|p| fs::read_to_string(p).ok())
-            .flat_map(|text| {
-                text.lines()
-                    .filter_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
-                    .collect::<Vec<_>>()
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// CPU seconds used by the live sandboxes of function `name` (from their cgroups).
-    pub(crate) fn cpu_seconds(&self, name: &str) -> f64 {
-        let prefix = format!("{}-{name}-", self.key);
-        // cgroup v1 mounts the same counters under several names: take the largest sum.
-        let mut best = 0.0f64;
-        for parent in self.cgroup_dirs() {
-            let mut total = 0.0;
-            for e in fs::read_dir(&parent).into_iter().flatten().flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                let Some(num) = n.strip_prefix(&prefix) else {
-                    continue;
-                };
-                if !num.bytes().all(|b| b.is_ascii_digit()) {
-                    continue;
-                }
-                let v2 = fs::read_to_string(e.path().join("cpu.stat"))
-                    .ok()
-                    .and_then(|t| {
-                        t.lines()
-                            .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok())
-                    });
-                let v1 = || {
-                    fs::read_to_string(e.path().join("cpuacct.usage"))
-                        .ok()
-                        .and_then(|t| t.trim().parse::<f64>().ok())
-                        .map(|ns| ns / 1000.0)
-                };
-                total += v2.or_else(v1).unwrap_or(0.0) / 1e6;
-            }
-            best = best.max(total);
-        }
-        best
     }
 
     /// Remove everything of this platform (shutdown, after instances stopped).
-    pub fn shutdown(&self) {
+    fn remove_all(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.spares().clear();
         self.remove_leftovers();
@@ -425,12 +314,17 @@ impl Runc {
     }
 }
 
+/// Whether `name` is a platform key (8 hex digits, so safe in paths).
+fn is_key(name: &str) -> bool {
+    name.len() == 8 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The platform's key: random at first start, then kept in the sandbox directory.
 fn platform_key(dir: &Path) -> Result<String, String> {
     let path = dir.join("key");
     if let Ok(k) = fs::read_to_string(&path) {
         let k = k.trim().to_string();
-        if k.len() == 8 && k.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if is_key(&k) {
             return Ok(k);
         }
     }
@@ -469,97 +363,4 @@ fn release_slots(dir: &Path) {
     mounts::release_slot(&dir.join("code"));
     mounts::release_slot(&dir.join("secrets"));
     let _ = fs::remove_dir(dir);
-}
-
-/// rmdir a cgroup directory and its children, deepest first (cgroupfs has no recursive delete).
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(dir);
-}
-
-/// The shared read-only root: mount points, links into /usr, and a minimal /etc.
-fn make_rootfs(root: &Path) -> Result<(), String> {
-    if root.exists() {
-        mounts::release_slot(root);
-        let _ = fs::remove_dir_all(root);
-    }
-    // Its own tmpfs: the sandbox's mountinfo shows its root as `/`, not the data directory.
-    fs::create_dir_all(root).map_err(io("create rootfs"))?;
-    mounts::mount_tmpfs(root, 0, c"size=1m,mode=755")?;
-    for d in [
-        "proc",
-        "dev",
-        "sys",
-        "usr",
-        "tmp",
-        "home/app",
-        "var/openfaas/secrets",
-        "virga/bin",
-        "etc",
-    ] {
-        fs::create_dir_all(root.join(d)).map_err(io("create rootfs"))?;
-    }
-    // OpenFaaS templates run `python index.py`; Debian has only python3.
-    if !Path::new("/usr/bin/python").exists() {
-        symlink("/usr/bin/python3", root.join("virga/bin/python")).map_err(io("link rootfs"))?;
-    }
-    for top in ["bin", "lib", "lib64", "sbin", "lib32", "libx32"] {
-        let host = Path::new("/").join(top);
-        match fs::read_link(&host) {
-            Ok(target) => symlink(target, root.join(top)).map_err(io("link rootfs"))?,
-            Err(_) if host.is_dir() => {
-                return Err(format!(
-                    "{} is a directory: sandboxes need a merged-/usr host (Debian 12 is one)",
-                    host.display()
-                ))
-            }
-            Err(_) => {}
-        }
-    }
-    for etc in ETC_BINDS {
-        let host = Path::new(etc);
-        let target = root.join(etc.trim_start_matches('/'));
-        if host.is_dir() {
-            fs::create_dir_all(&target).map_err(io("create rootfs"))?;
-        } else if host.exists() {
-            fs::write(&target, "").map_err(io("create rootfs"))?;
-        }
-    }
-    fs::write(root.join(WATCHDOG_PATH.trim_start_matches('/')), "").map_err(io("create rootfs"))?;
-    fs::write(
-        root.join("etc/passwd"),
-        format!("root:x:0:0:root:/:/usr/sbin/nologin\napp:x:{APP_UID}:{APP_UID}:app:/home/app:/usr/sbin/nologin\n"),
-    )
-    .map_err(io("create rootfs"))?;
-    fs::write(
-        root.join("etc/group"),
-        format!("root:x:0:\napp:x:{APP_UID}:\n"),
-    )
-    .map_err(io("create rootfs"))?;
-    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).map_err(io("chmod rootfs"))?;
-    // runc gives a tmpfs the mode of the directory it is mounted on.
-    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))
-        .map_err(io("chmod rootfs/tmp"))?;
-    Ok(())
-}
-
-/// Give the sandbox user read access to a function's secrets (files 0600, dir 0700, owned by the sandbox user).
-pub(crate) fn hand_over_secrets(dir: &Path) -> Result<(), String> {
-    let chown = |p: &Path| {
-        std::os::unix::fs::chown(p, Some(APP_UID), Some(APP_UID))
-            .map_err(|e| format!("chown {}: {e}", p.display()))
-    };
-    for e in fs::read_dir(dir).map_err(io("read secrets dir"))?.flatten() {
-        chown(&e.path())?;
-        fs::set_permissions(e.path(), fs::Permissions::from_mode(0o600))
-            .map_err(io("chmod secret"))?;
-    }
-    chown(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("chmod secrets dir"))
 }

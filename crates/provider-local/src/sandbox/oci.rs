@@ -15,8 +15,12 @@ use oci_spec::runtime::{
     ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
+use crate::spec::Limits;
+
 /// User and group the function runs as (not root, not a host account).
 pub(crate) const APP_UID: u32 = 12000;
+/// Where the function's code appears inside the sandbox (as in OpenFaaS images).
+pub(crate) const CODE_PATH: &str = "/home/app";
 /// Where the watchdog binary appears inside the sandbox.
 pub(crate) const WATCHDOG_PATH: &str = "/virga/watchdog";
 /// Host files under /etc that runtimes read (name resolution, TLS roots, time zone).
@@ -41,24 +45,9 @@ const SHM: &str = "/dev/shm";
 /// /dev/shm's size, taken out of the /tmp budget (so both together are `limits.tmp`).
 const SHM_SIZE: u64 = 4 << 20;
 
-/// Resource limits of one sandbox.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    /// Memory in bytes (also the memory+swap limit, so it cannot swap).
-    pub(crate) memory: u64,
-    /// CPU cores, if given (else [`DEFAULT_CPU`]).
-    pub(crate) cpu: Option<f64>,
-    /// Most processes and threads.
-    pub(crate) pids: i64,
-    /// Size of the private /tmp in bytes.
-    pub(crate) tmp: u64,
-}
-
-impl Limits {
-    /// The CFS quota per [`CPU_PERIOD`]: `cpu` cores, or [`DEFAULT_CPU`] when none is given.
-    pub(crate) fn cpu_quota(&self) -> i64 {
-        (self.cpu.unwrap_or(DEFAULT_CPU) * CPU_PERIOD as f64) as i64
-    }
+/// The CFS quota per [`CPU_PERIOD`]: `limits.cpu` cores, or [`DEFAULT_CPU`] when none is given.
+pub(crate) fn cpu_quota(limits: &Limits) -> i64 {
+    (limits.cpu.unwrap_or(DEFAULT_CPU) * CPU_PERIOD as f64) as i64
 }
 
 /// Host paths one sandbox is made of.
@@ -190,7 +179,7 @@ fn process(env: &BTreeMap<String, String>, layout: &Layout<'_>) -> Result<Proces
         .cwd(if layout.runtime.is_some() {
             RUNTIME_PATH
         } else {
-            "/home/app"
+            CODE_PATH
         })
         .capabilities(no_caps)
         .no_new_privileges(true)
@@ -222,7 +211,7 @@ fn mounts(layout: &Layout<'_>, limits: Limits) -> Result<Vec<Mount>, String> {
     } else {
         &[]
     };
-    mounts.push(bind_with("/home/app", layout.code, follow)?);
+    mounts.push(bind_with(CODE_PATH, layout.code, follow)?);
     mounts.push(bind_with(
         virga_types::SECRETS_MOUNT,
         layout.secrets,
@@ -255,7 +244,7 @@ fn resources(limits: Limits) -> Result<LinuxResources, String> {
         .cpu(
             LinuxCpuBuilder::default()
                 .period(CPU_PERIOD)
-                .quota(limits.cpu_quota())
+                .quota(cpu_quota(&limits))
                 .build()
                 .map_err(e)?,
         )
