@@ -5,8 +5,6 @@
 //! a platform that is gone are reclaimed.
 //! These tests need root, runc and nft (`scripts/setup --test`); they fail rather than skip.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -14,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{virga_bin, Platform, PASSWORD};
 use serde_json::json;
+use virga_testkit::Platform;
 
 fn start(dir: &Path, extra: &[&str]) -> Platform {
     Platform::start_runc(dir, extra)
@@ -398,22 +396,6 @@ fn instances_reach_neither_each_other_nor_the_host() {
     assert_eq!(p.invoke("target", "still").text().unwrap(), "still");
 }
 
-fn virga(p: &Platform, dir: &Path, args: &[&str]) {
-    let out = Command::new(virga_bin())
-        .args(args)
-        .current_dir(dir)
-        .env("VIRGA_URL", &p.url)
-        .env("VIRGA_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "virga {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 const MOUNTINFO_HANDLER: &str =
     "def handle(event, context):\n    return {'body': open('/proc/self/mountinfo').read()}\n";
 
@@ -426,11 +408,11 @@ fn new_template_function(p: &Platform, work: &Path, name: &str, handler: &str) {
 /// A function `name` from template `lang` with `code` as its `file`, deployed with a secret.
 fn new_function_from(p: &Platform, work: &Path, name: &str, lang: &str, file: &str, code: &str) {
     p.create_secret("token", "t");
-    virga(p, work, &["new", name, "--lang", lang]);
+    p.cli(work, &["new", name, "--lang", lang]);
     std::fs::write(work.join(name).join(file), code).unwrap();
     let stack = format!("provider:\n  name: openfaas\nfunctions:\n  {name}:\n    lang: {lang}\n    handler: ./{name}\n    secrets: [token]\n    labels:\n      com.openfaas.scale.min: \"0\"\n");
     std::fs::write(work.join("stack.yml"), stack).unwrap();
-    virga(p, work, &["deploy", "-f", "stack.yml"]);
+    p.cli(work, &["deploy", "-f", "stack.yml"]);
 }
 
 const LIMITS_PROBE: &str = r#"

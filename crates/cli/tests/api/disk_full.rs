@@ -2,16 +2,14 @@
 //! root), filled to the last page. A deploy then gets a clear 507, `/healthz` says 503 while
 //! the store cannot write, and once space is freed both work again without a restart.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::Platform;
 use reqwest::Method;
 use serde_json::json;
+use virga_testkit::Platform;
 
 /// A tmpfs mounted for the test's life.
 struct Tmpfs(PathBuf);

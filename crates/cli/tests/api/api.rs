@@ -1,12 +1,10 @@
 //! End-to-end tests of the OpenFaaS gateway API against the real `virga up`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{script, Platform};
 use reqwest::Method;
 use serde_json::{json, Value};
+use virga_testkit::{script, Platform};
 
 #[test]
 fn system_routes_need_credentials_and_health_does_not() {

@@ -3,20 +3,18 @@
 //! ever leaving the bundle (also from trees stored before those checks), unpacking is bounded,
 //! and nothing is kept setuid or writable by others. All through the real upload + deploy API.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Answer, Platform};
 use flate2::{Compress, Compression, Crc, FlushCompress};
 use reqwest::Method;
 use serde_json::json;
 use sha2::Digest;
 use tar::{EntryType, Header};
+use virga_testkit::{Answer, Platform};
 
 /// One tar entry: path, type, mode, link target, data.
 type Entry<'a> = (&'a str, EntryType, u32, &'a str, &'a [u8]);

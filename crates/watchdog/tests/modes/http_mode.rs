@@ -1,10 +1,9 @@
 //! HTTP mode against the real binary with python3 upstreams.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{client, free_port, script, wait_for_status, Watchdog};
+use virga_testkit::free_port;
+use virga_testkit::watchdog::{client, script, wait_for_status, Watchdog};
 
 const UPSTREAM_PY: &str = r#"
 import http.server, os, sys, time

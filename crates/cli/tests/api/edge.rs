@@ -3,15 +3,13 @@
 //! lowered, as on a small host), request heads and bodies sent too slowly, idle keep-alive
 //! connections, password guessing on `/system`, and what browsers are and are not told.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Platform, PASSWORD};
 use reqwest::Method;
 use serde_json::json;
+use virga_testkit::{Platform, PASSWORD};
 
 /// `host:port` of a platform URL.
 fn addr_of(url: &str) -> SocketAddr {

@@ -2,14 +2,12 @@
 //! each template is created with `virga new`, deployed with `virga deploy`, invoked with
 //! `virga invoke`, listed, described and removed; secrets and login go through the CLI too.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{virga_bin, Platform, PASSWORD};
 use serde_json::Value;
+use virga_testkit::{virga_bin, Platform, PASSWORD};
 
 /// Run `virga ARGS` in `dir` against `p`, with `stdin` as input.
 fn virga(p: &Platform, dir: &Path, args: &[&str], stdin: &str) -> Output {

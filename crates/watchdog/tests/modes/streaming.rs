@@ -1,10 +1,8 @@
 //! Streaming mode against the real binary: stdout is streamed as produced.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{client, script, Watchdog};
+use virga_testkit::watchdog::{client, script, Watchdog};
 
 #[tokio::test]
 async fn first_chunk_arrives_before_exit() {

@@ -1,10 +1,8 @@
 //! Serializing mode against the real binary: one process per request.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{client, script, wait_for_status, Watchdog};
+use virga_testkit::watchdog::{client, script, wait_for_status, Watchdog};
 
 fn serializing(fprocess: &str, extra: &[(&str, &str)]) -> Watchdog {
     let mut env = vec![("mode", "serializing"), ("fprocess", fprocess)];

@@ -3,16 +3,14 @@
 //! `max_inflight` gives 429 after a brief wait, a call held at zero gets a clear 503, and a
 //! call whose instance died is retried.
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Platform;
 use reqwest::Method;
 use serde_json::{json, Value};
+use virga_testkit::Platform;
 
 fn status(p: &Platform, name: &str) -> Value {
     p.sys(Method::GET, &format!("/system/function/{name}"))
@@ -330,19 +328,6 @@ fn scale_to_zero_and_back_under_runc() {
     assert_eq!(replicas(&p, "nap"), (1, 1));
 }
 
-/// The first value of the metric whose line starts with `prefix`.
-fn metric(p: &Platform, prefix: &str) -> Option<f64> {
-    let text = p
-        .anon(Method::GET, "/metrics")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 /// A python3-http handler that burns one CPU second per call.
 const BURN: &str = "import time\n\ndef handle(event, context):\n    end = time.process_time() + 1.0\n    while time.process_time() < end:\n        pass\n    return 'burnt'\n";
 
@@ -358,7 +343,7 @@ fn cpu_scaling_counts_sandboxes_bound_from_the_warm_pool() {
     std::fs::write(work.path().join("stack.yml"), stack).unwrap();
     p.cli(work.path(), &["deploy", "-f", "stack.yml"]);
     let pool = "virga_warm_pool_instances{function_name=\"python3-http-";
-    assert!(p.eventually(Duration::from_secs(60), || metric(&p, pool) == Some(1.0)));
+    assert!(p.eventually(Duration::from_secs(60), || p.metric(pool) == Some(1.0)));
     let stop = Arc::new(AtomicBool::new(false));
     let callers: Vec<_> = (0..2)
         .map(|_| {
@@ -377,7 +362,7 @@ fn cpu_scaling_counts_sandboxes_bound_from_the_warm_pool() {
     }
     let warm = "virga_warm_starts_total{function_name=\"burn.openfaas-fn\"}";
     assert!(
-        metric(&p, warm) >= Some(1.0),
+        p.metric(warm) >= Some(1.0),
         "its first instance was not pooled"
     );
     assert!(scaled, "a core busy in a pooled sandbox added no replica");

@@ -3,43 +3,24 @@
 //! secrets, working directory and logs, and functions that set watchdog variables of their
 //! own still start the cold way.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{sandbox_leftovers, virga_bin, Platform, PASSWORD};
 use reqwest::Method;
-
-fn virga(p: &Platform, dir: &Path, args: &[&str]) {
-    let out = Command::new(virga_bin())
-        .args(args)
-        .current_dir(dir)
-        .env("VIRGA_URL", &p.url)
-        .env("VIRGA_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "virga {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use virga_testkit::{sandbox_leftovers, Platform};
 
 /// `virga new NAME --lang LANG` in `dir`, then replace its handler file with `code`.
 fn new_function(p: &Platform, dir: &Path, name: &str, lang: &str, file: &str, code: &str) {
-    virga(p, dir, &["new", name, "--lang", lang]);
+    p.cli(dir, &["new", name, "--lang", lang]);
     std::fs::write(dir.join(name).join(file), code).unwrap();
 }
 
 /// How many of `name`'s starts bound a pooled runtime (`virga_warm_starts_total`).
 fn warm_starts(p: &Platform, name: &str) -> Option<f64> {
-    metric(
-        p,
-        &format!("virga_warm_starts_total{{function_name=\"{name}.openfaas-fn\"}}"),
-    )
+    p.metric(&format!(
+        "virga_warm_starts_total{{function_name=\"{name}.openfaas-fn\"}}"
+    ))
 }
 
 /// Everything `name`'s instances logged.
@@ -49,18 +30,6 @@ fn function_logs(p: &Platform, name: &str) -> String {
         .unwrap()
         .text()
         .unwrap()
-}
-
-fn metric(p: &Platform, prefix: &str) -> Option<f64> {
-    let text = p
-        .anon(Method::GET, "/metrics")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 const STACK: &str = r#"
@@ -109,7 +78,7 @@ fn cold_starts_bind_pre_started_runtimes() {
     );
     std::fs::write(dir.join("stack.yml"), STACK).unwrap();
     p.create_secret("token", "t0k");
-    virga(&p, dir, &["deploy", "-f", "stack.yml"]);
+    p.cli(dir, &["deploy", "-f", "stack.yml"]);
 
     // Both runtimes' pools fill (one pre-started runtime each).
     let pool_full = |lang: &str| {
@@ -141,7 +110,7 @@ fn cold_starts_bind_pre_started_runtimes() {
     // The node pool refills with full runtimes, even with its zygote up by now (a forked
     // one runs V8 single-threaded): the next start from zero gets one.
     assert!(p.eventually(Duration::from_secs(30), || pool_full("node20")));
-    scale_to_zero(&p, "js");
+    p.scale_to_zero("js");
     let js: serde_json::Value = p.invoke("js", "").json().unwrap();
     assert_eq!(js["parent"], "virga-watchdog", "{js}");
     assert_eq!(warm_starts(&p, "py"), Some(1.0));
@@ -170,12 +139,9 @@ fn sandboxed_cold_starts_bind_pooled_sandboxes_read_only() {
     let stack = "provider:\n  name: openfaas\nfunctions:\n  py:\n    lang: python3-http\n    handler: ./py\n    environment:\n      GREETING: hej\n    secrets: [token]\n    limits:\n      memory: 96Mi\n    labels:\n      com.openfaas.scale.min: \"0\"\n";
     std::fs::write(dir.join("stack.yml"), stack).unwrap();
     p.create_secret("token", "s3c");
-    virga(&p, dir, &["deploy", "-f", "stack.yml"]);
+    p.cli(dir, &["deploy", "-f", "stack.yml"]);
     let filled = p.eventually(Duration::from_secs(30), || {
-        metric(
-            &p,
-            "virga_warm_pool_instances{function_name=\"python3-http-",
-        ) == Some(1.0)
+        p.metric("virga_warm_pool_instances{function_name=\"python3-http-") == Some(1.0)
     });
     assert!(filled, "warm pool did not fill");
     let text = p.invoke("py", "").text().unwrap();
@@ -229,7 +195,7 @@ fn runtime_parent(
     new_function(&p, dir, "fn", lang, file, code);
     let stack = format!("provider:\n  name: openfaas\nfunctions:\n  fn:\n    lang: {lang}\n    handler: ./fn\n    environment:\n      GREETING: salut\n    labels:\n      com.openfaas.scale.min: \"0\"\n");
     std::fs::write(dir.join("stack.yml"), stack).unwrap();
-    virga(&p, dir, &["deploy", "-f", "stack.yml"]);
+    p.cli(dir, &["deploy", "-f", "stack.yml"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let answer = answer(&p);
@@ -239,20 +205,8 @@ fn runtime_parent(
             then(&p, &answer);
             return answer;
         }
-        scale_to_zero(&p, "fn");
+        p.scale_to_zero("fn");
     }
-}
-
-/// Scale `name` to zero and wait until its instances are gone.
-fn scale_to_zero(p: &Platform, name: &str) {
-    let r = p.send_json(
-        Method::POST,
-        &format!("/system/scale-function/{name}"),
-        serde_json::json!({"serviceName": name, "replicas": 0}),
-    );
-    assert_eq!(r.status, 202, "{}", r.text);
-    let available = || p.get_json(&format!("/system/function/{name}"))["availableReplicas"].clone();
-    assert!(p.eventually(Duration::from_secs(10), || available() == 0));
 }
 
 /// The pid of the zygote serving a platform whose data directory is `data_dir`: a process
@@ -291,7 +245,7 @@ fn without_a_warm_pool_python_runtimes_are_forked_from_a_zygote() {
     // A second forked runtime draws other random numbers than the first. A zygote that
     // dies is replaced: the start that finds it dead goes without it, the next is forked.
     let second = |p: &Platform, first: &serde_json::Value| {
-        scale_to_zero(p, "fn");
+        p.scale_to_zero("fn");
         let again = answer(p);
         assert_eq!(again["parent"], "python3", "{again}");
         assert_ne!(again["random"], first["random"], "{again} after {first}");
@@ -301,11 +255,11 @@ fn without_a_warm_pool_python_runtimes_are_forked_from_a_zygote() {
         // (A dead process's environment reads empty.)
         let gone = || zygote_of(&p.data_dir) != Some(zygote);
         assert!(p.eventually(Duration::from_secs(10), gone));
-        scale_to_zero(p, "fn");
+        p.scale_to_zero("fn");
         assert_eq!(answer(p)["parent"], "virga-watchdog");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            scale_to_zero(p, "fn");
+            p.scale_to_zero("fn");
             if answer(p)["parent"] == "python3" {
                 break;
             }
@@ -408,20 +362,16 @@ fn pooled_sandboxes_never_run_another_functions_bundle() {
     let labels = "    labels:\n      com.openfaas.scale.min: \"0\"\n";
     let stack = format!("provider:\n  name: openfaas\nfunctions:\n  evil:\n    lang: python3-http\n    handler: ./evil\n{labels}");
     std::fs::write(evil_dir.join("stack.yml"), stack).unwrap();
-    virga(&p, &evil_dir, &["deploy", "-f", "stack.yml"]);
+    p.cli(&evil_dir, &["deploy", "-f", "stack.yml"]);
 
     new_function(&p, dir, "victim", "python3-http", "handler.py", "def handle(event, context):\n    return {'body': {'who': 'victim', 'token': open('/var/openfaas/secrets/token').read()}}\n");
     new_function(&p, dir, "spy", "python3-http", "handler.py", "import os\n\ndef handle(event, context):\n    seen = {}\n    for root, _, files in os.walk('/virga/runtime'):\n        for f in files:\n            seen[os.path.join(root, f)] = open(os.path.join(root, f), errors='replace').read()[:200]\n    return {'body': {'who': 'spy', 'seen': seen}}\n");
     let stack = format!("provider:\n  name: openfaas\nfunctions:\n  victim:\n    lang: python3-http\n    handler: ./victim\n    secrets: [token]\n{labels}  spy:\n    lang: python3-http\n    handler: ./spy\n{labels}");
     std::fs::write(dir.join("stack.yml"), stack).unwrap();
     p.create_secret("token", "victim-secret");
-    virga(&p, dir, &["deploy", "-f", "stack.yml"]);
-    let pool_full = || {
-        metric(
-            &p,
-            "virga_warm_pool_instances{function_name=\"python3-http-",
-        ) == Some(1.0)
-    };
+    p.cli(dir, &["deploy", "-f", "stack.yml"]);
+    let pool_full =
+        || p.metric("virga_warm_pool_instances{function_name=\"python3-http-") == Some(1.0);
     let call = |name: &str| -> serde_json::Value {
         assert!(
             p.eventually(Duration::from_secs(30), pool_full),
@@ -449,7 +399,7 @@ fn pooled_sandboxes_never_run_another_functions_bundle() {
     assert_eq!(evil["pwned"], true, "{evil}");
     assert_eq!(warm_starts(&p, "evil"), None);
     // ... and never in the runtimes the pool hands to others.
-    scale_to_zero(&p, "victim");
+    p.scale_to_zero("victim");
     let victim = call("victim");
     assert_eq!(
         victim,
@@ -495,13 +445,9 @@ fn functions_cannot_bind_pooled_sandboxes() {
     );
     let stack = "provider:\n  name: openfaas\nfunctions:\n  hijacker:\n    lang: python3-http\n    handler: ./hijacker\n    labels:\n      com.openfaas.scale.min: \"0\"\n  third:\n    lang: python3-http\n    handler: ./third\n    labels:\n      com.openfaas.scale.min: \"0\"\n";
     std::fs::write(dir.join("stack.yml"), stack).unwrap();
-    virga(&p, dir, &["deploy", "-f", "stack.yml"]);
-    let pool_full = || {
-        metric(
-            &p,
-            "virga_warm_pool_instances{function_name=\"python3-http-",
-        ) == Some(2.0)
-    };
+    p.cli(dir, &["deploy", "-f", "stack.yml"]);
+    let pool_full =
+        || p.metric("virga_warm_pool_instances{function_name=\"python3-http-") == Some(2.0);
     assert!(p.eventually(Duration::from_secs(30), pool_full));
     assert_eq!(
         p.invoke("hijacker", "")
@@ -521,7 +467,7 @@ fn functions_cannot_bind_pooled_sandboxes() {
     for _ in 0..2 {
         let third: serde_json::Value = p.invoke("third", "").json().unwrap();
         assert_eq!(third, serde_json::json!({"who": "third"}));
-        scale_to_zero(&p, "third");
+        p.scale_to_zero("third");
     }
 }
 

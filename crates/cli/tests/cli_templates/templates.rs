@@ -2,12 +2,12 @@
 //! the bundle with `tar`, start the runtime on a free port as the watchdog would, and
 //! make real requests (`scripts/setup` installs python3 and node).
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const VIRGA: &str = env!("CARGO_BIN_EXE_virga");
+use virga_testkit::{free_port, virga_bin};
 
 /// Kills the runtime when the test ends, however it ends.
 struct Running(Child);
@@ -20,7 +20,7 @@ impl Drop for Running {
 }
 
 fn virga(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(VIRGA)
+    let out = Command::new(virga_bin())
         .args(args)
         .current_dir(dir)
         .env_remove("VIRGA_URL")
@@ -64,14 +64,6 @@ fn built_bundle_with(dir: &Path, name: &str, lang: &str, handler: Option<(&str, 
     assert!(status.success());
     assert!(ext.join("virga-bundle.json").is_file());
     ext
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(dir: &Path, program: &str, arg: &str, port: u16) -> Running {

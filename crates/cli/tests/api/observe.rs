@@ -3,16 +3,14 @@
 //! and the lines functions write come back from `/system/logs` and `virga logs`, filtered,
 //! followed live, with the follow subscription gone once the client leaves.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{script, virga_bin, Platform, PASSWORD};
 use reqwest::Method;
 use serde_json::{json, Value};
+use virga_testkit::{script, virga_bin, Platform, PASSWORD};
 
 /// Scrape `/metrics` (no credentials) into series → value.
 fn scrape(p: &Platform) -> (String, HashMap<String, f64>) {

@@ -4,14 +4,11 @@
 //! follow live logs, see the chart, delete with confirmation; edit a function's definition and
 //! scale it. Screenshots are saved to `target/test-output/` (`console.png` shows the edit form).
 
-mod browser;
-mod common;
-
 use std::time::Duration;
 
-use browser::{output_path, Browser};
-use common::{script, Platform, PASSWORD};
 use serde_json::{json, Value};
+use virga_testkit::browser::{output_path, Browser};
+use virga_testkit::{script, Platform, PASSWORD};
 
 /// True when the gateway serves `/system/logs` (the route is added by another issue).
 fn has_logs_route(p: &Platform, name: &str) -> bool {

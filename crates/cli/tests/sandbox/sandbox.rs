@@ -2,14 +2,12 @@
 //! platform or of other functions, and nothing is left behind. These tests need root and
 //! runc (`scripts/setup` installs it); they fail rather than skip without them.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{sandbox_leftovers, Platform};
 use reqwest::Method;
 use serde_json::json;
+use virga_testkit::{sandbox_leftovers, Platform};
 
 fn start(dir: &Path) -> Platform {
     Platform::start_runc(dir, &[])

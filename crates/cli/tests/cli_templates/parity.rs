@@ -1,9 +1,7 @@
 //! OpenFaaS parity found with the real faas-cli and templates: how commands are split, what
 //! a command-only function's working directory looks like, and the errors a user meets.
 
-mod common;
-
-use common::Platform;
+use virga_testkit::Platform;
 
 /// `fprocess` is split with the shell's quoting rules: `sh -c 'a; b'` runs both commands
 /// (OpenFaaS's whitespace split would break it), and a value without quotes splits as before.

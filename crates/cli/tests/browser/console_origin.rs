@@ -2,15 +2,12 @@
 //! a function's answer, and a hostile function page loaded in the browser where the console is
 //! signed in gets nothing of it (headless Chromium, the real `virga up`).
 
-mod browser;
-mod common;
-
 use std::time::Duration;
 
-use browser::Browser;
-use common::{Platform, PASSWORD};
 use reqwest::Method;
 use serde_json::{json, Value};
+use virga_testkit::browser::Browser;
+use virga_testkit::{Platform, PASSWORD};
 
 #[test]
 fn the_console_has_an_origin_of_its_own() {
@@ -19,7 +16,7 @@ fn the_console_has_an_origin_of_its_own() {
     let p = Platform::start(&data);
     let console = p.console_url.clone().expect("the console is on by default");
     assert_ne!(console, p.url);
-    let show_auth = common::script(
+    let show_auth = virga_testkit::script(
         dir.path(),
         "show-auth.sh",
         "printf '%s' \"${Http_Authorization:-none}\"",

@@ -2,13 +2,11 @@
 //! bounds, watchdog variables that the watchdog can run with, one definition per name under
 //! concurrent creates, and only the one namespace there is, on every route.
 
-mod common;
-
 use std::sync::{Arc, Barrier};
 
-use common::Platform;
 use reqwest::Method;
 use serde_json::{json, Value};
+use virga_testkit::Platform;
 
 const HUGE: &str = "18446744073709551615";
 

@@ -3,17 +3,15 @@
 //! older version is sealed at start, and a wrong key is refused. Every check runs the real
 //! `virga up` and reads what it left on disk.
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{script, virga_bin, Platform, PASSWORD};
 use reqwest::Method;
 use serde_json::json;
+use virga_testkit::{script, virga_bin, Platform, PASSWORD};
 
 /// A secret's value and every form in which it could be found on disk.
 struct Needle {
