@@ -6,6 +6,7 @@
 
 mod bins;
 pub mod browser;
+pub mod bundle;
 mod host;
 mod platform;
 mod provider;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 
 use crate::bins::virga_bin;
+use crate::bundle::{file, targz, Entry};
 
 /// Password every test platform uses.
 pub const PASSWORD: &str = "test-password";
@@ -173,26 +174,25 @@ impl Platform {
         fprocess: &str,
         extra: serde_json::Value,
     ) {
-        use sha2::Digest;
-        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::fast(),
-        ));
         let manifest = serde_json::json!({
             "lang": "test",
             "env": {"fprocess": fprocess, "mode": "serializing"}
         })
         .to_string();
-        let mut all: Vec<(&str, &str)> = files.to_vec();
-        all.push(("virga-bundle.json", &manifest));
-        for (path, body) in all {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(body.len() as u64);
-            h.set_mode(0o755);
-            h.set_cksum();
-            tar.append_data(&mut h, path, body.as_bytes()).unwrap();
-        }
-        let bytes = tar.into_inner().unwrap().finish().unwrap();
+        let mut all: Vec<Entry> = files.iter().map(|(path, body)| file(path, body)).collect();
+        all.push(file("virga-bundle.json", &manifest));
+        let (hex, r) = self.upload_bundle(targz(&all));
+        assert_eq!(r.status, 201, "upload: {}", r.text);
+        let base = serde_json::json!({
+            "service": name,
+            "image": format!("virga.local/{name}@sha256:{hex}"),
+        });
+        self.deploy(base, extra);
+    }
+
+    /// PUT `bytes` as a bundle under its digest; the digest (hex) and the answer.
+    pub fn upload_bundle(&self, bytes: Vec<u8>) -> (String, Answer) {
+        use sha2::Digest;
         let hex = hex::encode(sha2::Sha256::digest(&bytes));
         let r = self
             .sys(
@@ -202,12 +202,11 @@ impl Platform {
             .body(bytes)
             .send()
             .unwrap();
-        assert_eq!(r.status(), 201, "upload: {}", r.text().unwrap());
-        let base = serde_json::json!({
-            "service": name,
-            "image": format!("virga.local/{name}@sha256:{hex}"),
-        });
-        self.deploy(base, extra);
+        let answer = Answer {
+            status: r.status().as_u16(),
+            text: r.text().unwrap(),
+        };
+        (hex, answer)
     }
 
     /// POST the deployment `base` with the fields of `extra` added; asserts 202.

@@ -12,48 +12,12 @@ use std::time::{Duration, Instant};
 use flate2::{Compress, Compression, Crc, FlushCompress};
 use reqwest::Method;
 use serde_json::json;
-use sha2::Digest;
 use tar::{EntryType, Header};
+use virga_testkit::bundle::{targz, Entry};
 use virga_testkit::{Answer, Platform};
-
-/// One tar entry: path, type, mode, link target, data.
-type Entry<'a> = (&'a str, EntryType, u32, &'a str, &'a [u8]);
 
 const MANIFEST: &str = r#"{"lang":"test","env":{"fprocess":"sh handler.sh","mode":"serializing"}}"#;
 const HANDLER: &str = "echo \"LEAKED=$LEAKED\"";
-
-fn targz(entries: &[Entry]) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        Compression::fast(),
-    ));
-    for (path, kind, mode, link, data) in entries {
-        let mut h = Header::new_gnu();
-        h.set_entry_type(*kind);
-        h.set_mode(*mode);
-        h.set_size(data.len() as u64);
-        if kind.is_symlink() || kind.is_hard_link() {
-            b.append_link(&mut h, path, link).unwrap();
-        } else {
-            b.append_data(&mut h, path, *data).unwrap();
-        }
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
-
-fn upload(p: &Platform, bytes: Vec<u8>) -> (String, Answer) {
-    let hex = hex::encode(sha2::Sha256::digest(&bytes));
-    let r = p
-        .sys(Method::PUT, &format!("/system/virga/bundles/sha256:{hex}"))
-        .body(bytes)
-        .send()
-        .unwrap();
-    let answer = Answer {
-        status: r.status().as_u16(),
-        text: r.text().unwrap(),
-    };
-    (hex, answer)
-}
 
 fn deploy(p: &Platform, name: &str, hex: &str) -> Answer {
     p.send_json(
@@ -154,7 +118,7 @@ fn uploads_with_links_out_hard_links_or_special_files_are_refused() {
     for (entries, entry) in cases {
         let entries: Vec<Entry> = entries;
         let started = Instant::now();
-        let (hex, r) = upload(&p, targz(&entries));
+        let (hex, r) = p.upload_bundle(targz(&entries));
         assert_eq!(r.status, 400, "{entries:?}: {}", r.text);
         assert!(r.text.contains(&format!("entry {entry} ")), "{}", r.text);
         assert!(!r.text.contains("host-secret"), "{}", r.text);
@@ -172,26 +136,23 @@ fn uploads_with_links_out_hard_links_or_special_files_are_refused() {
     }
     assert!(stored(dir.path()).is_empty(), "{:?}", stored(dir.path()));
     // Links that stay inside are fine.
-    let (hex, r) = upload(
-        &p,
-        targz(&[
-            (
-                "virga-bundle.json",
-                EntryType::Regular,
-                0o644,
-                "",
-                MANIFEST.as_bytes(),
-            ),
-            (
-                "lib/handler.sh",
-                EntryType::Regular,
-                0o644,
-                "",
-                HANDLER.as_bytes(),
-            ),
-            link("handler.sh", "lib/../lib/handler.sh"),
-        ]),
-    );
+    let (hex, r) = p.upload_bundle(targz(&[
+        (
+            "virga-bundle.json",
+            EntryType::Regular,
+            0o644,
+            "",
+            MANIFEST.as_bytes(),
+        ),
+        (
+            "lib/handler.sh",
+            EntryType::Regular,
+            0o644,
+            "",
+            HANDLER.as_bytes(),
+        ),
+        link("handler.sh", "lib/../lib/handler.sh"),
+    ]));
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(deploy(&p, "inside", &hex).status, 202);
     assert_eq!(p.invoke("inside", "").text().unwrap().trim(), "LEAKED=");
@@ -203,25 +164,22 @@ fn manifests_stored_before_the_upload_checks_still_cannot_reach_host_files() {
     let host = tempfile::tempdir().unwrap();
     let (manifest, string) = host_secrets(host.path());
     let p = Platform::start(dir.path());
-    let (hex, r) = upload(
-        &p,
-        targz(&[
-            (
-                "virga-bundle.json",
-                EntryType::Regular,
-                0o644,
-                "",
-                MANIFEST.as_bytes(),
-            ),
-            (
-                "handler.sh",
-                EntryType::Regular,
-                0o644,
-                "",
-                HANDLER.as_bytes(),
-            ),
-        ]),
-    );
+    let (hex, r) = p.upload_bundle(targz(&[
+        (
+            "virga-bundle.json",
+            EntryType::Regular,
+            0o644,
+            "",
+            MANIFEST.as_bytes(),
+        ),
+        (
+            "handler.sh",
+            EntryType::Regular,
+            0o644,
+            "",
+            HANDLER.as_bytes(),
+        ),
+    ]));
     assert_eq!(r.status, 201, "{}", r.text);
     // What an older gateway accepted: the bundle's manifest replaced on disk.
     let at = dir
@@ -287,27 +245,24 @@ fn unpacked_bundles_keep_no_special_bits_and_stored_files_are_private() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::start(dir.path());
     let script = "echo to-the-log >&2; echo ok";
-    let (hex, r) = upload(
-        &p,
-        targz(&[
-            (
-                "virga-bundle.json",
-                EntryType::Regular,
-                0o666,
-                "",
-                MANIFEST.as_bytes(),
-            ),
-            (
-                "handler.sh",
-                EntryType::Regular,
-                0o6777,
-                "",
-                script.as_bytes(),
-            ),
-            ("shared/", EntryType::Directory, 0o1777, "", b""),
-            ("shared/data", EntryType::Regular, 0o2666, "", b"x"),
-        ]),
-    );
+    let (hex, r) = p.upload_bundle(targz(&[
+        (
+            "virga-bundle.json",
+            EntryType::Regular,
+            0o666,
+            "",
+            MANIFEST.as_bytes(),
+        ),
+        (
+            "handler.sh",
+            EntryType::Regular,
+            0o6777,
+            "",
+            script.as_bytes(),
+        ),
+        ("shared/", EntryType::Directory, 0o1777, "", b""),
+        ("shared/data", EntryType::Regular, 0o2666, "", b"x"),
+    ]));
     assert_eq!(r.status, 201, "{}", r.text);
     let bundles = dir.path().join("bundles");
     let tree = bundles.join(&hex);
@@ -396,13 +351,13 @@ fn tar_bombs_are_refused_and_leave_nothing_on_disk() {
     let bomb = zeros_bomb((1 << 30) + 1);
     assert!(bomb.len() < 4 << 20, "{}", bomb.len());
     let started = Instant::now();
-    let (_, r) = upload(&p, bomb);
+    let (_, r) = p.upload_bundle(bomb);
     assert_eq!(r.status, 413, "{}", r.text);
     assert!(r.text.contains("1073741824 bytes"), "{}", r.text);
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(stored(dir.path()).is_empty(), "{:?}", stored(dir.path()));
     // Just within it is a bundle like any other (the bound is not a guess at compression).
-    let (_, r) = upload(&p, zeros_bomb(3 << 20));
+    let (_, r) = p.upload_bundle(zeros_bomb(3 << 20));
     assert_eq!(r.status, 201, "{}", r.text);
     drop(p);
 
@@ -423,20 +378,17 @@ fn tar_bombs_are_refused_and_leave_nothing_on_disk() {
         .iter()
         .map(|n| (n.as_str(), EntryType::Regular, 0o644, "", &data[..]))
         .collect();
-    let (_, r) = upload(&p, targz(&many));
+    let (_, r) = p.upload_bundle(targz(&many));
     assert_eq!(r.status, 413, "{}", r.text);
     assert!(r.text.contains("more than 50 entries"), "{}", r.text);
     let big = vec![b'y'; 60_000];
-    let (_, r) = upload(
-        &p,
-        targz(&[
-            ("a", EntryType::Regular, 0o644, "", &big),
-            ("b", EntryType::Regular, 0o644, "", &big),
-        ]),
-    );
+    let (_, r) = p.upload_bundle(targz(&[
+        ("a", EntryType::Regular, 0o644, "", &big),
+        ("b", EntryType::Regular, 0o644, "", &big),
+    ]));
     assert_eq!(r.status, 413, "{}", r.text);
     assert!(r.text.contains("more than 100000 bytes"), "{}", r.text);
     assert!(stored(dir.path()).is_empty(), "{:?}", stored(dir.path()));
-    let (_, r) = upload(&p, targz(&many[..50]));
+    let (_, r) = p.upload_bundle(targz(&many[..50]));
     assert_eq!(r.status, 201, "{}", r.text);
 }
