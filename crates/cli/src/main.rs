@@ -12,6 +12,7 @@ mod deploy;
 mod dockerfile;
 mod examples;
 mod functions;
+mod images;
 mod login;
 mod logs;
 mod new;
@@ -37,7 +38,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the platform: gateway, store and local provider.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Store credentials for a gateway (checked against it first).
     Login(login::LoginArgs),
     /// Forget the stored credentials of a gateway.
@@ -91,7 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let flag = cli.gateway.as_deref();
     let connect = || client::Client::connect(&config::resolve_gateway(flag, None));
     match cli.command {
-        Command::Up(args) => up::run(args),
+        Command::Up(args) => up::run(*args),
         Command::Login(args) => login::login(&config::resolve_gateway(flag, None), args),
         Command::Logout => login::logout(&config::resolve_gateway(flag, None)),
         Command::New(args) => new::run(args),

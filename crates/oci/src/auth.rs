@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD;
@@ -150,6 +150,13 @@ impl RegistryConfig {
             .map_err(|e| OciError::BadInput(format!("cannot encode config.json: {e}")))?;
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
         let ctx = || format!("write {}", path.display());
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(OciError::io(ctx()))?;
+        }
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create(true)

@@ -175,6 +175,14 @@ pub struct Images {
     pub(crate) layer_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+impl std::fmt::Debug for Images {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Images")
+            .field("dir", &self.store.root())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Images {
     /// Open (or create) the store in `dir`, clearing what an interrupted run left half done.
     pub fn open(dir: &Path, opts: Options) -> Result<Images> {

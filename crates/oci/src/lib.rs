@@ -23,6 +23,7 @@ mod push;
 mod registry;
 mod store;
 mod unpack;
+mod user;
 
 pub use auth::{Credentials, RegistryConfig};
 pub use build::{BuiltLayer, ImageSpec};

@@ -81,8 +81,10 @@ impl Images {
         };
         let budget = Arc::new(AtomicU64::new(left));
         let tracker = Tracker::new(progress, missing.0, missing.1);
-        futures_util::stream::iter(layers.iter())
-            .map(|l| self.ensure_layer(&s, &r, l, &budget, &tracker))
+        // By index: a closure over `&LayerRecord` would make this future not provably Send
+        // (rustc's higher-ranked lifetime limits), and callers spawn it.
+        futures_util::stream::iter(0..layers.len())
+            .map(|i| self.ensure_layer(&s, &r, &layers[i], &budget, &tracker))
             .buffer_unordered(self.opts.parallel_layers.max(1))
             .try_collect::<Vec<()>>()
             .await?;
