@@ -12,6 +12,7 @@ mod deploy;
 mod dockerfile;
 mod examples;
 mod functions;
+mod image_list;
 mod images;
 mod login;
 mod logs;
@@ -70,6 +71,8 @@ enum Command {
         #[command(subcommand)]
         command: queue::DeadLetterCommand,
     },
+    /// List the platform's cached registry images (sizes, functions); `prune` the unused.
+    Images(image_list::ImagesArgs),
     /// Manage secrets.
     Secret {
         #[command(subcommand)]
@@ -108,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(args) => functions::scale(&connect()?, args),
         Command::Logs(args) => logs::run(&connect()?, args),
         Command::Secret { command } => secrets::run(&connect()?, command),
+        Command::Images(args) => image_list::run(&connect()?, args),
         Command::Queue(args) => queue::show(&connect()?, args),
         Command::DeadLetters { command } => queue::dead_letters(&connect()?, command),
     }

@@ -70,6 +70,24 @@ fn call(p: &Platform, name: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().unwrap())
 }
 
+/// Run the `virga` CLI against `p`; its stdout (it must succeed).
+fn virga(p: &Platform, args: &[&str]) -> String {
+    let out = std::process::Command::new(common::virga_bin())
+        .args(args)
+        .env("VIRGA_URL", &p.url)
+        .env("VIRGA_PASSWORD", common::PASSWORD)
+        .env("VIRGA_CONFIG_DIR", p.data_dir.join("cli-config"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "virga {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 fn get(p: &Platform, path: &str) -> (u16, String) {
     let r = p.sys(Method::GET, path).send().unwrap();
     (r.status().as_u16(), r.text().unwrap())
@@ -80,7 +98,7 @@ fn an_image_with_no_virga_component_runs_pinned_and_scales_to_zero_and_back() {
     let reg = Registry::start(None);
     let digest = push_httpd(&reg, "web:1", "hello from busybox\n", None);
     let dir = tempfile::tempdir().unwrap();
-    let p = Platform::start_runc(dir.path(), &[]);
+    let mut p = Platform::start_runc(dir.path(), &[]);
     let r = deploy(&p, json!({"service": "web", "image": reg.image("web:1")}));
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(call(&p, "web"), (200, "hello from busybox\n".into()));
@@ -102,6 +120,17 @@ fn an_image_with_no_virga_component_runs_pinned_and_scales_to_zero_and_back() {
         .get_json("/system/function/web")["availableReplicas"]
         == 0));
     assert_eq!(call(&p, "web"), (200, "hello from busybox\n".into()));
+
+    // A layer lost while the platform was down (as if its unpack never finished) is pulled
+    // again at the next start.
+    p.kill9();
+    let layers = dir.path().join("images/layers");
+    for layer in std::fs::read_dir(&layers).unwrap().flatten() {
+        std::fs::remove_dir_all(layer.path()).unwrap();
+    }
+    p.restart();
+    assert_eq!(call(&p, "web"), (200, "hello from busybox\n".into()));
+    assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 1);
 
     // Stopped, the platform leaves no image root mounted and no sandbox behind.
     drop(p);
@@ -269,7 +298,7 @@ fn bad_references_registries_and_credentials_get_clear_errors_and_a_put_follows_
     let (_, described) = get(&p, "/system/function/private");
     assert!(!described.contains(&creds.to_base64()), "{described}");
     assert!(!described.contains("registryAuth"), "{described}");
-    let db = std::fs::read(dir.path().join("virga.redb")).unwrap_or_default();
+    let db = std::fs::read(dir.path().join("state.redb")).unwrap();
     let b64 = creds.to_base64();
     assert!(!db.windows(b64.len()).any(|w| w == b64.as_bytes()));
 
@@ -346,10 +375,22 @@ fn the_images_route_lists_sizes_and_users_and_prune_removes_only_the_unused() {
     assert!(k["unpackedSize"].as_u64().unwrap() > 1_000_000, "{k}");
     assert_eq!(entry(&gone)["functions"], json!([]));
 
-    let r = p.send_json(Method::POST, "/system/virga/images/prune", json!({}));
-    assert_eq!(r.status, 200, "{}", r.text);
-    let pruned: Value = serde_json::from_str(&r.text).unwrap();
+    // The CLI shows the same: a table of images with their functions, the pin in describe.
+    let table = virga(&p, &["images"]);
+    let row = |r: &str| table.lines().find(|l| l.contains(r)).map(str::to_string);
+    let kept_row = row(&reg.image("kept:1")).unwrap_or_else(|| panic!("{table}"));
+    assert!(kept_row.trim_end().ends_with("kept"), "{table}");
+    assert!(row(&reg.image("gone:1")).is_some(), "{table}");
+    let described = virga(&p, &["describe", "kept"]);
+    assert!(
+        described.contains(&format!("Image digest:       {kept}")),
+        "{described}"
+    );
+
+    let pruned = virga(&p, &["images", "prune", "--json"]);
+    let pruned: Value = serde_json::from_str(&pruned).unwrap();
     assert_eq!(pruned["images"], 1, "{pruned}");
+    assert!(pruned["bytes"].as_u64().unwrap() > 100_000, "{pruned}");
     let left: Vec<Value> = p
         .get_json("/system/virga/images")
         .as_array()

@@ -67,14 +67,17 @@ pub(crate) async fn pin(
             )
         })?)
     };
-    let resolved = cfg.images.resolve(&d.image, creds.as_ref()).await?;
-    let image = cfg
-        .images
-        .pull(&resolved.pinned, creds.as_ref(), None)
-        .await?;
+    // One resolution: the tag is recorded with the image, and what it pointed at is pinned.
+    let image = cfg.images.pull(&d.image, creds.as_ref(), None).await?;
     image.user_ids()?;
-    tracing::info!(function = %d.service, image = %d.image, pinned = %resolved.pinned, "image pulled");
-    Ok(Some(std::mem::replace(&mut d.image, resolved.pinned)))
+    let pinned = format!(
+        "{}/{}@{}",
+        reference.registry(),
+        reference.repository(),
+        image.digest
+    );
+    tracing::info!(function = %d.service, image = %d.image, %pinned, "image pulled");
+    Ok(Some(std::mem::replace(&mut d.image, pinned)))
 }
 
 /// The digest a stored function's image is pinned to, if it is a registry image.
