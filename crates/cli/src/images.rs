@@ -53,10 +53,11 @@ pub async fn ensure(images: &Images, store: &Store, registry_config: &Path) {
     };
     for f in functions {
         let image = &f.deployment.image;
-        let Some(digest) = image.rsplit_once('@').and_then(|(_, d)| Digest::parse(d)) else {
+        // Only registry images (bundles are pinned too, but not pulled).
+        let Some(digest) = f.image_ref.as_ref().and(Digest::pinned_in(image)) else {
             continue;
         };
-        if f.image_ref.is_none() || images.image(&digest).is_ok() {
+        if images.image(&digest).is_ok() {
             continue;
         }
         tracing::info!(function = %f.deployment.service, image = %image, "pulling a missing image");

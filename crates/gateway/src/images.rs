@@ -85,7 +85,7 @@ pub(crate) fn pinned_digest(image: &str) -> Option<Digest> {
     if BundleRef::parse(image).is_some() {
         return None;
     }
-    image.rsplit_once('@').and_then(|(_, d)| Digest::parse(d))
+    Digest::pinned_in(image)
 }
 
 /// One image of `GET /system/virga/images`.

@@ -20,7 +20,14 @@ impl Digest {
         ok.then(|| Digest(s.to_string()))
     }
 
-    /// The digest of `bytes`.
+    /// The digest a pinned reference (`repo@sha256:...`) names, if it is pinned.
+    pub fn pinned_in(reference: &str) -> Option<Digest> {
+        reference
+            .rsplit_once('@')
+            .and_then(|(_, d)| Digest::parse(d))
+    }
+
+    /// The sha256 digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Digest {
         Digest(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
     }

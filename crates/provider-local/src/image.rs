@@ -43,9 +43,7 @@ pub(crate) fn pinned_digest(image: &str) -> Option<Result<Digest, String>> {
         return None;
     }
     Some(
-        image
-            .rsplit_once('@')
-            .and_then(|(_, d)| Digest::parse(d))
+        Digest::pinned_in(image)
             .ok_or_else(|| format!("image {image:?} is not pinned to a digest: deploy it again")),
     )
 }
