@@ -18,7 +18,7 @@ use virga_oci::{Credentials, Platform as Arch, RunConfig};
 fn httpd() -> RunConfig {
     RunConfig {
         entrypoint: Some(
-            ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
+            ["/bin/httpd", "-f", "-v", "-p", "8080", "-h", "/www"]
                 .map(String::from)
                 .to_vec(),
         ),
@@ -120,6 +120,22 @@ fn an_image_with_no_virga_component_runs_pinned_and_scales_to_zero_and_back() {
         .get_json("/system/function/web")["availableReplicas"]
         == 0));
     assert_eq!(call(&p, "web"), (200, "hello from busybox\n".into()));
+
+    // Its output (httpd -v: one line per request; the readiness probe's /_/health is a 404
+    // here, so the open port made it ready) is the function's log; its calls are counted.
+    assert!(p.eventually(Duration::from_secs(5), || {
+        let (_, logs) = get(&p, "/system/logs?name=web");
+        logs.contains("response:404") && logs.contains("response:200")
+    }));
+    let metrics = p
+        .anon(Method::GET, "/metrics")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let counted =
+        "gateway_function_invocation_total{function_name=\"web.openfaas-fn\",code=\"200\"} 2";
+    assert!(metrics.contains(counted), "{metrics}");
 
     // A layer lost while the platform was down (as if its unpack never finished) is pulled
     // again at the next start.
