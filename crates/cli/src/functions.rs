@@ -180,6 +180,10 @@ pub fn describe(client: &Client, args: DescribeArgs) -> Result<()> {
         ("URL", client.function_url(&f.name)),
         ("Created", f.created_at.to_rfc3339()),
     ];
+    if let (Some(pinned), Some(digest)) = (&f.pinned_image, &f.image_digest) {
+        rows.insert(6, ("Pinned image", pinned.clone()));
+        rows.insert(7, ("Image digest", digest.clone()));
+    }
     if !f.namespace.is_empty() {
         rows.push(("Namespace", f.namespace.clone()));
     }

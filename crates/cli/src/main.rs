@@ -12,6 +12,8 @@ mod deploy;
 mod dockerfile;
 mod examples;
 mod functions;
+mod image_list;
+mod images;
 mod login;
 mod logs;
 mod new;
@@ -37,7 +39,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the platform: gateway, store and local provider.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Store credentials for a gateway (checked against it first).
     Login(login::LoginArgs),
     /// Forget the stored credentials of a gateway.
@@ -69,6 +71,8 @@ enum Command {
         #[command(subcommand)]
         command: queue::DeadLetterCommand,
     },
+    /// List the platform's cached registry images (sizes, functions); `prune` the unused.
+    Images(image_list::ImagesArgs),
     /// Manage secrets.
     Secret {
         #[command(subcommand)]
@@ -91,7 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let flag = cli.gateway.as_deref();
     let connect = || client::Client::connect(&config::resolve_gateway(flag, None));
     match cli.command {
-        Command::Up(args) => up::run(args),
+        Command::Up(args) => up::run(*args),
         Command::Login(args) => login::login(&config::resolve_gateway(flag, None), args),
         Command::Logout => login::logout(&config::resolve_gateway(flag, None)),
         Command::New(args) => new::run(args),
@@ -107,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(args) => functions::scale(&connect()?, args),
         Command::Logs(args) => logs::run(&connect()?, args),
         Command::Secret { command } => secrets::run(&connect()?, command),
+        Command::Images(args) => image_list::run(&connect()?, args),
         Command::Queue(args) => queue::show(&connect()?, args),
         Command::DeadLetters { command } => queue::dead_letters(&connect()?, command),
     }

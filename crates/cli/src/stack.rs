@@ -236,6 +236,7 @@ impl Stack {
             limits: res(&f.limits),
             requests: res(&f.requests),
             read_only_root_filesystem: f.readonly_root_filesystem,
+            registry_auth: String::new(),
         })
     }
 }

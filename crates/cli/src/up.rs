@@ -96,6 +96,9 @@ pub struct UpArgs {
     /// Async calls: body limit, queue limits, callbacks.
     #[command(flatten)]
     pub async_calls: crate::queue::AsyncArgs,
+    /// Registry images: insecure registries, credentials, limits.
+    #[command(flatten)]
+    pub images: crate::images::ImageArgs,
     /// Log format of the platform's own logs.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -174,7 +177,17 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
         dir: Some(args.data_dir.join("logs")),
         ..virga_logs::LogConfig::default()
     }));
-    let local = start_provider(&args, &store, &metrics, &logs, secrets_tmpfs.path())?;
+    let images = crate::images::open(&args.images, &args.data_dir)?;
+    let registry_config = args.images.registry_config(&args.data_dir);
+    crate::images::ensure(&images, &store, &registry_config).await;
+    let local = start_provider(
+        &args,
+        &store,
+        &metrics,
+        &logs,
+        secrets_tmpfs.path(),
+        &images,
+    )?;
     let restored = local.provider.restore()?;
     let provider: SharedProvider = local.provider.clone();
     virga_scaler::spawn(
@@ -192,11 +205,20 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
         metrics,
         logs,
     );
+    let isolation = local.provider.isolation();
+    virga_gateway::enable_images(
+        &state,
+        virga_gateway::ImagesConfig {
+            images,
+            registry_config,
+            unavailable: (isolation != "runc")
+                .then(|| format!("instances run as {isolation} instances")),
+        },
+    );
     crate::queue::start(&state, &args.queue, &args.data_dir, &args.async_calls).await?;
     let listeners = bind(&args).await?;
     let addr = listeners.api.local_addr()?;
     let console_addr = listeners.console.as_ref().map(|l| l.local_addr());
-    let isolation = local.provider.isolation();
     announce(
         addr,
         console_addr.transpose()?,
@@ -242,6 +264,7 @@ fn start_provider(
     metrics: &Arc<virga_metrics::Metrics>,
     logs: &Arc<virga_logs::LogHub>,
     secrets_dir: &Path,
+    images: &Arc<virga_oci::Images>,
 ) -> Result<Local> {
     let watchdog = watchdog_path(args.watchdog.as_deref())?;
     let isolation = isolation(args.isolation, &args.data_dir, &watchdog)?;
@@ -258,6 +281,7 @@ fn start_provider(
             runtimes: crate::templates::embedded_runtimes(),
             zygote: !args.no_zygote,
             node_addon: node_addon.clone(),
+            images: Some(images.clone()),
             metrics: metrics.clone(),
             logs: logs.clone(),
         },

@@ -47,6 +47,9 @@ pub enum ApiError {
     /// The function failed in a way the platform detected, e.g. an OOM kill (500).
     #[error("{0}")]
     FunctionFailed(String),
+    /// A registry refused access (its 401 or 403, with its message).
+    #[error("{1}")]
+    Registry(StatusCode, String),
     /// The data directory's disk is full (507).
     #[error("{0}")]
     InsufficientStorage(String),
@@ -70,6 +73,7 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Registry(status, _) => *status,
             ApiError::FunctionFailed(_) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -17,6 +17,7 @@ use virga_types::{
 };
 
 use crate::error::parse_json;
+use crate::images;
 use crate::{ApiError, AppState};
 
 /// `?namespace=` of a read, as faas-cli sends it; only the one namespace there is.
@@ -37,13 +38,20 @@ fn status_of(state: &AppState, f: &StoredFunction) -> FunctionStatus {
     let name = &f.deployment.service;
     // The provider's count is the truth: a call at zero raises it without a store write.
     let (desired, ready) = state.provider.replicas(name);
-    FunctionStatus::from_deployment(
+    let mut status = FunctionStatus::from_deployment(
         &f.deployment,
         f.created_at,
         desired,
         ready,
         state.invocation_count(name) as f64,
-    )
+    );
+    // An image function shows the reference as deployed (as OpenFaaS does) and its pin.
+    if let Some(reference) = &f.image_ref {
+        status.image = reference.clone();
+        status.pinned_image = Some(f.deployment.image.clone());
+        status.image_digest = images::pinned_digest(&f.deployment.image).map(|d| d.to_string());
+    }
+    status
 }
 
 /// The scaling policy of a validated deployment.
@@ -104,18 +112,21 @@ pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let d = parse_deployment(&body)?;
+    let mut d = parse_deployment(&body)?;
+    let replicas = policy(&d)?.min;
+    let _writing = state.function_writes.lock().await;
+    if state.store.function(&d.service)?.is_some() {
+        return Err(exists(&d.service));
+    }
+    let image_ref = images::pin(&state, &mut d).await?;
     let f = StoredFunction {
-        replicas: policy(&d)?.min,
+        replicas,
         deployment: d,
         created_at: Utc::now(),
+        image_ref,
     };
-    let _writing = state.function_writes.lock().await;
     state.store.create_function(&f).map_err(|e| match e {
-        virga_store::StoreError::Exists { .. } => ApiError::Conflict(format!(
-            "function {:?} already exists: update it with PUT /system/functions",
-            f.deployment.service
-        )),
+        virga_store::StoreError::Exists { .. } => exists(&f.deployment.service),
         e => e.into(),
     })?;
     if let Err(e) = state.provider.deploy(&f) {
@@ -129,19 +140,28 @@ pub(crate) async fn create(
     Ok(StatusCode::ACCEPTED)
 }
 
-/// `PUT /system/functions`: replace a function's definition and restart its instances.
+fn exists(name: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "function {name:?} already exists: update it with PUT /system/functions"
+    ))
+}
+
+/// `PUT /system/functions`: replace a function's definition and restart its instances (an
+/// image reference is resolved again, so a moved tag is followed).
 pub(crate) async fn update(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let d = parse_deployment(&body)?;
+    let mut d = parse_deployment(&body)?;
     let max = policy(&d)?.max;
     let _writing = state.function_writes.lock().await;
     let old = load(&state, &d.service)?;
+    let image_ref = images::pin(&state, &mut d).await?;
     let f = StoredFunction {
         deployment: d,
         created_at: old.created_at,
         replicas: old.replicas.min(max),
+        image_ref,
     };
     state.store.update_function(&f)?;
     if let Err(e) = state.provider.deploy(&f) {

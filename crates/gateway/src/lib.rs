@@ -16,6 +16,7 @@ mod conn;
 mod console;
 mod error;
 mod functions;
+mod images;
 mod invoke;
 mod limit;
 mod listener;
@@ -41,6 +42,7 @@ use virga_types::{GatewayInfo, ProviderInfo, VersionInfo, DEFAULT_NAMESPACE};
 pub use asyncfn::{enable_async, AsyncConfig};
 pub use auth::Credentials;
 pub use error::ApiError;
+pub use images::{enable_images, ImagesConfig};
 pub use listener::ServeConfig;
 
 /// Settings of the gateway.
@@ -85,6 +87,8 @@ pub struct AppState {
     async_calls: std::sync::OnceLock<asyncfn::AsyncCalls>,
     /// Held by every change of a function, so the store and the provider see them in one order.
     pub(crate) function_writes: tokio::sync::Mutex<()>,
+    /// Registry images, once enabled.
+    pub(crate) images: std::sync::OnceLock<images::ImagesConfig>,
 }
 
 impl AppState {
@@ -115,6 +119,7 @@ impl AppState {
             fn_metrics: metrics::FunctionHandles::default(),
             async_calls: std::sync::OnceLock::new(),
             function_writes: tokio::sync::Mutex::new(()),
+            images: std::sync::OnceLock::new(),
         })
     }
 
@@ -164,6 +169,8 @@ fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             "/system/virga/dead-letters/{id}/retry",
             post(asyncfn::retry_dead),
         )
+        .route("/system/virga/images", get(images::list))
+        .route("/system/virga/images/prune", post(images::prune))
         .route(
             "/system/virga/bundles/{digest}",
             head(bundles::exists).put(bundles::upload),

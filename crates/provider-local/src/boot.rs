@@ -12,7 +12,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::config::Ctx;
 use crate::isolation::{Handle, Life, Output, Start, Started};
-use crate::spec::InstanceSpec;
+use crate::probe;
+use crate::spec::{InstanceSpec, Rootfs};
 
 /// Prefix of the line the watchdog prints once bound.
 const LISTENING: &str = "virga-watchdog listening on ";
@@ -72,26 +73,23 @@ pub(crate) async fn boot(
     if let Some(err) = stderr {
         tokio::spawn(forward_log(target.clone(), err));
     }
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = async {
-        let printed = read_until(&target, &mut lines, LISTENING).await?;
-        let listening = t0.elapsed();
-        let addr: SocketAddr = printed
-            .trim()
-            .parse()
-            .map_err(|e| format!("bad address {printed:?}: {e}"))?;
-        read_until(&target, &mut lines, READY).await?;
-        tracing::debug!(
-            instance = %id,
-            ?started,
-            ?listening,
-            ready = ?t0.elapsed(),
-            "instance started"
-        );
-        Ok::<_, String>(handle.reach(addr))
-    };
     let timeout = ctx.cfg.ready_timeout;
-    let addr = match tokio::time::timeout(timeout, ready).await {
+    let ready = match &spec.rootfs {
+        Rootfs::Image(image) => {
+            // No Virga watchdog to say so: probe the port the image listens on.
+            tokio::spawn(forward_log(target.clone(), stdout));
+            let addr = handle.reach(SocketAddr::from(([0, 0, 0, 0], image.port)));
+            let probe = probe::until_ready(addr, life.as_mut());
+            tokio::time::timeout(timeout, probe)
+                .await
+                .map(|r| r.map(|()| addr))
+        }
+        Rootfs::Host => {
+            let said = watchdog_ready(&target, stdout, handle.as_ref());
+            tokio::time::timeout(timeout, said).await
+        }
+    };
+    let addr = match ready {
         Ok(Ok(addr)) => addr,
         Ok(Err(e)) => {
             life.stop().await;
@@ -102,7 +100,7 @@ pub(crate) async fn boot(
             return Err(format!("not ready after {timeout:?}"));
         }
     };
-    tokio::spawn(forward_log(target.clone(), lines.into_inner()));
+    tracing::debug!(instance = %id, ?started, ready = ?t0.elapsed(), "instance started");
     Ok(Booted {
         id: id.to_string(),
         life,
@@ -111,6 +109,24 @@ pub(crate) async fn boot(
         log: target,
         bind_token,
     })
+}
+
+/// Read the watchdog's listening and ready lines (logging the others); where to reach it.
+/// Its later output goes to the log.
+async fn watchdog_ready(
+    target: &LogTarget,
+    stdout: Output,
+    handle: &dyn Handle,
+) -> Result<SocketAddr, String> {
+    let mut lines = BufReader::new(stdout).lines();
+    let printed = read_until(target, &mut lines, LISTENING).await?;
+    let addr: SocketAddr = printed
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad address {printed:?}: {e}"))?;
+    read_until(target, &mut lines, READY).await?;
+    tokio::spawn(forward_log(target.clone(), lines.into_inner()));
+    Ok(handle.reach(addr))
 }
 
 /// Where a pooled runtime finds its bind token (it takes it out of its environment before

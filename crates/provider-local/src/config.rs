@@ -59,6 +59,8 @@ pub struct ProviderConfig {
     /// Fork python3-http and node20 runtimes from a pre-forked interpreter (where the
     /// isolation allows it).
     pub zygote: bool,
+    /// The image store registry images' layers are in (`None`: no image functions).
+    pub images: Option<Arc<virga_oci::Images>>,
     /// The addon a node zygote forks with (`libvirga_node_zygote.so`); `None`: node runtimes
     /// start without a zygote.
     pub node_addon: Option<PathBuf>,

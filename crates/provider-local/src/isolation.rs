@@ -36,6 +36,9 @@ pub(crate) trait Isolation: Send + Sync {
     /// How its instances see their function's files.
     fn view(&self) -> View;
 
+    /// Whether it runs image functions (their own root filesystem, their own init).
+    fn images(&self) -> bool;
+
     /// Whether a runtime forked from a zygote shared by several instances may be an instance
     /// (not where each instance must be a sandbox of its own).
     fn zygotes(&self) -> bool;

@@ -28,10 +28,12 @@ mod boot;
 mod child;
 mod config;
 mod function;
+mod image;
 mod instance;
 mod isolation;
 mod load;
 mod pool;
+mod probe;
 mod process;
 mod provider;
 mod sandbox;
@@ -48,6 +50,7 @@ use virga_types::ScalingPolicy;
 use config::Ctx;
 pub use config::{IsolationKind, PoolRuntime, ProviderConfig};
 use function::Function;
+pub use image::PORT_ANNOTATION;
 use pool::WarmPool;
 pub use sandbox::Runc;
 use spec::InstanceSpec;
@@ -115,8 +118,19 @@ impl LocalProvider {
             &self.ctx.cfg.secrets_dir,
             &view,
             &self.store,
+            self.ctx.cfg.images.as_deref(),
             &f.deployment,
         )?;
+        if matches!(spec.rootfs, spec::Rootfs::Image(_)) && !self.ctx.isolation.images() {
+            return Err(ProviderError::Prepare {
+                name: f.deployment.service.clone(),
+                reason: format!(
+                    "image functions run in runc sandboxes, and this platform runs {} \
+                     instances: start `virga up` as root with runc installed",
+                    self.ctx.isolation.name()
+                ),
+            });
+        }
         let policy = ScalingPolicy::from_labels(f.deployment.labels.as_ref()).map_err(|e| {
             ProviderError::Prepare {
                 name: f.deployment.service.clone(),

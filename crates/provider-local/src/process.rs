@@ -76,6 +76,10 @@ impl Isolation for Processes {
         }
     }
 
+    fn images(&self) -> bool {
+        false
+    }
+
     fn zygotes(&self) -> bool {
         true
     }
@@ -218,6 +222,7 @@ mod tests {
             warm_pool: 0,
             runtimes: Vec::new(),
             zygote: false,
+            images: None,
             node_addon: None,
         })
     }

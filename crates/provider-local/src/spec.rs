@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use virga_oci::Images;
 use virga_store::Store;
 use virga_types::{
     check_watchdog_env, parse_cpu, parse_memory, BundleManifest, BundleRef, FunctionDeployment,
@@ -28,6 +29,8 @@ const DEFAULT_PIDS: i64 = 128;
 const TMP_SIZE: u64 = 64 << 20;
 
 use virga_provider::ProviderError;
+
+use crate::image::{self, ImageRoot};
 
 /// Numbers of function secrets directories, unique for the platform's life.
 static NEXT_SECRETS: AtomicU64 = AtomicU64::new(1);
@@ -78,6 +81,17 @@ pub(crate) struct InstanceSpec {
     pub(crate) bind_env: BTreeMap<String, String>,
     /// A warm pool's generic runtime, not bound to any function yet.
     pub(crate) unbound: bool,
+    /// What its root filesystem is.
+    pub(crate) rootfs: Rootfs,
+}
+
+/// An instance's root filesystem.
+#[derive(Debug)]
+pub(crate) enum Rootfs {
+    /// The isolation's own (the host's /usr in a sandbox), with the watchdog as init.
+    Host,
+    /// A registry image's layers, with the image's own process as init.
+    Image(ImageRoot),
 }
 
 /// What a bundle's manifest says it was built from.
@@ -90,14 +104,15 @@ pub(crate) struct BundleTemplate {
 }
 
 impl InstanceSpec {
-    /// Resolve the bundle, write secrets (under `secrets_root`, a tmpfs outside the data
-    /// directory) and build the environment for `d`, for instances that see their files as
-    /// `view` says.
+    /// Resolve the bundle (or the image, in `images`), write secrets (under `secrets_root`,
+    /// a tmpfs outside the data directory) and build the environment for `d`, for instances
+    /// that see their files as `view` says.
     pub(crate) fn prepare(
         run_dir: &Path,
         secrets_root: &Path,
         view: &View,
         store: &Store,
+        images: Option<&Images>,
         d: &FunctionDeployment,
     ) -> Result<InstanceSpec, ProviderError> {
         let name = d.service.clone();
@@ -110,7 +125,8 @@ impl InstanceSpec {
             workdir,
             mut env,
             template,
-        } = code(store, d, &fn_dir).map_err(&fail)?;
+            rootfs,
+        } = code(store, images, d, &fn_dir).map_err(&fail)?;
         // Packages `virga build` installed into python/ are importable by any entrypoint (a
         // real OpenFaaS template's index.py does not add that directory itself).
         if fs::symlink_metadata(workdir.join("python")).is_ok_and(|m| m.is_dir()) {
@@ -124,14 +140,18 @@ impl InstanceSpec {
         if !d.env_process.is_empty() {
             env.insert("fprocess".into(), d.env_process.clone());
         }
-        if !env.contains_key("fprocess") {
+        if matches!(rootfs, Rootfs::Host) && !env.contains_key("fprocess") {
             return Err(fail(
                 "no fprocess: the bundle names none and envProcess is empty".into(),
             ));
         }
         let limits = limits(d).map_err(&fail)?;
-        let secrets_dir =
-            secrets(store, secrets_root, &name, &d.secrets, view.secrets_owner).map_err(&fail)?;
+        // An image's user reads its secrets (as root without capabilities too).
+        let owner = match &rootfs {
+            Rootfs::Host => view.secrets_owner,
+            Rootfs::Image(root) => view.secrets_owner.map(|_| root.uid),
+        };
+        let secrets_dir = secrets(store, secrets_root, &name, &d.secrets, owner).map_err(&fail)?;
         let secret_mount_path = secrets_dir.to_string_lossy().into_owned();
         env.insert("secret_mount_path".into(), secret_mount_path.clone());
         let mut bind_env = d.env_vars.clone();
@@ -152,6 +172,7 @@ impl InstanceSpec {
             template,
             bind_env,
             unbound: false,
+            rootfs,
         })
     }
 
@@ -179,6 +200,7 @@ impl InstanceSpec {
             template: None,
             bind_env: BTreeMap::new(),
             unbound: true,
+            rootfs: Rootfs::Host,
         }
     }
 
@@ -202,11 +224,26 @@ struct Code {
     env: BTreeMap<String, String>,
     /// The template, when the function runs it unchanged (no envProcess of its own).
     template: Option<BundleTemplate>,
+    rootfs: Rootfs,
 }
 
-/// The code of `d`: its unpacked bundle, or for a function of only an envProcess an empty
-/// home under `fn_dir`.
-fn code(store: &Store, d: &FunctionDeployment, fn_dir: &Path) -> Result<Code, String> {
+/// The code of `d`: its unpacked bundle, its registry image (in `images`), or for a
+/// function of only an envProcess an empty home under `fn_dir`.
+fn code(
+    store: &Store,
+    images: Option<&Images>,
+    d: &FunctionDeployment,
+    fn_dir: &Path,
+) -> Result<Code, String> {
+    if let Some(digest) = image::pinned_digest(&d.image) {
+        let (root, env) = image::root_of(images, d, &digest?)?;
+        return Ok(Code {
+            workdir: fn_dir.to_path_buf(),
+            env,
+            template: None,
+            rootfs: Rootfs::Image(root),
+        });
+    }
     let Some(r) = BundleRef::parse(&d.image) else {
         // Only envProcess: a classic function run per request, from an empty home it can
         // list (as /home/app in an OpenFaaS image).
@@ -220,6 +257,7 @@ fn code(store: &Store, d: &FunctionDeployment, fn_dir: &Path) -> Result<Code, St
             workdir: home,
             env: BTreeMap::from([("mode".into(), "serializing".into())]),
             template: None,
+            rootfs: Rootfs::Host,
         });
     };
     let dir = store.bundles().path(&r.digest).ok_or_else(|| {
@@ -236,6 +274,7 @@ fn code(store: &Store, d: &FunctionDeployment, fn_dir: &Path) -> Result<Code, St
             lang: manifest.lang,
             env: manifest.env,
         }),
+        rootfs: Rootfs::Host,
     })
 }
 

@@ -31,6 +31,10 @@ pub struct StoredFunction {
     pub created_at: DateTime<Utc>,
     /// Desired replicas.
     pub replicas: u64,
+    /// For a registry image: the reference as the user gave it (the deployment's `image`
+    /// holds what it was pinned to, `repo@sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_ref: Option<String>,
 }
 
 /// The platform's durable state.
@@ -392,6 +396,7 @@ pub(crate) mod tests {
             },
             created_at: Utc::now(),
             replicas: 1,
+            image_ref: None,
         }
     }
 

@@ -55,6 +55,10 @@ pub struct FunctionDeployment {
     /// Make the root filesystem read-only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only_root_filesystem: bool,
+    /// Registry credentials for pulling `image` (base64 `user:password`, what `faas-cli
+    /// deploy --send-registry-auth` sends); used for the deploy's pull, never stored.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub registry_auth: String,
 }
 
 /// One entry of `GET /system/functions` and the body of `GET /system/function/{name}`.
@@ -107,6 +111,12 @@ pub struct FunctionStatus {
     pub available_replicas: u64,
     /// When the function was first deployed.
     pub created_at: DateTime<Utc>,
+    /// For a registry image: the `repo@sha256:...` it is pinned to (Virga only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_image: Option<String>,
+    /// For a registry image: the digest it is pinned to (Virga only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
 }
 
 impl FunctionStatus {
@@ -135,6 +145,8 @@ impl FunctionStatus {
             replicas,
             available_replicas,
             created_at,
+            pinned_image: None,
+            image_digest: None,
         }
     }
 }

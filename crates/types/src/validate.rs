@@ -3,8 +3,8 @@
 use thiserror::Error;
 
 use crate::{
-    check_command, check_watchdog_env, parse_cpu, parse_memory, BundleRef, FunctionDeployment,
-    ScalingPolicy, Secret, DEFAULT_NAMESPACE, MAX_REPLICAS,
+    check_command, check_watchdog_env, parse_cpu, parse_memory, FunctionDeployment, ScalingPolicy,
+    Secret, DEFAULT_NAMESPACE, MAX_REPLICAS,
 };
 
 /// A request body that is well-formed JSON but not acceptable.
@@ -69,17 +69,14 @@ pub fn validate_deployment(d: &mut FunctionDeployment) -> Result<(), Invalid> {
     if d.image.is_empty() && d.env_process.trim().is_empty() {
         return Err(invalid(
             "image",
-            "give an image (a bundle from `virga build`) or an envProcess command",
+            "give an image (a registry reference, or a bundle from `virga build`) or an \
+             envProcess command",
         ));
     }
-    if !d.image.is_empty() && BundleRef::parse(&d.image).is_none() && d.env_process.is_empty() {
+    if d.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid(
             "image",
-            format!(
-                "{:?} is not a local bundle (virga.local/NAME@sha256:HEX); pulling images \
-                 from registries is not supported yet: build with `virga build` or set envProcess",
-                d.image
-            ),
+            format!("{:?} is not an image reference", d.image),
         ));
     }
     for s in &d.secrets {
@@ -169,6 +166,9 @@ mod tests {
         d.image = "nginx:latest".into();
         validate_deployment(&mut d).unwrap();
         d.env_process.clear();
+        // A registry reference alone is an image function (pulled by the gateway).
+        validate_deployment(&mut d).unwrap();
+        d.image = "nginx latest".into();
         assert_eq!(validate_deployment(&mut d).unwrap_err().field, "image");
     }
 

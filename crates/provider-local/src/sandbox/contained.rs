@@ -28,6 +28,10 @@ impl Isolation for Runc {
         }
     }
 
+    fn images(&self) -> bool {
+        true
+    }
+
     fn zygotes(&self) -> bool {
         // Every instance is its own sandbox (namespaces, cgroup); a forked child would share
         // its parent's.

@@ -13,6 +13,7 @@
 mod cgroup;
 mod contained;
 mod host;
+mod image;
 mod mounts;
 mod net;
 mod oci;
@@ -28,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use tokio::process::Command;
 
 use crate::child;
-use crate::spec::InstanceSpec;
+use crate::spec::{InstanceSpec, Rootfs};
 use oci::Layout;
 
 /// The runc-based sandbox runtime of one platform.
@@ -173,7 +174,11 @@ impl Runc {
                 .and_then(|()| mounts::make_shared_slot(&dir.join("secrets"))),
             None => Ok(()),
         };
-        if let Err(e) = made.and_then(|()| self.write_config(&sandbox, spec, extra)) {
+        let written = made.and_then(|()| match &spec.rootfs {
+            Rootfs::Host => self.write_config(&sandbox, spec, extra),
+            Rootfs::Image(image) => self.write_image_config(&sandbox, spec, image, extra),
+        });
+        if let Err(e) = written {
             self.destroy(&sandbox);
             return Err(e);
         }
@@ -250,19 +255,7 @@ impl Runc {
             cgroups_path: &format!("/virga-{}/{}", self.key, sb.id),
             runtime: runtime.as_deref(),
         };
-        let config = oci::build(&env, &layout, spec.limits)?;
-        // It holds the function's environment: readable by root only. Renamed into place,
-        // so nobody reading the bundle ever sees half of it.
-        let json = serde_json::to_vec(&config).map_err(|e| format!("config.json: {e}"))?;
-        let part = sb.bundle.join("config.json.part");
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&part)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, &json))
-            .and_then(|()| fs::rename(&part, sb.bundle.join("config.json")))
-            .map_err(io("write config.json"))
+        write_spec(sb, &oci::build(&env, &layout, spec.limits)?)
     }
 
     /// The command that runs the sandbox in the foreground (`runc run`).
@@ -339,12 +332,29 @@ fn platform_key(dir: &Path) -> Result<String, String> {
     Ok(key)
 }
 
+/// Write a sandbox's `config.json`. It holds the function's environment: readable by root
+/// only. Renamed into place, so nobody reading the bundle ever sees half of it.
+fn write_spec(sb: &Sandbox, config: &oci_spec::runtime::Spec) -> Result<(), String> {
+    let json = serde_json::to_vec(config).map_err(|e| format!("config.json: {e}"))?;
+    let part = sb.bundle.join("config.json.part");
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&part)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &json))
+        .and_then(|()| fs::rename(&part, sb.bundle.join("config.json")))
+        .map_err(io("write config.json"))
+}
+
 /// The views a bundle directory may hold: code, secrets, a pooled sandbox's runtime.
 const VIEWS: [&str; 3] = ["code", "secrets", "runtime"];
+/// Where an image sandbox's root (its overlay) is mounted in its bundle.
+const ROOTFS: &str = "rootfs";
 
-/// Unmount a sandbox's views and remove its bundle directory.
+/// Unmount a sandbox's views (and an image sandbox's root) and remove its bundle directory.
 fn remove_bundle(bundle: &Path) {
-    for v in VIEWS {
+    for v in VIEWS.into_iter().chain([ROOTFS]) {
         mounts::release_slot(&bundle.join(v));
     }
     let _ = fs::remove_dir_all(bundle);

@@ -124,6 +124,50 @@ pub(crate) fn attach_ro(src: &Path, at: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Mount an instance's root on `at`: an overlay of an image's unpacked `layers` (bottom
+/// first; read-only lower dirs, shared by every instance) with `upper` and `work` (the
+/// instance's own, empty) taking its writes. Every directory is named by a descriptor, so
+/// the sandbox's mountinfo shows no host path.
+pub(crate) fn mount_image_root(
+    layers: &[std::path::PathBuf],
+    upper: &Path,
+    work: &Path,
+    at: &Path,
+) -> Result<(), String> {
+    let open = |p: &Path| std::fs::File::open(p).map_err(|e| format!("open {}: {e}", p.display()));
+    let lowers = layers
+        .iter()
+        .rev()
+        .map(|p| open(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (upper, work) = (open(upper)?, open(work)?);
+    let fd = |f: &std::fs::File| format!("/proc/self/fd/{}", f.as_raw_fd());
+    let lowerdir: Vec<String> = lowers.iter().map(fd).collect();
+    let options = CString::new(format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir.join(":"),
+        fd(&upper),
+        fd(&work)
+    ))
+    .map_err(|_| "overlay options hold a NUL byte".to_string())?;
+    let c = cpath(at)?;
+    // SAFETY: mount(2) with valid NUL-terminated strings; every descriptor named in the
+    // options stays open until it returns.
+    let r = unsafe {
+        libc::mount(
+            c"virga".as_ptr(),
+            c.as_ptr(),
+            c"overlay".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            options.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(last_err("mount an image root on", at));
+    }
+    Ok(())
+}
+
 /// Create `at` and mount a view of `src` on it (a sandbox's own code and secrets).
 pub(crate) fn make_view(src: &Path, at: &Path) -> Result<(), String> {
     std::fs::create_dir_all(at).map_err(|e| format!("create {}: {e}", at.display()))?;

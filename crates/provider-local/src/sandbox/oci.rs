@@ -15,6 +15,7 @@ use oci_spec::runtime::{
     ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
+use crate::image::ImageRoot;
 use crate::spec::Limits;
 
 /// User and group the function runs as (not root, not a host account).
@@ -105,6 +106,59 @@ pub(crate) fn build(
     layout: &Layout<'_>,
     limits: Limits,
 ) -> Result<Spec, String> {
+    let cwd = if layout.runtime.is_some() {
+        RUNTIME_PATH
+    } else {
+        CODE_PATH
+    };
+    let user = (APP_UID, APP_UID);
+    let process = process(env, vec![WATCHDOG_PATH.to_string()], cwd, user)?;
+    let root = (layout.rootfs, true);
+    let net = (layout.netns, layout.cgroups_path);
+    assemble(process, root, mounts(layout, limits)?, net, limits)
+}
+
+/// Host paths one image sandbox is made of.
+pub(crate) struct ImageLayout<'a> {
+    /// The instance's overlay of the image's layers.
+    pub(crate) rootfs: &'a Path,
+    pub(crate) secrets: &'a Path,
+    pub(crate) netns: &'a str,
+    pub(crate) cgroups_path: &'a str,
+    pub(crate) image: &'a ImageRoot,
+}
+
+/// The runtime spec for a sandbox running an image's own process with `env`: the same
+/// protections, the image's user, working directory and (read-only if asked) root.
+pub(crate) fn build_image(
+    env: &BTreeMap<String, String>,
+    layout: &ImageLayout<'_>,
+    limits: Limits,
+) -> Result<Spec, String> {
+    let image = layout.image;
+    let process = process(env, image.args.clone(), &image.cwd, (image.uid, image.gid))?;
+    let mut mounts = base_mounts(limits)?;
+    for etc in ["/etc/resolv.conf", "/etc/hosts"] {
+        if Path::new(etc).exists() {
+            mounts.push(bind(etc, Path::new(etc))?);
+        }
+    }
+    mounts.push(bind(virga_types::SECRETS_MOUNT, layout.secrets)?);
+    mounts.push(tmpfs("/tmp", limits.tmp - shm_size(limits), "1777", &[])?);
+    let root = (layout.rootfs, image.read_only);
+    let net = (layout.netns, layout.cgroups_path);
+    assemble(process, root, mounts, net, limits)
+}
+
+/// A spec of `process` on `root` (path, read-only) with `mounts`, in the network namespace
+/// and cgroup `net` names, with `limits`.
+fn assemble(
+    process: Process,
+    root: (&Path, bool),
+    mounts: Vec<Mount>,
+    net: (&str, &str),
+    limits: Limits,
+) -> Result<Spec, String> {
     let e = |e: oci_spec::OciSpecError| e.to_string();
     let namespaces = [
         LinuxNamespaceType::Pid,
@@ -117,7 +171,7 @@ pub(crate) fn build(
     .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
     .chain([LinuxNamespaceBuilder::default()
         .typ(LinuxNamespaceType::Network)
-        .path(PathBuf::from("/run/netns").join(layout.netns))
+        .path(PathBuf::from("/run/netns").join(net.0))
         .build()])
     .collect::<Result<Vec<_>, _>>()
     .map_err(e)?;
@@ -125,7 +179,7 @@ pub(crate) fn build(
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources(limits)?)
-        .cgroups_path(layout.cgroups_path)
+        .cgroups_path(net.1)
         .seccomp(super::seccomp::profile()?)
         .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
         .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
@@ -134,21 +188,27 @@ pub(crate) fn build(
 
     let mut spec = Spec::default();
     spec.set_hostname(Some("function".into()))
-        .set_process(Some(process(env, layout)?))
+        .set_process(Some(process))
         .set_root(Some(
             RootBuilder::default()
-                .path(layout.rootfs)
-                .readonly(true)
+                .path(root.0)
+                .readonly(root.1)
                 .build()
                 .map_err(e)?,
         ))
-        .set_mounts(Some(mounts(layout, limits)?))
+        .set_mounts(Some(mounts))
         .set_linux(Some(linux));
     Ok(spec)
 }
 
-/// The watchdog as uid 12000 with no capabilities, no new privileges and bounded open files.
-fn process(env: &BTreeMap<String, String>, layout: &Layout<'_>) -> Result<Process, String> {
+/// `args` as `user` (uid, gid) in `cwd`, with no capabilities, no new privileges and
+/// bounded open files.
+fn process(
+    env: &BTreeMap<String, String>,
+    args: Vec<String>,
+    cwd: &str,
+    user: (u32, u32),
+) -> Result<Process, String> {
     let e = |e: oci_spec::OciSpecError| e.to_string();
     let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let no_caps = LinuxCapabilitiesBuilder::default()
@@ -169,18 +229,14 @@ fn process(env: &BTreeMap<String, String>, layout: &Layout<'_>) -> Result<Proces
         .terminal(false)
         .user(
             UserBuilder::default()
-                .uid(APP_UID)
-                .gid(APP_UID)
+                .uid(user.0)
+                .gid(user.1)
                 .build()
                 .map_err(e)?,
         )
-        .args(vec![WATCHDOG_PATH.to_string()])
+        .args(args)
         .env(env)
-        .cwd(if layout.runtime.is_some() {
-            RUNTIME_PATH
-        } else {
-            CODE_PATH
-        })
+        .cwd(cwd)
         .capabilities(no_caps)
         .no_new_privileges(true)
         .rlimits(vec![nofile])
@@ -188,17 +244,27 @@ fn process(env: &BTreeMap<String, String>, layout: &Layout<'_>) -> Result<Proces
         .map_err(e)
 }
 
-/// runc's defaults (without /sys/fs/cgroup, with a small /dev/shm), the read-only host parts,
-/// the function's views and the private /tmp.
-fn mounts(layout: &Layout<'_>, limits: Limits) -> Result<Vec<Mount>, String> {
-    let shm = SHM_SIZE.min(limits.tmp / 2);
+/// /dev/shm's size, taken out of the /tmp budget.
+fn shm_size(limits: Limits) -> u64 {
+    SHM_SIZE.min(limits.tmp / 2)
+}
+
+/// runc's defaults without /sys/fs/cgroup, with a small noexec /dev/shm.
+fn base_mounts(limits: Limits) -> Result<Vec<Mount>, String> {
     let mut mounts: Vec<Mount> = oci_spec::runtime::get_default_mounts()
         .into_iter()
         .filter(|m| {
             m.destination() != Path::new("/sys/fs/cgroup") && m.destination() != Path::new(SHM)
         })
         .collect();
-    mounts.push(tmpfs(SHM, shm, "1777", &["noexec"])?);
+    mounts.push(tmpfs(SHM, shm_size(limits), "1777", &["noexec"])?);
+    Ok(mounts)
+}
+
+/// runc's defaults (without /sys/fs/cgroup, with a small /dev/shm), the read-only host parts,
+/// the function's views and the private /tmp.
+fn mounts(layout: &Layout<'_>, limits: Limits) -> Result<Vec<Mount>, String> {
+    let mut mounts = base_mounts(limits)?;
     mounts.push(bind("/usr", Path::new("/usr"))?);
     for etc in ETC_BINDS {
         if Path::new(etc).exists() {
@@ -220,7 +286,7 @@ fn mounts(layout: &Layout<'_>, limits: Limits) -> Result<Vec<Mount>, String> {
     if let Some(runtime) = layout.runtime {
         mounts.push(bind(RUNTIME_PATH, runtime)?);
     }
-    mounts.push(tmpfs("/tmp", limits.tmp - shm, "1777", &[])?);
+    mounts.push(tmpfs("/tmp", limits.tmp - shm_size(limits), "1777", &[])?);
     Ok(mounts)
 }
 

@@ -1,0 +1,167 @@
+//! A real registry for the image tests (Debian's docker-registry on a free loopback port,
+//! with or without htpasswd auth), and images built and pushed with virga-oci's own build
+//! API. A minimal copy of `crates/oci/tests/common`'s registry, kept here so this file uses
+//! nothing but the e2e harness and published crate APIs.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use virga_oci::{Credentials, Digest, ImageSpec, Images, Options, Platform, RunConfig};
+
+/// A running docker-registry, stopped when dropped.
+pub struct Registry {
+    pub host: String,
+    /// Its storage, removed with it.
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Registry {
+    /// A registry that wants `creds` (htpasswd, bcrypt) for everything, if given.
+    pub fn start(creds: Option<Credentials>) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let mut auth = String::new();
+        if let Some(c) = &creds {
+            let hash = bcrypt::hash(&c.password, 4).unwrap();
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{}:{hash}\n", c.username)).unwrap();
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                htpasswd.display()
+            );
+        }
+        // A port free when asked for may be taken before the registry binds: try another.
+        for _ in 0..20 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let config = format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                dir.path().join("storage").display()
+            );
+            let config_path = dir.path().join("config.yml");
+            std::fs::write(&config_path, config).unwrap();
+            let mut child = Command::new("/usr/bin/docker-registry")
+                .arg("serve")
+                .arg(&config_path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("docker-registry (scripts/setup --test installs it)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Registry {
+                        host: format!("127.0.0.1:{port}"),
+                        _dir: dir,
+                        child,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("docker-registry did not start");
+    }
+
+    /// `host:port/name`.
+    pub fn image(&self, name: &str) -> String {
+        format!("{}/{name}", self.host)
+    }
+
+    /// Stop it (a registry that is down).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A tree with the static busybox: `/bin/sh -> /bin/busybox`, its applets, /www, and an
+/// /etc/passwd naming user `app` (uid 1234).
+pub fn busybox_tree(dir: &Path, page: &str) {
+    for d in ["bin", "www", "etc", "srv/work", "var/data"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "httpd", "cat", "id", "pwd", "touch", "echo", "ls"] {
+        std::os::unix::fs::symlink("/bin/busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(dir.join("www/index.html"), page).unwrap();
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/:/bin/sh\napp:x:1234:1234:app:/srv:/bin/sh\n",
+    )
+    .unwrap();
+}
+
+/// The host's virga-watchdog and the libraries it links, as a layer tree.
+pub fn watchdog_tree(dir: &Path) {
+    let watchdog = Path::new(common_watchdog());
+    std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
+    std::fs::copy(watchdog, dir.join("usr/bin/fwatchdog")).unwrap();
+    let out = Command::new("ldd").arg(watchdog).output().unwrap();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) else {
+            continue;
+        };
+        let real = std::fs::canonicalize(path).unwrap();
+        let at = dir.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::copy(real, at).unwrap();
+    }
+}
+
+/// The watchdog binary next to the virga binary under test.
+fn common_watchdog() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let bin = Path::new(env!("CARGO_BIN_EXE_virga"));
+        bin.with_file_name("virga-watchdog").display().to_string()
+    })
+}
+
+/// Build an image of one layer per tree in `trees` with `config` for `platform`, and push
+/// it as `target` (with `creds`); its digest.
+pub fn push(
+    trees: &[&Path],
+    config: RunConfig,
+    platform: Platform,
+    target: &str,
+    creds: Option<&Credentials>,
+) -> Digest {
+    let dir = tempfile::tempdir().unwrap();
+    let images = Images::open(
+        dir.path(),
+        Options {
+            platform,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let layers = trees
+        .iter()
+        .map(|t| images.build_layer(t, "").unwrap())
+        .collect();
+    let digest = images
+        .build_image(&ImageSpec {
+            layers,
+            config,
+            ..ImageSpec::default()
+        })
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(images.push(&digest, target, creds, None))
+        .unwrap();
+    digest
+}

@@ -1,0 +1,98 @@
+//! Registry images as a function's root filesystem: the deployment's `image` is pinned
+//! (`repo@sha256:...`, the gateway pulled it before storing), its layers are unpacked in
+//! the image store, and an instance runs the image's `Entrypoint` + `Cmd` as its `User` in
+//! its `WorkingDir`, with the image's `Env` under the function's `envVars` (and `fprocess`
+//! from `envProcess`, as OpenFaaS sets it for the image's watchdog).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use virga_oci::{Digest, Images};
+use virga_types::{BundleRef, FunctionDeployment};
+
+/// Annotation naming the port an image listens on (8080 when absent, as OpenFaaS expects).
+pub const PORT_ANNOTATION: &str = "virga.port";
+/// The port of the OpenFaaS workload contract.
+const DEFAULT_PORT: u16 = 8080;
+/// PATH when the image sets none (Docker's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How an instance of an image function runs.
+#[derive(Debug, Clone)]
+pub(crate) struct ImageRoot {
+    /// Unpacked layer directories, bottom first (read-only overlay lower dirs).
+    pub(crate) layers: Vec<PathBuf>,
+    /// The process: `Entrypoint` then `Cmd`.
+    pub(crate) args: Vec<String>,
+    /// `WorkingDir`, or `/`.
+    pub(crate) cwd: String,
+    /// `User` as numbers.
+    pub(crate) uid: u32,
+    /// Its group.
+    pub(crate) gid: u32,
+    /// `readOnlyRootFilesystem`.
+    pub(crate) read_only: bool,
+    /// Where the image listens.
+    pub(crate) port: u16,
+}
+
+/// The image store digest a deployment's `image` is pinned to, if it is a registry image
+/// (neither empty nor a bundle).
+pub(crate) fn pinned_digest(image: &str) -> Option<Result<Digest, String>> {
+    if image.is_empty() || BundleRef::parse(image).is_some() {
+        return None;
+    }
+    Some(
+        Digest::pinned_in(image)
+            .ok_or_else(|| format!("image {image:?} is not pinned to a digest: deploy it again")),
+    )
+}
+
+/// The root and the environment (image `Env`) of `d`'s image `digest`.
+pub(crate) fn root_of(
+    images: Option<&Images>,
+    d: &FunctionDeployment,
+    digest: &Digest,
+) -> Result<(ImageRoot, BTreeMap<String, String>), String> {
+    let images = images.ok_or("image functions need runc sandboxes and the image store")?;
+    let image = images.image(digest).map_err(|e| e.to_string())?;
+    let (uid, gid) = image.user_ids().map_err(|e| e.to_string())?;
+    let c = &image.config;
+    if image.layers.is_empty() {
+        return Err(format!("image {} has no layers: nothing to run", d.image));
+    }
+    let args: Vec<String> = c.entrypoint.iter().chain(&c.cmd).cloned().collect();
+    if args.is_empty() {
+        return Err(format!(
+            "image {} has neither Entrypoint nor Cmd: nothing to run",
+            d.image
+        ));
+    }
+    let port =
+        match d.annotations.as_ref().and_then(|a| a.get(PORT_ANNOTATION)) {
+            None => DEFAULT_PORT,
+            Some(p) => p.parse().ok().filter(|&p| p > 0).ok_or_else(|| {
+                format!("annotation {PORT_ANNOTATION} {p:?} is not a port (1-65535)")
+            })?,
+        };
+    let mut env: BTreeMap<String, String> = c
+        .env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
+    Ok((
+        ImageRoot {
+            layers: image.layers,
+            args,
+            cwd: c.working_dir.clone().unwrap_or_else(|| "/".into()),
+            uid,
+            gid,
+            read_only: d.read_only_root_filesystem,
+            port,
+        },
+        env,
+    ))
+}
