@@ -107,10 +107,10 @@ pub fn busybox_tree(dir: &Path, page: &str) {
 
 /// The host's virga-watchdog and the libraries it links, as a layer tree.
 pub fn watchdog_tree(dir: &Path) {
-    let watchdog = Path::new(common_watchdog());
+    let watchdog = virga_testkit::watchdog_bin();
     std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
-    std::fs::copy(watchdog, dir.join("usr/bin/fwatchdog")).unwrap();
-    let out = Command::new("ldd").arg(watchdog).output().unwrap();
+    std::fs::copy(&watchdog, dir.join("usr/bin/fwatchdog")).unwrap();
+    let out = Command::new("ldd").arg(&watchdog).output().unwrap();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) else {
             continue;
@@ -120,15 +120,6 @@ pub fn watchdog_tree(dir: &Path) {
         std::fs::create_dir_all(at.parent().unwrap()).unwrap();
         std::fs::copy(real, at).unwrap();
     }
-}
-
-/// The watchdog binary next to the virga binary under test.
-fn common_watchdog() -> &'static str {
-    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let bin = Path::new(env!("CARGO_BIN_EXE_virga"));
-        bin.with_file_name("virga-watchdog").display().to_string()
-    })
 }
 
 /// Build an image of one layer per tree in `trees` with `config` for `platform`, and push

@@ -3,17 +3,13 @@
 //! sandboxes, and called through /function/NAME. Root and runc are needed (as for
 //! `sandbox.rs`); the tests fail rather than skip without them.
 
-mod common;
-#[path = "images/registry.rs"]
-mod registry;
-
 use std::time::Duration;
 
-use common::Platform;
-use registry::{busybox_tree, push, watchdog_tree, Registry};
+use crate::registry::{busybox_tree, push, watchdog_tree, Registry};
 use reqwest::Method;
 use serde_json::{json, Value};
 use virga_oci::{Credentials, Platform as Arch, RunConfig};
+use virga_testkit::Platform;
 
 fn httpd() -> RunConfig {
     RunConfig {
@@ -57,7 +53,7 @@ fn push_httpd(reg: &Registry, target: &str, page: &str, creds: Option<&Credentia
     .to_string()
 }
 
-fn deploy(p: &Platform, body: Value) -> common::Answer {
+fn deploy(p: &Platform, body: Value) -> virga_testkit::Answer {
     p.send_json(Method::POST, "/system/functions", body)
 }
 
@@ -72,10 +68,10 @@ fn call(p: &Platform, name: &str) -> (u16, String) {
 
 /// Run the `virga` CLI against `p`; its stdout (it must succeed).
 fn virga(p: &Platform, args: &[&str]) -> String {
-    let out = std::process::Command::new(common::virga_bin())
+    let out = std::process::Command::new(virga_testkit::virga_bin())
         .args(args)
         .env("VIRGA_URL", &p.url)
-        .env("VIRGA_PASSWORD", common::PASSWORD)
+        .env("VIRGA_PASSWORD", virga_testkit::PASSWORD)
         .env("VIRGA_CONFIG_DIR", p.data_dir.join("cli-config"))
         .output()
         .unwrap();
@@ -153,7 +149,10 @@ fn an_image_with_no_virga_component_runs_pinned_and_scales_to_zero_and_back() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let data = dir.path().to_string_lossy().into_owned();
     assert!(!mounts.contains(&data), "{mounts}");
-    assert_eq!(common::sandbox_leftovers(dir.path()), Vec::<String>::new());
+    assert_eq!(
+        virga_testkit::sandbox_leftovers(dir.path()),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
