@@ -439,7 +439,8 @@ fn admin_password(data_dir: &Path) -> Result<String> {
     Ok(password)
 }
 
-fn watchdog_path(given: Option<&Path>) -> Result<PathBuf> {
+/// The watchdog binary: `given`, else next to this binary, else on PATH.
+pub(crate) fn watchdog_path(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p.to_path_buf());
     }
