@@ -372,6 +372,7 @@ pub fn import(args: ImportArgs) -> Result<()> {
         gz.write_all(&raw)?;
         gz.finish()?
     };
+    refuse_devices(&gzipped, &args.tarball)?;
     let store = args.registry.store()?;
     let layer = store.add_layer(&gzipped)?;
     let env = if args.env.is_empty() {
@@ -398,6 +399,28 @@ pub fn import(args: ImportArgs) -> Result<()> {
             layers: Vec::new(),
         },
     )
+}
+
+/// Refuse a root filesystem with device nodes (no image layer may hold one), saying how to
+/// make one without.
+fn refuse_devices(gzipped: &[u8], path: &Path) -> Result<()> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(gzipped));
+    for entry in tar
+        .entries()
+        .with_context(|| format!("{} is not a tar archive", path.display()))?
+    {
+        let entry = entry.with_context(|| format!("reading {}", path.display()))?;
+        let kind = entry.header().entry_type();
+        if kind.is_character_special() || kind.is_block_special() {
+            bail!(
+                "{} holds the device node {}: image layers may not hold devices (the sandbox \
+                 provides /dev); leave them out, e.g. mmdebstrap --skip=output/dev",
+                path.display(),
+                entry.path()?.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A small runtime for the async image operations of one command.
