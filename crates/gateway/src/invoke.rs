@@ -139,6 +139,24 @@ pub(crate) async fn forward(
         }
         break (lease, result);
     };
+    let resp = upstream_answer(state, name, &lease, result)?;
+    Ok(with_call_headers(resp, call_id, started))
+}
+
+/// What an upstream call came to: timed out, failed, or answered.
+type UpstreamResult = Result<
+    Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    tokio::time::error::Elapsed,
+>;
+
+/// The instance's answer, or the error a failed call maps to (an OOM kill, a timeout, an
+/// upstream failure).
+fn upstream_answer(
+    state: &AppState,
+    name: &str,
+    lease: &virga_provider::Lease,
+    result: UpstreamResult,
+) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
     // Only a failed call can have been an OOM kill; reading the cgroup costs a file read.
     let failed = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
     if failed && lease.take_oom_kill() {
@@ -148,16 +166,28 @@ pub(crate) async fn forward(
             lease.instance()
         )));
     }
-    let resp = match result {
-        Err(_) => {
-            return Err(ApiError::Timeout(format!(
-                "function {name:?} did not answer within {:?}",
-                state.cfg.upstream_timeout
-            )))
-        }
-        Ok(Err(e)) => return Err(upstream_error(name, lease.instance(), e, limit)),
-        Ok(Ok(resp)) => resp,
-    };
+    match result {
+        Err(_) => Err(ApiError::Timeout(format!(
+            "function {name:?} did not answer within {:?}",
+            state.cfg.upstream_timeout
+        ))),
+        Ok(Err(e)) => Err(upstream_error(
+            name,
+            lease.instance(),
+            e,
+            state.cfg.max_body_bytes,
+        )),
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+/// `resp` without hop-by-hop headers, with `X-Call-Id` and (unless the function set it)
+/// `X-Duration-Seconds` since `started`.
+fn with_call_headers(
+    resp: hyper::Response<hyper::body::Incoming>,
+    call_id: HeaderValue,
+    started: Instant,
+) -> Response {
     let (mut parts, body) = resp.into_parts();
     for h in &HOP_BY_HOP {
         parts.headers.remove(h);
@@ -169,7 +199,7 @@ pub(crate) async fn forward(
             parts.headers.insert(X_DURATION.clone(), v);
         }
     }
-    Ok(Response::from_parts(parts, Body::new(body)))
+    Response::from_parts(parts, Body::new(body))
 }
 
 /// The request's Content-Length, or 413 when it says the body is over `limit`.

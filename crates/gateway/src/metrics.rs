@@ -42,11 +42,7 @@ impl CallSettings {
         CallSettings {
             // Checked at deploy; a definition stored before a check existed gets the defaults.
             policy: FunctionPolicy::from_annotations(d.annotations.as_ref()).unwrap_or_default(),
-            per_instance: d
-                .env_vars
-                .get("max_inflight")
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|&n| n > 0),
+            per_instance: virga_types::max_inflight(&d.env_vars),
         }
     }
 }

@@ -175,132 +175,132 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every Virga metric registered.
     pub fn new() -> Metrics {
-        let mut r = Registry::default();
-        let invocations = Family::<FnCodeLabels, Counter>::default();
+        let mut m = Metrics {
+            registry: Registry::default(),
+            invocations: Family::default(),
+            seconds: Family::new_with_constructor(call_histogram),
+            started: Family::default(),
+            service_count: Family::default(),
+            cold_starts: Family::default(),
+            cold_start_seconds: Family::new_with_constructor(cold_histogram),
+            instances: Family::default(),
+            oom_kills: Family::default(),
+            timeouts: Family::default(),
+            log_followers: Gauge::default(),
+            queue_depth: Family::default(),
+            queue_inflight: Family::default(),
+            queue_retries: Family::default(),
+            dead_letters: Family::default(),
+            async_deliveries: Family::default(),
+            warm_pool: Family::default(),
+            warm_starts: Family::default(),
+            scrape: Mutex::new(()),
+        };
+        m.register_gateway();
+        m.register_instances();
+        m.register_queue();
+        m
+    }
+
+    /// The OpenFaaS gateway's metrics (the registry shares each family with `self`).
+    fn register_gateway(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "gateway_function_invocation",
             "Function invocations by HTTP status code",
-            invocations.clone(),
+            self.invocations.clone(),
         );
-        let seconds: HistogramFamily<FnCodeLabels> = Family::new_with_constructor(call_histogram);
         r.register(
             "gateway_functions_seconds",
             "Time a function call took through the gateway, by HTTP status code",
-            seconds.clone(),
+            self.seconds.clone(),
         );
-        let started = Family::<FnLabels, UntypedCounter>::default();
         r.register(
             "gateway_function_invocation_started",
             "Function invocations started (a counter; untyped to keep the OpenFaaS name)",
-            started.clone(),
+            self.started.clone(),
         );
-        let service_count = Family::<FnLabels, UntypedGauge>::default();
         r.register(
             "gateway_service_count",
             "Wanted replicas of a function (a gauge; untyped to keep the OpenFaaS name)",
-            service_count.clone(),
+            self.service_count.clone(),
         );
-        let cold_starts = Family::<FnLabels, Counter>::default();
+    }
+
+    /// Virga's metrics of instances and their starts, and of log followers.
+    fn register_instances(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "virga_cold_starts",
             "Calls that waited for an instance to start",
-            cold_starts.clone(),
+            self.cold_starts.clone(),
         );
-        let cold_start_seconds: HistogramFamily<FnLabels> =
-            Family::new_with_constructor(cold_histogram);
         r.register(
             "virga_cold_start_seconds",
             "How long cold-started calls waited for an instance",
-            cold_start_seconds.clone(),
+            self.cold_start_seconds.clone(),
         );
-        let instances = Family::<InstanceLabels, Gauge>::default();
         r.register(
             "virga_instances",
             "Function instances by state (starting, ready)",
-            instances.clone(),
+            self.instances.clone(),
         );
-        let oom_kills = Family::<FnLabels, Counter>::default();
         r.register(
             "virga_instance_oom_kills",
             "Instances killed by SIGKILL the platform did not send (the kernel OOM killer)",
-            oom_kills.clone(),
+            self.oom_kills.clone(),
         );
-        let timeouts = Family::<FnLabels, Counter>::default();
         r.register(
             "virga_function_timeouts",
             "Function calls answered 504 (exec_timeout or the gateway's upstream timeout)",
-            timeouts.clone(),
+            self.timeouts.clone(),
         );
-        let warm_starts = Family::<FnLabels, Counter>::default();
         r.register(
             "virga_warm_starts",
             "Instances started by binding a pre-started runtime from the warm pool",
-            warm_starts.clone(),
+            self.warm_starts.clone(),
         );
-        let log_followers = Gauge::default();
         r.register(
             "virga_log_followers",
             "Open follow=true streams of /system/logs",
-            log_followers.clone(),
+            self.log_followers.clone(),
         );
-        let queue_depth = Family::<QueueLabels, Gauge>::default();
+    }
+
+    /// Virga's metrics of the async queue, and the warm pools' size.
+    fn register_queue(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "virga_queue_depth",
             "Async calls waiting in a queue",
-            queue_depth.clone(),
+            self.queue_depth.clone(),
         );
-        let queue_inflight = Family::<QueueLabels, Gauge>::default();
         r.register(
             "virga_queue_inflight",
             "Async calls of a queue being executed",
-            queue_inflight.clone(),
+            self.queue_inflight.clone(),
         );
-        let queue_retries = Family::<FnLabels, Counter>::default();
         r.register(
             "virga_queue_retries",
             "Async calls retried",
-            queue_retries.clone(),
+            self.queue_retries.clone(),
         );
-        let dead_letters = Family::<FnLabels, Counter>::default();
         r.register(
             "virga_queue_dead_letters",
             "Async calls given up on and dead-lettered",
-            dead_letters.clone(),
+            self.dead_letters.clone(),
         );
-        let async_deliveries = Family::<FnCodeLabels, Counter>::default();
         r.register(
             "virga_async_deliveries",
             "Attempts at delivering async calls, by HTTP status code (also counted in \
              gateway_function_invocation_total, as OpenFaaS's queue worker calls through the gateway)",
-            async_deliveries.clone(),
+            self.async_deliveries.clone(),
         );
-        let warm_pool = Family::<FnLabels, Gauge>::default();
         r.register(
             "virga_warm_pool_instances",
             "Idle pre-started runtimes per warm pool (function_name: the template runtime key)",
-            warm_pool.clone(),
+            self.warm_pool.clone(),
         );
-        Metrics {
-            registry: r,
-            invocations,
-            seconds,
-            started,
-            service_count,
-            cold_starts,
-            cold_start_seconds,
-            instances,
-            oom_kills,
-            timeouts,
-            log_followers,
-            queue_depth,
-            queue_inflight,
-            queue_retries,
-            dead_letters,
-            async_deliveries,
-            warm_pool,
-            warm_starts,
-            scrape: Mutex::new(()),
-        }
     }
 
     /// Handles for recording calls of function `name`; cache them, they are cheap to use.

@@ -51,11 +51,7 @@ impl Function {
         ctx: Arc<Ctx>,
         pool: Arc<WarmPool>,
     ) -> Function {
-        let limit = spec
-            .env
-            .get("max_inflight")
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        let limit = virga_types::max_inflight(&spec.env).unwrap_or(0);
         Function {
             pool_use: pool.use_for(&spec),
             spec: Arc::new(spec),

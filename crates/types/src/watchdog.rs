@@ -45,6 +45,14 @@ const KEYS: [(&str, Kind); 13] = [
     ("bind_address", Kind::Ip),
 ];
 
+/// The `max_inflight` a watchdog with `env` enforces per instance: `None` when unset, empty,
+/// 0 (unlimited) or not a number (refused at deploy by [`check_watchdog_env`]).
+pub fn max_inflight(env: &BTreeMap<String, String>) -> Option<usize> {
+    env.get("max_inflight")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+}
+
 /// Check `env` (a function's envVars or a bundle's manifest env, reported under `field`):
 /// every variable fits in a process's environment (no NUL, not too long), and every watchdog
 /// variable it sets is valid.

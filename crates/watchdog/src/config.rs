@@ -148,41 +148,12 @@ impl Config {
             Some(v) => v.parse().map_err(|reason| invalid("mode", v, reason))?,
             None => Mode::Streaming,
         };
-
-        let upstream_url = match get("upstream_url") {
-            Some(v) => Some(parse_upstream(v)?),
-            None => None,
-        };
+        let upstream_url = get("upstream_url").map(parse_upstream).transpose()?;
         if mode == Mode::Http && upstream_url.is_none() {
             return Err(ConfigError::Missing("upstream_url"));
         }
 
-        let duration = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
-            match get(name) {
-                Some(v) => {
-                    let d = virga_types::duration::parse(v)
-                        .map_err(|reason| invalid(name, v, reason))?;
-                    Ok((!d.is_zero()).then_some(d))
-                }
-                None => Ok(Some(DEFAULT_TIMEOUT)),
-            }
-        };
-        let exec_timeout = duration("exec_timeout")?;
-        let read_timeout = duration("read_timeout")?;
-        let write_timeout = duration("write_timeout")?;
-
-        let healthcheck_interval = match get("healthcheck_interval") {
-            Some(v) => virga_types::duration::parse(v)
-                .map_err(|reason| invalid("healthcheck_interval", v, reason))?,
-            None => Duration::ZERO,
-        };
-        // of-watchdog defaults the interval to write_timeout.
-        let healthcheck_interval = if healthcheck_interval.is_zero() {
-            write_timeout.unwrap_or(DEFAULT_TIMEOUT)
-        } else {
-            healthcheck_interval
-        };
-
+        let timeouts = Timeouts::from_vars(&get)?;
         let max_inflight = parse_num("max_inflight", get("max_inflight"), 0usize)?;
         let port = parse_num("port", get("port"), DEFAULT_PORT)?;
         let log_buffer_size = parse_num(
@@ -191,7 +162,6 @@ impl Config {
             DEFAULT_LOG_BUFFER_SIZE,
         )?
         .max(1);
-
         let bind_address = match get("bind_address") {
             Some(v) => v
                 .parse()
@@ -203,18 +173,64 @@ impl Config {
             fprocess,
             mode,
             upstream_url,
-            exec_timeout,
-            read_timeout,
-            write_timeout,
+            exec_timeout: timeouts.exec,
+            read_timeout: timeouts.read,
+            write_timeout: timeouts.write,
             max_inflight,
             port,
             bind_address,
             content_type: get("content_type").map(str::to_owned),
             prefix_logs: parse_bool("prefix_logs", get("prefix_logs"), true)?,
-            healthcheck_interval,
+            healthcheck_interval: timeouts.healthcheck,
             suppress_lock: parse_bool("suppress_lock", get("suppress_lock"), false)?,
             log_buffer_size,
             cgi_headers: parse_bool("cgi_headers", get("cgi_headers"), true)?,
+        })
+    }
+}
+
+/// The durations of a configuration.
+struct Timeouts {
+    exec: Option<Duration>,
+    read: Option<Duration>,
+    write: Option<Duration>,
+    healthcheck: Duration,
+}
+
+impl Timeouts {
+    /// `exec_timeout`, `read_timeout`, `write_timeout` (10 s unless set; 0 is unlimited) and
+    /// `healthcheck_interval` (`write_timeout` unless set), through `get`.
+    fn from_vars<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Timeouts, ConfigError> {
+        let duration = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
+            match get(name) {
+                Some(v) => {
+                    let d = virga_types::duration::parse(v)
+                        .map_err(|reason| invalid(name, v, reason))?;
+                    Ok((!d.is_zero()).then_some(d))
+                }
+                None => Ok(Some(DEFAULT_TIMEOUT)),
+            }
+        };
+        let exec = duration("exec_timeout")?;
+        let read = duration("read_timeout")?;
+        let write = duration("write_timeout")?;
+
+        let healthcheck = match get("healthcheck_interval") {
+            Some(v) => virga_types::duration::parse(v)
+                .map_err(|reason| invalid("healthcheck_interval", v, reason))?,
+            None => Duration::ZERO,
+        };
+        // of-watchdog defaults the interval to write_timeout.
+        let healthcheck = if healthcheck.is_zero() {
+            write.unwrap_or(DEFAULT_TIMEOUT)
+        } else {
+            healthcheck
+        };
+        Ok(Timeouts {
+            exec,
+            read,
+            write,
+            healthcheck,
         })
     }
 }

@@ -2,8 +2,8 @@
 //! and starts each process with posix_spawn(3); [`Running`] is one such process with our ends
 //! of its stdio pipes, reaped without a pidfd in the common case.
 
-use std::ffi::{CString, OsString};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::ffi::{CStr, CString, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
@@ -229,17 +229,7 @@ impl Spawner {
     /// Starts the program with piped stdio in a new process group, with `extra` added to
     /// (or replacing entries of) the environment; for a repeated name the last one wins.
     fn spawn(&self, extra: &[(OsString, OsString)]) -> std::io::Result<Spawned> {
-        let mut added: Vec<CString> = Vec::with_capacity(extra.len());
-        for (i, (k, v)) in extra.iter().enumerate() {
-            if extra[i + 1..].iter().any(|(later, _)| later == k) {
-                continue;
-            }
-            let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
-            kv.extend_from_slice(k.as_bytes());
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            added.push(CString::new(kv)?);
-        }
+        let added = extra_vars(extra)?;
         let mut envp: Vec<*const libc::c_char> =
             Vec::with_capacity(self.env.len() + added.len() + 1);
         for var in &self.env {
@@ -258,65 +248,10 @@ impl Spawner {
         let (stdin_r, stdin_w) = pipe()?;
         let (stdout_r, stdout_w) = pipe()?;
         let (stderr_r, stderr_w) = pipe()?;
-        let mut pid: libc::pid_t = 0;
-        // SAFETY: the attribute and file-action objects are initialised before use and
-        // destroyed after; every pointer passed to posix_spawn (path, argv, envp and the
-        // strings they point to, the fds) stays valid until it returns.
-        let rc = unsafe {
-            let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
-            let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
-            let mut rc = libc::posix_spawn_file_actions_init(actions.as_mut_ptr());
-            if rc != 0 {
-                return Err(std::io::Error::from_raw_os_error(rc));
-            }
-            rc = libc::posix_spawnattr_init(attr.as_mut_ptr());
-            if rc != 0 {
-                libc::posix_spawn_file_actions_destroy(actions.as_mut_ptr());
-                return Err(std::io::Error::from_raw_os_error(rc));
-            }
-            let a = actions.as_mut_ptr();
-            let at = attr.as_mut_ptr();
-            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(empty.as_mut_ptr());
-            let mut default = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(default.as_mut_ptr());
-            // Rust ignores SIGPIPE; the function must start with the default disposition.
-            libc::sigaddset(default.as_mut_ptr(), libc::SIGPIPE);
-            for r in [
-                libc::posix_spawn_file_actions_adddup2(a, stdin_r.as_raw_fd(), 0),
-                libc::posix_spawn_file_actions_adddup2(a, stdout_w.as_raw_fd(), 1),
-                libc::posix_spawn_file_actions_adddup2(a, stderr_w.as_raw_fd(), 2),
-                libc::posix_spawnattr_setpgroup(at, 0),
-                libc::posix_spawnattr_setsigmask(at, empty.as_ptr()),
-                libc::posix_spawnattr_setsigdefault(at, default.as_ptr()),
-                libc::posix_spawnattr_setflags(
-                    at,
-                    (libc::POSIX_SPAWN_SETPGROUP
-                        | libc::POSIX_SPAWN_SETSIGMASK
-                        | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
-                ),
-            ] {
-                if rc == 0 {
-                    rc = r;
-                }
-            }
-            if rc == 0 {
-                rc = libc::posix_spawn(
-                    &mut pid,
-                    self.path.as_ptr(),
-                    a,
-                    at,
-                    argv.as_ptr() as *const *mut libc::c_char,
-                    envp.as_ptr() as *const *mut libc::c_char,
-                );
-            }
-            libc::posix_spawnattr_destroy(at);
-            libc::posix_spawn_file_actions_destroy(a);
-            rc
-        };
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
+        let stdio = [&stdin_r, &stdout_w, &stderr_w].map(|fd| fd.as_raw_fd());
+        // SAFETY: argv and envp are NUL-terminated arrays of pointers into self.argv,
+        // self.env and added, which outlive the call; the fds are open until after it.
+        let pid = unsafe { posix_spawn(&self.path, &argv, &envp, stdio)? };
         // The child's ends close here; ours go non-blocking (a pipe's two ends are
         // separate open files, so the child's stay blocking).
         drop((stdin_r, stdout_w, stderr_w));
@@ -330,6 +265,97 @@ impl Spawner {
             stderr: stderr_r,
         })
     }
+}
+
+/// `extra` as `NAME=value` strings, keeping only the last of a repeated name.
+fn extra_vars(extra: &[(OsString, OsString)]) -> std::io::Result<Vec<CString>> {
+    let mut added: Vec<CString> = Vec::with_capacity(extra.len());
+    for (i, (k, v)) in extra.iter().enumerate() {
+        if extra[i + 1..].iter().any(|(later, _)| later == k) {
+            continue;
+        }
+        let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
+        kv.extend_from_slice(k.as_bytes());
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        added.push(CString::new(kv)?);
+    }
+    Ok(added)
+}
+
+/// posix_spawn of `path` with `stdio` as fds 0, 1 and 2, in a new process group, with an
+/// empty signal mask and SIGPIPE at its default disposition; the child's pid.
+///
+/// # Safety
+///
+/// `argv` and `envp` must be NULL-terminated arrays of pointers to NUL-terminated strings
+/// that stay valid for the call, and `stdio` open fds.
+unsafe fn posix_spawn(
+    path: &CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    stdio: [RawFd; 3],
+) -> std::io::Result<libc::pid_t> {
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: the attribute and file-action objects are initialised before use and
+    // destroyed after; every pointer passed to posix_spawn (path, argv, envp and the
+    // strings they point to, the fds) stays valid until it returns (the caller's promise).
+    let rc = unsafe {
+        let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+        let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+        let mut rc = libc::posix_spawn_file_actions_init(actions.as_mut_ptr());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        rc = libc::posix_spawnattr_init(attr.as_mut_ptr());
+        if rc != 0 {
+            libc::posix_spawn_file_actions_destroy(actions.as_mut_ptr());
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        let a = actions.as_mut_ptr();
+        let at = attr.as_mut_ptr();
+        let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(empty.as_mut_ptr());
+        let mut default = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(default.as_mut_ptr());
+        // Rust ignores SIGPIPE; the function must start with the default disposition.
+        libc::sigaddset(default.as_mut_ptr(), libc::SIGPIPE);
+        for r in [
+            libc::posix_spawn_file_actions_adddup2(a, stdio[0], 0),
+            libc::posix_spawn_file_actions_adddup2(a, stdio[1], 1),
+            libc::posix_spawn_file_actions_adddup2(a, stdio[2], 2),
+            libc::posix_spawnattr_setpgroup(at, 0),
+            libc::posix_spawnattr_setsigmask(at, empty.as_ptr()),
+            libc::posix_spawnattr_setsigdefault(at, default.as_ptr()),
+            libc::posix_spawnattr_setflags(
+                at,
+                (libc::POSIX_SPAWN_SETPGROUP
+                    | libc::POSIX_SPAWN_SETSIGMASK
+                    | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+            ),
+        ] {
+            if rc == 0 {
+                rc = r;
+            }
+        }
+        if rc == 0 {
+            rc = libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                a,
+                at,
+                argv.as_ptr() as *const *mut libc::c_char,
+                envp.as_ptr() as *const *mut libc::c_char,
+            );
+        }
+        libc::posix_spawnattr_destroy(at);
+        libc::posix_spawn_file_actions_destroy(a);
+        rc
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(pid)
 }
 
 /// A close-on-exec pipe: (read end, write end).

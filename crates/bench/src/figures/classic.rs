@@ -4,7 +4,7 @@
 //! fork/exec of `cat` measured in-process by virga-bench.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,14 +55,7 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         Ok(answer) => bail!("the cat function answered {answer:?}, not {BODY:?}"),
         Err(e) => return Err(platform.explain(e)),
     }
-    let env = [("fprocess", "cat"), ("mode", "serializing")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let direct = Server::start(&ctx.bins, &env, &work, &work.join("watchdog-cat.log"))?;
-    wait_ok(&direct.url, BODY, Duration::from_secs(30))?;
-    let proxy = Server::bare_proxy(&ctx.bins, &direct.url, &work.join("bare-proxy.log"))?;
-    wait_ok(&proxy.url, BODY, Duration::from_secs(30))?;
+    let (direct, proxy) = start_direct(ctx, &work)?;
 
     // The baseline is sampled half before and half after the wrk runs, so a change in
     // the machine's load during the run weighs on both sides alike.
@@ -88,7 +81,26 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         format!("bare fork/exec of cat, {n} iterations in-process"),
         fork,
     );
+    report(s, &g, &d, &b, &fork);
+    Ok(())
+}
 
+/// A standalone serializing `cat` watchdog, and the bare proxy in front of it; both answering.
+fn start_direct(ctx: &Ctx, work: &Path) -> Result<(Server, Server)> {
+    let env = [("fprocess", "cat"), ("mode", "serializing")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let direct = Server::start(&ctx.bins, &env, work, &work.join("watchdog-cat.log"))?;
+    wait_ok(&direct.url, BODY, Duration::from_secs(30))?;
+    let proxy = Server::bare_proxy(&ctx.bins, &direct.url, &work.join("bare-proxy.log"))?;
+    wait_ok(&proxy.url, BODY, Duration::from_secs(30))?;
+    Ok((direct, proxy))
+}
+
+/// The figures from the gateway (`g`), direct watchdog (`d`), bare proxy (`b`) and fork/exec
+/// series.
+fn report(s: &mut Section, g: &Stats, d: &Stats, b: &Stats, fork: &Stats) {
     let fig =
         |name: &str, value_label: &str, value: f64, baseline_label: &str, baseline: f64, target| {
             Figure {
@@ -158,7 +170,6 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         b.p50_us,
         Target::None,
     ));
-    Ok(())
 }
 
 /// Times `n` bare fork/exec round trips of `cat` (after a short warm-up), in µs.

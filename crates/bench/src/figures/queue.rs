@@ -52,75 +52,96 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         } else {
             None
         };
-        // `virga up --queue` reads VIRGA_QUEUE; the platform inherits this environment.
-        let queue = nats
-            .as_ref()
-            .map_or("embedded".to_string(), |n| n.url.clone());
-        std::env::set_var("VIRGA_QUEUE", &queue);
-        let dir = ctx.dir(&format!("{NAME}-{backend}"))?;
-        let platform = Platform::start(&ctx.bins, &dir, &ctx.isolation);
-        std::env::remove_var("VIRGA_QUEUE");
-        let mut platform = platform?;
-        let fprocess = format!("{} fast-upstream", ctx.bins.bench.to_string_lossy());
-        platform.deploy_json(&json!({
-            "service": "bench-noop",
-            "envProcess": fprocess,
-            "envVars": {"mode": "http", "upstream_url": "http://127.0.0.1:5000"},
-        }))?;
-        let sync_url = platform.function_url("bench-noop");
-        if let Err(e) = wait_ok(&sync_url, BODY, Duration::from_secs(30)) {
-            return Err(platform.explain(e));
-        }
-        let load = &ctx.settings.throughput;
-        ctx.warm(&sync_url, load)?;
-        let sync = ctx.load(&sync_url, load)?;
-        let sync = s.measured(
-            format!("no-op via /function/ ({backend}), {}", shape(load)),
-            sync,
-        );
-        let async_url = format!("{}/async-function/bench-noop", platform.url);
-        ctx.warm(&async_url, load)?;
-        drain(&platform.url, Duration::from_secs(300))?;
-        let before = completed(&platform.url)?;
-        let started = Instant::now();
-        let acc = ctx.load(&async_url, load)?;
-        let acc = s.measured(
-            format!("/async-function accepts ({backend}), {}", shape(load)),
-            acc,
-        );
-        drain(&platform.url, Duration::from_secs(300))?;
-        let drained = (completed(&platform.url)? - before) as f64 / started.elapsed().as_secs_f64();
-        // The targets are for the embedded queue; NATS rows are information.
-        let embedded = backend == "embedded";
-        let fig = |name: String, value: f64, bl: &str, baseline: f64, at_least: f64| Figure {
-            name,
-            value_label: "async".into(),
-            value,
-            baseline_label: bl.into(),
-            baseline,
-            unit: Unit::ReqPerSec,
-            target: if embedded {
-                Target::AtLeast(at_least)
-            } else {
-                Target::None
-            },
-        };
-        s.figure(fig(
-            format!("{backend}: accepted/s (durable)"),
-            acc.rps,
-            "single fsyncs/s",
-            fsync_rate,
-            5_000.0,
-        ));
-        s.figure(fig(
-            format!("{backend}: drained/s, no-op function"),
-            drained,
-            "sync /function/",
-            sync.rps,
-            2_000.0,
-        ));
+        let platform = start_platform(ctx, backend, nats.as_ref())?;
+        measure_backend(ctx, s, &platform, backend, fsync_rate)?;
+        // Before the NATS server it uses.
         drop(platform);
     }
+    Ok(())
+}
+
+/// A platform on `backend`'s queue with the no-op function deployed and answering.
+fn start_platform(ctx: &Ctx, backend: &str, nats: Option<&NatsServer>) -> Result<Platform> {
+    // `virga up --queue` reads VIRGA_QUEUE; the platform inherits this environment.
+    let queue = nats.map_or("embedded".to_string(), |n| n.url.clone());
+    std::env::set_var("VIRGA_QUEUE", &queue);
+    let dir = ctx.dir(&format!("{NAME}-{backend}"))?;
+    let platform = Platform::start(&ctx.bins, &dir, &ctx.isolation);
+    std::env::remove_var("VIRGA_QUEUE");
+    let mut platform = platform?;
+    let fprocess = format!("{} fast-upstream", ctx.bins.bench.to_string_lossy());
+    platform.deploy_json(&json!({
+        "service": "bench-noop",
+        "envProcess": fprocess,
+        "envVars": {"mode": "http", "upstream_url": "http://127.0.0.1:5000"},
+    }))?;
+    if let Err(e) = wait_ok(
+        &platform.function_url("bench-noop"),
+        BODY,
+        Duration::from_secs(30),
+    ) {
+        return Err(platform.explain(e));
+    }
+    Ok(platform)
+}
+
+/// The sync baseline, the accept run and the drain on one platform; their two figures.
+fn measure_backend(
+    ctx: &Ctx,
+    s: &mut Section,
+    platform: &Platform,
+    backend: &str,
+    fsync_rate: f64,
+) -> Result<()> {
+    let sync_url = platform.function_url("bench-noop");
+    let load = &ctx.settings.throughput;
+    ctx.warm(&sync_url, load)?;
+    let sync = ctx.load(&sync_url, load)?;
+    let sync = s.measured(
+        format!("no-op via /function/ ({backend}), {}", shape(load)),
+        sync,
+    );
+    let async_url = format!("{}/async-function/bench-noop", platform.url);
+    ctx.warm(&async_url, load)?;
+    drain(&platform.url, Duration::from_secs(300))?;
+    let before = completed(&platform.url)?;
+    let started = Instant::now();
+    let acc = ctx.load(&async_url, load)?;
+    let acc = s.measured(
+        format!("/async-function accepts ({backend}), {}", shape(load)),
+        acc,
+    );
+    drain(&platform.url, Duration::from_secs(300))?;
+    let drained = (completed(&platform.url)? - before) as f64 / started.elapsed().as_secs_f64();
+    // The targets are for the embedded queue; NATS rows are information.
+    let embedded = backend == "embedded";
+    let fig = |name: String, value: f64, bl: &str, baseline: f64, at_least: f64| Figure {
+        name,
+        value_label: "async".into(),
+        value,
+        baseline_label: bl.into(),
+        baseline,
+        unit: Unit::ReqPerSec,
+        target: if embedded {
+            Target::AtLeast(at_least)
+        } else {
+            Target::None
+        },
+    };
+    s.figure(fig(
+        format!("{backend}: accepted/s (durable)"),
+        acc.rps,
+        "single fsyncs/s",
+        fsync_rate,
+        5_000.0,
+    ));
+    s.figure(fig(
+        format!("{backend}: drained/s, no-op function"),
+        drained,
+        "sync /function/",
+        sync.rps,
+        2_000.0,
+    ));
     Ok(())
 }
 

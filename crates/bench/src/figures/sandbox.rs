@@ -40,21 +40,44 @@ zygote in sandboxes) and ≤ 10 ms p50, ≤ 30 ms p99 with it.";
 
 /// Measures the sandbox starts and their baselines and fills the section.
 pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
-    let work = ctx.dir(NAME)?;
-    let mut platform = Platform::start_with(&ctx.bins, &work, "runc", &[("VIRGA_WARM_POOL", "0")])?;
     let rounds = if ctx.settings.iterations < 1000 {
         5
     } else {
         20
     };
     let http = reqwest::blocking::Client::new();
+    let cold = cold_series(ctx, s, &http, rounds)?;
+    let warm = warm_series(ctx, s, &http, &cold.image, rounds)?;
+    let python = python_baseline(rounds * 2)?;
+    let python = s.measured(format!("bare python3 -c pass, {} runs", rounds * 2), python);
+    report(s, &cold, &warm, &python);
+    Ok(())
+}
 
+/// The series measured without the warm pool.
+struct Cold {
+    /// The python3-http function's image, for the pooled platform.
+    image: String,
+    bare_runc: Stats,
+    cat: Stats,
+    py: Stats,
+}
+
+/// Bare runc, and the `cat` and python3-http sandbox starts without the warm pool.
+fn cold_series(
+    ctx: &Ctx,
+    s: &mut Section,
+    http: &reqwest::blocking::Client,
+    rounds: usize,
+) -> Result<Cold> {
+    let work = ctx.dir(NAME)?;
+    let mut platform = Platform::start_with(&ctx.bins, &work, "runc", &[("VIRGA_WARM_POOL", "0")])?;
     platform.deploy_json(&json!({
         "service": "sb-cat", "envProcess": "cat",
         "labels": {"com.openfaas.scale.min": "0"}
     }))?;
     platform.deploy_template("sb-py-src", "python3-http")?;
-    let image = function(&http, &platform.url, "sb-py-src")?["image"]
+    let image = function(http, &platform.url, "sb-py-src")?["image"]
         .as_str()
         .context("no image for sb-py-src")?
         .to_string();
@@ -69,18 +92,32 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         format!("bare runc run of an empty container, {rounds} runs"),
         bare_runc,
     );
-    let cat = cold_starts(&http, &platform, "sb-cat", rounds, false)?;
+    let cat = cold_starts(http, &platform, "sb-cat", rounds, false)?;
     let cat = s.measured(
         format!("cat sandbox start to first answer, {rounds} starts"),
         cat,
     );
-    let py = cold_starts(&http, &platform, "sb-py", rounds, false)?;
+    let py = cold_starts(http, &platform, "sb-py", rounds, false)?;
     let py = s.measured(
         format!("python3-http sandbox start to first answer, {rounds} starts"),
         py,
     );
-    drop(platform);
-    // The same with the warm pool: a pre-started sandbox is bound to the function.
+    Ok(Cold {
+        image,
+        bare_runc,
+        cat,
+        py,
+    })
+}
+
+/// The python3-http start with the warm pool: a pre-started sandbox is bound to the function.
+fn warm_series(
+    ctx: &Ctx,
+    s: &mut Section,
+    http: &reqwest::blocking::Client,
+    image: &str,
+    rounds: usize,
+) -> Result<Stats> {
     let pooled_work = ctx.dir("sandbox-pool")?;
     let mut pooled = Platform::start(&ctx.bins, &pooled_work, "runc")?;
     // Uploads the same bundle to this platform's store.
@@ -89,15 +126,16 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         "service": "sb-py", "image": image,
         "labels": {"com.openfaas.scale.min": "0"}
     }))?;
-    let warm = cold_starts(&http, &pooled, "sb-py", rounds, true)?;
-    let warm = s.measured(
+    let warm = cold_starts(http, &pooled, "sb-py", rounds, true)?;
+    Ok(s.measured(
         format!("python3-http pooled sandbox bound to first answer, {rounds} starts"),
         warm,
-    );
-    drop(pooled);
-    let python = python_baseline(rounds * 2)?;
-    let python = s.measured(format!("bare python3 -c pass, {} runs", rounds * 2), python);
+    ))
+}
 
+/// The section's figures from the measured series.
+fn report(s: &mut Section, cold: &Cold, warm: &Stats, python: &Stats) {
+    let (bare_runc, cat, py) = (&cold.bare_runc, &cold.cat, &cold.py);
     let fig = |name: &str, value: f64, label: &str, baseline: f64, target| Figure {
         name: name.into(),
         value_label: "sandbox".into(),
@@ -156,7 +194,6 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         python.p99_us,
         Target::AtMost(30_000.0),
     ));
-    Ok(())
 }
 
 fn function(http: &reqwest::blocking::Client, url: &str, name: &str) -> Result<Value> {

@@ -280,7 +280,6 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         &ctx.isolation,
         &[("VIRGA_WARM_POOL", "0"), ("VIRGA_NO_ZYGOTE", "true")],
     )?;
-    let url = platform.url.clone();
     let pid = platform_pid(&data).context("virga up's pid not found")?;
     std::thread::sleep(Duration::from_millis(500));
     let empty_rss = rss_mib(pid);
@@ -295,9 +294,53 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         return Err(platform.explain(e));
     }
     let quick = ctx.settings.iterations < 1000;
-    let n = if quick { 10 } else { 40 };
+    let starts = start_series(ctx, s, &platform.url, pid, if quick { 10 } else { 40 })?;
+    // One running instance's memory.
+    let wd = children(pid, "virga-watchdog");
+    let instance_rss = wd.first().map_or(0.0, |&w| tree_rss_mib(w));
+    let (start_one, steps) = load_step(s, &mut platform, pid, quick)?;
+    let (idle_rss, idle_procs) = idle_functions(&mut platform, pid)?;
+    report_starts(s, &starts);
+    report_platform(
+        s,
+        &Footprint {
+            start_one,
+            steps,
+            empty_rss,
+            idle_rss,
+            idle_procs,
+            instance_rss,
+        },
+    );
+    Ok(())
+}
+
+/// The start series and their baselines.
+struct Starts {
+    py: Stats,
+    cold: Stats,
+    forked: Stats,
+    warm: Stats,
+    node: Stats,
+    node_cold: Stats,
+    node_forked: Stats,
+}
+
+/// The autoscaler's and the platform's memory figures.
+struct Footprint {
+    start_one: Stats,
+    steps: Stats,
+    empty_rss: f64,
+    idle_rss: f64,
+    idle_procs: usize,
+    instance_rss: f64,
+}
+
+/// Cold starts of the hello functions (python3-http on `url`'s platform, `virga up`'s `pid`,
+/// and on fresh platforms per setting) and the bare interpreters' spawns; `n` of each.
+fn start_series(ctx: &Ctx, s: &mut Section, url: &str, pid: i32, n: usize) -> Result<Starts> {
     let mut py = python_pass(n / 2)?;
-    let mut cold = cold_starts(&url, "bench-hello", n, || {
+    let mut cold = cold_starts(url, "bench-hello", n, || {
         Ok(children(pid, "virga-watchdog").is_empty())
     })?;
     py.extend(python_pass(n - n / 2)?);
@@ -314,11 +357,27 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     let node = s.measured(format!("node -e 0, {n} spawns"), stats(&mut node)?);
     let node_cold = starts_with(ctx, s, n, "node20", &neither, "no warm pool, no zygote")?;
     let node_forked = starts_with(ctx, s, n, "node20", &no_pool, "zygote, no warm pool")?;
-    // One running instance's memory.
-    let wd = children(pid, "virga-watchdog");
-    let instance_rss = wd.first().map_or(0.0, |&w| tree_rss_mib(w));
+    Ok(Starts {
+        py,
+        cold,
+        forked,
+        warm,
+        node,
+        node_cold,
+        node_forked,
+    })
+}
 
+/// A capacity-scaled function: one cold call's time, and the load step's time to a second
+/// replica serving.
+fn load_step(
+    s: &mut Section,
+    platform: &mut Platform,
+    pid: i32,
+    quick: bool,
+) -> Result<(Stats, Stats)> {
     eprintln!("scaling: load step on a capacity function");
+    let url = platform.url.clone();
     scale(&url, "bench-hello", 0)?;
     platform.deploy_json(&json!({
         "service": "bench-busy",
@@ -336,7 +395,11 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     let start_one = stats(&mut start_one)?;
     let mut steps = load_steps(&url, "bench-busy", if quick { 2 } else { 5 })?;
     let steps = s.measured("load step → second replica serving", stats(&mut steps)?);
+    Ok((start_one, steps))
+}
 
+/// `virga up`'s RSS (MiB) and instance processes with 100 functions deployed, all at zero.
+fn idle_functions(platform: &mut Platform, pid: i32) -> Result<(f64, usize)> {
     eprintln!("scaling: 100 functions at zero");
     for i in 0..100 {
         platform.deploy_json(&json!({
@@ -345,16 +408,19 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
             "labels": {"com.openfaas.scale.min": "0"},
         }))?;
     }
-    scale(&url, "bench-hello", 0)?;
-    scale(&url, "bench-busy", 0)?;
+    let url = &platform.url;
+    scale(url, "bench-hello", 0)?;
+    scale(url, "bench-busy", 0)?;
     until(Duration::from_secs(30), || {
         Ok(children(pid, "virga-watchdog").is_empty())
     })?;
     std::thread::sleep(Duration::from_secs(1));
-    let idle_rss = rss_mib(pid);
-    let idle_procs = children(pid, "virga-watchdog").len();
+    Ok((rss_mib(pid), children(pid, "virga-watchdog").len()))
+}
 
-    let fig = |name: String, vl: &str, v: f64, bl: &str, b: f64, unit, target| Figure {
+/// One figure.
+fn fig(name: String, vl: &str, v: f64, bl: &str, b: f64, unit: Unit, target: Target) -> Figure {
+    Figure {
         name,
         value_label: vl.into(),
         value: v,
@@ -362,98 +428,108 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         baseline: b,
         unit,
         target,
-    };
+    }
+}
+
+/// The cold-start figures.
+fn report_starts(s: &mut Section, st: &Starts) {
     s.figure(fig(
         "cold start p50, python3-http hello, zygote (no warm pool)".into(),
         "0 → first response",
-        forked.p50_us,
+        st.forked.p50_us,
         "python3 -c pass",
-        py.p50_us,
+        st.py.p50_us,
         Unit::Micros,
         Target::AtMost(80_000.0),
     ));
     s.figure(fig(
         "cold start p50, python3-http hello, no warm pool, no zygote".into(),
         "0 → first response",
-        cold.p50_us,
+        st.cold.p50_us,
         "python3 -c pass",
-        py.p50_us,
+        st.py.p50_us,
         Unit::Micros,
         Target::AtMost(80_000.0),
     ));
     s.figure(fig(
         "cold start p50, python3-http hello, warm pool".into(),
         "0 → first response",
-        warm.p50_us,
+        st.warm.p50_us,
         "python3 -c pass",
-        py.p50_us,
+        st.py.p50_us,
         Unit::Micros,
         Target::AtMost(10_000.0),
     ));
     s.figure(fig(
         "cold start p99, python3-http hello, warm pool".into(),
         "0 → first response",
-        warm.p99_us,
+        st.warm.p99_us,
         "python3 -c pass p99",
-        py.p99_us,
+        st.py.p99_us,
         Unit::Micros,
         Target::AtMost(30_000.0),
     ));
     s.figure(fig(
         "cold start p99, python3-http hello, no warm pool, no zygote".into(),
         "0 → first response",
-        cold.p99_us,
+        st.cold.p99_us,
         "python3 -c pass p99",
-        py.p99_us,
+        st.py.p99_us,
         Unit::Micros,
         Target::None,
     ));
     s.figure(fig(
         "cold start p50, node hello, zygote (no warm pool)".into(),
         "0 → first response",
-        node_forked.p50_us,
+        st.node_forked.p50_us,
         "node -e 0",
-        node.p50_us,
+        st.node.p50_us,
         Unit::Micros,
         Target::None,
     ));
     s.figure(fig(
         "cold start p50, node hello, no warm pool, no zygote".into(),
         "0 → first response",
-        node_cold.p50_us,
+        st.node_cold.p50_us,
         "node -e 0",
-        node.p50_us,
+        st.node.p50_us,
         Unit::Micros,
         Target::None,
     ));
+}
+
+/// The autoscaler's and memory figures.
+fn report_platform(s: &mut Section, sc: &Footprint) {
     s.figure(fig(
         "load step → extra replica serving, p50 (target ≤ 2 s beyond a start)".into(),
         "autoscaler",
-        steps.p50_us,
+        sc.steps.p50_us,
         "one cold call (start + 0.2 s sleep)",
-        start_one.p50_us,
+        sc.start_one.p50_us,
         Unit::Micros,
         Target::AddedAtMost(2_000_000.0),
     ));
     s.figure(fig(
-        format!("platform RSS, 100 functions at zero ({idle_procs} instance processes)"),
+        format!(
+            "platform RSS, 100 functions at zero ({} instance processes)",
+            sc.idle_procs
+        ),
         "virga up",
-        idle_rss,
+        sc.idle_rss,
         "no functions",
-        empty_rss,
+        sc.empty_rss,
         Unit::Mebibytes,
-        Target::AddedAtMost(30.0 - empty_rss),
+        Target::AddedAtMost(30.0 - sc.empty_rss),
     ));
     s.figure(fig(
         "one running python3-http instance".into(),
         "watchdog + runtime",
-        instance_rss,
+        sc.instance_rss,
         "virga up, idle",
-        idle_rss,
+        sc.idle_rss,
         Unit::Mebibytes,
         Target::None,
     ));
-    Ok(())
 }
 
 /// Cold starts of `lang`'s hello function on a fresh platform with `env` (warm pool and

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::common::script;
 use crate::support::{lines, Backend, Receiver, Setup};
+use virga_testkit::script;
 
 const WAIT: Duration = Duration::from_secs(30);
 

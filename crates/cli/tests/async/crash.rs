@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::script;
 use crate::support::{lines, Backend, Setup};
+use virga_testkit::script;
 
 const CALLS: usize = 2000;
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::common::script;
 use crate::support::{Backend, Receiver, Setup};
+use virga_testkit::script;
 
 const WAIT: Duration = Duration::from_secs(30);
 const MIB: u64 = 1 << 20;

@@ -5,8 +5,6 @@
 //! address policy, HTTPS callbacks and invocation counting.
 
 mod cases;
-#[path = "../common/mod.rs"]
-mod common;
 mod crash;
 mod durable;
 mod guards;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::common::{Platform, PASSWORD};
+use virga_testkit::{free_port, Platform, PASSWORD};
 
 /// Which queue backend a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,14 +27,6 @@ pub struct NatsServer {
     child: Child,
     pub url: String,
     _dir: tempfile::TempDir,
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl NatsServer {
@@ -149,7 +141,7 @@ impl Setup {
 
     /// Run the `virga` CLI against this platform.
     pub fn virga(&self, args: &[&str]) -> std::process::Output {
-        Command::new(crate::common::virga_bin())
+        Command::new(virga_testkit::virga_bin())
             .args(args)
             .env("VIRGA_URL", &self.p.url)
             .env("VIRGA_PASSWORD", PASSWORD)

@@ -1,0 +1,7 @@
+//! The watchdog's modes against the real `virga-watchdog` binary (virga-testkit's
+//! [`Watchdog`](virga_testkit::watchdog::Watchdog)): HTTP mode with python3 upstreams,
+//! serializing (one process per request, buffered) and streaming (stdout as produced).
+
+mod http_mode;
+mod serializing;
+mod streaming;
