@@ -11,6 +11,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use virga_types::{BundleManifest, BundleRef, BUNDLE_MANIFEST};
 
+use crate::oci_build::{self, OciBuilt, RegistryArgs};
 use crate::pack;
 use crate::stack::{Stack, StackFunction};
 use crate::templates::{self, write_file, FUNCTION_DIR};
@@ -24,6 +25,22 @@ pub struct BuildArgs {
     /// Only functions whose name matches (`*` allowed).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Build OCI images (base + runtime layer + code layer) instead of bundles; functions
+    /// whose `image:` names a registry host always are.
+    #[arg(long)]
+    pub oci: bool,
+    /// Registry options for OCI builds.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// How to build: bundles, or OCI images where asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOptions<'a> {
+    /// OCI images for every function, not only those whose `image:` names a registry.
+    pub oci: bool,
+    /// Registries and credentials for OCI builds.
+    pub registry: &'a RegistryArgs,
 }
 
 /// A bundle built for one function.
@@ -37,14 +54,20 @@ pub struct Built {
     pub digest: String,
     /// Archive size in bytes.
     pub size: u64,
-    /// `virga.local/NAME@sha256:HEX`.
+    /// `virga.local/NAME@sha256:HEX`, or the registry reference of an OCI image.
     pub image: String,
+    /// The OCI image, when one was built.
+    pub oci: Option<OciBuilt>,
 }
 
 /// Run `virga build`.
 pub fn run(args: BuildArgs) -> Result<()> {
     let stack = Stack::load(&crate::stack::default_file(args.file))?;
-    let built = build_stack(&stack, args.filter.as_deref())?;
+    let opts = BuildOptions {
+        oci: args.oci,
+        registry: &args.registry,
+    };
+    let built = build_stack(&stack, args.filter.as_deref(), opts)?;
     if built.is_empty() {
         println!("Nothing to build: no selected function has a `lang`.");
         return Ok(());
@@ -54,7 +77,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
 }
 
 /// Build every selected function that has a `lang`, in name order.
-pub fn build_stack(stack: &Stack, filter: Option<&str>) -> Result<Vec<Built>> {
+pub fn build_stack(stack: &Stack, filter: Option<&str>, opts: BuildOptions) -> Result<Vec<Built>> {
     let mut built = Vec::new();
     for (name, f) in stack.select(filter)? {
         if f.lang.is_empty() {
@@ -68,13 +91,20 @@ pub fn build_stack(stack: &Stack, filter: Option<&str>) -> Result<Vec<Built>> {
             }
             continue;
         }
-        built.push(build_function(stack, name, f).with_context(|| format!("building {name}"))?);
+        built.push(
+            build_function(stack, name, f, opts).with_context(|| format!("building {name}"))?,
+        );
     }
     Ok(built)
 }
 
 /// Build one function's bundle.
-pub fn build_function(stack: &Stack, name: &str, f: &StackFunction) -> Result<Built> {
+pub fn build_function(
+    stack: &Stack,
+    name: &str,
+    f: &StackFunction,
+    opts: BuildOptions,
+) -> Result<Built> {
     let dirs = templates::search_dirs(&[&stack.dir]);
     let template = templates::find(&f.lang, &dirs)?;
     if f.handler.is_empty() {
@@ -122,17 +152,37 @@ pub fn build_function(stack: &Stack, name: &str, f: &StackFunction) -> Result<Bu
     let digest = pack::sha256_hex(&bytes);
     let archive = build_dir.join(format!("{name}.tar.gz"));
     fs::write(&archive, &bytes).with_context(|| format!("cannot write {}", archive.display()))?;
-    let image = BundleRef {
+    let mut image = BundleRef {
         name: name.to_string(),
         digest: digest.clone(),
     }
     .to_string();
+    let oci = if opts.oci || oci_build::names_registry(&f.image) {
+        let base = match f.build_args.get("BASE_IMAGE") {
+            Some(b) => b.clone(),
+            None => template.spec()?.base_image,
+        };
+        if base.is_empty() {
+            bail!(
+                "an OCI build of {name} needs a base image: set functions.{name}.build_args.BASE_IMAGE \
+                 in {} or base_image in the {} template (docs/images.md shows how to make one)",
+                stack.path.display(),
+                f.lang
+            );
+        }
+        let built = oci_build::build(opts.registry, stack, name, f, &base, &manifest.env)?;
+        image = format!("{}@{}", built.reference, built.digest);
+        Some(built)
+    } else {
+        None
+    };
     Ok(Built {
         name: name.to_string(),
         archive,
         digest,
         size: bytes.len() as u64,
         image,
+        oci,
     })
 }
 
@@ -147,6 +197,16 @@ pub fn print_table(built: &[Built]) {
             pack::human_size(b.size),
             b.image
         );
+        if let Some(oci) = &b.oci {
+            for (what, l) in ["runtime", "code"].iter().zip(&oci.layers) {
+                println!(
+                    "{:<width$}  {:>10}  {what} layer {}",
+                    "",
+                    pack::human_size(l.size),
+                    l.digest
+                );
+            }
+        }
     }
 }
 
@@ -286,8 +346,13 @@ mod tests {
         let base = dir.path();
         crate::new::create("echo", "bash", "", Path::new("stack.yml"), base, &[]).unwrap();
         let stack = Stack::load(&base.join("stack.yml")).unwrap();
-        let first = build_stack(&stack, None).unwrap();
-        let second = build_stack(&stack, Some("echo")).unwrap();
+        let registry = RegistryArgs::default();
+        let opts = BuildOptions {
+            oci: false,
+            registry: &registry,
+        };
+        let first = build_stack(&stack, None, opts).unwrap();
+        let second = build_stack(&stack, Some("echo"), opts).unwrap();
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].digest, second[0].digest);
         assert_eq!(

@@ -1,5 +1,6 @@
 //! `virga deploy`: build the stack's functions, upload bundles the gateway does not have
-//! yet (`HEAD` then `PUT /system/virga/bundles/sha256:HEX`), then update each function
+//! yet (`HEAD` then `PUT /system/virga/bundles/sha256:HEX`) or push OCI images to their
+//! registry (only the layers it lacks, as `faas-cli up` does), then update each function
 //! (`PUT /system/functions`) or create it when the gateway answers 404 (`POST`), as
 //! faas-cli does.
 
@@ -9,9 +10,10 @@ use anyhow::{bail, Context, Result};
 use reqwest::{Method, StatusCode};
 use virga_types::{BundleUploaded, FunctionDeployment};
 
-use crate::builder::{self, Built};
+use crate::builder::{self, BuildOptions, Built};
 use crate::client::{ensure_success, status_text, Client};
 use crate::config;
+use crate::oci_build::{self, RegistryArgs};
 use crate::stack::Stack;
 
 /// Options of `virga deploy`.
@@ -23,6 +25,47 @@ pub struct DeployArgs {
     /// Only functions whose name matches (`*` allowed).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Build and push OCI images instead of uploading bundles (always for functions whose
+    /// `image:` names a registry host).
+    #[arg(long)]
+    pub oci: bool,
+    /// Registry options for OCI images.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Options of `virga push`.
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    /// Stack file [default: stack.yaml, else stack.yml].
+    #[arg(short = 'f', long = "yaml")]
+    pub file: Option<PathBuf>,
+    /// Only functions whose name matches (`*` allowed).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Registry options.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Run `virga push`: build each selected function's OCI image (reproducibly: unchanged
+/// layers keep their digests) and push it to its `image:` reference.
+pub fn push(args: PushArgs) -> Result<()> {
+    let stack = Stack::load(&crate::stack::default_file(args.file))?;
+    let opts = BuildOptions {
+        oci: true,
+        registry: &args.registry,
+    };
+    let built = builder::build_stack(&stack, args.filter.as_deref(), opts)?;
+    if built.is_empty() {
+        println!("Nothing to push: no selected function has a `lang`.");
+    }
+    for b in &built {
+        if let Some(oci) = &b.oci {
+            oci_build::push(&args.registry, oci)?;
+        }
+    }
+    Ok(())
 }
 
 /// Run `virga deploy`.
@@ -30,13 +73,22 @@ pub fn run(args: DeployArgs, gateway: Option<&str>) -> Result<()> {
     let stack = Stack::load(&crate::stack::default_file(args.file))?;
     let gateway = config::resolve_gateway(gateway, Some(&stack.provider.gateway));
     let client = Client::connect(&gateway)?;
-    deploy_stack(&client, &stack, args.filter.as_deref())
+    let opts = BuildOptions {
+        oci: args.oci,
+        registry: &args.registry,
+    };
+    deploy_stack(&client, &stack, args.filter.as_deref(), opts)
 }
 
 /// Build, upload and deploy the functions of `stack` (those matching `filter`).
-pub fn deploy_stack(client: &Client, stack: &Stack, filter: Option<&str>) -> Result<()> {
+pub fn deploy_stack(
+    client: &Client,
+    stack: &Stack,
+    filter: Option<&str>,
+    opts: BuildOptions,
+) -> Result<()> {
     let selected = stack.select(filter)?;
-    let built = builder::build_stack(stack, filter)?;
+    let built = builder::build_stack(stack, filter, opts)?;
     if !built.is_empty() {
         builder::print_table(&built);
         println!();
@@ -46,6 +98,10 @@ pub fn deploy_stack(client: &Client, stack: &Stack, filter: Option<&str>) -> Res
     for (name, f) in selected {
         let result = (|| -> Result<String> {
             let image = match built.iter().find(|b| b.name == name) {
+                Some(Built { oci: Some(oci), .. }) => {
+                    oci_build::push(opts.registry, oci)?;
+                    oci.reference.clone()
+                }
                 Some(b) => {
                     upload(client, b)?;
                     b.image.clone()

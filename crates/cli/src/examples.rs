@@ -36,5 +36,10 @@ fn try_deploy(url: &str, password: &str, data_dir: &Path) -> Result<()> {
         password: password.into(),
     };
     let client = Client::with_credentials(url, Some(creds))?;
-    crate::deploy::deploy_stack(&client, &stack, None)
+    let registry = crate::oci_build::RegistryArgs::default();
+    let opts = crate::builder::BuildOptions {
+        oci: false,
+        registry: &registry,
+    };
+    crate::deploy::deploy_stack(&client, &stack, None, opts)
 }

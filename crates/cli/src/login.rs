@@ -25,31 +25,16 @@ pub struct LoginArgs {
 
 /// Run `virga login`.
 pub fn login(gateway: &str, args: LoginArgs) -> Result<()> {
-    let password = match (args.password, args.password_stdin) {
-        (Some(p), _) => {
-            eprintln!(
-                "WARNING! Using --password is insecure, consider: \
-                 cat ~/virga_pass.txt | virga login -u {} --password-stdin",
-                args.username
-            );
-            p
-        }
-        (None, true) => {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("cannot read the password from stdin")?;
-            text.trim().to_string()
-        }
-        (None, false) => bail!("give the password with --password-stdin (or --password)"),
-    };
-    if password.is_empty() {
-        bail!("the password is empty");
-    }
+    let password = read_password(
+        args.password,
+        args.password_stdin,
+        &format!("login -u {}", args.username),
+    )?;
     let creds = Credentials {
         username: args.username,
         password,
     };
+
     let client = Client::with_credentials(gateway, Some(creds.clone()))?;
     println!("Calling the gateway at {}", client.base());
     let info: GatewayInfo = client
@@ -75,6 +60,32 @@ pub fn login(gateway: &str, args: LoginArgs) -> Result<()> {
         info.version.release
     );
     Ok(())
+}
+
+/// The password given with `--password` (warning that it is visible) or on stdin;
+/// `usage` is the command to show in the warning (`virga USAGE --password-stdin`).
+pub fn read_password(given: Option<String>, stdin: bool, usage: &str) -> Result<String> {
+    let password = match (given, stdin) {
+        (Some(p), _) => {
+            eprintln!(
+                "WARNING! Using --password is insecure, consider: \
+                 cat ~/password.txt | virga {usage} --password-stdin"
+            );
+            p
+        }
+        (None, true) => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the password from stdin")?;
+            text.trim().to_string()
+        }
+        (None, false) => bail!("give the password with --password-stdin (or --password)"),
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(password)
 }
 
 /// Run `virga logout`.

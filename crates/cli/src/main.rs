@@ -13,16 +13,18 @@ mod dockerfile;
 mod examples;
 mod functions;
 mod image_list;
-mod images;
 mod login;
 mod logs;
 mod new;
+mod oci_build;
 mod pack;
 mod queue;
+mod registry;
 mod secrets;
 mod stack;
 mod templates;
 mod up;
+mod up_images;
 
 /// Virga: a self-hosted serverless platform that speaks the OpenFaaS API.
 #[derive(Debug, Parser)]
@@ -46,10 +48,19 @@ enum Command {
     Logout,
     /// Create a function from a template and add it to a stack file.
     New(new::NewArgs),
-    /// Build the stack file's functions into bundles under ./build/.
+    /// Build the stack file's functions into bundles under ./build/ (or OCI images, --oci).
     Build(builder::BuildArgs),
-    /// Build, upload and deploy the stack file's functions.
+    /// Build, upload (bundles) or push (OCI images), and deploy the stack file's functions.
     Deploy(deploy::DeployArgs),
+    /// Build the stack file's functions as OCI images and push them to their `image:`.
+    Push(deploy::PushArgs),
+    /// Push a root filesystem tarball as a one-layer base image for OCI builds.
+    Import(oci_build::ImportArgs),
+    /// Registry credentials for pulls and pushes.
+    Registry {
+        #[command(subcommand)]
+        command: registry::RegistryCommand,
+    },
     /// List deployed functions.
     #[command(alias = "ls")]
     List(functions::ListArgs),
@@ -101,6 +112,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::New(args) => new::run(args),
         Command::Build(args) => builder::run(args),
         Command::Deploy(args) => deploy::run(args, flag),
+        Command::Push(args) => deploy::push(args),
+        Command::Registry { command } => registry::run(command),
+        Command::Import(args) => oci_build::import(args),
         Command::List(args) => functions::list(&connect()?, args),
         Command::Describe(args) => functions::describe(&connect()?, args),
         Command::Invoke(args) => functions::invoke(&connect()?, args),

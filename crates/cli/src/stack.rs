@@ -78,6 +78,9 @@ pub struct StackFunction {
     /// Read-only root filesystem.
     #[serde(default)]
     pub readonly_root_filesystem: bool,
+    /// Build arguments (faas-cli's); `BASE_IMAGE` names the base of an OCI build.
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub build_args: BTreeMap<String, String>,
 }
 
 /// `limits:` / `requests:`.

@@ -60,6 +60,10 @@ pub struct TemplateSpec {
     /// Watchdog environment (`mode`, `upstream_url`, ...).
     #[serde(default)]
     pub environment: BTreeMap<String, serde_yaml::Value>,
+    /// The image OCI builds of this template start from (stack.yml's
+    /// `build_args.BASE_IMAGE` wins).
+    #[serde(default)]
+    pub base_image: String,
 }
 
 impl TemplateSpec {

@@ -98,7 +98,7 @@ pub struct UpArgs {
     pub async_calls: crate::queue::AsyncArgs,
     /// Registry images: insecure registries, credentials, limits.
     #[command(flatten)]
-    pub images: crate::images::ImageArgs,
+    pub images: crate::up_images::ImageArgs,
     /// Log format of the platform's own logs.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -177,9 +177,9 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
         dir: Some(args.data_dir.join("logs")),
         ..virga_logs::LogConfig::default()
     }));
-    let images = crate::images::open(&args.images, &args.data_dir)?;
+    let images = crate::up_images::open(&args.images, &args.data_dir)?;
     let registry_config = args.images.registry_config(&args.data_dir);
-    crate::images::ensure(&images, &store, &registry_config).await;
+    crate::up_images::ensure(&images, &store, &registry_config).await;
     let local = start_provider(
         &args,
         &store,
@@ -463,7 +463,8 @@ fn admin_password(data_dir: &Path) -> Result<String> {
     Ok(password)
 }
 
-fn watchdog_path(given: Option<&Path>) -> Result<PathBuf> {
+/// The watchdog binary: `given`, else next to this binary, else on PATH.
+pub(crate) fn watchdog_path(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p.to_path_buf());
     }
