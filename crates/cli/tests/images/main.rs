@@ -1,5 +1,7 @@
 //! Registry images of the real `virga up` (issue 13): images pushed to a real docker-registry
-//! run as functions in runc sandboxes (run), on the registry helper (registry).
+//! run as functions in runc sandboxes (run), template functions built as layered images and
+//! pushed by the CLI (build), on the registry helper (registry).
 
+mod build;
 mod registry;
 mod run;

@@ -1,0 +1,175 @@
+//! `virga import`, `virga build --oci`, `virga push` and `virga deploy` round trip: a bash
+//! template function built on a busybox-only base (imported from a root filesystem tarball
+//! with the CLI), pushed to a real registry, deployed to a real `virga up` with runc, called;
+//! then a one-line code change pushes and pulls only the code layer.
+
+use std::path::Path;
+use std::process::Command;
+
+use reqwest::Method;
+use serde_json::Value;
+use virga_testkit::Platform;
+
+use crate::registry::Registry;
+
+/// Run the CLI in `dir` against `p` (if any), with its own image cache; stdout and stderr.
+fn cli(dir: &Path, p: Option<&Platform>, args: &[&str]) -> String {
+    let mut cmd = Command::new(virga_testkit::virga_bin());
+    cmd.args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env("VIRGA_IMAGE_CACHE", dir.join("image-cache"))
+        .env("VIRGA_CONFIG_DIR", dir.join("cli-config"));
+    if let Some(p) = p {
+        cmd.env("VIRGA_URL", &p.url)
+            .env("VIRGA_PASSWORD", virga_testkit::PASSWORD);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "virga {args:?}:\n{text}");
+    text
+}
+
+/// A root filesystem with Debian's static busybox and every applet, as a tar archive.
+fn busybox_rootfs(dir: &Path) -> std::path::PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    let tarball = dir.join("rootfs.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tarball
+}
+
+/// Entries of the platform's unpacked-layer store.
+fn unpacked_layers(p: &Platform) -> usize {
+    std::fs::read_dir(p.data_dir.join("images/layers"))
+        .unwrap()
+        .count()
+}
+
+fn call(p: &Platform, name: &str, body: &str) -> (u16, String) {
+    let r = p
+        .anon(Method::POST, &format!("/function/{name}"))
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn a_template_function_builds_as_a_layered_image_and_a_code_change_moves_only_its_layer() {
+    let reg = Registry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let tarball = busybox_rootfs(w);
+    let base = reg.image("base/busybox:1");
+    let out = cli(w, None, &["import", tarball.to_str().unwrap(), &base]);
+    assert!(out.contains(&format!("Pushed {base}")), "{out}");
+
+    cli(w, None, &["new", "shout", "--lang", "bash"]);
+    let stack = w.join("stack.yaml");
+    let image = reg.image("shout:latest");
+    let text = std::fs::read_to_string(&stack).unwrap().replace(
+        "image: shout:latest",
+        &format!("image: {image}\n    build_args:\n      BASE_IMAGE: {base}"),
+    );
+    std::fs::write(&stack, text).unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let p = Platform::start_runc(data.path(), &[]);
+    let out = cli(w, Some(&p), &["deploy"]);
+    assert!(out.contains("runtime layer") && out.contains("code layer"), "{out}");
+    assert!(out.contains("Deployed shout"), "{out}");
+    assert_eq!(call(&p, "shout", "hello"), (200, "HELLO".into()));
+    let r = p.sys(Method::GET, "/system/function/shout").send().unwrap();
+    let status: Value = r.json().unwrap();
+    let first = status["imageDigest"].as_str().unwrap().to_string();
+    assert!(first.starts_with("sha256:"), "{status}");
+    let layers = unpacked_layers(&p);
+    assert_eq!(layers, 3, "base, runtime and code layers unpacked once");
+
+    // One line of code changes: the code layer and the config are new; the base and the
+    // runtime layer are neither uploaded nor pulled again.
+    let handler = w.join("shout/handler.sh");
+    let code = std::fs::read_to_string(&handler).unwrap();
+    std::fs::write(&handler, format!("printf 'v2 '\n{code}")).unwrap();
+    let out = cli(w, Some(&p), &["deploy"]);
+    assert!(
+        out.contains("2 blob(s) uploaded, 2 already there"),
+        "only the code layer and the config go up: {out}"
+    );
+    assert_eq!(call(&p, "shout", "hello"), (200, "v2 HELLO".into()));
+    assert_eq!(unpacked_layers(&p), layers + 1, "only the code layer came down");
+    let r = p.sys(Method::GET, "/system/function/shout").send().unwrap();
+    let status: Value = r.json().unwrap();
+    assert_ne!(status["imageDigest"].as_str().unwrap(), first, "{status}");
+
+    // The same inputs build the same image: nothing to upload.
+    let out = cli(w, Some(&p), &["push"]);
+    assert!(out.contains("0 blob(s) uploaded, 4 already there"), "{out}");
+}
+
+#[test]
+fn an_oci_build_without_a_registry_host_or_a_base_says_what_to_set() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    cli(w, None, &["new", "plain", "--lang", "bash"]);
+    let out = Command::new(virga_testkit::virga_bin())
+        .args(["build", "--oci"])
+        .current_dir(w)
+        .env("HOME", w)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("needs a registry host"), "{err}");
+
+    let tarball = w.join("bad.tar");
+    let root = w.join("devroot");
+    std::fs::create_dir_all(&root).unwrap();
+    let status = Command::new("mknod")
+        .arg(root.join("null"))
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = Command::new(virga_testkit::virga_bin())
+        .args(["import", tarball.to_str().unwrap(), "127.0.0.1:1/x:1"])
+        .current_dir(w)
+        .env("HOME", w)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("device node") && err.contains("--skip=output/dev"),
+        "{err}"
+    );
+}
