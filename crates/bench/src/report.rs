@@ -20,6 +20,10 @@ pub enum Unit {
     Micros,
     /// Resident memory in MiB.
     Mebibytes,
+    /// Milliseconds of a longer operation (a pull).
+    Millis,
+    /// Bytes moved.
+    Bytes,
 }
 
 impl Unit {
@@ -28,6 +32,8 @@ impl Unit {
             Unit::ReqPerSec => format!("{v:.0} req/s"),
             Unit::Micros => format!("{v:.0} µs"),
             Unit::Mebibytes => format!("{v:.1} MiB"),
+            Unit::Millis => format!("{v:.0} ms"),
+            Unit::Bytes => format!("{v:.0} B"),
         }
     }
 }

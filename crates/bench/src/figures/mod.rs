@@ -4,6 +4,7 @@
 
 pub mod classic;
 pub mod gateway;
+pub mod images;
 pub mod queue;
 pub mod sandbox;
 pub mod scaling;
@@ -71,6 +72,12 @@ pub const GROUPS: &[Group] = &[
         title: queue::TITLE,
         about: queue::ABOUT,
         run: queue::run,
+    },
+    Group {
+        name: images::NAME,
+        title: images::TITLE,
+        about: images::ABOUT,
+        run: images::run,
     },
     Group {
         name: scaling::NAME,
