@@ -184,6 +184,20 @@ pub fn describe(client: &Client, args: DescribeArgs) -> Result<()> {
         rows.insert(6, ("Pinned image", pinned.clone()));
         rows.insert(7, ("Image digest", digest.clone()));
     }
+    if let Some(pull) = &f.image_pull {
+        let text = match &pull.error {
+            Some(e) => format!("{} failed: {e}", pull.image),
+            None => format!(
+                "{} under way: {}/{} layers, {} of {}",
+                pull.image,
+                pull.layers_done,
+                pull.layers_total,
+                crate::pack::human_size(pull.bytes_done),
+                crate::pack::human_size(pull.bytes_total)
+            ),
+        };
+        rows.push(("Image pull", text));
+    }
     if !f.namespace.is_empty() {
         rows.push(("Namespace", f.namespace.clone()));
     }

@@ -179,7 +179,8 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
     }));
     let images = crate::up_images::open(&args.images, &args.data_dir)?;
     let registry_config = args.images.registry_config(&args.data_dir);
-    crate::up_images::ensure(&images, &store, &registry_config).await;
+    let pulls = virga_gateway::Pulls::new(logs.clone());
+    crate::up_images::ensure(&images, &store, &registry_config, &pulls).await;
     let local = start_provider(
         &args,
         &store,
@@ -213,6 +214,7 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
             registry_config,
             unavailable: (isolation != "runc")
                 .then(|| format!("instances run as {isolation} instances")),
+            pulls,
         },
     );
     crate::queue::start(&state, &args.queue, &args.data_dir, &args.async_calls).await?;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use virga_gateway::Pulls;
 use virga_oci::{Digest, Images, InsecureRegistries, Options, RegistryConfig};
 use virga_store::Store;
 
@@ -47,7 +48,7 @@ pub fn open(args: &ImageArgs, data_dir: &Path) -> Result<Arc<Images>> {
 
 /// Pull every image a stored function is pinned to and the store does not hold whole (with
 /// the credentials file's credentials); a failure is logged and that function's start fails.
-pub async fn ensure(images: &Images, store: &Store, registry_config: &Path) {
+pub async fn ensure(images: &Images, store: &Store, registry_config: &Path, pulls: &Arc<Pulls>) {
     let Ok(functions) = store.functions() else {
         return;
     };
@@ -63,12 +64,23 @@ pub async fn ensure(images: &Images, store: &Store, registry_config: &Path) {
         tracing::info!(function = %f.deployment.service, image = %image, "pulling a missing image");
         let registry = virga_oci::parse_reference(image).map(|r| r.registry().to_string());
         let creds = registry.and_then(|host| RegistryConfig::load(registry_config)?.lookup(&host));
+        let name = &f.deployment.service;
         let pulled = match creds {
-            Ok(creds) => images.pull(image, creds.as_ref(), None).await.map(|_| ()),
+            Ok(creds) => {
+                let progress = pulls.start(name, image);
+                images
+                    .pull(image, creds.as_ref(), Some(progress))
+                    .await
+                    .map(|_| ())
+            }
             Err(e) => Err(e),
         };
-        if let Err(e) = pulled {
-            tracing::error!(function = %f.deployment.service, "cannot pull {image}: {e}");
+        match pulled {
+            Ok(()) => pulls.done(name, image),
+            Err(e) => {
+                tracing::error!(function = %name, "cannot pull {image}: {e}");
+                pulls.failed(name, image, &e.to_string());
+            }
         }
     }
 }

@@ -50,6 +50,7 @@ fn status_of(state: &AppState, f: &StoredFunction) -> FunctionStatus {
         status.image = reference.clone();
         status.pinned_image = Some(f.deployment.image.clone());
         status.image_digest = images::pinned_digest(&f.deployment.image).map(|d| d.to_string());
+        status.image_pull = state.images.get().and_then(|c| c.pulls.get(name));
     }
     status
 }

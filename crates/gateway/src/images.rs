@@ -14,6 +14,7 @@ use serde::Serialize;
 use virga_oci::{Credentials, Digest, Images, OciError, RegistryConfig};
 use virga_types::{BundleRef, FunctionDeployment};
 
+use crate::pulls::Pulls;
 use crate::{ApiError, AppState};
 
 /// What the gateway needs to pull images for functions.
@@ -25,6 +26,8 @@ pub struct ImagesConfig {
     pub registry_config: PathBuf,
     /// Why image functions cannot run on this platform, if they cannot (no runc).
     pub unavailable: Option<String>,
+    /// Pulls under way or failed, per function (shared with `virga up`'s start-up pulls).
+    pub pulls: Arc<Pulls>,
 }
 
 /// Turn image functions on for `state`'s gateway (once; later calls are ignored).
@@ -68,8 +71,21 @@ pub(crate) async fn pin(
         })?)
     };
     // One resolution: the tag is recorded with the image, and what it pointed at is pinned.
-    let image = cfg.images.pull(&d.image, creds.as_ref(), None).await?;
-    image.user_ids()?;
+    let progress = cfg.pulls.start(&d.service, &d.image);
+    let pulled = cfg
+        .images
+        .pull(&d.image, creds.as_ref(), Some(progress))
+        .await;
+    let image = match pulled.and_then(|i| i.user_ids().map(|_| i)) {
+        Ok(image) => {
+            cfg.pulls.done(&d.service, &d.image);
+            image
+        }
+        Err(e) => {
+            cfg.pulls.failed(&d.service, &d.image, &e.to_string());
+            return Err(e.into());
+        }
+    };
     let pinned = format!(
         "{}/{}@{}",
         reference.registry(),

@@ -22,6 +22,7 @@ mod limit;
 mod listener;
 mod logs;
 mod metrics;
+mod pulls;
 mod replay;
 mod secrets;
 
@@ -44,6 +45,7 @@ pub use auth::Credentials;
 pub use error::ApiError;
 pub use images::{enable_images, ImagesConfig};
 pub use listener::ServeConfig;
+pub use pulls::Pulls;
 
 /// Settings of the gateway.
 #[derive(Debug, Clone)]

@@ -117,6 +117,30 @@ pub struct FunctionStatus {
     /// For a registry image: the digest it is pinned to (Virga only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
+    /// For a registry image: a pull under way, or why the last one failed (Virga only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull: Option<ImagePull>,
+}
+
+/// An image pull of a function, under way or failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePull {
+    /// `pulling` or `failed`.
+    pub state: String,
+    /// The reference pulled.
+    pub image: String,
+    /// Layers (and config) fetched so far.
+    pub layers_done: u64,
+    /// Layers (and config) to fetch.
+    pub layers_total: u64,
+    /// Compressed bytes fetched so far.
+    pub bytes_done: u64,
+    /// Compressed bytes to fetch.
+    pub bytes_total: u64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl FunctionStatus {
@@ -147,6 +171,7 @@ impl FunctionStatus {
             created_at,
             pinned_image: None,
             image_digest: None,
+            image_pull: None,
         }
     }
 }

@@ -1,15 +1,18 @@
 //! Images: pulling and unpacking a multi-layer image from a local registry next to skopeo
-//! copying the same image, and the bytes a one-line code change moves (re-push and re-pull)
-//! next to the image's size.
+//! copying the same image, the bytes a one-line code change moves (re-push and re-pull)
+//! next to the image's size, and an image function's start from zero next to a bare
+//! `runc run` on the same root filesystem.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use serde_json::json;
 use virga_oci::{Images, Options};
 
 use super::Ctx;
+use crate::platform::Platform;
 use crate::report::{Figure, Section, Target, Unit};
 use crate::runner::{free_port, Proc, Stats};
 
@@ -31,7 +34,12 @@ the rounds. Target ≤ 1.0×. \
 Code change: `virga push` of a bash function built on that image, then one line of its \
 handler changed and pushed again; the bytes the registry's storage grew by on the second \
 push, and the bytes a store holding the first version fetched to pull the second, vs the \
-image's size (its layers and config). Target ≤ 1 %.";
+image's size (its layers and config). Target ≤ 1 %. \
+Scale from zero: `virga up --isolation runc`, a bash template function built with \
+`virga push` on a busybox-only base (three layers, cached after the deploy) is scaled to \
+zero and called once, as in the sandbox figures (same 0.5 s idle pause before each start); \
+baseline: a bare `runc run` of busybox `true` on the same layers merged into one read-only \
+root. Target ≤ bare runc + 10 ms.";
 
 /// Host directories the test image is made of, one layer each.
 const LAYERS: [&str; 4] = [
@@ -67,7 +75,122 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         unit: Unit::Millis,
         target: Target::RatioAtMost(1.0),
     });
-    code_change(ctx, &rt, s, &registry, &big, &work)
+    code_change(ctx, &rt, s, &registry, &big, &work)?;
+    from_zero(ctx, &rt, s, &registry, &work, rounds * 4)
+}
+
+/// An image function's start from zero (layers cached) vs bare runc on its merged layers.
+fn from_zero(
+    ctx: &Ctx,
+    rt: &tokio::runtime::Runtime,
+    s: &mut Section,
+    registry: &Registry,
+    work: &Path,
+    rounds: usize,
+) -> Result<()> {
+    let base = format!("{}/bench/busybox:1", registry.host);
+    rt.block_on(busybox_image(&work.join("busybox"), &base))?;
+    let fn_ref = format!("{}/bench/zero:latest", registry.host);
+    push_function(ctx, work, "zero", &fn_ref, &base)?;
+    let mut platform = Platform::start(&ctx.bins, &ctx.dir("images-platform")?, "runc")?;
+    platform.deploy_json(&json!({
+        "service": "img-zero", "image": fn_ref,
+        "labels": {"com.openfaas.scale.min": "0"}
+    }))?;
+    let http = reqwest::blocking::Client::new();
+    let ours = super::sandbox::cold_starts(&http, &platform, "img-zero", rounds, false)?;
+    drop(platform);
+
+    let store = Images::open(&work.join("merge"), Options::default())?;
+    let image = rt.block_on(store.pull(&fn_ref, None, None))?;
+    let merged = work.join("merged");
+    std::fs::create_dir_all(&merged)?;
+    for layer in &image.layers {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(layer.join("."))
+            .arg(&merged)
+            .status()?;
+        if !status.success() {
+            bail!("cp -a {} failed", layer.display());
+        }
+    }
+    let bare = super::sandbox::runc_run(work, &merged, "/bin/true", false, rounds)?;
+    let ours = s.measured(format!("image function from zero, {rounds} starts"), ours);
+    let bare = s.measured(format!("bare runc true on its root, {rounds} runs"), bare);
+    s.figure(Figure {
+        name: "image function start from zero (layers cached), p50".into(),
+        value_label: "virga".into(),
+        value: ours.p50_us,
+        baseline_label: "bare runc".into(),
+        baseline: bare.p50_us,
+        unit: Unit::Micros,
+        target: Target::AddedAtMost(10_000.0),
+    });
+    Ok(())
+}
+
+/// A one-layer image of Debian's static busybox and all its applets, pushed as `reference`.
+async fn busybox_image(dir: &Path, reference: &str) -> Result<()> {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("bin"))?;
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox"))
+        .context("copy /bin/busybox (scripts/setup --bench installs busybox-static)")?;
+    let list = Command::new("/bin/busybox").arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
+        }
+    }
+    let store = Images::open(&dir.join("store"), Options::default())?;
+    let layer = store.build_layer(&tree, "")?;
+    let spec = virga_oci::ImageSpec {
+        layers: vec![layer],
+        config: virga_oci::RunConfig {
+            env: vec!["PATH=/bin".into()],
+            ..Default::default()
+        },
+        reference: Some(reference.to_string()),
+        ..Default::default()
+    };
+    let digest = store.build_image(&spec)?;
+    store.push(&digest, reference, None, None).await?;
+    Ok(())
+}
+
+/// `virga new NAME --lang bash` in `work/NAME` (once) with `image:` and its base set, then
+/// `virga push`; the source directory.
+fn push_function(ctx: &Ctx, work: &Path, name: &str, image: &str, base: &str) -> Result<PathBuf> {
+    let src = work.join(name);
+    let virga = |args: &[&str]| -> Result<()> {
+        let out = Command::new(&ctx.bins.virga)
+            .args(args)
+            .current_dir(&src)
+            .env("VIRGA_IMAGE_CACHE", work.join("cli-images"))
+            .env("HOME", work)
+            .output()
+            .with_context(|| format!("run virga {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "virga {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    if !src.exists() {
+        std::fs::create_dir_all(&src)?;
+        virga(&["new", name, "--lang", "bash"])?;
+        let stack = src.join("stack.yaml");
+        let text = std::fs::read_to_string(&stack)?.replace(
+            &format!("image: {name}:latest"),
+            &format!("image: {image}\n    build_args:\n      BASE_IMAGE: {base}"),
+        );
+        std::fs::write(&stack, text)?;
+    }
+    virga(&["push"])?;
+    Ok(src)
 }
 
 /// Build the test image from host directories and push it to `reference`; its size.
@@ -133,31 +256,8 @@ fn code_change(
     base: &str,
     work: &Path,
 ) -> Result<()> {
-    let src = work.join("fn");
-    std::fs::create_dir_all(&src)?;
-    let virga = |args: &[&str]| -> Result<()> {
-        let out = Command::new(&ctx.bins.virga)
-            .args(args)
-            .current_dir(&src)
-            .env("VIRGA_IMAGE_CACHE", work.join("cli-images"))
-            .env("HOME", work)
-            .output()
-            .with_context(|| format!("run virga {}", args.join(" ")))?;
-        if !out.status.success() {
-            bail!("virga {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    };
-    virga(&["new", "echo", "--lang", "bash"])?;
-    let stack = src.join("stack.yaml");
-    let text = std::fs::read_to_string(&stack)?;
     let fn_ref = format!("{}/bench/echo:latest", registry.host);
-    let text = text.replace(
-        "image: echo:latest",
-        &format!("image: {fn_ref}\n    build_args:\n      BASE_IMAGE: {base}"),
-    );
-    std::fs::write(&stack, text)?;
-    virga(&["push"])?;
+    let src = push_function(ctx, work, "echo", &fn_ref, base)?;
     let puller = Images::open(&work.join("repull"), Options::default())?;
     let first = rt.block_on(puller.pull(&fn_ref, None, None))?;
     let image_bytes = image_size(&puller, &first.manifest)?;
@@ -167,7 +267,7 @@ fn code_change(
     code.push_str("# one more line\n");
     std::fs::write(&handler, code)?;
     let before = dir_bytes(&registry.storage)?;
-    virga(&["push"])?;
+    push_function(ctx, work, "echo", &fn_ref, base)?;
     let pushed = dir_bytes(&registry.storage)? - before;
     let blobs = work.join("repull");
     let before = dir_bytes(&blobs)?;

@@ -209,7 +209,7 @@ fn function(http: &reqwest::blocking::Client, url: &str, name: &str) -> Result<V
 
 /// Scale `name` to zero, wait until no instance is left (and, with `pool`, until the warm
 /// pool is full), then time one call; `rounds` times.
-fn cold_starts(
+pub(super) fn cold_starts(
     http: &reqwest::blocking::Client,
     platform: &Platform,
     name: &str,
@@ -257,6 +257,18 @@ fn cold_starts(
 
 /// `runc run` of `/usr/bin/true` in a bundle on the platform's read-only root skeleton.
 fn runc_baseline(work: &Path, rootfs: &Path, rounds: usize) -> Result<Stats> {
+    runc_run(work, rootfs, "/usr/bin/true", true, rounds)
+}
+
+/// `runc run` of `program` (until it exits) on the read-only `rootfs`, with the host's /usr
+/// bind-mounted when `host_usr`, runc's default namespaces.
+pub(super) fn runc_run(
+    work: &Path,
+    rootfs: &Path,
+    program: &str,
+    host_usr: bool,
+    rounds: usize,
+) -> Result<Stats> {
     let bundle = work.join("bare-runc");
     std::fs::create_dir_all(&bundle)?;
     let _ = std::fs::remove_file(bundle.join("config.json"));
@@ -271,9 +283,9 @@ fn runc_baseline(work: &Path, rootfs: &Path, rounds: usize) -> Result<Stats> {
     let path = bundle.join("config.json");
     let mut spec: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
     spec["process"]["terminal"] = json!(false);
-    spec["process"]["args"] = json!(["/usr/bin/true"]);
+    spec["process"]["args"] = json!([program]);
     spec["root"] = json!({"path": rootfs, "readonly": true});
-    if let Some(mounts) = spec["mounts"].as_array_mut() {
+    if let Some(mounts) = spec["mounts"].as_array_mut().filter(|_| host_usr) {
         mounts.push(json!({
             "destination": "/usr", "type": "bind", "source": "/usr",
             "options": ["bind", "ro", "nosuid", "nodev"]

@@ -96,7 +96,10 @@ fn a_template_function_builds_as_a_layered_image_and_a_code_change_moves_only_it
     let data = tempfile::tempdir().unwrap();
     let p = Platform::start_runc(data.path(), &[]);
     let out = cli(w, Some(&p), &["deploy"]);
-    assert!(out.contains("runtime layer") && out.contains("code layer"), "{out}");
+    assert!(
+        out.contains("runtime layer") && out.contains("code layer"),
+        "{out}"
+    );
     assert!(out.contains("Deployed shout"), "{out}");
     assert_eq!(call(&p, "shout", "hello"), (200, "HELLO".into()));
     let r = p.sys(Method::GET, "/system/function/shout").send().unwrap();
@@ -117,7 +120,11 @@ fn a_template_function_builds_as_a_layered_image_and_a_code_change_moves_only_it
         "only the code layer and the config go up: {out}"
     );
     assert_eq!(call(&p, "shout", "hello"), (200, "v2 HELLO".into()));
-    assert_eq!(unpacked_layers(&p), layers + 1, "only the code layer came down");
+    assert_eq!(
+        unpacked_layers(&p),
+        layers + 1,
+        "only the code layer came down"
+    );
     let r = p.sys(Method::GET, "/system/function/shout").send().unwrap();
     let status: Value = r.json().unwrap();
     assert_ne!(status["imageDigest"].as_str().unwrap(), first, "{status}");

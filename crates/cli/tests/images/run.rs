@@ -355,6 +355,28 @@ fn bad_references_registries_and_credentials_get_clear_errors_and_a_put_follows_
         &[&public.host],
     );
     assert_eq!(call(&p, "web"), (200, "two\n".into()));
+    // An update whose pull fails leaves the running definition, and its status and log say
+    // why.
+    let r = p.send_json(
+        Method::PUT,
+        "/system/functions",
+        json!({"service": "web", "image": public.image("web:3")}),
+    );
+    assert_eq!(r.status, 502, "{}", r.text);
+    assert_eq!(call(&p, "web"), (200, "two\n".into()));
+    let status = p.get_json("/system/function/web");
+    let pull = &status["imagePull"];
+    assert_eq!(pull["state"], "failed", "{status}");
+    assert!(
+        pull["error"].as_str().unwrap().contains(&public.host),
+        "{status}"
+    );
+    let (code, logs) = get(&p, "/system/logs?name=web");
+    assert_eq!(code, 200);
+    assert!(
+        logs.contains("pulling image") && logs.contains("failed"),
+        "{logs}"
+    );
 }
 
 #[test]
