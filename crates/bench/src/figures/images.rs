@@ -211,6 +211,15 @@ async fn make_image(dir: &Path, reference: &str) -> Result<u64> {
     Ok(size)
 }
 
+/// Write back what earlier steps left dirty, then pause, so neither side of a comparison
+/// pays for the other's writes. (Stores are not deleted between rounds either: ext4 is slow
+/// to allocate thousands of inodes right after as many were freed.)
+fn settle() -> Result<()> {
+    Command::new("sync").status().context("run sync")?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(())
+}
+
 /// Timed pulls into fresh stores, and skopeo copies into fresh directories, alternating.
 fn pull_series(
     rt: &tokio::runtime::Runtime,
@@ -222,13 +231,13 @@ fn pull_series(
     for i in 0..rounds {
         let dir = work.join(format!("pull-{i}"));
         let store = Images::open(&dir, Options::default())?;
+        settle()?;
         let t = Instant::now();
         rt.block_on(store.pull(reference, None, None))?;
         ours.push(t.elapsed().as_secs_f64() * 1e6);
-        drop(store);
-        std::fs::remove_dir_all(&dir)?;
 
         let dir = work.join(format!("skopeo-{i}"));
+        settle()?;
         let t = Instant::now();
         let out = Command::new("skopeo")
             .args(["copy", "--quiet", "--src-tls-verify=false"])
@@ -240,7 +249,6 @@ fn pull_series(
             bail!("skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
         }
         theirs.push(t.elapsed().as_secs_f64() * 1e6);
-        std::fs::remove_dir_all(&dir)?;
     }
     let stats = |v: &mut Vec<f64>| Stats::from_samples(v).context("no pull measured");
     Ok((stats(&mut ours)?, stats(&mut theirs)?))
