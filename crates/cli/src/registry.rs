@@ -1,6 +1,7 @@
 //! `virga registry login HOST`: check a user name and password against a registry and store
-//! them in a Docker-style `config.json` (mode 0600), the file `docker login` and
-//! `faas-cli registry-login` write, which `virga push` and `virga up --registry-config` read.
+//! them in a Docker-style `config.json` (mode 0600): the client's (the file `docker login`
+//! writes, which `virga push` reads) or, with `--data-dir`, the platform's (what `virga up`
+//! pulls with).
 
 use anyhow::{bail, Result};
 use virga_oci::{Credentials, OciError, RegistryConfig};
@@ -28,6 +29,10 @@ pub struct LoginArgs {
     /// The password (visible to other local users: prefer --password-stdin).
     #[arg(short, long)]
     pub password: Option<String>,
+    /// Store them for the platform whose data directory this is (DIR/registry/config.json,
+    /// what `virga up --data-dir DIR` pulls with) instead of in --registry-config.
+    #[arg(long, value_name = "DIR", conflicts_with = "registry_config")]
+    pub data_dir: Option<std::path::PathBuf>,
     /// Registry options.
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -51,7 +56,10 @@ fn login(args: LoginArgs) -> Result<()> {
         password,
     };
     check(&args.registry, &args.host, &creds)?;
-    let path = args.registry.config_path()?;
+    let path = match &args.data_dir {
+        Some(dir) => dir.join("registry/config.json"),
+        None => args.registry.config_path()?,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -10,6 +10,7 @@ pub mod bundle;
 mod host;
 mod platform;
 mod provider;
+pub mod registry;
 pub mod watchdog;
 
 pub use bins::{bin, virga_bin, watchdog_bin};

@@ -478,3 +478,47 @@ fn console_edits_and_scales_a_function() {
         long,
     );
 }
+
+#[test]
+fn console_deploys_a_registry_image() {
+    let reg = virga_testkit::registry::Registry::start(None);
+    virga_testkit::registry::push_httpd(&reg, "site:1", "served from the image\n", None);
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start_runc(&dir.path().join("data"), &[]);
+    let mut b = Browser::launch();
+    let long = Duration::from_secs(30);
+    let console = p.console_url.clone().expect("the console is on by default");
+    b.call("Page.navigate", json!({"url": format!("{console}/ui/")}));
+    b.type_into("#login-password", PASSWORD);
+    b.click("#login-submit");
+    b.wait_for(
+        "the deploy form",
+        "!!document.getElementById('d-service')",
+        long,
+    );
+    b.type_into("#d-service", "site");
+    b.type_into("#d-image", &reg.image("site:1"));
+    b.click("#deploy-submit");
+    b.wait_for(
+        "the deploy confirmation",
+        "!document.getElementById('deploy-ok').hidden",
+        long,
+    );
+    b.wait_for("site ready in the list", &row_shows("site", "1 / 1"), long);
+    let f: Value = p
+        .sys(reqwest::Method::GET, "/system/function/site")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(f["image"], reg.image("site:1").as_str(), "{f}");
+    assert!(
+        f["imageDigest"].as_str().unwrap().starts_with("sha256:"),
+        "{f}"
+    );
+    let r = p
+        .anon(reqwest::Method::GET, "/function/site")
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "served from the image\n");
+}

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::Value;
 use virga_testkit::Platform;
 
-use crate::registry::Registry;
+use virga_testkit::registry::Registry;
 
 /// Run the CLI in `dir` against `p` (if any), with its own image cache; stdout and stderr.
 fn cli(dir: &Path, p: Option<&Platform>, args: &[&str]) -> String {

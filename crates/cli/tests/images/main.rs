@@ -1,7 +1,6 @@
 //! Registry images of the real `virga up` (issue 13): images pushed to a real docker-registry
 //! run as functions in runc sandboxes (run), template functions built as layered images and
-//! pushed by the CLI (build), on the registry helper (registry).
+//! pushed by the CLI (build); the registry is `virga_testkit::registry`.
 
 mod build;
-mod registry;
 mod run;

@@ -5,23 +5,11 @@
 
 use std::time::Duration;
 
-use crate::registry::{busybox_tree, push, watchdog_tree, Registry};
 use reqwest::Method;
 use serde_json::{json, Value};
 use virga_oci::{Credentials, Platform as Arch, RunConfig};
+use virga_testkit::registry::{busybox_tree, httpd, push, push_httpd, watchdog_tree, Registry};
 use virga_testkit::Platform;
-
-fn httpd() -> RunConfig {
-    RunConfig {
-        entrypoint: Some(
-            ["/bin/httpd", "-f", "-v", "-p", "8080", "-h", "/www"]
-                .map(String::from)
-                .to_vec(),
-        ),
-        env: vec!["PATH=/bin".into()],
-        ..RunConfig::default()
-    }
-}
 
 /// The virga-watchdog as the image's entrypoint (classic mode: `fprocess` per request), as
 /// user `app` of the image's /etc/passwd, in /srv/work, with the image's own variables.
@@ -37,20 +25,6 @@ fn watchdog_config() -> RunConfig {
         working_dir: Some("/srv/work".into()),
         ..RunConfig::default()
     }
-}
-
-/// Push the busybox httpd image serving `page` as `target`; its digest.
-fn push_httpd(reg: &Registry, target: &str, page: &str, creds: Option<&Credentials>) -> String {
-    let tree = tempfile::tempdir().unwrap();
-    busybox_tree(tree.path(), page);
-    push(
-        &[tree.path()],
-        httpd(),
-        Arch::host(),
-        &reg.image(target),
-        creds,
-    )
-    .to_string()
 }
 
 fn deploy(p: &Platform, body: Value) -> virga_testkit::Answer {

@@ -1,7 +1,6 @@
 //! A real registry for the image tests (Debian's docker-registry on a free loopback port,
 //! with or without htpasswd auth), and images built and pushed with virga-oci's own build
-//! API. A minimal copy of `crates/oci/tests/common`'s registry, kept here so this file uses
-//! nothing but the e2e harness and published crate APIs.
+//! API: busybox trees, a busybox httpd image (no Virga component inside).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -12,6 +11,7 @@ use virga_oci::{Credentials, Digest, ImageSpec, Images, Options, Platform, RunCo
 
 /// A running docker-registry, stopped when dropped.
 pub struct Registry {
+    /// `127.0.0.1:PORT`.
     pub host: String,
     /// Its storage, removed with it.
     _dir: tempfile::TempDir,
@@ -107,7 +107,7 @@ pub fn busybox_tree(dir: &Path, page: &str) {
 
 /// The host's virga-watchdog and the libraries it links, as a layer tree.
 pub fn watchdog_tree(dir: &Path) {
-    let watchdog = virga_testkit::watchdog_bin();
+    let watchdog = crate::watchdog_bin();
     std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
     std::fs::copy(&watchdog, dir.join("usr/bin/fwatchdog")).unwrap();
     let out = Command::new("ldd").arg(&watchdog).output().unwrap();
@@ -155,4 +155,31 @@ pub fn push(
     rt.block_on(images.push(&digest, target, creds, None))
         .unwrap();
     digest
+}
+
+/// How the busybox httpd image starts: serving `/www` on 8080.
+pub fn httpd() -> RunConfig {
+    RunConfig {
+        entrypoint: Some(
+            ["/bin/httpd", "-f", "-v", "-p", "8080", "-h", "/www"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        env: vec!["PATH=/bin".into()],
+        ..RunConfig::default()
+    }
+}
+
+/// Push the busybox httpd image serving `page` as `target`; its digest.
+pub fn push_httpd(reg: &Registry, target: &str, page: &str, creds: Option<&Credentials>) -> String {
+    let tree = tempfile::tempdir().unwrap();
+    busybox_tree(tree.path(), page);
+    push(
+        &[tree.path()],
+        httpd(),
+        Platform::host(),
+        &reg.image(target),
+        creds,
+    )
+    .to_string()
 }
