@@ -158,19 +158,7 @@ pub fn build_function(
     }
     .to_string();
     let oci = if opts.oci || oci_build::names_registry(&f.image) {
-        let base = match f.build_args.get("BASE_IMAGE") {
-            Some(b) => b.clone(),
-            None => template.spec()?.base_image,
-        };
-        if base.is_empty() {
-            bail!(
-                "an OCI build of {name} needs a base image: set functions.{name}.build_args.BASE_IMAGE \
-                 in {} or base_image in the {} template (docs/images.md shows how to make one)",
-                stack.path.display(),
-                f.lang
-            );
-        }
-        let built = oci_build::build(opts.registry, stack, name, f, &base, &manifest.env)?;
+        let built = oci_image(stack, name, f, &template, &manifest.env, opts)?;
         image = format!("{}@{}", built.reference, built.digest);
         Some(built)
     } else {
@@ -184,6 +172,31 @@ pub fn build_function(
         image,
         oci,
     })
+}
+
+/// The OCI image of a staged function, on its base: stack.yml's `build_args.BASE_IMAGE`,
+/// else the template's `base_image`.
+fn oci_image(
+    stack: &Stack,
+    name: &str,
+    f: &StackFunction,
+    template: &templates::Template,
+    env: &std::collections::BTreeMap<String, String>,
+    opts: BuildOptions,
+) -> Result<OciBuilt> {
+    let base = match f.build_args.get("BASE_IMAGE") {
+        Some(b) => b.clone(),
+        None => template.spec()?.base_image,
+    };
+    if base.is_empty() {
+        bail!(
+            "an OCI build of {name} needs a base image: set functions.{name}.build_args.BASE_IMAGE \
+             in {} or base_image in the {} template (docs/images.md shows how to make one)",
+            stack.path.display(),
+            f.lang
+        );
+    }
+    oci_build::build(opts.registry, stack, name, f, &base, env)
 }
 
 /// Print one line per bundle: name, size, image reference.

@@ -207,16 +207,7 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
         logs,
     );
     let isolation = local.provider.isolation();
-    virga_gateway::enable_images(
-        &state,
-        virga_gateway::ImagesConfig {
-            images,
-            registry_config,
-            unavailable: (isolation != "runc")
-                .then(|| format!("instances run as {isolation} instances")),
-            pulls,
-        },
-    );
+    crate::up_images::enable(&state, images, registry_config, pulls, isolation);
     crate::queue::start(&state, &args.queue, &args.data_dir, &args.async_calls).await?;
     let listeners = bind(&args).await?;
     let addr = listeners.api.local_addr()?;

@@ -84,3 +84,24 @@ pub async fn ensure(images: &Images, store: &Store, registry_config: &Path, pull
         }
     }
 }
+
+/// Let `state`'s gateway deploy image functions from `images`, unless instances are not
+/// runc sandboxes (`isolation`), in which case a deploy says why.
+pub fn enable(
+    state: &virga_gateway::AppState,
+    images: Arc<Images>,
+    registry_config: PathBuf,
+    pulls: Arc<Pulls>,
+    isolation: &str,
+) {
+    virga_gateway::enable_images(
+        state,
+        virga_gateway::ImagesConfig {
+            images,
+            registry_config,
+            unavailable: (isolation != "runc")
+                .then(|| format!("instances run as {isolation} instances")),
+            pulls,
+        },
+    );
+}

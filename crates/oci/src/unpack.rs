@@ -362,39 +362,10 @@ impl<'a> Writer<'a> {
                     .map_err(io)?;
                 finish_at(dir, name, uid, gid, mtime, root_user).map_err(io)
             }
-            EntryType::Link => {
-                let Some(target) = link else {
-                    return refuse("is a hard link without a target");
-                };
-                let Ok(target) = clean_path(&target) else {
-                    return refuse("is a hard link that leads outside the layer");
-                };
-                let Some(target_name) = target.file_name() else {
-                    return refuse("is a hard link to the layer's root");
-                };
-                let from = fsops::open_literal_parent(root, &target).map_err(|_| {
-                    EntryError::Refused(
-                        path.to_path_buf(),
-                        format!(
-                            "is a hard link to {}, which is not an earlier file of this layer",
-                            target.display()
-                        ),
-                    )
-                })?;
-                fsops::replace(dir, name, || {
-                    rustix::fs::linkat(&from, target_name, dir, name, rustix::fs::AtFlags::empty())
-                })
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ENOENT) | Some(libc::EPERM) => EntryError::Refused(
-                        path.to_path_buf(),
-                        format!(
-                            "is a hard link to {}, which is not an earlier file of this layer",
-                            target.display()
-                        ),
-                    ),
-                    _ => io(e),
-                })
-            }
+            EntryType::Link => match link {
+                Some(target) => hard_link(root, dir, name, path, &target),
+                None => refuse("is a hard link without a target"),
+            },
             EntryType::Fifo => {
                 fsops::replace(dir, name, || {
                     rustix::fs::mknodat(dir, name, FileType::Fifo, mode, 0)
@@ -402,16 +373,7 @@ impl<'a> Writer<'a> {
                 .map_err(io)?;
                 finish_at(dir, name, uid, gid, mtime, root_user).map_err(io)
             }
-            EntryType::Char | EntryType::Block => {
-                let (major, minor) = (header.device_major(), header.device_minor());
-                let dev = match (major, minor) {
-                    (Ok(Some(a)), Ok(Some(b))) => format!(" {a}:{b}"),
-                    _ => String::new(),
-                };
-                refuse(&format!(
-                    "is a device node{dev}: layers may not hold device nodes"
-                ))
-            }
+            EntryType::Char | EntryType::Block => refuse(&device_refused(header)),
             EntryType::GNUSparse => refuse("is a sparse file, which Virga does not unpack"),
             _ => refuse("has an entry type layers may not hold"),
         }
@@ -429,6 +391,49 @@ impl<'a> Writer<'a> {
             None => Err(io::Error::other("no parent directory")),
         }
     }
+}
+
+/// Why a device node entry is refused, with its numbers when the header has them.
+fn device_refused(header: &tar::Header) -> String {
+    let dev = match (header.device_major(), header.device_minor()) {
+        (Ok(Some(a)), Ok(Some(b))) => format!(" {a}:{b}"),
+        _ => String::new(),
+    };
+    format!("is a device node{dev}: layers may not hold device nodes")
+}
+
+/// The hard link `name` in `dir` (entry `path`) to `target`, an earlier file of the layer
+/// at `root`, reached through no symlink.
+fn hard_link(
+    root: &OwnedFd,
+    dir: &OwnedFd,
+    name: &Path,
+    path: &Path,
+    target: &[u8],
+) -> std::result::Result<(), EntryError> {
+    let refused = |what: String| EntryError::Refused(path.to_path_buf(), what);
+    let Ok(target) = clean_path(target) else {
+        return Err(refused(
+            "is a hard link that leads outside the layer".into(),
+        ));
+    };
+    let Some(target_name) = target.file_name() else {
+        return Err(refused("is a hard link to the layer's root".into()));
+    };
+    let not_earlier = || {
+        format!(
+            "is a hard link to {}, which is not an earlier file of this layer",
+            target.display()
+        )
+    };
+    let from = fsops::open_literal_parent(root, &target).map_err(|_| refused(not_earlier()))?;
+    fsops::replace(dir, name, || {
+        rustix::fs::linkat(&from, target_name, dir, name, rustix::fs::AtFlags::empty())
+    })
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::EPERM) => refused(not_earlier()),
+        _ => EntryError::Io(path.to_path_buf(), e),
+    })
 }
 
 /// Owner, mode and mtime of a file or directory just written, through its handle: chown

@@ -4,21 +4,27 @@
 //! image cannot push; the first tries come quickly, later ones less often.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::isolation::Life;
 
-/// Longest wait between two probes.
+/// How long probes come every millisecond (most images listen within it).
+const EAGER: Duration = Duration::from_millis(250);
+/// Longest wait between two probes after that.
 const MAX_GAP: Duration = Duration::from_millis(50);
 /// How long one probe's answer may take before the connect alone counts.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Wait until the instance `life` runs answers at `addr` (the caller bounds the wait).
 pub(crate) async fn until_ready(addr: SocketAddr, life: &mut dyn Life) -> Result<(), String> {
-    let mut gap = Duration::from_millis(2);
+    let started = Instant::now();
+    let mut gap = Duration::from_millis(1);
     loop {
         if !life.running() {
             return Err(format!(
@@ -26,36 +32,37 @@ pub(crate) async fn until_ready(addr: SocketAddr, life: &mut dyn Life) -> Result
                 addr.port()
             ));
         }
-        if let Ok(mut conn) = TcpStream::connect(addr).await {
-            if healthy(&mut conn).await {
+        if let Ok(conn) = TcpStream::connect(addr).await {
+            if healthy(conn).await {
                 return Ok(());
             }
         }
         tokio::time::sleep(gap).await;
-        gap = (gap * 2).min(MAX_GAP);
+        if started.elapsed() > EAGER {
+            gap = (gap * 2).min(MAX_GAP);
+        }
     }
 }
 
 /// Whether a connected instance counts as ready: a 2xx from `/_/health`, or no health route
 /// (404, 405, 501, or no HTTP answer at all); a 5xx says not yet.
-async fn healthy(conn: &mut TcpStream) -> bool {
-    let ask = b"GET /_/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    if conn.write_all(ask).await.is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    let read = tokio::time::timeout(ANSWER_TIMEOUT, conn.read_exact(&mut head)).await;
-    let Ok(Ok(_)) = read else {
-        // It accepted the connection but does not speak HTTP there: the TCP fallback.
-        return true;
+async fn healthy(conn: TcpStream) -> bool {
+    let ask = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(conn)).await?;
+        tokio::spawn(conn);
+        let req = Request::get("/_/health")
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| ())
+            .ok();
+        match req {
+            Some(req) => sender.send_request(req).await.map(|r| Some(r.status())),
+            None => Ok(None),
+        }
     };
-    match head.strip_prefix(b"HTTP/1.").and_then(|rest| {
-        std::str::from_utf8(rest.get(2..5)?)
-            .ok()?
-            .parse::<u16>()
-            .ok()
-    }) {
-        Some(code) => !(500..600).contains(&code) || code == 501,
-        None => true,
+    match tokio::time::timeout(ANSWER_TIMEOUT, ask).await {
+        Ok(Ok(Some(status))) => !status.is_server_error() || status.as_u16() == 501,
+        // It accepted the connection but does not speak HTTP there: the TCP fallback.
+        _ => true,
     }
 }
