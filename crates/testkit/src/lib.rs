@@ -15,7 +15,7 @@ pub mod watchdog;
 
 pub use bins::{bin, virga_bin, watchdog_bin};
 pub use host::{sandbox_leftovers, script};
-pub use platform::{Answer, Platform, PASSWORD};
+pub use platform::{cli, Answer, Platform, PASSWORD};
 pub use provider::WatchdogProvider;
 
 /// A port that was free a moment ago.

@@ -390,19 +390,28 @@ impl Platform {
     /// Run the `virga` CLI in `dir` against this platform (logged in by environment);
     /// asserts success and returns its output.
     pub fn cli(&self, dir: &Path, args: &[&str]) -> String {
-        let out = Command::new(virga_bin())
-            .args(args)
-            .current_dir(dir)
-            .env("VIRGA_URL", &self.url)
-            .env("VIRGA_PASSWORD", PASSWORD)
-            .output()
-            .expect("run virga");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "virga {args:?}:\n{text}");
-        text
+        let env = [
+            ("VIRGA_URL", self.url.as_str()),
+            ("VIRGA_PASSWORD", PASSWORD),
+        ];
+        cli(dir, &env, args)
     }
+}
+
+/// Run the `virga` CLI in `dir` with `env` added; asserts success and returns its output
+/// (stdout, then stderr).
+pub fn cli(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let out = Command::new(virga_bin())
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run virga");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "virga {args:?}:\n{text}");
+    text
 }

@@ -14,24 +14,32 @@ use virga_testkit::registry::Registry;
 
 /// Run the CLI in `dir` against `p` (if any), with its own image cache; stdout and stderr.
 fn cli(dir: &Path, p: Option<&Platform>, args: &[&str]) -> String {
-    let mut cmd = Command::new(virga_testkit::virga_bin());
-    cmd.args(args)
-        .current_dir(dir)
-        .env("HOME", dir)
-        .env("VIRGA_IMAGE_CACHE", dir.join("image-cache"))
-        .env("VIRGA_CONFIG_DIR", dir.join("cli-config"));
+    let cache = dir.join("image-cache");
+    let home = dir.to_str().unwrap();
+    let mut env = vec![
+        ("HOME", home),
+        ("VIRGA_IMAGE_CACHE", cache.to_str().unwrap()),
+    ];
     if let Some(p) = p {
-        cmd.env("VIRGA_URL", &p.url)
-            .env("VIRGA_PASSWORD", virga_testkit::PASSWORD);
+        env.extend([
+            ("VIRGA_URL", p.url.as_str()),
+            ("VIRGA_PASSWORD", virga_testkit::PASSWORD),
+        ]);
     }
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "virga {args:?}:\n{text}");
-    text
+    virga_testkit::cli(dir, &env, args)
+}
+
+/// `root` as the tar archive `tarball`, by Debian's tar.
+fn tar_dir(root: &Path, tarball: &Path) {
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(root)
+        .arg("-cf")
+        .arg(tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 /// A root filesystem with Debian's static busybox and every applet, as a tar archive.
@@ -46,15 +54,7 @@ fn busybox_rootfs(dir: &Path) -> std::path::PathBuf {
         }
     }
     let tarball = dir.join("rootfs.tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    tar_dir(&root, &tarball);
     tarball
 }
 
@@ -158,15 +158,7 @@ fn an_oci_build_without_a_registry_host_or_a_base_says_what_to_set() {
         .status()
         .unwrap();
     assert!(status.success());
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    tar_dir(&root, &tarball);
     let out = Command::new(virga_testkit::virga_bin())
         .args(["import", tarball.to_str().unwrap(), "127.0.0.1:1/x:1"])
         .current_dir(w)
