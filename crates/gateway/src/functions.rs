@@ -115,11 +115,16 @@ pub(crate) async fn create(
 ) -> Result<StatusCode, ApiError> {
     let mut d = parse_deployment(&body)?;
     let replicas = policy(&d)?.min;
+    if state.store.function(&d.service)?.is_some() {
+        return Err(exists(&d.service));
+    }
+    // The pull runs before the write lock (other deploys do not wait for it), holding off
+    // a prune of what it pulled until the function is stored.
+    let (image_ref, _pulled) = images::pin(&state, &mut d).await?;
     let _writing = state.function_writes.lock().await;
     if state.store.function(&d.service)?.is_some() {
         return Err(exists(&d.service));
     }
-    let image_ref = images::pin(&state, &mut d).await?;
     let f = StoredFunction {
         replicas,
         deployment: d,
@@ -155,9 +160,10 @@ pub(crate) async fn update(
 ) -> Result<StatusCode, ApiError> {
     let mut d = parse_deployment(&body)?;
     let max = policy(&d)?.max;
+    load(&state, &d.service)?;
+    let (image_ref, _pulled) = images::pin(&state, &mut d).await?;
     let _writing = state.function_writes.lock().await;
     let old = load(&state, &d.service)?;
-    let image_ref = images::pin(&state, &mut d).await?;
     let f = StoredFunction {
         deployment: d,
         created_at: old.created_at,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
+use tokio::sync::RwLockReadGuard;
 use virga_oci::{Credentials, Digest, Images, OciError, RegistryConfig};
 use virga_types::{BundleRef, FunctionDeployment};
 
@@ -36,14 +37,16 @@ pub fn enable_images(state: &AppState, cfg: ImagesConfig) {
 }
 
 /// For a registry image: pull `d.image`, pin it to its digest (`repo@sha256:...`) and return
-/// the reference as given. Takes `registryAuth` out of `d` whatever the image is.
-pub(crate) async fn pin(
-    state: &AppState,
+/// the reference as given, with a guard that holds off prunes until the caller stored the
+/// function. Takes `registryAuth` out of `d` whatever the image is.
+pub(crate) async fn pin<'a>(
+    state: &'a AppState,
     d: &mut FunctionDeployment,
-) -> Result<Option<String>, ApiError> {
+) -> Result<(Option<String>, RwLockReadGuard<'a, ()>), ApiError> {
     let auth = std::mem::take(&mut d.registry_auth);
+    let guard = state.image_deploys.read().await;
     if d.image.is_empty() || BundleRef::parse(&d.image).is_some() {
-        return Ok(None);
+        return Ok((None, guard));
     }
     let cfg = state.images.get().ok_or_else(|| {
         ApiError::BadRequest(format!(
@@ -93,7 +96,7 @@ pub(crate) async fn pin(
         image.digest
     );
     tracing::info!(function = %d.service, image = %d.image, %pinned, "image pulled");
-    Ok(Some(std::mem::replace(&mut d.image, pinned)))
+    Ok((Some(std::mem::replace(&mut d.image, pinned)), guard))
 }
 
 /// The digest a stored function's image is pinned to, if it is a registry image.
@@ -176,12 +179,14 @@ pub(crate) struct PruneReport {
     bytes: u64,
 }
 
-/// `POST /system/virga/images/prune`: remove the images no function is pinned to. Holds the
-/// function writes, so no deploy stores a function on an image being removed.
+/// `POST /system/virga/images/prune`: remove the images no function is pinned to. Waits for
+/// deploys between their pull and their store, and holds the function writes, so no deploy
+/// stores a function on an image being removed.
 pub(crate) async fn prune(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<PruneReport>, ApiError> {
     let cfg = store(&state)?;
+    let _no_deploys = state.image_deploys.write().await;
     let _writing = state.function_writes.lock().await;
     let in_use: HashSet<Digest> = users(&state)?.into_keys().collect();
     let p = cfg.images.prune(&in_use).await?;

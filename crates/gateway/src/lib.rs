@@ -89,6 +89,10 @@ pub struct AppState {
     async_calls: std::sync::OnceLock<asyncfn::AsyncCalls>,
     /// Held by every change of a function, so the store and the provider see them in one order.
     pub(crate) function_writes: tokio::sync::Mutex<()>,
+    /// Held (shared) by a deploy from its image pull until its function is stored, and
+    /// (alone) by an image prune, so a prune never removes an image about to be used. Taken
+    /// before `function_writes`.
+    pub(crate) image_deploys: tokio::sync::RwLock<()>,
     /// Registry images, once enabled.
     pub(crate) images: std::sync::OnceLock<images::ImagesConfig>,
 }
@@ -121,6 +125,7 @@ impl AppState {
             fn_metrics: metrics::FunctionHandles::default(),
             async_calls: std::sync::OnceLock::new(),
             function_writes: tokio::sync::Mutex::new(()),
+            image_deploys: tokio::sync::RwLock::new(()),
             images: std::sync::OnceLock::new(),
         })
     }
@@ -294,6 +299,13 @@ pub async fn serve(
     for l in loops {
         let _ = l.await;
     }
-    stopped.await;
+    // Calls and deploys under way get a grace period, not a veto: a stuck one (a registry
+    // that never answers, a function streaming forever) must not keep the platform up.
+    if tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open at shutdown: closing them");
+    }
     Ok(())
 }
+
+/// How long a shutdown waits for open connections to finish.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

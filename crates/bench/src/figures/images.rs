@@ -36,8 +36,8 @@ handler changed and pushed again; the bytes the registry's storage grew by on th
 push, and the bytes a store holding the first version fetched to pull the second, vs the \
 image's size (its layers and config). Target ≤ 1 %. \
 Scale from zero: `virga up --isolation runc`, a bash template function built with \
-`virga push` on a busybox-only base (three layers, cached after the deploy) is scaled to \
-zero and called once, as in the sandbox figures (same 0.5 s idle pause before each start); \
+`virga push` on a busybox-only base (three layers, cached after the deploy), deployed with \
+`envProcess: cat` like the sandbox figures' `cat`, is scaled to zero and called once, as in the sandbox figures (same 0.5 s idle pause before each start); \
 baseline: a bare `runc run` of busybox `true` on the same layers merged into one read-only \
 root. Target ≤ bare runc + 10 ms.";
 
@@ -94,7 +94,7 @@ fn from_zero(
     push_function(ctx, work, "zero", &fn_ref, &base)?;
     let mut platform = Platform::start(&ctx.bins, &ctx.dir("images-platform")?, "runc")?;
     platform.deploy_json(&json!({
-        "service": "img-zero", "image": fn_ref,
+        "service": "img-zero", "image": fn_ref, "envProcess": "cat",
         "labels": {"com.openfaas.scale.min": "0"}
     }))?;
     let http = reqwest::blocking::Client::new();

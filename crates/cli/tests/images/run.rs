@@ -425,3 +425,50 @@ fn without_runc_an_image_deploy_says_runc_is_needed() {
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.text.contains("runc"), "{}", r.text);
 }
+
+#[test]
+fn a_hanging_registry_holds_up_only_its_own_deploy() {
+    // A "registry" that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in silent.incoming().take(8) {
+            conns.push(c);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start_runc(dir.path(), &[]);
+    let url = p.url.clone();
+    let image = format!("{host}/stuck:1");
+    std::thread::spawn(move || {
+        let _ = reqwest::blocking::Client::new()
+            .post(format!("{url}/system/functions"))
+            .basic_auth("admin", Some(virga_testkit::PASSWORD))
+            .json(&json!({"service": "stuck", "image": image}))
+            .send();
+    });
+    // Let the stuck deploy reach its pull first.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let r = deploy(
+        &p,
+        json!({"service": "quick", "image": "", "envProcess": "cat"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a deploy waited {:?} for another function's pull",
+        started.elapsed()
+    );
+    let status = p.get_json("/system/function/quick");
+    assert_eq!(status["name"], "quick");
+    // And the stuck deploy does not keep the platform from stopping.
+    let stopping = std::time::Instant::now();
+    drop(p);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "SIGTERM took {:?} with a deploy stuck in its pull",
+        stopping.elapsed()
+    );
+}
