@@ -167,6 +167,23 @@ fn an_image_running_its_own_watchdog_honours_its_config_env_process_and_secrets(
             "s3cret"
         ]
     );
+    // Async calls reach image functions too, through the durable queue.
+    let r = p
+        .anon(Method::POST, "/async-function/who")
+        .body("later")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let ok = r#"gateway_function_invocation_total{function_name="who.openfaas-fn",code="200"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.metric(ok) != Some(2.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the async call was not delivered: {:?}",
+            p.metric(ok)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
