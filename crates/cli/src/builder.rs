@@ -41,6 +41,8 @@ pub struct BuildOptions<'a> {
     pub oci: bool,
     /// Registries and credentials for OCI builds.
     pub registry: &'a RegistryArgs,
+    /// Deployments carry the credentials of their image's registry (`virga deploy`).
+    pub send_registry_auth: bool,
 }
 
 /// A bundle built for one function.
@@ -66,6 +68,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     let opts = BuildOptions {
         oci: args.oci,
         registry: &args.registry,
+        send_registry_auth: false,
     };
     let built = build_stack(&stack, args.filter.as_deref(), opts)?;
     if built.is_empty() {
@@ -363,6 +366,7 @@ mod tests {
         let opts = BuildOptions {
             oci: false,
             registry: &registry,
+            send_registry_auth: false,
         };
         let first = build_stack(&stack, None, opts).unwrap();
         let second = build_stack(&stack, Some("echo"), opts).unwrap();

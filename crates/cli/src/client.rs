@@ -81,10 +81,16 @@ impl Client {
         rb
     }
 
-    /// Send a request; transport errors and 401 become errors, other answers are returned.
+    /// Send a request; transport errors and the gateway's own 401 become errors, other
+    /// answers are returned (a 401 without a Basic challenge is a registry's, relayed by a
+    /// deploy: its message is the caller's to show).
     pub fn send(&self, rb: RequestBuilder) -> Result<Response> {
         let resp = rb.send().map_err(|e| self.transport_error(&e))?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
+        let challenged = resp
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .is_some();
+        if resp.status() == StatusCode::UNAUTHORIZED && challenged {
             let hint = if self.auth.is_some() {
                 "the stored or given password was refused"
             } else {

@@ -29,6 +29,10 @@ pub struct DeployArgs {
     /// `image:` names a registry host).
     #[arg(long)]
     pub oci: bool,
+    /// Send the credentials stored for each image's registry (--registry-config) with the
+    /// deployment, for the platform's pull, as faas-cli's flag of that name does.
+    #[arg(long)]
+    pub send_registry_auth: bool,
     /// Registry options for OCI images.
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -55,6 +59,7 @@ pub fn push(args: PushArgs) -> Result<()> {
     let opts = BuildOptions {
         oci: true,
         registry: &args.registry,
+        send_registry_auth: false,
     };
     let built = builder::build_stack(&stack, args.filter.as_deref(), opts)?;
     if built.is_empty() {
@@ -76,6 +81,7 @@ pub fn run(args: DeployArgs, gateway: Option<&str>) -> Result<()> {
     let opts = BuildOptions {
         oci: args.oci,
         registry: &args.registry,
+        send_registry_auth: args.send_registry_auth,
     };
     deploy_stack(&client, &stack, args.filter.as_deref(), opts)
 }
@@ -112,7 +118,12 @@ pub fn deploy_stack(
                     stack.path.display()
                 ),
             };
-            let deployment = stack.deployment(name, f, &image)?;
+            let mut deployment = stack.deployment(name, f, &image)?;
+            if opts.send_registry_auth && !image.is_empty() {
+                if let Some(creds) = opts.registry.credentials(&image)? {
+                    deployment.registry_auth = creds.to_base64();
+                }
+            }
             deploy_one(client, &deployment)
         })();
         match result {

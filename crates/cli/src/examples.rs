@@ -40,6 +40,7 @@ fn try_deploy(url: &str, password: &str, data_dir: &Path) -> Result<()> {
     let opts = crate::builder::BuildOptions {
         oci: false,
         registry: &registry,
+        send_registry_auth: false,
     };
     crate::deploy::deploy_stack(&client, &stack, None, opts)
 }

@@ -172,3 +172,86 @@ fn an_oci_build_without_a_registry_host_or_a_base_says_what_to_set() {
         "{err}"
     );
 }
+
+#[test]
+fn registry_login_checks_and_stores_credentials_and_deploy_sends_them_when_asked() {
+    let creds = virga_oci::Credentials {
+        username: "ada".into(),
+        password: "s3cret".into(),
+    };
+    let reg = Registry::start(Some(creds.clone()));
+    virga_testkit::registry::push_httpd(&reg, "private/web:1", "private page\n", Some(&creds));
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let config = w.join("auth/config.json");
+    let config_arg = config.to_str().unwrap();
+
+    // A wrong password is refused by the registry and nothing is stored.
+    let out = Command::new(virga_testkit::virga_bin())
+        .args(["registry", "login", &reg.host, "-u", "ada", "-p", "wrong"])
+        .args(["--registry-config", config_arg])
+        .current_dir(w)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("refused user \"ada\""), "{err}");
+    assert!(!config.exists());
+
+    let out = cli(
+        w,
+        None,
+        &[
+            "registry",
+            "login",
+            &reg.host,
+            "-u",
+            "ada",
+            "-p",
+            "s3cret",
+            "--registry-config",
+            config_arg,
+        ],
+    );
+    assert!(out.contains("Login succeeded"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(!std::fs::read_to_string(&config).unwrap().contains("s3cret"));
+
+    let image = reg.image("private/web:1");
+    std::fs::write(
+        w.join("stack.yaml"),
+        format!(
+            "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  web:\n    image: {image}\n"
+        ),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = Platform::start_runc(data.path(), &[]);
+    // Without the flag the platform has no credentials: the registry's 401 comes back.
+    let out = Command::new(virga_testkit::virga_bin())
+        .args(["deploy", "--registry-config", config_arg])
+        .current_dir(w)
+        .env("HOME", w)
+        .env("VIRGA_URL", &p.url)
+        .env("VIRGA_PASSWORD", virga_testkit::PASSWORD)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("401"), "{err}");
+    let out = cli(
+        w,
+        Some(&p),
+        &[
+            "deploy",
+            "--send-registry-auth",
+            "--registry-config",
+            config_arg,
+        ],
+    );
+    assert!(out.contains("Deployed web"), "{out}");
+    let r = p.anon(Method::GET, "/function/web").send().unwrap();
+    assert_eq!(r.text().unwrap(), "private page\n");
+}
