@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use reqwest::{Method, StatusCode};
-use virga_types::{BundleUploaded, FunctionDeployment};
+use virga_types::{BundleRef, BundleUploaded, FunctionDeployment};
 
 use crate::builder::{self, BuildOptions, Built};
 use crate::client::{ensure_success, status_text, Client};
@@ -119,7 +119,8 @@ pub fn deploy_stack(
                 ),
             };
             let mut deployment = stack.deployment(name, f, &image)?;
-            if opts.send_registry_auth && !image.is_empty() {
+            let registry_image = !image.is_empty() && BundleRef::parse(&image).is_none();
+            if opts.send_registry_auth && registry_image {
                 if let Some(creds) = opts.registry.credentials(&image)? {
                     deployment.registry_auth = creds.to_base64();
                 }

@@ -64,8 +64,10 @@ impl RegistryArgs {
         if !path.exists() {
             return Ok(None);
         }
-        let config = RegistryConfig::load(&path)?;
-        Ok(config.lookup(&registry_of(reference))?)
+        let registry = virga_oci::parse_reference(reference)?
+            .registry()
+            .to_string();
+        Ok(RegistryConfig::load(&path)?.lookup(&registry)?)
     }
 
     /// The client's image store.
@@ -92,14 +94,6 @@ pub fn names_registry(image: &str) -> bool {
     match image.split_once('/') {
         Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
         None => false,
-    }
-}
-
-/// The registry host of a reference (`docker.io` for short names).
-pub fn registry_of(reference: &str) -> String {
-    match reference.split_once('/') {
-        Some((first, _)) if names_registry(reference) => first.to_string(),
-        _ => "docker.io".to_string(),
     }
 }
 
@@ -442,8 +436,6 @@ mod tests {
         assert!(names_registry("localhost/fn"));
         assert!(!names_registry("echo:latest"));
         assert!(!names_registry("functions/echo:latest"));
-        assert_eq!(registry_of("functions/echo"), "docker.io");
-        assert_eq!(registry_of("127.0.0.1:5000/a/b:1"), "127.0.0.1:5000");
     }
 
     #[test]

@@ -35,9 +35,19 @@ impl Pulls {
         self.log(function, &format!("pulling image {image}"));
         let (me, function, image) = (self.clone(), function.to_string(), image.to_string());
         Arc::new(move |p: &Progress| {
-            let before = me.get(&function).map(|s| s.layers_done);
-            me.set(&function, pulling(&image, p));
-            if before != Some(p.layers_done as u64) && p.layers_done > 0 {
+            // Called for every chunk: update in place, log only when a layer finished.
+            let layer_done = match me.lock().get_mut(&function) {
+                Some(s) => {
+                    let done = p.layers_done as u64 != s.layers_done;
+                    s.layers_done = p.layers_done as u64;
+                    s.layers_total = p.layers_total as u64;
+                    s.bytes_done = p.bytes_done;
+                    s.bytes_total = p.bytes_total;
+                    done
+                }
+                None => false,
+            };
+            if layer_done {
                 me.log(
                     &function,
                     &format!(

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use virga_testkit::{free_port, virga_bin};
+use virga_testkit::free_port;
 
 /// Kills the runtime when the test ends, however it ends.
 struct Running(Child);
@@ -20,19 +20,7 @@ impl Drop for Running {
 }
 
 fn virga(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(virga_bin())
-        .args(args)
-        .current_dir(dir)
-        .env_remove("VIRGA_URL")
-        .output()
-        .expect("run virga");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "virga {args:?} failed:\n{text}");
-    text
+    virga_testkit::cli(dir, &[], args)
 }
 
 /// `virga new NAME --lang LANG` + `virga build`, then the bundle unpacked with tar.
