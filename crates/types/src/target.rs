@@ -66,6 +66,9 @@ pub mod headers {
     pub const X_FUNCTION_STATUS: &str = "x-function-status";
     /// The host the caller asked for, as the gateway saw it.
     pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+    /// Set by the gateway's Lambda Invoke API: the body is the event, passed to the runtime
+    /// unchanged (a `mode=lambda` watchdog; others ignore it).
+    pub const X_VIRGA_LAMBDA_INVOKE: &str = "x-virga-lambda-invoke";
 }
 
 #[cfg(test)]
