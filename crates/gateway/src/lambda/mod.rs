@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::header::{self, HeaderName, HeaderValue};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,6 +31,8 @@ use error::MAX_PAYLOAD;
 
 static X_AMZN_REQUEST_ID: HeaderName = HeaderName::from_static("x-amzn-requestid");
 
+/// The service a signature must be for.
+const SERVICE: &str = "lambda";
 /// The region of ARNs when the request names none (basic auth).
 const DEFAULT_REGION: &str = "us-east-1";
 
@@ -81,6 +83,8 @@ async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Ne
 }
 
 /// The request with its body read and a [`Caller`] attached, if its credentials are good.
+/// Everything but the signature itself is checked before the body is read, so a refused
+/// request never has its body held in memory (only drained, so its client gets the answer).
 async fn admit(state: &AppState, req: Request, request_id: &str) -> Result<Request, LambdaError> {
     let ip = req
         .extensions()
@@ -97,31 +101,31 @@ async fn admit(state: &AppState, req: Request, request_id: &str) -> Result<Reque
         ))
     };
     crate::invoke::declared_length(&parts.headers, MAX_PAYLOAD * 4).map_err(|_| too_large())?;
+    let given = parts.headers.get(header::AUTHORIZATION);
+    let checked = match given {
+        None => Err(Wrong::Missing),
+        Some(v) if sigv4::is_sigv4(v.as_bytes()) => {
+            check_scope(state, v, &parts.headers).map(|()| None)
+        }
+        Some(v) if state.credentials.check(v.as_bytes()) => Ok(Some(DEFAULT_REGION.to_string())),
+        Some(_) => Err(Wrong::Key),
+    };
+    let region = match checked {
+        Err(wrong) => {
+            drain(body).await;
+            return Err(refuse(state, ip, now, wrong));
+        }
+        Ok(region) => region,
+    };
     let body = axum::body::to_bytes(Body::new(DrainingLimit::new(body, MAX_PAYLOAD)), usize::MAX)
         .await
         .map_err(|_| too_large())?;
-    let Some(given) = parts.headers.get(header::AUTHORIZATION) else {
-        return Err(LambdaError::missing_auth());
-    };
-    let region = if sigv4::is_sigv4(given.as_bytes()) {
-        check_signature(state, &parts, given, &body)
-    } else if state.credentials.check(given.as_bytes()) {
-        Ok(DEFAULT_REGION.to_string())
-    } else {
-        Err(Wrong::Key)
-    };
-    let region = match region {
-        Ok(r) => r,
-        Err(Wrong::Shape(m)) => return Err(LambdaError::incomplete_signature(m)),
-        Err(wrong) => {
-            if let Some(wait) = state.backoff.failed(ip, now) {
-                tracing::warn!(client = %ip, "wrong Lambda API credentials: blocked for {wait:?}");
-            }
-            return Err(match wrong {
-                Wrong::Signature(m) => LambdaError::invalid_signature(m),
-                _ => LambdaError::unrecognized_client(),
-            });
+    let region = match (region, given) {
+        (Some(r), _) => r,
+        (None, Some(v)) => {
+            check_signature(state, &parts, v, &body).map_err(|w| refuse(state, ip, now, w))?
         }
+        (None, None) => return Err(refuse(state, ip, now, Wrong::Missing)),
     };
     state.backoff.succeeded(ip);
     let mut req = Request::from_parts(parts, Body::from(body));
@@ -132,8 +136,39 @@ async fn admit(state: &AppState, req: Request, request_id: &str) -> Result<Reque
     Ok(req)
 }
 
+/// Read and drop a refused request's body (at most four times the payload limit, as
+/// [`DrainingLimit`] does), holding none of it.
+async fn drain(mut body: Body) {
+    use http_body_util::BodyExt;
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, |d| d.len());
+        if seen > MAX_PAYLOAD * 4 {
+            return;
+        }
+    }
+}
+
+/// The answer to refused credentials; wrong ones count in the address's backoff.
+fn refuse(state: &AppState, ip: IpAddr, now: Instant, wrong: Wrong) -> LambdaError {
+    match wrong {
+        Wrong::Missing => return LambdaError::missing_auth(),
+        Wrong::Shape(m) => return LambdaError::incomplete_signature(m),
+        Wrong::Key | Wrong::Signature(_) => {}
+    }
+    if let Some(wait) = state.backoff.failed(ip, now) {
+        tracing::warn!(client = %ip, "wrong Lambda API credentials: blocked for {wait:?}");
+    }
+    match wrong {
+        Wrong::Signature(m) => LambdaError::invalid_signature(m),
+        _ => LambdaError::unrecognized_client(),
+    }
+}
+
 /// Why credentials were refused.
 enum Wrong {
+    /// No `Authorization` header.
+    Missing,
     /// Unknown access key id, or a wrong basic auth password.
     Key,
     /// A signature that does not match (or has expired).
@@ -142,20 +177,43 @@ enum Wrong {
     Shape(String),
 }
 
-/// Check a SigV4 `Authorization` header; returns the scope's region.
+impl From<sigv4::Refusal> for Wrong {
+    fn from(r: sigv4::Refusal) -> Self {
+        match r {
+            sigv4::Refusal::Incomplete(m) => Wrong::Shape(m),
+            sigv4::Refusal::BadSignature(m) => Wrong::Signature(m),
+        }
+    }
+}
+
+/// A SigV4 header's value, parsed.
+fn parsed(given: &HeaderValue) -> Result<sigv4::Authorization<'_>, Wrong> {
+    let value = given
+        .to_str()
+        .map_err(|_| Wrong::Shape("the Authorization header is not ASCII".into()))?;
+    Ok(sigv4::parse(value)?)
+}
+
+/// The checks of a SigV4 header that need no body: its shape, key, service and time.
+fn check_scope(state: &AppState, given: &HeaderValue, headers: &HeaderMap) -> Result<(), Wrong> {
+    let auth = parsed(given)?;
+    state
+        .credentials
+        .secret_for(auth.key_id)
+        .ok_or(Wrong::Key)?;
+    sigv4::check_scope(&auth, headers, SERVICE, SystemTime::now())?;
+    Ok(())
+}
+
+/// Check a SigV4 `Authorization` header over the request and `body`; returns the scope's
+/// region.
 fn check_signature(
     state: &AppState,
     parts: &axum::http::request::Parts,
     given: &HeaderValue,
     body: &Bytes,
 ) -> Result<String, Wrong> {
-    let value = given
-        .to_str()
-        .map_err(|_| Wrong::Shape("the Authorization header is not ASCII".into()))?;
-    let auth = sigv4::parse(value).map_err(|r| match r {
-        sigv4::Refusal::Incomplete(m) => Wrong::Shape(m),
-        sigv4::Refusal::BadSignature(m) => Wrong::Signature(m),
-    })?;
+    let auth = parsed(given)?;
     let secret = state
         .credentials
         .secret_for(auth.key_id)
@@ -167,11 +225,8 @@ fn check_signature(
         headers: &parts.headers,
         body_sha256: &sha,
     };
-    match sigv4::verify(&auth, &signed, secret, "lambda", SystemTime::now()) {
-        Ok(()) => Ok(auth.region.to_string()),
-        Err(sigv4::Refusal::Incomplete(m)) => Err(Wrong::Shape(m)),
-        Err(sigv4::Refusal::BadSignature(m)) => Err(Wrong::Signature(m)),
-    }
+    sigv4::verify(&auth, &signed, secret, SERVICE, SystemTime::now())?;
+    Ok(auth.region.to_string())
 }
 
 /// The function a `FunctionName` path parameter (and `?Qualifier=`) names: `NAME`,

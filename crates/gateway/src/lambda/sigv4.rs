@@ -104,22 +104,22 @@ pub(crate) struct Signed<'a> {
     pub(crate) body_sha256: &'a str,
 }
 
-/// Check `auth` over `req` with `secret` (the key's secret access key) at `now`, for
-/// `service`.
-pub(crate) fn verify(
+/// Check what can be checked of `auth` before the body is read: the service is `service`
+/// and `X-Amz-Date` (in `headers`) is within [`MAX_SKEW`] of `now` and matches the scope's
+/// date. Returns the signing time.
+pub(crate) fn check_scope(
     auth: &Authorization<'_>,
-    req: &Signed<'_>,
-    secret: &str,
+    headers: &HeaderMap,
     service: &str,
     now: SystemTime,
-) -> Result<(), Refusal> {
+) -> Result<SystemTime, Refusal> {
     let bad = |m: String| Refusal::BadSignature(m);
     if auth.service != service {
         return Err(bad(format!(
             "Credential should be scoped to correct service: '{service}'."
         )));
     }
-    let Some(date) = req.headers.get("x-amz-date").and_then(|v| v.to_str().ok()) else {
+    let Some(date) = headers.get("x-amz-date").and_then(|v| v.to_str().ok()) else {
         return Err(Refusal::Incomplete(
             "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' \
              header."
@@ -142,7 +142,21 @@ pub(crate) fn verify(
             &date[..8.min(date.len())]
         )));
     }
-    let expected = expected_signature(auth, req, secret, signed_at.into())?;
+    Ok(signed_at.into())
+}
+
+/// Check `auth` over `req` with `secret` (the key's secret access key) at `now`, for
+/// `service`: [`check_scope`], then the signature itself.
+pub(crate) fn verify(
+    auth: &Authorization<'_>,
+    req: &Signed<'_>,
+    secret: &str,
+    service: &str,
+    now: SystemTime,
+) -> Result<(), Refusal> {
+    let bad = |m: String| Refusal::BadSignature(m);
+    let signed_at = check_scope(auth, req.headers, service, now)?;
+    let expected = expected_signature(auth, req, secret, signed_at)?;
     if bool::from(expected.as_bytes().ct_eq(auth.signature.as_bytes())) {
         Ok(())
     } else {

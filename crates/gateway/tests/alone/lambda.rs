@@ -155,3 +155,36 @@ async fn bad_invocation_types_and_log_types_are_400() {
     let (status, kind, _) = refusal(rb).await;
     assert_eq!((status, kind.as_str()), (503, "ServiceException"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_checked_before_the_body_is_kept() {
+    let g = Gateway::start().await;
+    g.deploy("echo", "cat", json!({})).await;
+    let path = "/2015-03-31/functions/echo/invocations";
+    let big = vec![b' '; 7 << 20];
+    // Refused for its credentials, not its size: the 7 MiB were only drained.
+    let (status, kind, _) = refusal(g.anon(Method::POST, path).body(big.clone())).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (403, "MissingAuthenticationTokenException")
+    );
+    let rb = g
+        .anon(Method::POST, path)
+        .basic_auth("admin", Some("x"))
+        .body(big.clone());
+    let (status, kind, _) = refusal(rb).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (403, "UnrecognizedClientException")
+    );
+    // With good credentials, its size is what is wrong.
+    let (status, kind, body) = refusal(g.sys(Method::POST, path).body(big)).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (413, "RequestEntityTooLargeException")
+    );
+    assert_eq!(
+        body["message"],
+        "Request must be smaller than 6291456 bytes for the InvokeFunction operation"
+    );
+}
