@@ -97,6 +97,8 @@ pub struct AppState {
     pub(crate) image_deploys: tokio::sync::RwLock<()>,
     /// Registry images, once enabled.
     pub(crate) images: std::sync::OnceLock<images::ImagesConfig>,
+    /// KiB of Lambda API bodies held before their signature is checked (see `lambda`).
+    pub(crate) lambda_unverified: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -129,6 +131,7 @@ impl AppState {
             function_writes: tokio::sync::Mutex::new(()),
             image_deploys: tokio::sync::RwLock::new(()),
             images: std::sync::OnceLock::new(),
+            lambda_unverified: tokio::sync::Semaphore::new(lambda::UNVERIFIED_KIB),
         })
     }
 

@@ -16,6 +16,7 @@ use std::time::{Instant, SystemTime};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,6 +31,11 @@ pub(crate) use error::LambdaError;
 use error::MAX_PAYLOAD;
 
 static X_AMZN_REQUEST_ID: HeaderName = HeaderName::from_static("x-amzn-requestid");
+
+/// KiB of request bodies held at once before their signature is checked: a forged header
+/// passes the checks made before the body is read, so without a bound concurrent forgers
+/// could make the gateway hold 6 MiB per connection.
+pub(crate) const UNVERIFIED_KIB: usize = 256 * 1024;
 
 /// The service a signature must be for.
 const SERVICE: &str = "lambda";
@@ -117,6 +123,21 @@ async fn admit(state: &AppState, req: Request, request_id: &str) -> Result<Reque
         }
         Ok(region) => region,
     };
+    // Room for the body while it is unverified (the whole limit when its length is unknown).
+    let declared = crate::invoke::declared_length(&parts.headers, MAX_PAYLOAD)
+        .ok()
+        .flatten();
+    let kib = declared
+        .map_or(MAX_PAYLOAD, |n| n as usize)
+        .div_ceil(1024)
+        .max(1);
+    let _room = state
+        .lambda_unverified
+        .acquire_many(kib as u32)
+        .await
+        .map_err(|_| {
+            LambdaError::service(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into())
+        })?;
     let body = axum::body::to_bytes(Body::new(DrainingLimit::new(body, MAX_PAYLOAD)), usize::MAX)
         .await
         .map_err(|_| too_large())?;
