@@ -94,6 +94,14 @@ out["big"] = err(lambda: c.invoke(FunctionName="echo", Payload=big))
     let failed =
         r#"gateway_function_invocation_total{function_name="fail.openfaas-fn",code="500"}"#;
     assert_eq!(p.metric(failed), Some(1.0));
+    // A function at zero is started for the call, as for /function/.
+    p.scale_to_zero("echo");
+    let out = sdk(
+        &p,
+        dir.path(),
+        r#"out["cold"] = payload(c.invoke(FunctionName="echo", Payload=b"3"))"#,
+    );
+    assert_eq!(out["cold"], "3");
 }
 
 #[test]
