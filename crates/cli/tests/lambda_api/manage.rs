@@ -45,6 +45,10 @@ conf["LastModified"] = str(conf["LastModified"])
 out["get"] = {"Configuration": conf, "Code": g["Code"], "Tags": g["Tags"]}
 out["arn"] = c.get_function(FunctionName=conf["FunctionArn"])["Configuration"]["FunctionName"]
 out["missing"] = err(lambda: c.get_function(FunctionName="nope"))
+conf2 = c.get_function_configuration(FunctionName="alpha", Qualifier="$LATEST")
+conf2.pop("ResponseMetadata")
+conf2["LastModified"] = str(conf2["LastModified"])
+out["same"] = conf2 == conf
 "#,
     );
     assert_eq!(out["pages"], json!([["alpha", "beta"], ["gamma"]]), "{out}");
@@ -77,6 +81,10 @@ out["missing"] = err(lambda: c.get_function(FunctionName="nope"))
     assert_eq!(out["get"]["Tags"], json!({"team": "blue"}));
     assert_eq!(out["arn"], "alpha");
     assert_eq!(out["missing"]["code"], "ResourceNotFoundException");
+    assert_eq!(
+        out["same"], true,
+        "GetFunctionConfiguration = GetFunction's Configuration"
+    );
     // boto3 checks MaxItems itself; curl does not.
     let r = p
         .sys(Method::GET, "/2015-03-31/functions/?MaxItems=0")

@@ -1,5 +1,6 @@
-//! `ListFunctions` (`GET /2015-03-31/functions/`, paged with `Marker` and `MaxItems`) and
-//! `GetFunction` (`GET /2015-03-31/functions/{name}`) in Lambda's JSON shapes, for the
+//! `ListFunctions` (`GET /2015-03-31/functions/`, paged with `Marker` and `MaxItems`),
+//! `GetFunction` (`GET /2015-03-31/functions/{name}`) and `GetFunctionConfiguration`
+//! (`.../{name}/configuration`) in Lambda's JSON shapes, for the
 //! fields Virga has: a bundle's manifest environment counts for the handler and timeout, the
 //! environment shown is the function's `envVars` only (never its secrets).
 
@@ -76,6 +77,32 @@ pub(crate) async fn list(
     }))
 }
 
+/// The stored function a `FunctionName` (and `?Qualifier=`) names.
+fn find(
+    state: &AppState,
+    raw: &str,
+    qualifier: Option<&str>,
+    caller: &Caller,
+) -> Result<StoredFunction, LambdaError> {
+    let name = resolve(raw, qualifier, caller)?;
+    state
+        .store
+        .function(&name)
+        .map_err(crate::ApiError::from)?
+        .ok_or_else(|| LambdaError::not_found(&caller.arn(&name)))
+}
+
+/// `GET /2015-03-31/functions/{name}/configuration`.
+pub(crate) async fn get_configuration(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    Query(q): Query<super::invoke::InvokeQuery>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<FunctionConfiguration>, LambdaError> {
+    let f = find(&state, &raw, q.qualifier.as_deref(), &caller)?;
+    Ok(Json(configuration(&state, &f, &caller)))
+}
+
 /// `GET /2015-03-31/functions/{name}`.
 pub(crate) async fn get_one(
     State(state): State<Arc<AppState>>,
@@ -83,12 +110,7 @@ pub(crate) async fn get_one(
     Query(q): Query<super::invoke::InvokeQuery>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<GetFunctionResponse>, LambdaError> {
-    let name = resolve(&raw, q.qualifier.as_deref(), &caller)?;
-    let f = state
-        .store
-        .function(&name)
-        .map_err(crate::ApiError::from)?
-        .ok_or_else(|| LambdaError::not_found(&caller.arn(&name)))?;
+    let f = find(&state, &raw, q.qualifier.as_deref(), &caller)?;
     let d = &f.deployment;
     let code = match (&f.image_ref, BundleRef::parse(&d.image)) {
         (Some(reference), _) => FunctionCode {

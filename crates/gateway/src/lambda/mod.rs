@@ -1,5 +1,6 @@
 //! The AWS Lambda API under `/2015-03-31/functions`, so the AWS SDKs and CLI call Virga's
-//! functions: `Invoke` ([`invoke`]), `ListFunctions` and `GetFunction` ([`functions`]).
+//! functions: `Invoke` ([`invoke`]), `ListFunctions`, `GetFunction` and
+//! `GetFunctionConfiguration` ([`functions`]).
 //! Every request is authenticated by [`authenticate`]: AWS Signature Version 4 with the
 //! access key id `admin` and the admin password as secret key ([`sigv4`]), or the gateway's
 //! ordinary basic auth. Errors are Lambda's JSON ([`error`]).
@@ -64,6 +65,10 @@ pub(crate) fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/2015-03-31/functions", get(functions::list))
         .route("/2015-03-31/functions/", get(functions::list))
         .route("/2015-03-31/functions/{name}", get(functions::get_one))
+        .route(
+            "/2015-03-31/functions/{name}/configuration",
+            get(functions::get_configuration),
+        )
         .route(
             "/2015-03-31/functions/{name}/invocations",
             post(invoke::invoke),
