@@ -9,6 +9,7 @@ pub mod body;
 pub mod cgi;
 pub mod config;
 pub mod init;
+pub mod lambda;
 pub mod logger;
 pub mod process;
 pub mod proxy;
