@@ -43,6 +43,7 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Answer, Diagnostic> {
     let op = match payload["rawPath"].as_str() {
         Some("/stream") => "stream".to_owned(),
         Some("/error") => "error".to_owned(),
+        Some("/env") => "env".to_owned(),
         Some(_) => "url".to_owned(),
         None => payload["op"].as_str().unwrap_or("echo").to_owned(),
     };

@@ -4,6 +4,7 @@
 
 mod init;
 mod invoke;
+mod platform;
 mod url;
 
 use std::time::Duration;
