@@ -66,6 +66,33 @@ async fn raw_invoke_passes_the_event_and_context_through() {
     let (_, body) = json(resp).await;
     assert_eq!(body["requestId"], id);
     assert_eq!(id.len(), 36, "{id}");
+
+    // A client context that is not base64 is the caller's mistake.
+    let resp = invoke(&wd, &json!({}), &[("X-Amz-Client-Context", "%%%")]).await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        resp.headers()["x-amzn-errortype"],
+        "InvalidRequestContentException"
+    );
+}
+
+#[tokio::test]
+async fn calls_beyond_max_inflight_are_429() {
+    let wd = fixture(&[("max_inflight", "1")]).await;
+    let slow = {
+        let req = virga_testkit::watchdog::client()
+            .post(wd.url("/"))
+            .header("X-Virga-Lambda-Invoke", "1")
+            .body(json!({"op": "sleep", "ms": 1000}).to_string());
+        tokio::spawn(async move { req.send().await.unwrap().status() })
+    };
+    // Wait until the slow call is in the runtime (its sleep started).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = invoke(&wd, &json!({"op": "echo"}), &[]).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(slow.await.unwrap(), 200);
+    let resp = invoke(&wd, &json!({"op": "echo"}), &[]).await;
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]

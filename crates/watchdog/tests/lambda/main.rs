@@ -5,6 +5,7 @@
 mod init;
 mod invoke;
 mod platform;
+mod runtime_api;
 mod url;
 
 use std::time::Duration;
