@@ -437,7 +437,7 @@ fn lambda_failed(o: &Outcome) -> bool {
     o.status >= 500
         || o.headers
             .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("x-amz-function-error"))
+            .any(|(k, _)| k.eq_ignore_ascii_case(headers::X_AMZ_FUNCTION_ERROR))
 }
 
 fn failure(status: u16, message: String, connection_failed: bool) -> Outcome {

@@ -9,7 +9,8 @@ use virga_types::lambda::ErrorBody;
 
 use crate::ApiError;
 
-static X_AMZN_ERROR_TYPE: HeaderName = HeaderName::from_static("x-amzn-errortype");
+static X_AMZN_ERROR_TYPE: HeaderName =
+    HeaderName::from_static(virga_types::headers::X_AMZN_ERROR_TYPE);
 
 /// Largest request body of the Invoke API (6 MiB, Lambda's synchronous limit).
 pub(crate) const MAX_PAYLOAD: usize = 6 * 1024 * 1024;

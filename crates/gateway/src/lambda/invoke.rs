@@ -22,12 +22,13 @@ use super::{resolve, Caller, LambdaError};
 use crate::asyncfn::Refused;
 use crate::{ApiError, AppState};
 
-static X_AMZ_FUNCTION_ERROR: HeaderName = HeaderName::from_static("x-amz-function-error");
-static X_AMZ_EXECUTED_VERSION: HeaderName = HeaderName::from_static("x-amz-executed-version");
+static X_AMZ_FUNCTION_ERROR: HeaderName = HeaderName::from_static(headers::X_AMZ_FUNCTION_ERROR);
+static X_AMZ_EXECUTED_VERSION: HeaderName =
+    HeaderName::from_static(headers::X_AMZ_EXECUTED_VERSION);
 static X_AMZ_INVOCATION_TYPE: HeaderName = HeaderName::from_static("x-amz-invocation-type");
-static X_AMZ_LOG_TYPE: HeaderName = HeaderName::from_static("x-amz-log-type");
-static X_AMZ_CLIENT_CONTEXT: HeaderName = HeaderName::from_static("x-amz-client-context");
-static X_AMZN_ERROR_TYPE: HeaderName = HeaderName::from_static("x-amzn-errortype");
+static X_AMZ_LOG_TYPE: HeaderName = HeaderName::from_static(headers::X_AMZ_LOG_TYPE);
+static X_AMZ_CLIENT_CONTEXT: HeaderName = HeaderName::from_static(headers::X_AMZ_CLIENT_CONTEXT);
+static X_AMZN_ERROR_TYPE: HeaderName = HeaderName::from_static(headers::X_AMZN_ERROR_TYPE);
 static X_LAMBDA: HeaderName = HeaderName::from_static(headers::X_VIRGA_LAMBDA_INVOKE);
 static X_CALL_ID: HeaderName = HeaderName::from_static(headers::X_CALL_ID);
 

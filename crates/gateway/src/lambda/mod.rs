@@ -31,7 +31,8 @@ use crate::AppState;
 pub(crate) use error::LambdaError;
 use error::MAX_PAYLOAD;
 
-static X_AMZN_REQUEST_ID: HeaderName = HeaderName::from_static("x-amzn-requestid");
+static X_AMZN_REQUEST_ID: HeaderName =
+    HeaderName::from_static(virga_types::headers::X_AMZN_REQUEST_ID);
 
 /// KiB of request bodies held at once before their signature is checked: a forged header
 /// passes the checks made before the body is read, so without a bound concurrent forgers
