@@ -38,6 +38,7 @@ r = c.invoke(FunctionName="lam", InvocationType="Event", Payload=json.dumps({"op
 out["event"] = r["StatusCode"]
 r = c.invoke(FunctionName="lam", InvocationType="Event", Payload=json.dumps({"op": "error", "type": "KeyError"}))
 out["bad_event"] = [r["StatusCode"], r["ResponseMetadata"]["RequestId"]]
+out["bad_ctx"] = err(lambda: c.invoke(FunctionName="lam", ClientContext="not base64 JSON"))
 "#,
     );
     let echo = &out["echo"];
@@ -67,6 +68,12 @@ out["bad_event"] = [r["StatusCode"], r["ResponseMetadata"]["RequestId"]]
     assert!(log.contains("hello from the handler"), "{log}");
     assert!(log.contains(&format!("REPORT RequestId: {id}")), "{log}");
     assert_eq!(out["event"], 202);
+    // The watchdog's own Lambda-shaped refusal reaches the SDK as it is.
+    assert_eq!(
+        out["bad_ctx"]["code"], "InvalidRequestContentException",
+        "{out}"
+    );
+    assert_eq!(out["bad_ctx"]["status"], 400);
     let logs = || {
         p.sys(Method::GET, "/system/logs?name=lam")
             .send()
