@@ -129,21 +129,12 @@ async fn admit(state: &AppState, req: Request, request_id: &str) -> Result<Reque
         }
         Ok(region) => region,
     };
-    // Room for the body while it is unverified (the whole limit when its length is unknown).
-    let declared = crate::invoke::declared_length(&parts.headers, MAX_PAYLOAD)
-        .ok()
-        .flatten();
-    let kib = declared
-        .map_or(MAX_PAYLOAD, |n| n as usize)
-        .div_ceil(1024)
-        .max(1);
-    let _room = state
-        .lambda_unverified
-        .acquire_many(kib as u32)
-        .await
-        .map_err(|_| {
-            LambdaError::service(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into())
-        })?;
+    // Room for a body whose signature is still to be checked (the whole limit when its
+    // length is unknown); basic auth was checked in full already.
+    let _room = match region {
+        Some(_) => None,
+        None => Some(unverified_room(state, &parts.headers).await?),
+    };
     let body = axum::body::to_bytes(Body::new(DrainingLimit::new(body, MAX_PAYLOAD)), usize::MAX)
         .await
         .map_err(|_| too_large())?;
@@ -161,6 +152,25 @@ async fn admit(state: &AppState, req: Request, request_id: &str) -> Result<Reque
         region,
     });
     Ok(req)
+}
+
+/// A share of [`UNVERIFIED_KIB`] for the body `headers` announce, waited for.
+async fn unverified_room<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+) -> Result<tokio::sync::SemaphorePermit<'a>, LambdaError> {
+    let declared = crate::invoke::declared_length(headers, MAX_PAYLOAD)
+        .ok()
+        .flatten();
+    let kib = declared
+        .map_or(MAX_PAYLOAD, |n| n as usize)
+        .div_ceil(1024)
+        .max(1);
+    state
+        .lambda_unverified
+        .acquire_many(kib as u32)
+        .await
+        .map_err(|_| LambdaError::service(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))
 }
 
 /// Read and drop a refused request's body (at most four times the payload limit, as
