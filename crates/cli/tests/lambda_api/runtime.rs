@@ -21,7 +21,7 @@ fn a_lambda_function_answers_raises_tails_and_gets_events() {
     p.deploy_process(
         "lam",
         fixture.to_str().unwrap(),
-        json!({"envVars": {"mode": "lambda"}}),
+        json!({"envVars": {"mode": "lambda", "exec_timeout": "2s"}}),
     );
     let out = sdk(
         &p,
@@ -39,6 +39,10 @@ out["event"] = r["StatusCode"]
 r = c.invoke(FunctionName="lam", InvocationType="Event", Payload=json.dumps({"op": "error", "type": "KeyError"}))
 out["bad_event"] = [r["StatusCode"], r["ResponseMetadata"]["RequestId"]]
 out["bad_ctx"] = err(lambda: c.invoke(FunctionName="lam", ClientContext="not base64 JSON"))
+r = c.invoke(FunctionName="lam", Payload=json.dumps({"op": "sleep", "ms": 4000}))
+out["slow"] = [r.get("FunctionError"), json.loads(payload(r))]
+conf = c.get_function_configuration(FunctionName="lam")
+out["conf"] = [conf["Handler"], conf["Timeout"], conf["Runtime"]]
 "#,
     );
     let echo = &out["echo"];
@@ -74,6 +78,10 @@ out["bad_ctx"] = err(lambda: c.invoke(FunctionName="lam", ClientContext="not bas
         "{out}"
     );
     assert_eq!(out["bad_ctx"]["status"], 400);
+    // Past exec_timeout: Lambda's timeout error from the watchdog.
+    assert_eq!(out["slow"][0], "Unhandled", "{out}");
+    assert_eq!(out["slow"][1]["errorType"], "Sandbox.Timedout");
+    assert_eq!(out["conf"], json!(["handler.handler", 2, "provided"]));
     let logs = || {
         p.sys(Method::GET, "/system/logs?name=lam")
             .send()
