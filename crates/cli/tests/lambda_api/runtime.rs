@@ -1,7 +1,8 @@
 //! `Invoke` of a real Lambda function (`virga-lambda-fixture`, on the Rust `lambda_runtime`
 //! crate, under the watchdog's `mode=lambda`) through boto3: the event and context, a raising
-//! handler's `FunctionError`, `LogType=Tail`, an Event delivered, and an Event of a raising
-//! handler dead-lettered after Lambda's 3 attempts.
+//! handler's `FunctionError`, `LogType=Tail`, a bad client context, a call past
+//! `exec_timeout`, its configuration, an Event delivered, and an Event of a raising handler
+//! dead-lettered after Lambda's 3 attempts.
 
 use std::time::Duration;
 
