@@ -149,6 +149,33 @@ async fn timeout_answers_sandbox_timedout_and_restarts_the_runtime() {
     );
 }
 
+#[tokio::test]
+async fn a_caller_that_goes_away_leaves_the_deadline_in_force() {
+    let wd = fixture(&[("exec_timeout", "1s")]).await;
+    let (_, first) = json(invoke(&wd, &json!({"op": "echo"}), &[]).await).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(wd.url("/"))
+        .header("X-Virga-Lambda-Invoke", "1")
+        .body(json!({"op": "sleep", "ms": 20_000}).to_string())
+        .send()
+        .await;
+    assert!(gone.is_err(), "{gone:?}");
+    // The abandoned event still ends at its deadline: the next call does not wait 20 s.
+    let started = Instant::now();
+    let (error, after) = json(invoke(&wd, &json!({"op": "echo"}), &[]).await).await;
+    assert_eq!(error, None, "{after}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_ne!(after["pid"], first["pid"]);
+}
+
 fn pid_alive(pid: i64) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
