@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use super::errors::{exited, timed_out};
+use super::errors::{exited, init_timed_out, timed_out};
 use super::{Event, InitFailure, Outcome, Queued, Shared};
 
 /// An invocation's end: its outcome, the slot (to hold while a stream lasts) and the log tail.
@@ -26,6 +26,7 @@ impl InitFailure {
         match self {
             InitFailure::Posted(body) => Outcome::Error(body.clone()),
             InitFailure::Exited(status) => Outcome::Error(exited(id, status)),
+            InitFailure::TimedOut(limit) => Outcome::Error(init_timed_out(id, *limit)),
         }
     }
 }

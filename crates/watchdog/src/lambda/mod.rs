@@ -85,6 +85,8 @@ enum InitFailure {
     Posted(Bytes),
     /// It exited (or could not start) before asking for an event.
     Exited(String),
+    /// It did not ask for an event within the init limit.
+    TimedOut(std::time::Duration),
 }
 
 /// What the callers wait on: the runtime's generation, whether it has asked for an event,
