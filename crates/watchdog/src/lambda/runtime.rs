@@ -31,7 +31,7 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 pub(crate) const UNLIMITED: Duration = Duration::from_secs(900);
 
 /// What the runtime is started with, fixed at start.
-pub struct Settings {
+pub(crate) struct Settings {
     /// The runtime's command.
     pub(crate) spec: FunctionSpec,
     /// The deadline of one invocation.
@@ -49,7 +49,7 @@ pub struct Settings {
 impl Settings {
     /// The runtime's environment for a Runtime API at `api`: the Lambda variables the
     /// watchdog's environment does not set already (`AWS_LAMBDA_RUNTIME_API` always).
-    pub fn new(config: &Config, api: SocketAddr) -> std::io::Result<Settings> {
+    pub(crate) fn new(config: &Config, api: SocketAddr) -> std::io::Result<Settings> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let name = var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "function".into());
         let region = var("AWS_REGION").unwrap_or_else(|| "us-east-1".into());

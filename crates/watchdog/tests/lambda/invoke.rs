@@ -287,18 +287,28 @@ async fn log_tail_has_the_lines_the_handler_printed() {
     );
     assert!(lines[5].contains("\tMemory Size: 128 MB"), "{log}");
     // The last 4 KB of a longer log.
-    let many: Vec<String> = (0..200).map(|i| format!("line {i:03} {}", "z".repeat(40))).collect();
+    let many: Vec<String> = (0..200)
+        .map(|i| format!("line {i:03} {}", "z".repeat(40)))
+        .collect();
     let resp = invoke(
         &wd,
         &json!({"op": "print", "lines": many}),
         &[("X-Amz-Log-Type", "Tail")],
     )
     .await;
-    let log = resp.headers()["x-amz-log-result"].to_str().unwrap().to_owned();
-    let log = base64::engine::general_purpose::STANDARD.decode(log).unwrap();
+    let log = resp.headers()["x-amz-log-result"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let log = base64::engine::general_purpose::STANDARD
+        .decode(log)
+        .unwrap();
     assert_eq!(log.len(), 4096);
     let log = String::from_utf8_lossy(&log);
-    assert!(log.contains(&many[199]) && !log.contains(&many[100]), "{log}");
+    assert!(
+        log.contains(&many[199]) && !log.contains(&many[100]),
+        "{log}"
+    );
     assert!(log.contains("\nREPORT RequestId: "), "{log}");
     // Only a call that asks gets it.
     let resp = invoke(&wd, &json!({"op": "print", "lines": ["x"]}), &[]).await;
