@@ -122,7 +122,7 @@ fn url(event: Value) -> Result<Answer, Diagnostic> {
     let answer = match event["rawPath"].as_str().unwrap_or_default() {
         "/status" => json!({
             "statusCode": 418,
-            "headers": {"x-fixture": "teapot", "content-type": "text/plain"},
+            "headers": {"x-fixture": "teapot", "content-type": "text/plain", "content-length": "3"},
             "cookies": ["a=1; Path=/", "b=2"],
             "body": "short and stout",
         }),

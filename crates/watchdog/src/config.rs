@@ -370,6 +370,14 @@ mod tests {
     }
 
     #[test]
+    fn lambda_mode_needs_no_upstream() {
+        let c = Config::from_map(&map(&[("fprocess", "bootstrap"), ("mode", "Lambda")])).unwrap();
+        assert_eq!(c.mode, Mode::Lambda);
+        assert_eq!(c.mode.to_string(), "lambda");
+        assert!(c.upstream_url.is_none());
+    }
+
+    #[test]
     fn errors() {
         assert!(matches!(
             Config::from_map(&map(&[])),

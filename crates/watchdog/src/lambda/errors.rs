@@ -33,6 +33,17 @@ pub fn timed_out(id: &str, limit: Duration) -> Bytes {
     )
 }
 
+/// The caller's error while the runtime does not finish its init in time.
+pub fn init_timed_out(id: &str, limit: Duration) -> Bytes {
+    error_json(
+        "Sandbox.Timedout",
+        &format!(
+            "RequestId: {id} Error: Runtime init timed out after {:.2} seconds",
+            limit.as_secs_f64()
+        ),
+    )
+}
+
 /// The caller's error for a runtime that exited (`status` like `exit status 3`).
 pub fn exited(id: &str, status: &str) -> Bytes {
     error_json(

@@ -9,7 +9,10 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE,
+    SET_COOKIE, TRANSFER_ENCODING,
+};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
@@ -20,6 +23,9 @@ use super::raw::{read_event_body, request_id};
 use super::stream::HTTP_INTEGRATION;
 use super::{Event, Outcome, Shared};
 use crate::body::{full, with_guard, ResponseBody};
+
+/// Result headers that would contradict how the answer is framed.
+const FRAMING: [HeaderName; 3] = [CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION];
 
 /// Answers one function-URL request.
 pub(crate) async fn handle(
@@ -233,6 +239,10 @@ fn apply_meta(resp: &mut Response<ResponseBody>, m: &Map<String, Value>) -> Resu
             };
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| format!("header name {k:?} is not valid"))?;
+            // The framing is the watchdog's to set.
+            if FRAMING.contains(&name) {
+                continue;
+            }
             let value = HeaderValue::from_str(&value)
                 .map_err(|_| format!("header {k:?} has an invalid value"))?;
             h.append(name, value);

@@ -3,11 +3,11 @@
 //! hand-over. A late runtime is killed (and started again by the supervisor).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use super::errors::{exited, timed_out};
+use super::errors::{exited, init_timed_out, timed_out};
 use super::{Event, InitFailure, Outcome, Queued, Shared};
 
 /// An invocation's end: its outcome, the slot (to hold while a stream lasts) and the log tail.
@@ -26,7 +26,59 @@ impl InitFailure {
         match self {
             InitFailure::Posted(body) => Outcome::Error(body.clone()),
             InitFailure::Exited(status) => Outcome::Error(exited(id, status)),
+            InitFailure::TimedOut(limit) => Outcome::Error(init_timed_out(id, *limit)),
         }
+    }
+}
+
+/// An event handed to the runtime whose caller may go away: then the runtime keeps it (and
+/// the slot) until it answers or its deadline kills it, as if the caller were still there.
+struct Handed {
+    shared: Arc<Shared>,
+    id: String,
+    deadline: Option<(Instant, Duration)>,
+    reply: Option<oneshot::Receiver<Outcome>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Handed {
+    /// The outcome, or the timeout error once the deadline has passed.
+    async fn outcome(&mut self) -> Option<Outcome> {
+        let reply = self.reply.as_mut()?;
+        let outcome = match self.deadline {
+            Some((at, limit)) => tokio::select! {
+                r = &mut *reply => r.ok(),
+                _ = tokio::time::sleep_until(at.into()) => {
+                    if self.shared.expire(&self.id, limit) {
+                        Some(Outcome::Error(timed_out(&self.id, limit)))
+                    } else {
+                        reply.try_recv().ok()
+                    }
+                }
+            },
+            None => reply.await.ok(),
+        };
+        self.reply = None;
+        outcome
+    }
+}
+
+impl Drop for Handed {
+    fn drop(&mut self) {
+        if self.reply.is_none() {
+            return;
+        }
+        // The caller is gone mid-invocation: keep the deadline (and the slot) without it.
+        let mut rest = Handed {
+            shared: Arc::clone(&self.shared),
+            id: std::mem::take(&mut self.id),
+            deadline: self.deadline,
+            reply: self.reply.take(),
+            permit: self.permit.take(),
+        };
+        tokio::spawn(async move {
+            rest.outcome().await;
+        });
     }
 }
 
@@ -37,7 +89,7 @@ impl Shared {
         let permit = Arc::clone(&self.slot).acquire_owned().await.ok();
         let id = event.id.clone();
         let tail = event.tail;
-        let (outcome, handed) = self.run(event).await;
+        let (outcome, handed, permit) = self.run(event, permit).await;
         let log = match (tail, handed) {
             (true, Some(at)) => Some(self.logs.finish(&id, at.elapsed(), &self.settings).await),
             (true, None) => Some(self.logs.empty(&id, &self.settings)),
@@ -51,15 +103,19 @@ impl Shared {
     }
 
     /// Queues `event` and waits for its outcome; when it was handed over, too.
-    async fn run(&self, event: Event) -> (Outcome, Option<Instant>) {
+    async fn run(
+        self: &Arc<Self>,
+        event: Event,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> (Outcome, Option<Instant>, Option<OwnedSemaphorePermit>) {
         let id = event.id.clone();
         let mut state = self.state.subscribe();
         let failure = state.borrow_and_update().failure.clone();
         if let Some(f) = failure {
-            return (f.error(&id), None);
+            return (f.error(&id), None, permit);
         }
         let (handed_tx, mut handed_rx) = oneshot::channel();
-        let (reply_tx, mut reply_rx) = oneshot::channel();
+        let (reply_tx, reply_rx) = oneshot::channel();
         self.lock().queued = Some(Queued {
             event,
             handed: handed_tx,
@@ -73,39 +129,48 @@ impl Shared {
                 // Not taken yet: it fails with the init error; else it was just handed over.
                 if self.lock().queued.take().is_some() {
                     if let Some(f) = failure {
-                        return (f.error(&id), None);
+                        return (f.error(&id), None, permit);
                     }
                 }
                 (&mut handed_rx).await.ok()
             }
         };
         let Some(handed) = handed else {
-            return (Outcome::Error(exited(&id, "the runtime stopped")), None);
+            return (
+                Outcome::Error(exited(&id, "the runtime stopped")),
+                None,
+                permit,
+            );
         };
-        let outcome = match self.settings.exec_timeout {
-            Some(limit) => tokio::select! {
-                r = &mut reply_rx => r.ok(),
-                _ = tokio::time::sleep_until((handed + limit).into()) => {
-                    let ours = {
-                        let mut inner = self.lock();
-                        let ours = inner.current.as_ref().is_some_and(|c| c.id == id);
-                        if ours {
-                            inner.current = None;
-                        }
-                        ours
-                    };
-                    if ours {
-                        tracing::warn!(request_id = %id, ?limit, "invocation timed out; restarting the runtime");
-                        self.kill_current();
-                        Some(Outcome::Error(timed_out(&id, limit)))
-                    } else {
-                        reply_rx.try_recv().ok()
-                    }
-                }
-            },
-            None => reply_rx.await.ok(),
+        let mut inflight = Handed {
+            shared: Arc::clone(self),
+            id,
+            deadline: self.settings.exec_timeout.map(|t| (handed + t, t)),
+            reply: Some(reply_rx),
+            permit,
         };
-        let outcome = outcome.unwrap_or_else(|| Outcome::Error(exited(&id, "the runtime stopped")));
-        (outcome, Some(handed))
+        let outcome = inflight
+            .outcome()
+            .await
+            .unwrap_or_else(|| Outcome::Error(exited(&inflight.id, "the runtime stopped")));
+        (outcome, Some(handed), inflight.permit.take())
+    }
+
+    /// The deadline of invocation `id` passed: if it is still in progress, it is over and
+    /// the runtime is killed (and started again). Whether it was.
+    pub(crate) fn expire(&self, id: &str, limit: Duration) -> bool {
+        let ours = {
+            let mut inner = self.lock();
+            let ours = inner.current.as_ref().is_some_and(|c| c.id == id);
+            if ours {
+                inner.current = None;
+            }
+            ours
+        };
+        if ours {
+            tracing::warn!(request_id = %id, ?limit, "invocation timed out; restarting the runtime");
+            self.kill_current();
+        }
+        ours
     }
 }

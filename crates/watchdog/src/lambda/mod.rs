@@ -28,8 +28,6 @@ use crate::body::ResponseBody;
 use crate::config::Config;
 use crate::WatchdogError;
 
-pub use runtime::Settings;
-
 /// One event waiting for the runtime (or taken by it).
 pub(crate) struct Event {
     /// The request id (`Lambda-Runtime-Aws-Request-Id`).
@@ -85,6 +83,8 @@ enum InitFailure {
     Posted(Bytes),
     /// It exited (or could not start) before asking for an event.
     Exited(String),
+    /// It did not ask for an event within the init limit.
+    TimedOut(std::time::Duration),
 }
 
 /// What the callers wait on: the runtime's generation, whether it has asked for an event,
@@ -112,7 +112,7 @@ struct Inner {
 
 /// What the function port, the Runtime API and the supervisor share.
 pub(crate) struct Shared {
-    settings: Settings,
+    settings: runtime::Settings,
     /// One event at a time: held from queueing until the answer (or the stream's end).
     slot: Arc<Semaphore>,
     inner: Mutex<Inner>,
@@ -168,7 +168,7 @@ impl Lambda {
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|source| WatchdogError::Bind { addr, source })?;
         listener.set_nonblocking(true)?;
-        let settings = Settings::new(config, listener.local_addr()?)?;
+        let settings = runtime::Settings::new(config, listener.local_addr()?)?;
         Ok(Arc::new(Lambda {
             shared: Arc::new(Shared {
                 settings,

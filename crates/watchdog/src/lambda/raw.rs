@@ -21,8 +21,7 @@ const FUNCTION_ERROR: HeaderName = HeaderName::from_static(headers::X_AMZ_FUNCTI
 const LOG_RESULT: HeaderName = HeaderName::from_static(headers::X_AMZ_LOG_RESULT);
 const REQUEST_ID: HeaderName = HeaderName::from_static(headers::X_AMZN_REQUEST_ID);
 
-/// How much of a too large request body is read (and dropped) so that the client, still
-/// sending, gets the 413 instead of a broken connection.
+/// How much of a too large body is read (and dropped) before the answer.
 const DRAIN_LIMIT: u64 = 64 << 20;
 
 /// The request's body, at most [`REQUEST_LIMIT`] bytes; else the answer to give.
@@ -39,18 +38,31 @@ pub(crate) async fn read_event_body(
         drain(&mut body, 0).await;
         return Err(request_too_large());
     }
+    match collect_limited(&mut body, REQUEST_LIMIT).await {
+        Ok(Some(bytes)) => Ok((parts, bytes)),
+        Ok(None) => Err(request_too_large()),
+        Err(e) => Err(invalid_request(&format!(
+            "failed to read the request body: {e}"
+        ))),
+    }
+}
+
+/// `body` when it has at most `limit` bytes (`None` when more: the rest is read and dropped,
+/// so that the sender, still sending, gets the answer instead of a broken connection).
+pub(crate) async fn collect_limited(
+    body: &mut Incoming,
+    limit: usize,
+) -> Result<Option<Bytes>, hyper::Error> {
     let mut buf = BytesMut::new();
     let mut first: Option<Bytes> = None;
     while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| invalid_request(&format!("failed to read the request body: {e}")))?;
-        let Ok(data) = frame.into_data() else {
+        let Ok(data) = frame?.into_data() else {
             continue;
         };
-        if buf.len() + first.as_ref().map_or(0, Bytes::len) + data.len() > REQUEST_LIMIT {
-            let read = (buf.len() + data.len()) as u64;
-            drain(&mut body, read).await;
-            return Err(request_too_large());
+        let held = buf.len() + first.as_ref().map_or(0, Bytes::len);
+        if held + data.len() > limit {
+            drain(body, (held + data.len()) as u64).await;
+            return Ok(None);
         }
         // One chunk (the usual case) is kept as it is, without a copy.
         match first.take() {
@@ -62,7 +74,7 @@ pub(crate) async fn read_event_body(
             None => buf.extend_from_slice(&data),
         }
     }
-    Ok((parts, first.unwrap_or_else(|| buf.freeze())))
+    Ok(Some(first.unwrap_or_else(|| buf.freeze())))
 }
 
 /// Reads and drops the rest of `body`, up to [`DRAIN_LIMIT`] bytes in all.

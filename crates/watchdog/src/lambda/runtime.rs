@@ -22,13 +22,16 @@ use crate::process::{describe_status, signal_group, FunctionSpec};
 /// Restart backoff bounds for a runtime that fails to initialise.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a runtime may take to ask for its first event (Lambda's init limit), unless
+/// `exec_timeout` is longer.
+const INIT_LIMIT: Duration = Duration::from_secs(10);
 /// Grace between SIGTERM and SIGKILL at shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Lambda's longest timeout: the deadline of a call without `exec_timeout`.
 pub(crate) const UNLIMITED: Duration = Duration::from_secs(900);
 
 /// What the runtime is started with, fixed at start.
-pub struct Settings {
+pub(crate) struct Settings {
     /// The runtime's command.
     pub(crate) spec: FunctionSpec,
     /// The deadline of one invocation.
@@ -46,7 +49,7 @@ pub struct Settings {
 impl Settings {
     /// The runtime's environment for a Runtime API at `api`: the Lambda variables the
     /// watchdog's environment does not set already (`AWS_LAMBDA_RUNTIME_API` always).
-    pub fn new(config: &Config, api: SocketAddr) -> std::io::Result<Settings> {
+    pub(crate) fn new(config: &Config, api: SocketAddr) -> std::io::Result<Settings> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let name = var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "function".into());
         let region = var("AWS_REGION").unwrap_or_else(|| "us-east-1".into());
@@ -152,11 +155,8 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
     }
 }
 
-/// Runs one runtime process until it exits (its exit described) or shutdown (`None`).
-async fn run_one(shared: &Arc<Shared>, mut child: Child, generation: u64) -> Option<String> {
-    let pid = child.id();
-    let program = shared.settings.spec.program();
-    tracing::info!(program, pid, "started Lambda runtime");
+/// Forwards the runtime's stdout and stderr to the log (and the log tail).
+fn forward_output(shared: &Arc<Shared>, child: &mut Child) {
     let logger = |name| LineLogger {
         name,
         prefix: shared.settings.spec.prefix_logs,
@@ -173,11 +173,37 @@ async fn run_one(shared: &Arc<Shared>, mut child: Child, generation: u64) -> Opt
     if let Some(err) = err {
         logs::forward(Arc::clone(shared), err, logger("stderr"));
     }
+}
+
+/// Runs one runtime process until it exits (its exit described) or shutdown (`None`).
+async fn run_one(shared: &Arc<Shared>, mut child: Child, generation: u64) -> Option<String> {
+    let pid = child.id();
+    let program = shared.settings.spec.program();
+    tracing::info!(program, pid, "started Lambda runtime");
+    forward_output(shared, &mut child);
     shared.lock().pid = pid;
     let mut kill = shared.kill.subscribe();
     let mut stop = shared.shutdown.subscribe();
+    // Lambda's limit of the init phase: a runtime that never asks for an event is stopped.
+    let init_limit = INIT_LIMIT.max(shared.settings.exec_timeout.unwrap_or_default());
+    let init_timeout = async {
+        tokio::time::sleep(init_limit).await;
+        if shared.state.borrow().initialised {
+            std::future::pending::<()>().await;
+        }
+    };
     let status = tokio::select! {
         status = child.wait() => status,
+        _ = init_timeout => {
+            tracing::warn!(program, pid, "Lambda runtime did not ask for an event within {init_limit:?}");
+            shared.state.send_modify(|s| {
+                s.failure.get_or_insert(InitFailure::TimedOut(init_limit));
+            });
+            if let Some(pid) = pid {
+                signal_group(pid, libc::SIGKILL);
+            }
+            child.wait().await
+        }
         _ = super::until(&mut kill, |k| *k >= generation) => {
             if let Some(pid) = pid {
                 signal_group(pid, libc::SIGKILL);

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -210,18 +209,16 @@ fn deliver(shared: &Shared, id: &str, outcome: Outcome) -> bool {
 
 /// A request body up to [`RESPONSE_LIMIT`]; `None` when it is larger.
 async fn read_limited(req: Request<Incoming>) -> Result<Option<Bytes>, Response<ResponseBody>> {
-    match Limited::new(req.into_body(), RESPONSE_LIMIT)
-        .collect()
+    let mut body = req.into_body();
+    super::raw::collect_limited(&mut body, RESPONSE_LIMIT)
         .await
-    {
-        Ok(c) => Ok(Some(c.to_bytes())),
-        Err(e) if e.is::<LengthLimitError>() => Ok(None),
-        Err(e) => Err(api_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequest",
-            &format!("failed to read the body: {e}"),
-        )),
-    }
+        .map_err(|e| {
+            api_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                &format!("failed to read the body: {e}"),
+            )
+        })
 }
 
 async fn response(

@@ -94,18 +94,8 @@ impl Relay {
 
     /// The deadline passed: the runtime is killed (and started again).
     fn expire(&mut self) -> BoxError {
-        let ours = {
-            let mut inner = self.shared.lock();
-            let ours = inner.current.as_ref().is_some_and(|c| c.id == self.id);
-            if ours {
-                inner.current = None;
-            }
-            ours
-        };
-        if ours {
-            tracing::warn!(request_id = %self.id, "streamed invocation timed out; restarting the runtime");
-            self.shared.kill_current();
-        }
+        let limit = self.shared.settings.exec_timeout.unwrap_or_default();
+        self.shared.expire(&self.id, limit);
         self.finish();
         "Task timed out".into()
     }

@@ -78,3 +78,37 @@ async fn a_runtime_that_exits_at_once_fails_the_calls_and_backs_off() {
     });
     check_failing_runtime(&wd, &counter, expected).await;
 }
+
+#[tokio::test]
+async fn a_runtime_that_never_asks_for_an_event_is_stopped_after_the_init_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("starts");
+    let fprocess = format!(
+        "sh -c 'echo start >> {}; exec sleep 600'",
+        counter.display()
+    );
+    let wd = Watchdog::start(&[
+        ("mode", "lambda"),
+        ("fprocess", &fprocess),
+        ("exec_timeout", "1s"),
+    ]);
+    let started = std::time::Instant::now();
+    let resp = invoke(&wd, &json!({}), &[("X-Call-Id", "hung-1")]).await;
+    let took = started.elapsed();
+    let (error, body) = json(resp).await;
+    assert_eq!(error.as_deref(), Some("Unhandled"));
+    assert_eq!(
+        body,
+        json!({
+            "errorType": "Sandbox.Timedout",
+            "errorMessage": "RequestId: hung-1 Error: Runtime init timed out after 10.00 seconds"
+        })
+    );
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    // It was stopped and started again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(starts(&counter) >= 2, "not restarted");
+}

@@ -36,9 +36,10 @@ async fn raw_invoke_passes_the_event_and_context_through() {
         json!({"op": "echo", "n": [1, 2, {"deep": "é"}]})
     );
     assert_eq!(body["requestId"], "call-42");
+    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
     assert_eq!(
         body["invokedFunctionArn"],
-        "arn:aws:lambda:us-east-1:000000000000:function:fixture-fn"
+        format!("arn:aws:lambda:{region}:000000000000:function:fixture-fn")
     );
     assert_eq!(body["clientContext"]["custom"], json!({"k": "v"}));
     let deadline = body["deadline"].as_u64().unwrap();
@@ -147,6 +148,33 @@ async fn timeout_answers_sandbox_timedout_and_restarts_the_runtime() {
         !pid_alive(first["pid"].as_i64().unwrap()),
         "the old runtime still runs"
     );
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_leaves_the_deadline_in_force() {
+    let wd = fixture(&[("exec_timeout", "1s")]).await;
+    let (_, first) = json(invoke(&wd, &json!({"op": "echo"}), &[]).await).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(wd.url("/"))
+        .header("X-Virga-Lambda-Invoke", "1")
+        .body(json!({"op": "sleep", "ms": 20_000}).to_string())
+        .send()
+        .await;
+    assert!(gone.is_err(), "{gone:?}");
+    // The abandoned event still ends at its deadline: the next call does not wait 20 s.
+    let started = Instant::now();
+    let (error, after) = json(invoke(&wd, &json!({"op": "echo"}), &[]).await).await;
+    assert_eq!(error, None, "{after}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_ne!(after["pid"], first["pid"]);
 }
 
 fn pid_alive(pid: i64) -> bool {
@@ -259,6 +287,30 @@ async fn log_tail_has_the_lines_the_handler_printed() {
         "{log}"
     );
     assert!(lines[5].contains("\tMemory Size: 128 MB"), "{log}");
+    // The last 4 KB of a longer log.
+    let many: Vec<String> = (0..200)
+        .map(|i| format!("line {i:03} {}", "z".repeat(40)))
+        .collect();
+    let resp = invoke(
+        &wd,
+        &json!({"op": "print", "lines": many}),
+        &[("X-Amz-Log-Type", "Tail")],
+    )
+    .await;
+    let log = resp.headers()["x-amz-log-result"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let log = base64::engine::general_purpose::STANDARD
+        .decode(log)
+        .unwrap();
+    assert_eq!(log.len(), 4096);
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        log.contains(&many[199]) && !log.contains(&many[100]),
+        "{log}"
+    );
+    assert!(log.contains("\nREPORT RequestId: "), "{log}");
     // Only a call that asks gets it.
     let resp = invoke(&wd, &json!({"op": "print", "lines": ["x"]}), &[]).await;
     assert!(!resp.headers().contains_key("x-amz-log-result"));
@@ -290,7 +342,12 @@ async fn the_runtime_sees_the_lambda_environment() {
         .unwrap()
         .starts_with("127.0.0.1:"));
     assert_eq!(env["AWS_REGION"], "eu-west-1");
-    assert_eq!(env["AWS_DEFAULT_REGION"], "eu-west-1");
+    // (A region of the test's own environment would win, as the function's own values do.)
+    let own_default = std::env::var("AWS_DEFAULT_REGION").ok();
+    assert_eq!(
+        env["AWS_DEFAULT_REGION"],
+        own_default.as_deref().unwrap_or("eu-west-1")
+    );
     assert_eq!(env["AWS_EXECUTION_ENV"], Value::Null);
     assert_eq!(env["_HANDLER"], "handler.handler");
     assert_eq!(env["LAMBDA_TASK_ROOT"], root_path.to_str().unwrap());
@@ -306,7 +363,11 @@ async fn the_runtime_sees_the_lambda_environment() {
     .await;
     let (_, env) = json(invoke(&wd, &json!({"op": "env"}), &[]).await).await;
     assert_eq!(env["_HANDLER"], "app.main");
-    assert_eq!(env["AWS_REGION"], "us-east-1");
+    let own_region = std::env::var("AWS_REGION").ok();
+    assert_eq!(
+        env["AWS_REGION"],
+        own_region.as_deref().unwrap_or("us-east-1")
+    );
     assert_eq!(env["AWS_LAMBDA_FUNCTION_TIMEOUT"], "10");
     assert!(env["AWS_LAMBDA_RUNTIME_API"]
         .as_str()

@@ -50,6 +50,8 @@ while True:
         unknown = call("GET", "/nope")
         respond(rid, {"wrong_id": wrong, "unknown": unknown})
         late = respond(rid, {"again": True})
+    elif case == "big":
+        late = respond(rid, "x" * (7 << 20))
     elif case == "late":
         respond(rid, {"late": late})
     elif case == "plain-error":
@@ -96,6 +98,13 @@ async fn runtime_api_refuses_other_request_ids() {
     let (_, body) = json(invoke(&wd, &json!({"case": "late"}), &[]).await).await;
     assert_eq!(body["late"][0], 400, "{body}");
     assert_eq!(body["late"][1]["errorType"], "InvalidRequestID");
+    // A result over the limit is refused to the runtime too.
+    let (error, body) = json(invoke(&wd, &json!({"case": "big"}), &[]).await).await;
+    assert_eq!(error.as_deref(), Some("Unhandled"));
+    assert_eq!(body["errorType"], "Function.ResponseSizeTooLarge");
+    let (_, body) = json(invoke(&wd, &json!({"case": "late"}), &[]).await).await;
+    assert_eq!(body["late"][0], 413, "{body}");
+    assert_eq!(body["late"][1]["errorType"], "RequestEntityTooLarge");
 }
 
 #[tokio::test]
