@@ -55,6 +55,20 @@ fn python3_lambda_function_url_events_and_results() {
     let data = tempfile::tempdir().unwrap();
     let p = Platform::start(data.path());
     deploy(&p, work.path(), "pyfn");
+    // Listed like any other function (what the console shows).
+    let listed = p.get_json("/system/functions");
+    let f = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "pyfn");
+    assert!(
+        f.is_some_and(|f| f["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("virga.local/pyfn@sha256:")),
+        "{listed}"
+    );
 
     // The request as a function URL passes it: path, query, headers, cookies, method.
     let r = p
