@@ -146,6 +146,16 @@ impl InstanceSpec {
             ));
         }
         let limits = limits(d).map_err(&fail)?;
+        if env
+            .get("mode")
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("lambda"))
+        {
+            // What a Lambda runtime reads of its function; the function's own values win.
+            env.entry("AWS_LAMBDA_FUNCTION_NAME".into())
+                .or_insert_with(|| name.clone());
+            env.entry("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into())
+                .or_insert_with(|| limits.memory.div_ceil(1 << 20).to_string());
+        }
         // An image's user reads its secrets (as root without capabilities too).
         let owner = match &rootfs {
             Rootfs::Host => view.secrets_owner,

@@ -30,3 +30,8 @@ pub fn virga_bin() -> PathBuf {
 pub fn watchdog_bin() -> PathBuf {
     bin("virga-watchdog")
 }
+
+/// The test Lambda function on the Rust `lambda_runtime` crate (`crates/lambda-fixture`).
+pub fn lambda_fixture_bin() -> PathBuf {
+    bin("virga-lambda-fixture")
+}

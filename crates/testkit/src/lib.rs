@@ -13,7 +13,7 @@ mod provider;
 pub mod registry;
 pub mod watchdog;
 
-pub use bins::{bin, virga_bin, watchdog_bin};
+pub use bins::{bin, lambda_fixture_bin, virga_bin, watchdog_bin};
 pub use host::{sandbox_leftovers, script};
 pub use platform::{cli, Answer, Platform, PASSWORD};
 pub use provider::WatchdogProvider;

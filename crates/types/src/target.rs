@@ -66,6 +66,23 @@ pub mod headers {
     pub const X_FUNCTION_STATUS: &str = "x-function-status";
     /// The host the caller asked for, as the gateway saw it.
     pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+    /// Marks a call to a Lambda function as a raw invoke (the body is the event), not a
+    /// function-URL request; set by the gateway's Invoke API.
+    pub const X_VIRGA_LAMBDA_INVOKE: &str = "x-virga-lambda-invoke";
+    /// Lambda: the function failed (`Unhandled`); the body is the error JSON.
+    pub const X_AMZ_FUNCTION_ERROR: &str = "x-amz-function-error";
+    /// Lambda: `Tail` asks for the call's last log lines in [`X_AMZ_LOG_RESULT`].
+    pub const X_AMZ_LOG_TYPE: &str = "x-amz-log-type";
+    /// Lambda: base64 of the last 4 KB of the call's log.
+    pub const X_AMZ_LOG_RESULT: &str = "x-amz-log-result";
+    /// Lambda: the caller's client context, base64 JSON.
+    pub const X_AMZ_CLIENT_CONTEXT: &str = "x-amz-client-context";
+    /// Lambda: the version that ran (`$LATEST`).
+    pub const X_AMZ_EXECUTED_VERSION: &str = "x-amz-executed-version";
+    /// Lambda: the request id of a call.
+    pub const X_AMZN_REQUEST_ID: &str = "x-amzn-requestid";
+    /// Lambda: the exception name of an API error (`ResourceNotFoundException`, ...).
+    pub const X_AMZN_ERROR_TYPE: &str = "x-amzn-errortype";
 }
 
 #[cfg(test)]

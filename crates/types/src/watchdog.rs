@@ -15,7 +15,7 @@ const MAX_VAR_BYTES: usize = 128 * 1024;
 const MAX_ENV_BYTES: usize = 1 << 20;
 
 /// Modes the watchdog runs functions in.
-pub const WATCHDOG_MODES: [&str; 3] = ["http", "streaming", "serializing"];
+pub const WATCHDOG_MODES: [&str; 4] = ["http", "streaming", "serializing", "lambda"];
 
 /// What one watchdog variable must look like.
 enum Kind {

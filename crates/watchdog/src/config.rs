@@ -63,6 +63,8 @@ pub enum Mode {
     Streaming,
     /// One process per request; whole body in, whole stdout out (classic watchdog).
     Serializing,
+    /// One long-running AWS Lambda runtime fed events through the Lambda Runtime API.
+    Lambda,
 }
 
 impl FromStr for Mode {
@@ -73,8 +75,9 @@ impl FromStr for Mode {
             "http" => Ok(Mode::Http),
             "streaming" => Ok(Mode::Streaming),
             "serializing" => Ok(Mode::Serializing),
+            "lambda" => Ok(Mode::Lambda),
             other => Err(format!(
-                "unsupported mode {other:?} (expected http, streaming or serializing)"
+                "unsupported mode {other:?} (expected http, streaming, serializing or lambda)"
             )),
         }
     }
@@ -86,6 +89,7 @@ impl fmt::Display for Mode {
             Mode::Http => "http",
             Mode::Streaming => "streaming",
             Mode::Serializing => "serializing",
+            Mode::Lambda => "lambda",
         })
     }
 }

@@ -4,11 +4,24 @@
 //!
 //! Use [`Config::from_env`] and [`run`], or [`Server::bind`] +
 //! [`Server::serve`] to control the listener and shutdown yourself.
+//!
+//! Lambda mode (`mode=lambda`, [`lambda`]): `fprocess` is an unmodified AWS Lambda runtime,
+//! started once with the Lambda environment (`AWS_LAMBDA_RUNTIME_API` and the rest), that
+//! long-polls the Lambda Runtime API the watchdog serves on a loopback port of its own
+//! (`lambda/runtime_api.rs`). Calls on the function port are raw invokes
+//! (`X-Virga-Lambda-Invoke: 1`, from the gateway's Invoke API: body = event, answer = the
+//! runtime's bytes; `lambda/raw.rs`) or function-URL requests (payload format 2.0 events and
+//! result mapping; `lambda/event_url.rs`). `lambda/invoke.rs` queues them one at a time and
+//! enforces the deadline, `lambda/runtime.rs` supervises the runtime process (restarted after
+//! a timeout or a crash, with a backoff while its init fails), `lambda/logs.rs` keeps the log
+//! tail of `X-Amz-Log-Type: Tail`, `lambda/stream.rs` relays streamed responses. Readiness
+//! (`/_/health`) comes with the runtime's first `/next`.
 
 pub mod body;
 pub mod cgi;
 pub mod config;
 pub mod init;
+pub mod lambda;
 pub mod logger;
 pub mod process;
 pub mod proxy;

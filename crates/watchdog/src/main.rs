@@ -26,12 +26,13 @@ fn main() -> anyhow::Result<()> {
     let config = virga_watchdog::Config::from_env().context("invalid watchdog configuration")?;
     // The per-request modes spend their time in the function process, not in the watchdog:
     // one thread serves them without cross-thread wake-ups (which cost most on a small,
-    // shared machine). http mode proxies a long-lived server and uses every core.
+    // shared machine). http mode proxies a long-lived server and uses every core. Lambda mode
+    // hands one event at a time to its runtime: one thread too.
     let mut builder = match config.mode {
         virga_watchdog::Mode::Http => tokio::runtime::Builder::new_multi_thread(),
-        virga_watchdog::Mode::Serializing | virga_watchdog::Mode::Streaming => {
-            tokio::runtime::Builder::new_current_thread()
-        }
+        virga_watchdog::Mode::Serializing
+        | virga_watchdog::Mode::Streaming
+        | virga_watchdog::Mode::Lambda => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = builder
         .enable_all()

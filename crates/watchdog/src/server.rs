@@ -22,6 +22,7 @@ use virga_types::headers;
 
 use crate::body::{text, with_guard, ResponseBody};
 use crate::config::{Config, Mode};
+use crate::lambda::Lambda;
 use crate::process::ExecSettings;
 use crate::proxy::Proxy;
 use crate::{serializing, streaming, WatchdogError};
@@ -33,6 +34,7 @@ enum Handler {
     Serializing(ExecSettings),
     Streaming(ExecSettings),
     Http(Arc<Proxy>),
+    Lambda(Arc<Lambda>),
 }
 
 struct State {
@@ -78,6 +80,7 @@ impl State {
         }
         let ok = match &self.handler {
             Handler::Http(proxy) => proxy.is_ready().await,
+            Handler::Lambda(lambda) => lambda.is_ready(),
             Handler::Serializing(_) | Handler::Streaming(_) => true,
         };
         if ok {
@@ -108,6 +111,7 @@ impl State {
             Handler::Serializing(s) => serializing::handle(s, req).await,
             Handler::Streaming(s) => streaming::handle(s, req).await,
             Handler::Http(p) => p.handle(req, peer).await,
+            Handler::Lambda(l) => l.handle(req, peer).await,
         };
         let (mut parts, body) = resp.into_parts();
         let secs = format!("{:.6}", start.elapsed().as_secs_f64());
@@ -149,6 +153,7 @@ impl Server {
                     .ok_or(crate::config::ConfigError::Missing("upstream_url"))?;
                 Handler::Http(Proxy::new(&config, &upstream))
             }
+            Mode::Lambda => Handler::Lambda(Lambda::bind(&config)?),
         };
         Ok(Server {
             listener,
@@ -164,15 +169,20 @@ impl Server {
     }
 
     /// Resolves the moment the function can serve: at once for the per-request modes, when
-    /// the upstream accepts connections in http mode (which starts with `serve`).
+    /// the upstream accepts connections in http mode, when the runtime asks for its first
+    /// event in lambda mode (both start with `serve`).
     pub fn readiness(&self) -> impl Future<Output = ()> + Send + 'static {
-        let proxy = match &self.state.handler {
-            Handler::Http(p) => Some(Arc::clone(p)),
-            Handler::Serializing(_) | Handler::Streaming(_) => None,
+        let (proxy, lambda) = match &self.state.handler {
+            Handler::Http(p) => (Some(Arc::clone(p)), None),
+            Handler::Lambda(l) => (None, Some(Arc::clone(l))),
+            Handler::Serializing(_) | Handler::Streaming(_) => (None, None),
         };
         async move {
             if let Some(p) = proxy {
                 p.wait_ready().await;
+            }
+            if let Some(l) = lambda {
+                l.wait_ready().await;
             }
         }
     }
@@ -195,8 +205,10 @@ impl Server {
             write_timeout,
             ..
         } = self;
-        if let Handler::Http(proxy) = &state.handler {
-            proxy.start();
+        match &state.handler {
+            Handler::Http(proxy) => proxy.start(),
+            Handler::Lambda(lambda) => lambda.start()?,
+            Handler::Serializing(_) | Handler::Streaming(_) => {}
         }
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -244,8 +256,10 @@ impl Server {
         if !drained {
             tracing::warn!("in-flight requests did not finish within write_timeout");
         }
-        if let Handler::Http(proxy) = &state.handler {
-            proxy.shutdown().await;
+        match &state.handler {
+            Handler::Http(proxy) => proxy.shutdown().await,
+            Handler::Lambda(lambda) => lambda.shutdown().await,
+            Handler::Serializing(_) | Handler::Streaming(_) => {}
         }
         Ok(())
     }
