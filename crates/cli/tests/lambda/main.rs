@@ -38,6 +38,11 @@ fn built_stack() -> &'static Path {
         );
         assert!(out.contains("virga.local/pyfn@sha256:"), "{out}");
         assert!(out.contains("virga.local/nodefn@sha256:"), "{out}");
+        // awslambdaric is byte-compiled into the bundle (a runtime in a read-only bundle
+        // would compile it at every cold start).
+        let cache = dir.join("build/pyfn/python/awslambdaric/__pycache__");
+        let pyc = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+        assert!(pyc >= 5, "{} holds {pyc} files", cache.display());
         dir
     })
 }

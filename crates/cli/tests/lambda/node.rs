@@ -155,7 +155,9 @@ fn node_lambda_function_url_events_results_and_errors() {
 fn node_lambda_init_error_names_the_missing_module() {
     let work = stack_copy("nodefn", "environment:\n  _HANDLER: missing.handler\n");
     let data = tempfile::tempdir().unwrap();
-    let p = Platform::start(data.path());
+    // The init error is answered at once; a platform that waits for readiness instead
+    // gives up (503) after 10 s rather than the default 30.
+    let p = Platform::start_with(data.path(), &["--ready-timeout", "10"]);
     deploy(&p, work.path(), "nodefn");
     let (r, _) = timed_get(&p, "/echo");
     let err = json(r, 502);

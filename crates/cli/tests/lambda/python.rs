@@ -202,7 +202,9 @@ fn python3_lambda_handler_comes_from_handler_env_and_init_errors_are_lambdas() {
     // error, given to the caller as a 502 with awslambdaric's error type.
     let work = stack_copy("pyfn", "environment:\n  _HANDLER: missing.handler\n");
     let data = tempfile::tempdir().unwrap();
-    let p = Platform::start(data.path());
+    // The init error is answered at once; a platform that waits for readiness instead
+    // gives up (503) after 10 s rather than the default 30.
+    let p = Platform::start_with(data.path(), &["--ready-timeout", "10"]);
     deploy(&p, work.path(), "pyfn");
     let r = p.http.get(url(&p, "pyfn", "/dict")).send().unwrap();
     let err = json(r, 502);
