@@ -228,10 +228,13 @@ pub fn print_table(built: &[Built]) {
     }
 }
 
-/// Copy `src` into `dest`, skipping VCS folders, byte-code caches and `skip` (the build dir).
+/// Copy `src` into `dest`. With `skip` (a handler's folder, skipping the build dir in it),
+/// VCS folders, byte-code caches and editor droppings are left out; without, it is exact
+/// (the pip cache keeps its byte-code).
 fn copy_tree(src: &Path, dest: &Path, skip: Option<&Path>) -> Result<()> {
+    let exact = skip.is_none();
     let skip = skip.and_then(|s| s.canonicalize().ok());
-    fn walk(src: &Path, dest: &Path, skip: &Option<PathBuf>) -> Result<()> {
+    fn walk(src: &Path, dest: &Path, skip: &Option<PathBuf>, exact: bool) -> Result<()> {
         fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
         let mut entries: Vec<_> = fs::read_dir(src)
             .with_context(|| format!("cannot read {}", src.display()))?
@@ -239,7 +242,7 @@ fn copy_tree(src: &Path, dest: &Path, skip: Option<&Path>) -> Result<()> {
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             let name = entry.file_name();
-            if name == ".git" || name == "__pycache__" || name == ".DS_Store" {
+            if !exact && (name == ".git" || name == "__pycache__" || name == ".DS_Store") {
                 continue;
             }
             let from = entry.path();
@@ -256,7 +259,7 @@ fn copy_tree(src: &Path, dest: &Path, skip: Option<&Path>) -> Result<()> {
                 if skip.is_some() && from.canonicalize().ok() == *skip {
                     continue;
                 }
-                walk(&from, &to, skip)?;
+                walk(&from, &to, skip, exact)?;
             } else if ft.is_file() {
                 fs::copy(&from, &to).with_context(|| {
                     format!("cannot copy {} to {}", from.display(), to.display())
@@ -265,7 +268,7 @@ fn copy_tree(src: &Path, dest: &Path, skip: Option<&Path>) -> Result<()> {
         }
         Ok(())
     }
-    walk(src, dest, &skip)
+    walk(src, dest, &skip, exact)
 }
 
 /// Where `virga build` keeps each function's pip install between builds (under `build/`).

@@ -15,10 +15,10 @@ use std::sync::OnceLock;
 use virga_testkit::Platform;
 
 /// The shared stack: `pyfn` (python3-lambda) and `nodefn` (node-lambda) with the handlers
-/// below, built once by `virga build`.
-fn built_stack() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+/// below, built once by `virga build`; and the image `virga build` made of pyfn.
+fn built_stack() -> &'static (PathBuf, String) {
+    static BUILT: OnceLock<(PathBuf, String)> = OnceLock::new();
+    BUILT.get_or_init(|| {
         // A fixed place under target/, cleared first: one per test binary run, nothing left
         // in /tmp by the static.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lambda-stack");
@@ -38,13 +38,23 @@ fn built_stack() -> &'static Path {
         );
         assert!(out.contains("virga.local/pyfn@sha256:"), "{out}");
         assert!(out.contains("virga.local/nodefn@sha256:"), "{out}");
-        // awslambdaric is byte-compiled into the bundle (a runtime in a read-only bundle
-        // would compile it at every cold start).
-        let cache = dir.join("build/pyfn/python/awslambdaric/__pycache__");
-        let pyc = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
-        assert!(pyc >= 5, "{} holds {pyc} files", cache.display());
-        dir
+        assert_compiled(&dir);
+        (dir, pyfn_image(&out))
     })
+}
+
+/// The `virga.local/pyfn@sha256:...` a build printed.
+fn pyfn_image(out: &str) -> String {
+    let at = out.find("virga.local/pyfn@sha256:").expect("pyfn built");
+    out[at..].split_whitespace().next().unwrap().to_string()
+}
+
+/// awslambdaric is byte-compiled into pyfn's bundle (a runtime in a read-only bundle would
+/// compile it at every cold start).
+fn assert_compiled(dir: &Path) {
+    let cache = dir.join("build/pyfn/python/awslambdaric/__pycache__");
+    let pyc = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+    assert!(pyc >= 5, "{} holds {pyc} files", cache.display());
 }
 
 /// A private copy of the built stack, with `extra` appended to function `name`'s entry
@@ -53,7 +63,7 @@ fn stack_copy(name: &str, extra: &str) -> tempfile::TempDir {
     let work = tempfile::tempdir().unwrap();
     let status = Command::new("cp")
         .arg("-a")
-        .arg(format!("{}/.", built_stack().display()))
+        .arg(format!("{}/.", built_stack().0.display()))
         .arg(work.path())
         .status()
         .unwrap();
@@ -79,6 +89,9 @@ fn deploy(p: &Platform, dir: &Path, name: &str) {
             out.contains("pip: requirements unchanged, reusing"),
             "{out}"
         );
+        assert_compiled(dir);
+        // The reused install makes the very bundle the first build made.
+        assert_eq!(pyfn_image(&out), built_stack().1);
     }
 }
 
