@@ -194,6 +194,10 @@ fn python3_lambda_context_and_scale_from_zero() {
     assert_ne!(cold["pid"], c["pid"]);
     assert_eq!(cold["function_name"], "pyfn");
     eprintln!("python3-lambda first response from zero: {took:?}");
+    // The warm pool binds only python3-http and node20 runtimes: a Lambda function's
+    // instances start from its own bundle, never from a pooled runtime of another template.
+    let warm = p.metric("virga_warm_starts_total{function_name=\"pyfn.openfaas-fn\"}");
+    assert!(warm.unwrap_or(0.0) == 0.0, "{warm:?}");
 }
 
 #[test]
