@@ -65,7 +65,7 @@ async function postError (url, err) {
 // Log lines carry the time, the request id and the level, as on Lambda.
 function writeLog (level, args) {
   const id = current ? current.id : 'undefined'
-  process.stderr.write(`${new Date().toISOString()}\t${id}\t${level}\t${util.format(...args)}\n`)
+  process.stdout.write(`${new Date().toISOString()}\t${id}\t${level}\t${util.format(...args)}\n`)
 }
 for (const [name, level] of [['log', 'INFO'], ['info', 'INFO'], ['warn', 'WARN'], ['error', 'ERROR'], ['debug', 'DEBUG'], ['trace', 'TRACE']]) {
   console[name] = (...args) => writeLog(level, args)

@@ -45,6 +45,15 @@ exports.handler = (event, context, callback) => {
       context.callbackWaitsForEmptyEventLoop = false
       setTimeout(() => {}, 3000)
       return callback(null, { style: 'callback', waited: false })
+    case '/log':
+      console.log('marker %s', context.awsRequestId)
+      return Promise.resolve(context.awsRequestId)
+    case '/uncaught':
+      // Thrown outside the handler's promise: the invocation fails and the runtime restarts.
+      setTimeout(() => { throw new SyntaxError('late failure') }, 0)
+      return new Promise(() => {})
+    case '/pid':
+      return Promise.resolve(process.pid)
     case '/callback-error':
       return callback(new RangeError('out of range'))
     default:
@@ -149,6 +158,37 @@ fn node_lambda_function_url_events_results_and_errors() {
     let (r, took) = timed_get(&p, "/callback-now");
     assert_eq!(json(r, 200), json!({"style": "callback", "waited": false}));
     assert!(took < Duration::from_secs(3), "{took:?}");
+
+    // console.log lines carry the request id and level, as on Lambda, into the logs.
+    let (r, _) = timed_get(&p, "/log");
+    let id = r.text().unwrap();
+    assert!(!id.is_empty());
+    let logs = || {
+        p.sys(reqwest::Method::GET, "/system/logs?name=nodefn&tail=-1")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let line = format!("\t{id}\tINFO\tmarker {id}");
+    let logged = || {
+        logs().lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["text"].as_str().is_some_and(|t| t.ends_with(&line)))
+        })
+    };
+    assert!(p.eventually(Duration::from_secs(10), logged), "{}", logs());
+
+    // An error thrown outside the handler's promise fails the call; a new runtime serves
+    // the next one.
+    let (r, _) = timed_get(&p, "/pid");
+    let pid = json(r, 200);
+    let (r, _) = timed_get(&p, "/uncaught");
+    let err = json(r, 502);
+    assert_eq!(err["errorType"], "SyntaxError", "{err}");
+    assert_eq!(err["errorMessage"], "late failure");
+    let (r, _) = timed_get(&p, "/pid");
+    assert_ne!(json(r, 200), pid);
 }
 
 #[test]
