@@ -32,6 +32,7 @@ use crate::{ApiError, AppState};
 const DEFAULT_CONCURRENCY: usize = 32;
 static X_CALL_ID: HeaderName = HeaderName::from_static(headers::X_CALL_ID);
 static X_CALLBACK_URL: HeaderName = HeaderName::from_static(headers::X_CALLBACK_URL);
+static X_LAMBDA: HeaderName = HeaderName::from_static(headers::X_VIRGA_LAMBDA_INVOKE);
 /// Request headers not stored with a call, besides the hop-by-hop ones.
 const NOT_STORED: [HeaderName; 2] = [header::CONTENT_LENGTH, header::HOST];
 
@@ -147,8 +148,10 @@ pub(crate) async fn accept(State(state): State<Arc<AppState>>, req: Request) -> 
 }
 
 /// Why an async call was not accepted.
-enum Refused {
+pub(crate) enum Refused {
+    /// An error of the gateway's.
     Api(ApiError),
+    /// The call is too large (413 with this message).
     TooLarge(String),
 }
 
@@ -205,7 +208,7 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, Refu
     };
     let mut headers = Vec::with_capacity(parts.headers.len());
     for (k, v) in &parts.headers {
-        let hop = virga_http::HOP_BY_HOP.contains(k) || NOT_STORED.contains(k);
+        let hop = virga_http::HOP_BY_HOP.contains(k) || NOT_STORED.contains(k) || k == X_LAMBDA;
         if !hop && k != X_CALLBACK_URL && k != X_CALL_ID {
             headers.push((k.as_str().to_string(), v.as_bytes().to_vec()));
         }
@@ -222,6 +225,13 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, Refu
         accepted_ms: virga_queue::unix_ms(),
         attempts: 0,
     };
+    enqueue(calls, call).await?;
+    Ok(id)
+}
+
+/// Store `call` durably (429 when the queue is full) and make sure its queue has a worker.
+async fn enqueue(calls: &AsyncCalls, call: Call) -> Result<(), Refused> {
+    let queue = call.queue.clone();
     calls.queue.enqueue(call).await.map_err(|e| match e {
         QueueError::Full(why) => Refused::Api(ApiError::TooManyRequests(format!(
             "async call refused: {why}; try again later (virga up sets the limits: \
@@ -230,8 +240,49 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, Refu
         QueueError::TooLarge(why) => Refused::TooLarge(format!("async call refused: {why}")),
         e => Refused::Api(ApiError::Internal(format!("cannot queue the call: {e}"))),
     })?;
-    calls.pool.ensure_queue(&policy.queue);
-    Ok(id)
+    calls.pool.ensure_queue(&queue);
+    Ok(())
+}
+
+/// Largest body of an async call on this gateway.
+pub(crate) fn max_body_bytes(state: &AppState) -> Result<usize, ApiError> {
+    Ok(async_calls(state)?.max_body_bytes)
+}
+
+/// Queue a Lambda `Event` invocation of `function` (a deployed one) with request id `id`:
+/// the stored headers mark it as one, so its delivery goes with the Lambda retry policy.
+pub(crate) async fn accept_lambda(
+    state: &AppState,
+    function: &str,
+    id: &str,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Bytes,
+) -> Result<(), Refused> {
+    let handle = state
+        .function_handle(function)
+        .ok_or_else(|| ApiError::NotFound(format!("function {function:?} not found")))?;
+    let calls = async_calls(state)?;
+    let call = Call {
+        id: id.to_string(),
+        function: function.to_string(),
+        queue: handle.calls().policy.queue.clone(),
+        method: "POST".into(),
+        path: "/".into(),
+        headers,
+        body,
+        callback: None,
+        accepted_ms: virga_queue::unix_ms(),
+        attempts: 0,
+    };
+    enqueue(calls, call).await
+}
+
+/// Whether a stored call came from the Lambda Invoke API (only it stores the mark: the
+/// async route drops the header from what callers send).
+fn is_lambda(call: &Call) -> bool {
+    call.headers
+        .iter()
+        .any(|(k, _)| k == headers::X_VIRGA_LAMBDA_INVOKE)
 }
 
 /// Delivers queued calls through the gateway's own invoke path.
@@ -287,8 +338,9 @@ impl Deliver for GatewayDeliver {
         }
     }
 
-    fn settings(&self, function: &str) -> Option<FunctionSettings> {
+    fn settings(&self, call: &Call) -> Option<FunctionSettings> {
         let state = self.state.upgrade()?;
+        let function = call.function.as_str();
         let settings = state.function_handle(function)?.calls();
         let (_, ready) = state.provider.replicas(function);
         let mut concurrency = match settings.per_instance {
@@ -298,8 +350,13 @@ impl Deliver for GatewayDeliver {
         if let Some(cap) = settings.policy.max_inflight {
             concurrency = concurrency.min(cap);
         }
+        let policy = if is_lambda(call) {
+            &settings.lambda_policy
+        } else {
+            &settings.policy
+        };
         Some(FunctionSettings {
-            policy: settings.policy.clone(),
+            policy: policy.clone(),
             concurrency,
         })
     }
@@ -315,7 +372,10 @@ impl Deliver for GatewayDeliver {
                 h.metrics.started();
             }
             let started = Instant::now();
-            let outcome = deliver_once(&state, call, self.max_answer).await;
+            let mut outcome = deliver_once(&state, call, self.max_answer).await;
+            if is_lambda(call) {
+                outcome.function_error = lambda_failed(&outcome);
+            }
             if let Some(h) = handle {
                 h.metrics.finished(outcome.status, started.elapsed());
                 state.metrics.async_delivery(&call.function, outcome.status);
@@ -367,7 +427,17 @@ async fn deliver_once(state: &AppState, call: &Call, max_answer: usize) -> Outco
         body,
         truncated,
         connection_failed: false,
+        function_error: false,
     }
+}
+
+/// Whether a Lambda delivery failed as Lambda counts it: a function error, or a status of 500
+/// or more (what the Invoke API answers as a function error for non-Lambda functions).
+fn lambda_failed(o: &Outcome) -> bool {
+    o.status >= 500
+        || o.headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(headers::X_AMZ_FUNCTION_ERROR))
 }
 
 fn failure(status: u16, message: String, connection_failed: bool) -> Outcome {
@@ -377,6 +447,7 @@ fn failure(status: u16, message: String, connection_failed: bool) -> Outcome {
         body: message.into(),
         truncated: false,
         connection_failed,
+        function_error: false,
     }
 }
 

@@ -28,6 +28,10 @@ static SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
 pub struct Credentials {
     /// `user:password` as basic auth encodes it before base64.
     expected: Vec<u8>,
+    /// The user, which is also the Lambda API's access key id.
+    user: String,
+    /// The password, which is also that key's secret access key.
+    password: String,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -41,7 +45,14 @@ impl Credentials {
     pub fn new(user: &str, password: &str) -> Credentials {
         Credentials {
             expected: format!("{user}:{password}").into_bytes(),
+            user: user.to_string(),
+            password: password.to_string(),
         }
+    }
+
+    /// The secret access key of the SigV4 access key id `key_id`, if it is known.
+    pub(crate) fn secret_for(&self, key_id: &str) -> Option<&str> {
+        (key_id == self.user).then_some(self.password.as_str())
     }
 
     /// True when an `Authorization` header value carries these credentials.

@@ -22,6 +22,7 @@ static X_CALL_ID: HeaderName = HeaderName::from_static(headers::X_CALL_ID);
 static X_START_TIME: HeaderName = HeaderName::from_static(headers::X_START_TIME);
 static X_DURATION: HeaderName = HeaderName::from_static(headers::X_DURATION_SECONDS);
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static(headers::X_FORWARDED_HOST);
+static X_LAMBDA: HeaderName = HeaderName::from_static(headers::X_VIRGA_LAMBDA_INVOKE);
 
 /// Annotation with which a function lets its answers run as pages of the API's origin.
 pub(crate) const SANDBOX_ANNOTATION: &str = "virga.http.sandbox";
@@ -45,7 +46,9 @@ pub(crate) fn target_after(req: &Request, prefix: &str) -> Result<Target, ApiErr
 }
 
 /// Make one call to `target`, recording it in the function's metrics.
-pub(crate) async fn call(state: &AppState, target: &Target, req: Request) -> Response {
+pub(crate) async fn call(state: &AppState, target: &Target, mut req: Request) -> Response {
+    // Only the (authenticated) Lambda Invoke API may hand a runtime a raw event.
+    req.headers_mut().remove(&X_LAMBDA);
     let started = Instant::now();
     let handle = state.function_handle(&target.function);
     if let Some(h) = &handle {

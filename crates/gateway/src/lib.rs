@@ -4,7 +4,8 @@
 //!
 //! Follow one request: `listener` (hyper, timeouts, connection cap) → `router` (this file) →
 //! `invoke::proxy` → `Provider::lease` → the instance's watchdog; management calls go
-//! `functions` / `secrets` → store → provider. The web console has an origin of its own
+//! `functions` / `secrets` → store → provider; the AWS Lambda API (`/2015-03-31/...`) is
+//! `lambda`, over the same invoke path. The web console has an origin of its own
 //! (`console_router` on a second listener), so no function page shares it.
 
 mod alert;
@@ -18,6 +19,7 @@ mod error;
 mod functions;
 mod images;
 mod invoke;
+mod lambda;
 mod limit;
 mod listener;
 mod logs;
@@ -95,6 +97,8 @@ pub struct AppState {
     pub(crate) image_deploys: tokio::sync::RwLock<()>,
     /// Registry images, once enabled.
     pub(crate) images: std::sync::OnceLock<images::ImagesConfig>,
+    /// KiB of Lambda API bodies held before their signature is checked (see `lambda`).
+    pub(crate) lambda_unverified: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -127,6 +131,7 @@ impl AppState {
             function_writes: tokio::sync::Mutex::new(()),
             image_deploys: tokio::sync::RwLock::new(()),
             images: std::sync::OnceLock::new(),
+            lambda_unverified: tokio::sync::Semaphore::new(lambda::UNVERIFIED_KIB),
         })
     }
 
@@ -202,6 +207,7 @@ pub fn router(state: Arc<AppState>, console: Option<SocketAddr>) -> Router {
         .route("/async-function/{name}/", any(asyncfn::accept))
         .route("/async-function/{name}/{*rest}", any(asyncfn::accept))
         .merge(system_routes(&state))
+        .merge(lambda::routes(&state))
         .merge(console::moved(console))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)

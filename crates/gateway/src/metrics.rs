@@ -33,15 +33,28 @@ pub(crate) struct FunctionHandle {
 pub(crate) struct CallSettings {
     /// Its queue, retries and delivery cap (`com.openfaas.queue`, `com.openfaas.retry.*`, ...).
     pub(crate) policy: FunctionPolicy,
+    /// The same for Lambda `Event` calls: Lambda's 3 attempts unless
+    /// `com.openfaas.retry.attempts` says otherwise.
+    pub(crate) lambda_policy: FunctionPolicy,
     /// Its instances' `max_inflight`, if it sets one.
     pub(crate) per_instance: Option<usize>,
 }
 
+/// Attempts of a Lambda `Event` call: Lambda's default of 2 retries.
+const LAMBDA_ATTEMPTS: u32 = 3;
+
 impl CallSettings {
     fn of(d: &FunctionDeployment) -> CallSettings {
+        // Checked at deploy; a definition stored before a check existed gets the defaults.
+        let policy = FunctionPolicy::from_annotations(d.annotations.as_ref()).unwrap_or_default();
+        let mut lambda_policy = policy.clone();
+        let ann = d.annotations.as_ref();
+        if ann.is_none_or(|a| !a.contains_key(virga_queue::ANN_RETRY_ATTEMPTS)) {
+            lambda_policy.retry.attempts = LAMBDA_ATTEMPTS;
+        }
         CallSettings {
-            // Checked at deploy; a definition stored before a check existed gets the defaults.
-            policy: FunctionPolicy::from_annotations(d.annotations.as_ref()).unwrap_or_default(),
+            policy,
+            lambda_policy,
             per_instance: virga_types::max_inflight(&d.env_vars),
         }
     }

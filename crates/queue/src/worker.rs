@@ -44,12 +44,15 @@ pub struct Outcome {
     pub truncated: bool,
     /// The instance could not be reached at all.
     pub connection_failed: bool,
+    /// The function answered with an error of its own (a Lambda function error): retried and
+    /// dead-lettered whatever the status.
+    pub function_error: bool,
 }
 
 /// Delivers calls to functions: implemented by the gateway over its invoke path.
 pub trait Deliver: Send + Sync + 'static {
-    /// The function's settings; `None` if it does not exist (any more).
-    fn settings(&self, function: &str) -> Option<FunctionSettings>;
+    /// The settings of `call`'s function for it; `None` if it does not exist (any more).
+    fn settings(&self, call: &Call) -> Option<FunctionSettings>;
     /// Call the function with `call`'s request.
     fn invoke<'a>(&'a self, call: &'a Call) -> BoxFuture<'a, Outcome>;
     /// A call of `function` is scheduled for another attempt (for metrics).
@@ -197,7 +200,7 @@ impl WorkerPool {
                     continue;
                 }
             };
-            let Some(settings) = self.deliver.settings(&d.call.function) else {
+            let Some(settings) = self.deliver.settings(&d.call) else {
                 let msg = format!("function {:?} not found", d.call.function);
                 let outcome = Outcome {
                     status: 404,
@@ -205,6 +208,7 @@ impl WorkerPool {
                     body: Bytes::from(msg.clone()),
                     truncated: false,
                     connection_failed: false,
+                    function_error: false,
                 };
                 let now = self.cfg.timing.clock.now_ms();
                 self.end(d, outcome, Some(msg), now, Duration::ZERO).await;
@@ -233,7 +237,8 @@ impl WorkerPool {
         let duration = started.elapsed();
         drop(slot);
         let retry = &settings.policy.retry;
-        let retryable = outcome.connection_failed || retry.retries(outcome.status);
+        let retryable =
+            outcome.connection_failed || outcome.function_error || retry.retries(outcome.status);
         let (id, function, attempt) = (d.call.id.clone(), d.call.function.clone(), d.attempt);
         if retryable && attempt < retry.attempts {
             let wait = Backoff {
@@ -252,6 +257,11 @@ impl WorkerPool {
         let dead = retryable.then(|| {
             if outcome.connection_failed {
                 format!("function unreachable after {attempt} attempt(s)")
+            } else if outcome.function_error {
+                format!(
+                    "function error (status {}) after {attempt} attempt(s)",
+                    outcome.status
+                )
             } else {
                 format!("status {} after {attempt} attempt(s)", outcome.status)
             }

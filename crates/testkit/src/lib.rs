@@ -5,6 +5,7 @@
 //! testing the gateway alone. Tests may `unwrap`: a failure is a failed test.
 
 mod bins;
+pub mod boto3;
 pub mod browser;
 pub mod bundle;
 mod host;

@@ -5,6 +5,7 @@
 mod api;
 mod bundle;
 pub mod duration;
+pub mod lambda;
 mod resources;
 mod scaling;
 mod target;

@@ -5,6 +5,7 @@
 mod auth;
 mod errors;
 mod headers;
+mod lambda;
 mod routing;
 
 use std::sync::Arc;
