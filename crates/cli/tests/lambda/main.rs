@@ -1,7 +1,7 @@
 //! The Lambda templates end to end: functions made with `virga new --lang python3-lambda` (the
 //! real awslambdaric from PyPI) and `--lang node-lambda`, built with `virga build`, deployed
 //! with `virga deploy` to the real `virga up`, and called over HTTP through the gateway's
-//! `/function/NAME` (function-URL events). pip runs once per test binary: the first test
+//! `/function/NAME` (function-URL events) and with boto3's Invoke. pip runs once per test binary: the first test
 //! builds the shared stack, the others copy it (with `build/.deps`, which `virga deploy`
 //! reuses) into their own directory.
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use virga_testkit::Platform;
+use virga_testkit::{boto3, Platform, PASSWORD};
 
 use crate::{deploy, json, stack_copy, url};
 
@@ -35,6 +35,7 @@ exports.handler = (event, context, callback) => {
         logGroupName: context.logGroupName,
         logStreamName: context.logStreamName,
         callbackWaitsForEmptyEventLoop: context.callbackWaitsForEmptyEventLoop,
+        clientContext: context.clientContext,
         cwd: process.cwd()
       })
     case '/callback-waits':
@@ -206,4 +207,36 @@ fn node_lambda_init_error_names_the_missing_module() {
         err["errorMessage"].as_str().unwrap().contains("'missing'"),
         "{err}"
     );
+}
+
+#[test]
+fn node_lambda_through_boto3() {
+    let work = stack_copy("nodefn", "");
+    let data = tempfile::tempdir().unwrap();
+    let p = Platform::start(data.path());
+    deploy(&p, work.path(), "nodefn");
+    let out = boto3::run(
+        work.path(),
+        &p.url,
+        "admin",
+        PASSWORD,
+        r#"
+ctx = base64.b64encode(json.dumps({"custom": {"tenant": "t1"}}).encode()).decode()
+r = c.invoke(FunctionName="nodefn", Payload=json.dumps({"rawPath": "/context"}), ClientContext=ctx)
+out["context"] = [r.get("FunctionError"), json.loads(payload(r)), r["ResponseMetadata"]["RequestId"]]
+r = c.invoke(FunctionName="nodefn", Payload=json.dumps({"rawPath": "/throw"}))
+out["thrown"] = [r.get("FunctionError"), json.loads(payload(r))]
+r = c.invoke(FunctionName="nodefn", Payload=json.dumps({"rawPath": "/callback-waits"}))
+out["callback"] = [r.get("FunctionError"), json.loads(payload(r))]
+"#,
+    );
+    let (c, id) = (&out["context"][1], &out["context"][2]);
+    assert_eq!(out["context"][0], serde_json::Value::Null, "{out}");
+    assert_eq!(c["functionName"], "nodefn");
+    assert_eq!(&c["awsRequestId"], id);
+    assert_eq!(c["clientContext"]["custom"], json!({"tenant": "t1"}));
+    assert_eq!(out["thrown"][0], "Unhandled", "{out}");
+    assert_eq!(out["thrown"][1]["errorType"], "TypeError");
+    assert_eq!(out["thrown"][1]["errorMessage"], "not a number");
+    assert_eq!(out["callback"], json!([null, {"style": "callback"}]));
 }

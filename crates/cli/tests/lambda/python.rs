@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use virga_testkit::Platform;
+use virga_testkit::{boto3, Platform, PASSWORD};
 
 use crate::{deploy, json, stack_copy, url};
 
@@ -35,7 +35,10 @@ def handler(event, context):
     if path == "/raise":
         raise PaymentDeclined("card 4242 declined")
     if path == "/context":
+        print("context of", context.aws_request_id)
+        cc = context.client_context
         return {"function_name": context.function_name,
+                "client_custom": cc.custom if cc else None,
                 "function_version": context.function_version,
                 "aws_request_id": context.aws_request_id,
                 "remaining": context.get_remaining_time_in_millis(),
@@ -216,5 +219,51 @@ fn python3_lambda_handler_comes_from_handler_env_and_init_errors_are_lambdas() {
     assert!(
         err["errorMessage"].as_str().unwrap().contains("'missing'"),
         "{err}"
+    );
+}
+
+#[test]
+fn python3_lambda_through_boto3() {
+    // The AWS SDK's Invoke reaches the same awslambdaric runtime: the payload is the event,
+    // the client context reaches `context`, a raising handler is an Unhandled function error.
+    let work = stack_copy("pyfn", "");
+    let data = tempfile::tempdir().unwrap();
+    let p = Platform::start(data.path());
+    deploy(&p, work.path(), "pyfn");
+    let out = boto3::run(
+        work.path(),
+        &p.url,
+        "admin",
+        PASSWORD,
+        r#"
+ctx = base64.b64encode(json.dumps({"custom": {"tenant": "t1"}}).encode()).decode()
+r = c.invoke(FunctionName="pyfn", Payload=json.dumps({"rawPath": "/context"}),
+             ClientContext=ctx, LogType="Tail")
+out["context"] = json.loads(payload(r))
+out["request_id"] = r["ResponseMetadata"]["RequestId"]
+out["log"] = base64.b64decode(r["LogResult"]).decode()
+out["error"] = r.get("FunctionError")
+r = c.invoke(FunctionName="pyfn", Payload=json.dumps({"rawPath": "/raise"}))
+out["raised"] = [r.get("FunctionError"), json.loads(payload(r))]
+r = c.invoke(FunctionName="pyfn", Payload=b'"a bare string event"')
+out["other"] = [r.get("FunctionError"), json.loads(payload(r))]
+"#,
+    );
+    let c = &out["context"];
+    assert_eq!(out["error"], Value::Null, "{out}");
+    assert_eq!(c["function_name"], "pyfn");
+    assert_eq!(c["client_custom"], json!({"tenant": "t1"}));
+    assert_eq!(c["aws_request_id"], out["request_id"]);
+    let log = out["log"].as_str().unwrap();
+    let id = out["request_id"].as_str().unwrap();
+    assert!(log.contains(&format!("context of {id}")), "{log}");
+    assert!(log.contains(&format!("START RequestId: {id}")), "{log}");
+    assert_eq!(out["raised"][0], "Unhandled", "{out}");
+    assert_eq!(out["raised"][1]["errorType"], "PaymentDeclined");
+    assert_eq!(out["raised"][1]["errorMessage"], "card 4242 declined");
+    // Not a function-URL event: the handler's own 404 answer is the result, as JSON.
+    assert_eq!(
+        out["other"],
+        json!([null, {"statusCode": 404, "body": "no such path"}])
     );
 }
