@@ -204,9 +204,26 @@ fn python3_lambda_context_and_scale_from_zero() {
 }
 
 #[test]
-fn python3_lambda_handler_comes_from_handler_env_and_init_errors_are_lambdas() {
-    // stack.yml's _HANDLER picks the handler; one that does not import is Lambda's init
-    // error, given to the caller as a 502 with awslambdaric's error type.
+fn python3_lambda_handler_comes_from_handler_env() {
+    // stack.yml's _HANDLER picks another module's function of the same folder.
+    let work = stack_copy("pyfn", "environment:\n  _HANDLER: alt.main\n");
+    std::fs::write(
+        work.path().join("pyfn/alt.py"),
+        "import os\n\ndef main(event, context):\n    return {'alt': os.environ['_HANDLER']}\n",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = Platform::start(data.path());
+    let out = p.cli(work.path(), &["deploy"]);
+    assert!(out.contains("Deployed pyfn"), "{out}");
+    let r = p.http.get(url(&p, "pyfn", "/")).send().unwrap();
+    assert_eq!(json(r, 200), json!({"alt": "alt.main"}));
+}
+
+#[test]
+fn python3_lambda_init_error_is_lambdas() {
+    // A handler that does not import is Lambda's init error, given to the caller as a 502
+    // with awslambdaric's error type.
     let work = stack_copy("pyfn", "environment:\n  _HANDLER: missing.handler\n");
     let data = tempfile::tempdir().unwrap();
     // The init error is answered at once; a platform that waits for readiness instead
