@@ -355,7 +355,7 @@ fn install_python(stage: &Path, cache: &Path) -> Result<()> {
 
 /// Byte-compile the installed packages, so a runtime does not compile them at each cold
 /// start (it cannot write the caches into a read-only bundle; awslambdaric and its
-/// dependencies take about 30 ms to compile). Source-hash stamps and a fixed path prefix keep
+/// dependencies take about 13 ms to compile). Source-hash stamps and a fixed path prefix keep
 /// the bundle reproducible; pip's own compile (`--no-compile`) would stamp file times.
 fn compile_python(target: &Path) -> Result<()> {
     let mut cmd = Command::new("python3");
