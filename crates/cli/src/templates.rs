@@ -381,6 +381,8 @@ mod tests {
             "node18",
             "node22",
             "bash",
+            "python3-lambda",
+            "node-lambda",
         ] {
             let t = all.get(lang).unwrap_or_else(|| panic!("missing {lang}"));
             let spec = t.spec().unwrap();
@@ -395,6 +397,14 @@ mod tests {
         let http = all["python3-http"].spec().unwrap().watchdog_env();
         assert_eq!(http["upstream_url"], "http://127.0.0.1:5000");
         assert_eq!(http["fprocess"], "python3 index.py");
+        // The Lambda templates run in function/ (LAMBDA_TASK_ROOT) on the Runtime API.
+        for lang in ["python3-lambda", "node-lambda"] {
+            let env = all[lang].spec().unwrap().watchdog_env();
+            assert_eq!(env["mode"], "lambda", "{lang}");
+            assert_eq!(env["LAMBDA_TASK_ROOT"], "function", "{lang}");
+            assert_eq!(env["_HANDLER"], "handler.handler", "{lang}");
+            assert!(!all[lang].spec().unwrap().base_image.is_empty(), "{lang}");
+        }
     }
 
     #[test]
