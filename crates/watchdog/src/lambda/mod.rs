@@ -101,6 +101,11 @@ struct RuntimeState {
     failure: Option<InitFailure>,
 }
 
+/// Whether a call gets an answer: an event's, or the init failure's.
+fn answers(s: &RuntimeState) -> bool {
+    s.ever_ready || s.failure.is_some()
+}
+
 /// The mutable state under one lock (held only for a few field updates).
 #[derive(Default)]
 struct Inner {
@@ -209,14 +214,16 @@ impl Lambda {
         }
     }
 
-    /// Whether the runtime has initialised (asked for its first event).
+    /// Whether calls can be answered: the runtime has initialised (asked for its first
+    /// event), or its init failed, whose error every call then gets, as on Lambda (the
+    /// platform must not hold callers until its ready timeout).
     pub fn is_ready(&self) -> bool {
-        self.shared.state.borrow().ever_ready
+        answers(&self.shared.state.borrow())
     }
 
-    /// Resolves once the runtime has initialised.
+    /// Resolves once calls can be answered (see [`Self::is_ready`]).
     pub async fn wait_ready(&self) {
-        until(&mut self.shared.state.subscribe(), |s| s.ever_ready).await;
+        until(&mut self.shared.state.subscribe(), answers).await;
     }
 
     /// Answers one call: a raw invoke (`X-Virga-Lambda-Invoke`) or a function-URL request.
