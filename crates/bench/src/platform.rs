@@ -161,9 +161,23 @@ impl Platform {
     /// `virga new NAME --lang LANG` then `virga deploy` in a fresh directory under the
     /// platform's work directory; returns the bundle archive `build/NAME.tar.gz`.
     pub fn deploy_template(&mut self, name: &str, lang: &str) -> Result<PathBuf> {
+        self.deploy_template_with(name, lang, &[])
+    }
+
+    /// [`Platform::deploy_template`] with some of the starter's files (`(path in the
+    /// function's folder, contents)`) replaced before the deploy.
+    pub fn deploy_template_with(
+        &mut self,
+        name: &str,
+        lang: &str,
+        files: &[(&str, &str)],
+    ) -> Result<PathBuf> {
         let dir = self.work.join(format!("src-{name}"));
         std::fs::create_dir_all(&dir)?;
         self.virga(&dir, &["new", name, "--lang", lang])?;
+        for (rel, contents) in files {
+            std::fs::write(dir.join(name).join(rel), contents)?;
+        }
         // One instance: figures compare one instance with one standalone watchdog, and the
         // autoscaler must not add replicas (and their start-up CPU) under the load.
         let stack = dir.join("stack.yaml");

@@ -5,6 +5,7 @@
 pub mod classic;
 pub mod gateway;
 pub mod images;
+pub mod lambda;
 pub mod queue;
 pub mod sandbox;
 pub mod scaling;
@@ -78,6 +79,12 @@ pub const GROUPS: &[Group] = &[
         title: images::TITLE,
         about: images::ABOUT,
         run: images::run,
+    },
+    Group {
+        name: lambda::NAME,
+        title: lambda::TITLE,
+        about: lambda::ABOUT,
+        run: lambda::run,
     },
     Group {
         name: scaling::NAME,

@@ -76,7 +76,7 @@ fn replicas(url: &str, name: &str) -> Result<(u64, u64)> {
     ))
 }
 
-fn scale(url: &str, name: &str, n: u64) -> Result<()> {
+pub(super) fn scale(url: &str, name: &str, n: u64) -> Result<()> {
     let r = sys(
         url,
         reqwest::Method::POST,
@@ -102,7 +102,7 @@ fn until(limit: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()>
 }
 
 /// Pid of the `virga up` whose data directory is `data`.
-fn platform_pid(data: &Path) -> Option<i32> {
+pub(super) fn platform_pid(data: &Path) -> Option<i32> {
     let needle = data.to_string_lossy().into_owned();
     procs().into_iter().find(|&pid| {
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -137,7 +137,7 @@ fn rss_mib(pid: i32) -> f64 {
 }
 
 /// Children of `parent` (direct) named `comm`.
-fn children(parent: i32, comm: &str) -> Vec<i32> {
+pub(super) fn children(parent: i32, comm: &str) -> Vec<i32> {
     procs()
         .into_iter()
         .filter(|pid| {
@@ -181,7 +181,7 @@ fn tree_rss_mib(root: i32) -> f64 {
 }
 
 /// Spawn `/usr/bin/python3 -c pass` `n` times, in microseconds each.
-fn python_pass(n: usize) -> Result<Vec<f64>> {
+pub(super) fn python_pass(n: usize) -> Result<Vec<f64>> {
     spawn_times("/usr/bin/python3", &["-c", "pass"], n)
 }
 
@@ -200,7 +200,7 @@ fn spawn_times(program: &str, args: &[&str], n: usize) -> Result<Vec<f64>> {
 }
 
 /// Time `n` calls each made at zero replicas once `settled` holds, in microseconds.
-fn cold_starts(
+pub(super) fn cold_starts(
     url: &str,
     name: &str,
     n: usize,
@@ -566,6 +566,6 @@ fn starts_with(
     ))
 }
 
-fn stats(samples: &mut [f64]) -> Result<Stats> {
+pub(super) fn stats(samples: &mut [f64]) -> Result<Stats> {
     Stats::from_samples(samples).context("no samples")
 }
