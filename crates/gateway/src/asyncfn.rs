@@ -56,9 +56,9 @@ impl Default for AsyncConfig {
 
 /// The queue and its workers, once `virga up` enabled them.
 pub(crate) struct AsyncCalls {
-    queue: SharedQueue,
-    pool: Arc<WorkerPool>,
-    max_body_bytes: usize,
+    pub(crate) queue: SharedQueue,
+    pub(crate) pool: Arc<WorkerPool>,
+    pub(crate) max_body_bytes: usize,
 }
 
 /// Start the worker pool over `queue` and accept async calls on `state`'s gateway.
@@ -320,6 +320,7 @@ impl Deliver for GatewayDeliver {
                 h.metrics.finished(outcome.status, started.elapsed());
                 state.metrics.async_delivery(&call.function, outcome.status);
             }
+            crate::triggers::answered(&state, call, outcome.status, &outcome.body);
             outcome
         })
     }

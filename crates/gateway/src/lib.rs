@@ -25,6 +25,7 @@ mod metrics;
 mod pulls;
 mod replay;
 mod secrets;
+mod triggers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub use error::ApiError;
 pub use images::{enable_images, ImagesConfig};
 pub use listener::ServeConfig;
 pub use pulls::Pulls;
+pub use triggers::enable_triggers;
+pub use virga_connectors::TriggersConfig;
 
 /// Settings of the gateway.
 #[derive(Debug, Clone)]
@@ -95,6 +98,8 @@ pub struct AppState {
     pub(crate) image_deploys: tokio::sync::RwLock<()>,
     /// Registry images, once enabled.
     pub(crate) images: std::sync::OnceLock<images::ImagesConfig>,
+    /// The event connectors, once enabled.
+    pub(crate) triggers: std::sync::OnceLock<virga_connectors::Triggers>,
 }
 
 impl AppState {
@@ -127,6 +132,7 @@ impl AppState {
             function_writes: tokio::sync::Mutex::new(()),
             image_deploys: tokio::sync::RwLock::new(()),
             images: std::sync::OnceLock::new(),
+            triggers: std::sync::OnceLock::new(),
         })
     }
 
@@ -176,6 +182,7 @@ fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             "/system/virga/dead-letters/{id}/retry",
             post(asyncfn::retry_dead),
         )
+        .route("/system/virga/triggers", get(triggers::list))
         .route("/system/virga/images", get(images::list))
         .route("/system/virga/images/prune", post(images::prune))
         .route(

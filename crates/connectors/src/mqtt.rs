@@ -1,0 +1,221 @@
+//! The MQTT connector (`virga up --mqtt-url`, MQTT 3.1.1): one persistent session (clean
+//! session off, a fixed client id) subscribed with QoS 1 to every function's topics. Acks are
+//! manual: the PUBACK of a message goes only once its calls are durably queued, so a crash
+//! of Virga makes the broker send the message again (at least once). The broker hands out at
+//! most its in-flight window of unacked messages, so memory stays bounded and the rest waits
+//! in the broker. A lost broker is retried with backoff (a log line, the metric).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::{Connector, Core, Message};
+
+/// The connector's name.
+pub const NAME: &str = "mqtt";
+/// Messages being queued at once (the broker's window is usually smaller).
+const IN_FLIGHT: usize = 256;
+
+/// How to reach the MQTT broker.
+#[derive(Debug, Clone, Default)]
+pub struct MqttConfig {
+    /// `mqtt://HOST:PORT`.
+    pub url: String,
+    /// The session's client id: fixed, so the broker keeps the session across restarts.
+    pub client_id: String,
+    /// User and password, if the broker wants them.
+    pub user: Option<(String, String)>,
+}
+
+/// Topic filters → the functions subscribed to them.
+type Routes = Arc<RwLock<BTreeMap<String, Vec<String>>>>;
+
+struct Mqtt {
+    client: AsyncClient,
+}
+
+impl Connector for Mqtt {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn publish<'a>(&'a self, topic: &'a str, body: Bytes) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.client
+                .publish_bytes(topic, QoS::AtLeastOnce, false, body)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
+    let url = url::Url::parse(&cfg.url).map_err(|e| format!("MQTT URL {:?}: {e}", cfg.url))?;
+    if url.scheme() != "mqtt" && url.scheme() != "tcp" {
+        return Err(format!(
+            "MQTT URL {:?}: use mqtt://HOST:PORT (TLS is not supported yet)",
+            cfg.url
+        ));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("MQTT URL {:?} has no host", cfg.url))?;
+    let mut o = MqttOptions::new(&cfg.client_id, host, url.port().unwrap_or(1883));
+    o.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(15))
+        .set_max_packet_size(64 << 20, 64 << 20);
+    if let Some((u, p)) = &cfg.user {
+        o.set_credentials(u, p);
+    }
+    Ok(o)
+}
+
+/// Connect (in the background, retrying) and follow `core`'s table.
+pub(crate) fn start(core: Arc<Core>, cfg: MqttConfig) -> Result<Arc<dyn Connector>, String> {
+    let (client, events) = AsyncClient::new(options(&cfg)?, 64);
+    let routes: Routes = Arc::default();
+    let (tx, rx) = mpsc::channel(IN_FLIGHT);
+    tokio::spawn(poll(
+        core.clone(),
+        events,
+        client.clone(),
+        routes.clone(),
+        tx,
+        cfg.url,
+    ));
+    tokio::spawn(work(core.clone(), client.clone(), routes.clone(), rx));
+    tokio::spawn(reconcile(core, client.clone(), routes));
+    Ok(Arc::new(Mqtt { client }))
+}
+
+/// Drive the connection: hand publishes to the workers, resubscribe on each connect, and on
+/// errors wait (with backoff) before the event loop dials again.
+async fn poll(
+    core: Arc<Core>,
+    mut events: EventLoop,
+    client: AsyncClient,
+    routes: Routes,
+    tx: mpsc::Sender<Publish>,
+    url: String,
+) {
+    let mut wait = Duration::from_millis(100);
+    let mut up = false;
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send(p).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!("mqtt connector: connected to {url}");
+                core.metrics.connector_connected(NAME, true);
+                (up, wait) = (true, Duration::from_millis(100));
+                let filters: Vec<String> = read(&routes).keys().cloned().collect();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for f in filters {
+                        let _ = client.subscribe(f, QoS::AtLeastOnce).await;
+                    }
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if up {
+                    tracing::warn!("mqtt connector: lost {url} ({e}); reconnecting with backoff");
+                } else {
+                    tracing::warn!(
+                        "mqtt connector: cannot reach {url} ({e}); retrying in {wait:?}"
+                    );
+                }
+                if up || wait == Duration::from_millis(100) {
+                    core.metrics.connector_connected(NAME, false);
+                }
+                up = false;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn read(routes: &Routes) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<String>>> {
+    routes.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Queue each message for the functions whose filters match it, then PUBACK it.
+async fn work(
+    core: Arc<Core>,
+    client: AsyncClient,
+    routes: Routes,
+    mut rx: mpsc::Receiver<Publish>,
+) {
+    let gate = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(p) = rx.recv().await {
+        let Ok(slot) = gate.clone().acquire_owned().await else {
+            return;
+        };
+        // One call per function, even when several of its filters match.
+        let functions: BTreeMap<String, String> = read(&routes)
+            .iter()
+            .filter(|(filter, _)| rumqttc::matches(&p.topic, filter))
+            .flat_map(|(filter, fns)| fns.iter().map(|f| (f.clone(), filter.clone())))
+            .collect();
+        let (core, client) = (core.clone(), client.clone());
+        tokio::spawn(async move {
+            let msg = Message {
+                topic: p.topic.clone(),
+                id: (p.pkid != 0).then(|| p.pkid.to_string()),
+                body: p.payload.clone(),
+                reply: None,
+                headers: Vec::new(),
+            };
+            for (f, filter) in &functions {
+                if let Err(e) = core.deliver(NAME, f, filter, &msg, None).await {
+                    // Not acked: the broker sends it again after a reconnect.
+                    tracing::warn!(function = %f, "mqtt connector: {e}");
+                    return;
+                }
+            }
+            if let Err(e) = client.ack(&p).await {
+                tracing::warn!("mqtt connector: PUBACK: {e} (the broker sends it again)");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Subscribe to the filters the table asks for, unsubscribe from the others.
+async fn reconcile(core: Arc<Core>, client: AsyncClient, routes: Routes) {
+    let mut changes = core.table.watch();
+    loop {
+        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (function, spec) in core.table.snapshot() {
+            for t in &spec.topics {
+                wanted.entry(t.clone()).or_default().push(function.clone());
+            }
+        }
+        let old: BTreeSet<String> = read(&routes).keys().cloned().collect();
+        let new: BTreeSet<String> = wanted.keys().cloned().collect();
+        *routes.write().unwrap_or_else(|e| e.into_inner()) = wanted;
+        for f in new.difference(&old) {
+            if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
+                tracing::warn!(topic = %f, "mqtt connector: subscribe: {e}");
+            }
+        }
+        for f in old.difference(&new) {
+            if let Err(e) = client.unsubscribe(f.clone()).await {
+                tracing::warn!(topic = %f, "mqtt connector: unsubscribe: {e}");
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
