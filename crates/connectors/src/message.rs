@@ -129,7 +129,9 @@ impl Core {
                 .await
                 .map_err(Refused);
         }
-        let mut wait = Duration::from_millis(50);
+        // Short waits: the queue drains at the functions' pace, and a long sleep would leave
+        // it idle after it did.
+        let mut wait = Duration::from_millis(5);
         loop {
             match self.sink.enqueue(call.clone(), dedup.clone()).await {
                 Ok(()) => {
@@ -152,7 +154,7 @@ impl Core {
                 Err(e) => {
                     tracing::debug!(%function, "{connector}: queue busy ({e}); waiting {wait:?}");
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
+                    wait = (wait * 2).min(Duration::from_millis(100));
                 }
             }
         }

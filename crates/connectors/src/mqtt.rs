@@ -2,24 +2,26 @@
 //! session off, a fixed client id) subscribed with QoS 1 to every function's topics. Acks are
 //! manual: the PUBACK of a message goes only once its calls are durably queued, so a crash
 //! of Virga makes the broker send the message again (at least once). The broker hands out at
-//! most its in-flight window of unacked messages, so memory stays bounded and the rest waits
-//! in the broker. A lost broker is retried with backoff (a log line, the metric).
+//! most its in-flight window of unacked messages (mosquitto's `max_inflight_messages`, 20 by
+//! default), so memory stays bounded and the rest waits in the broker; the event loop itself
+//! never waits on the queue (it must keep answering the broker's pings). A lost broker is
+//! retried with backoff (a log line, the metric).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::{mpsc, Semaphore};
 
 use crate::{Connector, Core, Message};
 
 /// The connector's name.
 pub const NAME: &str = "mqtt";
-/// Messages being queued at once (the broker's window is usually smaller).
-const IN_FLIGHT: usize = 256;
+/// Unacked messages beyond which a warning says the broker's window is too large.
+const WARN_IN_FLIGHT: usize = 10_000;
 
 /// How to reach the MQTT broker.
 #[derive(Debug, Clone, Default)]
@@ -80,39 +82,26 @@ fn options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
 pub(crate) fn start(core: Arc<Core>, cfg: MqttConfig) -> Result<Arc<dyn Connector>, String> {
     let (client, events) = AsyncClient::new(options(&cfg)?, 64);
     let routes: Routes = Arc::default();
-    let (tx, rx) = mpsc::channel(IN_FLIGHT);
-    tokio::spawn(poll(
-        core.clone(),
-        events,
-        client.clone(),
-        routes.clone(),
-        tx,
-        cfg.url,
-    ));
-    tokio::spawn(work(core.clone(), client.clone(), routes.clone(), rx));
+    let job = Job {
+        core: core.clone(),
+        client: client.clone(),
+        routes: routes.clone(),
+        in_flight: Arc::new(AtomicUsize::new(0)),
+    };
+    tokio::spawn(poll(job, events, cfg.url));
     tokio::spawn(reconcile(core, client.clone(), routes));
     Ok(Arc::new(Mqtt { client }))
 }
 
-/// Drive the connection: hand publishes to the workers, resubscribe on each connect, and on
+/// Drive the connection: hand each publish to a task of its own, resubscribe on each connect, and on
 /// errors wait (with backoff) before the event loop dials again.
-async fn poll(
-    core: Arc<Core>,
-    mut events: EventLoop,
-    client: AsyncClient,
-    routes: Routes,
-    tx: mpsc::Sender<Publish>,
-    url: String,
-) {
+async fn poll(job: Job, mut events: EventLoop, url: String) {
+    let (core, client, routes) = (job.core.clone(), job.client.clone(), job.routes.clone());
     let mut wait = Duration::from_millis(100);
     let mut up = false;
     loop {
         match events.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).await.is_err() {
-                    return;
-                }
-            }
+            Ok(Event::Incoming(Packet::Publish(p))) => job.take(p),
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("mqtt connector: connected to {url}");
                 core.metrics.connector_connected(NAME, true);
@@ -149,25 +138,34 @@ fn read(routes: &Routes) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<
     routes.read().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Queue each message for the functions whose filters match it, then PUBACK it.
-async fn work(
+/// What handling one message needs.
+#[derive(Clone)]
+struct Job {
     core: Arc<Core>,
     client: AsyncClient,
     routes: Routes,
-    mut rx: mpsc::Receiver<Publish>,
-) {
-    let gate = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(p) = rx.recv().await {
-        let Ok(slot) = gate.clone().acquire_owned().await else {
-            return;
-        };
+    /// Messages taken and not acked yet.
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Job {
+    /// Queue `p` for the functions whose filters match it, then PUBACK it (in a task of its
+    /// own: the event loop goes on).
+    fn take(&self, p: Publish) {
         // One call per function, even when several of its filters match.
-        let functions: BTreeMap<String, String> = read(&routes)
+        let functions: BTreeMap<String, String> = read(&self.routes)
             .iter()
             .filter(|(filter, _)| rumqttc::matches(&p.topic, filter))
             .flat_map(|(filter, fns)| fns.iter().map(|f| (f.clone(), filter.clone())))
             .collect();
-        let (core, client) = (core.clone(), client.clone());
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == WARN_IN_FLIGHT {
+            tracing::warn!(
+                "mqtt connector: {n} messages unacked: lower the broker's in-flight window \
+                 (mosquitto: max_inflight_messages) to bound Virga's memory"
+            );
+        }
+        let job = self.clone();
         tokio::spawn(async move {
             let msg = Message {
                 topic: p.topic.clone(),
@@ -176,17 +174,21 @@ async fn work(
                 reply: None,
                 headers: Vec::new(),
             };
+            let mut queued = true;
             for (f, filter) in &functions {
-                if let Err(e) = core.deliver(NAME, f, filter, &msg, None).await {
+                if let Err(e) = job.core.deliver(NAME, f, filter, &msg, None).await {
                     // Not acked: the broker sends it again after a reconnect.
                     tracing::warn!(function = %f, "mqtt connector: {e}");
-                    return;
+                    queued = false;
+                    break;
                 }
             }
-            if let Err(e) = client.ack(&p).await {
-                tracing::warn!("mqtt connector: PUBACK: {e} (the broker sends it again)");
+            if queued {
+                if let Err(e) = job.client.ack(&p).await {
+                    tracing::warn!("mqtt connector: PUBACK: {e} (the broker sends it again)");
+                }
             }
-            drop(slot);
+            job.in_flight.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

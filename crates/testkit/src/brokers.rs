@@ -138,6 +138,28 @@ impl Mosquitto {
         wait_for_port(self.port, "mosquitto");
     }
 
+    /// A handle that only publishes to the broker at `port` (for a publishing thread).
+    pub fn publisher(port: u16) -> Publisher {
+        Publisher { port }
+    }
+
+    /// Publish `lines`, one message each, on `topic` with QoS 1 (one `mosquitto_pub -l`).
+    pub fn publish_lines(&self, topic: &str, lines: &[String]) {
+        Mosquitto::publisher(self.port).publish_lines(topic, lines);
+    }
+
+    /// Publish one message with QoS 1.
+    pub fn publish(&self, topic: &str, body: &str) {
+        Mosquitto::publisher(self.port).publish(topic, body);
+    }
+}
+
+/// Publishes to a broker with `mosquitto_pub`.
+pub struct Publisher {
+    port: u16,
+}
+
+impl Publisher {
     /// Publish `lines`, one message each, on `topic` with QoS 1 (one `mosquitto_pub -l`).
     pub fn publish_lines(&self, topic: &str, lines: &[String]) {
         let mut child = Command::new("mosquitto_pub")

@@ -112,10 +112,11 @@ pub struct Rec {
     pub scheduled: String,
 }
 
-/// The calls recorded in `path` so far.
+/// The calls recorded in `path` so far (whole lines only: one may be being written).
 pub fn records(path: &Path) -> Vec<Rec> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split('|').collect();
@@ -173,6 +174,18 @@ pub fn wait_subscribed(calls: &Path, mut publish: impl FnMut(&str)) {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// Wait until `path` holds at least `n` calls that are not probes (up to `limit`); those.
+pub fn wait_real(path: &Path, n: usize, limit: Duration) -> Vec<Rec> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = real(&records(path));
+        if r.len() >= n || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
