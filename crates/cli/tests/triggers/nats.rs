@@ -238,3 +238,63 @@ fn a_broker_restart_mid_stream_is_survived() {
     let log = s.stderr();
     assert!(log.contains("nats connector: lost"), "{log}");
 }
+
+#[test]
+fn jetstream_messages_are_acked_once_queued_and_survive_a_kill9() {
+    let nats = NatsServer::start();
+    let mut c = NatsConn::connect(nats.port);
+    let created = c.js_api(
+        "STREAM.CREATE.ORDERS",
+        &json!({"name": "ORDERS", "subjects": ["shop.orders.>"], "storage": "file"}),
+    );
+    assert!(created.get("error").is_none(), "{created}");
+    let total = 300;
+    // Stored before any consumer exists: the stream keeps them for the function.
+    for i in 0..total {
+        let body = format!("j{i:03}");
+        let ack = c.request("shop.orders.new", body.as_bytes(), Duration::from_secs(10));
+        assert!(ack.is_some(), "JetStream stored the message");
+    }
+    // A small queue cap: at the kill, many messages are taken but waiting for room, unacked.
+    let mut s = start(&nats, &["--async-max-depth-per-function", "20"]);
+    let calls = s.deploy_recorder(
+        "orders",
+        json!({"topic": "shop.orders.>", "virga.nats.stream": "ORDERS"}),
+    );
+    wait_real(&calls, 50, Duration::from_secs(30));
+    s.p.kill9();
+    let at_kill = real(&records(&calls)).len();
+    s.p.restart();
+    let distinct = || {
+        real(&records(&calls))
+            .into_iter()
+            .map(|r| r.body)
+            .collect::<BTreeSet<_>>()
+    };
+    // Unacked messages come again once JetStream's ack wait (30 s) has passed.
+    assert!(
+        s.p.eventually(Duration::from_secs(90), || distinct().len() == total),
+        "lost: {} of {total}",
+        distinct().len()
+    );
+    assert!(at_kill < total, "the kill came after the stream");
+    let recs = real(&records(&calls));
+    assert!(recs
+        .iter()
+        .all(|r| r.connector == "nats" && r.topic == "shop.orders.new"));
+    assert!(
+        recs.iter().all(|r| r.message_id.starts_with("ORDERS:")),
+        "{:?}",
+        recs[0]
+    );
+    // Acked messages are not handed out again: a clean restart brings nothing new.
+    let n = recs.len();
+    s.p.terminate();
+    s.p.restart();
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(real(&records(&calls)).len(), n, "acked messages came again");
+    eprintln!(
+        "JetStream: kill -9 after {at_kill}; all {total} delivered, {} twice",
+        n - total
+    );
+}
