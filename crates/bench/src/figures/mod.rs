@@ -8,6 +8,7 @@ pub mod images;
 pub mod queue;
 pub mod sandbox;
 pub mod scaling;
+pub mod triggers;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,6 +73,12 @@ pub const GROUPS: &[Group] = &[
         title: queue::TITLE,
         about: queue::ABOUT,
         run: queue::run,
+    },
+    Group {
+        name: triggers::NAME,
+        title: triggers::TITLE,
+        about: triggers::ABOUT,
+        run: triggers::run,
     },
     Group {
         name: images::NAME,
