@@ -44,8 +44,8 @@ pub struct TriggerArgs {
     pub mqtt_password_file: Option<PathBuf>,
 }
 
-/// A secret from the variable `var` (removed from the environment is not possible once
-/// threads run, so it is read only) or the file `file`.
+/// A secret from the environment variable `var`, else from the file `file` (its trailing
+/// newline dropped).
 fn secret(var: &str, file: Option<&Path>) -> Result<Option<String>> {
     if let Ok(v) = std::env::var(var) {
         return Ok(Some(v));

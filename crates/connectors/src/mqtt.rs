@@ -93,8 +93,8 @@ pub(crate) fn start(core: Arc<Core>, cfg: MqttConfig) -> Result<Arc<dyn Connecto
     Ok(Arc::new(Mqtt { client }))
 }
 
-/// Drive the connection: hand each publish to a task of its own, resubscribe on each connect, and on
-/// errors wait (with backoff) before the event loop dials again.
+/// Drive the connection: hand each publish to a task of its own, resubscribe on each
+/// connect, and on errors wait (with backoff) before the event loop dials again.
 async fn poll(job: Job, mut events: EventLoop, url: String) {
     let (core, client, routes) = (job.core.clone(), job.client.clone(), job.routes.clone());
     let mut wait = Duration::from_millis(100);

@@ -198,3 +198,47 @@ fn a_broker_restart_mid_stream_is_survived() {
     let log = s.stderr();
     assert!(log.contains("mqtt connector: lost"), "{log}");
 }
+
+/// One `mosquitto_sub` run of the persistent session `id` on `topic`: subscribes, takes at
+/// most one message (waiting up to 20 s), and leaves the session to keep the rest.
+fn take_one(broker: &Mosquitto, id: &str, topic: &str, subscribe_only: bool) -> String {
+    let port = broker.port.to_string();
+    let mut cmd = std::process::Command::new("mosquitto_sub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-c",
+        "-i",
+        id,
+        "-q",
+        "1",
+        "-t",
+        topic,
+    ]);
+    if subscribe_only {
+        cmd.arg("-E");
+    } else {
+        cmd.args(["-C", "1", "-W", "20"]);
+    }
+    let out = cmd.output().expect("run mosquitto_sub");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn answers_go_to_the_reply_topic() {
+    let broker = Mosquitto::start();
+    take_one(&broker, "tester", "out", true);
+    let s = start(&broker, &[]);
+    let calls = s.deploy_recorder("echo", json!({"topic": "in", "virga.reply-topic": "out"}));
+    wait_subscribed(&calls, |b| broker.publish("in", b));
+    broker.publish("in", "m1");
+    loop {
+        let m = take_one(&broker, "tester", "out", false);
+        if m == "done:m1" {
+            break;
+        }
+        assert!(m.starts_with("done:probe-"), "{m:?}");
+    }
+}

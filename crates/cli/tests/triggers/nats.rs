@@ -298,3 +298,30 @@ fn jetstream_messages_are_acked_once_queued_and_survive_a_kill9() {
         n - total
     );
 }
+
+#[test]
+fn a_broker_unreachable_at_start_is_dialled_until_it_comes() {
+    let mut nats = NatsServer::start();
+    nats.stop();
+    let s = start(&nats, &[]);
+    // HTTP serves without the broker.
+    assert_eq!(
+        s.p.anon(reqwest::Method::GET, "/healthz")
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let calls = s.deploy_recorder("late", json!({"topic": "late"}));
+    nats.restart();
+    let up = "virga_connector_connected{connector=\"nats\"}";
+    assert!(s
+        .p
+        .eventually(Duration::from_secs(30), || metric(&s.p, up) == Some(1.0)));
+    let mut c = NatsConn::connect(nats.port);
+    wait_subscribed(&calls, |b| c.publish("late", None, b.as_bytes()));
+    c.publish("late", None, b"hello");
+    c.flush();
+    let recs = wait_real(&calls, 1, Duration::from_secs(20));
+    assert_eq!(recs[0].body, "hello");
+}
