@@ -29,9 +29,13 @@ pub struct TriggerArgs {
     /// NATS `.creds` file (JWT and NKey seed).
     #[arg(long, env = "VIRGA_NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
-    /// MQTT broker for `topic` triggers (MQTT 3.1.1, QoS 1): mqtt://HOST:PORT. Off when unset.
+    /// MQTT broker for `topic` triggers (MQTT 3.1.1 or 5, QoS 1): mqtt://HOST:PORT. Off when
+    /// unset.
     #[arg(long, env = "VIRGA_MQTT_URL")]
     pub mqtt_url: Option<String>,
+    /// MQTT protocol version: 3.1.1 or 5.
+    #[arg(long, env = "VIRGA_MQTT_VERSION", default_value = "3.1.1", value_parser = ["3.1.1", "5"])]
+    pub mqtt_version: String,
     /// MQTT client id of Virga's persistent session (keep it fixed across restarts, and
     /// distinct per `virga up` on one broker).
     #[arg(long, env = "VIRGA_MQTT_CLIENT_ID", default_value = "virga")]
@@ -95,6 +99,7 @@ impl TriggerArgs {
                     self.mqtt_password_file.as_deref(),
                     "mqtt",
                 )?,
+                v5: self.mqtt_version == "5",
             }),
         };
         Ok(TriggersConfig { nats, mqtt })
@@ -105,7 +110,11 @@ impl TriggerArgs {
         on.iter()
             .map(|c| match *c {
                 "nats" => format!("nats ({})", self.nats_url.as_deref().unwrap_or_default()),
-                "mqtt" => format!("mqtt ({})", self.mqtt_url.as_deref().unwrap_or_default()),
+                "mqtt" => format!(
+                    "mqtt ({}, MQTT {})",
+                    self.mqtt_url.as_deref().unwrap_or_default(),
+                    self.mqtt_version
+                ),
                 other => other.to_string(),
             })
             .collect::<Vec<_>>()

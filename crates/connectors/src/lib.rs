@@ -1,7 +1,8 @@
 //! Event triggers: connectors inside `virga up` that turn broker messages and schedule ticks
 //! into invocations through the durable async queue. One module per source behind the
 //! [`Connector`] trait: [`cron`] (always on), [`nats`] (core subjects, or JetStream streams
-//! when the function's annotation names one), [`mqtt`] (3.1.1, QoS 1, a persistent session).
+//! when the function's annotation names one), [`mqtt`] (3.1.1 or 5, QoS 1, a persistent
+//! session).
 //!
 //! The [`Table`] holds every function's triggers, built from its annotations ([`Spec`]); the
 //! gateway sets it on deploy, update and remove, and the connectors reconcile their
@@ -13,6 +14,7 @@
 pub mod cron;
 mod message;
 pub mod mqtt;
+mod mqtt5;
 pub mod nats;
 pub mod spec;
 mod table;
@@ -80,16 +82,18 @@ pub struct Triggers {
 }
 
 impl Triggers {
-    /// Start cron and the brokers' connectors `cfg` turns on, feeding `sink`. A broker that
-    /// cannot be reached is retried in the background with backoff (HTTP keeps serving);
-    /// only settings that cannot work fail here.
+    /// Start cron and the brokers' connectors `cfg` turns on over `table` (filled with the
+    /// stored functions first: a message redelivered at once on connect must find its
+    /// function), feeding `sink`. A broker that cannot be reached is retried in the background
+    /// with backoff (HTTP keeps serving); only settings that cannot work fail here.
     pub async fn start(
         cfg: TriggersConfig,
+        table: Table,
         sink: Arc<dyn Sink>,
         metrics: Arc<Metrics>,
     ) -> Result<Triggers, TriggerError> {
         let core = Arc::new(Core {
-            table: Table::default(),
+            table,
             sink,
             metrics,
         });

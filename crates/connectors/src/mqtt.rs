@@ -32,10 +32,12 @@ pub struct MqttConfig {
     pub client_id: String,
     /// User and password, if the broker wants them.
     pub user: Option<(String, String)>,
+    /// Speak MQTT 5 (else 3.1.1).
+    pub v5: bool,
 }
 
 /// Topic filters → the functions subscribed to them.
-type Routes = Arc<RwLock<BTreeMap<String, Vec<String>>>>;
+pub(crate) type Routes = Arc<RwLock<BTreeMap<String, Vec<String>>>>;
 
 struct Mqtt {
     client: AsyncClient,
@@ -56,7 +58,8 @@ impl Connector for Mqtt {
     }
 }
 
-fn options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
+/// The broker's host and port from `mqtt://HOST:PORT`.
+pub(crate) fn host_port(cfg: &MqttConfig) -> Result<(String, u16), String> {
     let url = url::Url::parse(&cfg.url).map_err(|e| format!("MQTT URL {:?}: {e}", cfg.url))?;
     if url.scheme() != "mqtt" && url.scheme() != "tcp" {
         return Err(format!(
@@ -67,7 +70,12 @@ fn options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
     let host = url
         .host_str()
         .ok_or_else(|| format!("MQTT URL {:?} has no host", cfg.url))?;
-    let mut o = MqttOptions::new(&cfg.client_id, host, url.port().unwrap_or(1883));
+    Ok((host.to_string(), url.port().unwrap_or(1883)))
+}
+
+fn options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
+    let (host, port) = host_port(cfg)?;
+    let mut o = MqttOptions::new(&cfg.client_id, host, port);
     o.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(15))
@@ -80,8 +88,13 @@ fn options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
 
 /// Connect (in the background, retrying) and follow `core`'s table.
 pub(crate) fn start(core: Arc<Core>, cfg: MqttConfig) -> Result<Arc<dyn Connector>, String> {
+    if cfg.v5 {
+        return crate::mqtt5::start(core, cfg);
+    }
     let (client, events) = AsyncClient::new(options(&cfg)?, 64);
-    let routes: Routes = Arc::default();
+    // Known before the first connect, which subscribes to them: a message the broker kept
+    // for the session may come at once.
+    let routes: Routes = Arc::new(RwLock::new(wanted(&core)));
     let job = Job {
         core: core.clone(),
         client: client.clone(),
@@ -134,7 +147,9 @@ async fn poll(job: Job, mut events: EventLoop, url: String) {
     }
 }
 
-fn read(routes: &Routes) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<String>>> {
+pub(crate) fn read(
+    routes: &Routes,
+) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<String>>> {
     routes.read().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -148,23 +163,60 @@ struct Job {
     in_flight: Arc<AtomicUsize>,
 }
 
+/// The functions (with the matching filter) a message on `topic` goes to: one call per
+/// function, even when several of its filters match.
+pub(crate) fn matching(routes: &Routes, topic: &str) -> BTreeMap<String, String> {
+    read(routes)
+        .iter()
+        .filter(|(filter, _)| rumqttc::matches(topic, filter))
+        .flat_map(|(filter, fns)| fns.iter().map(|f| (f.clone(), filter.clone())))
+        .collect()
+}
+
+/// Count a message taken; warn once when too many are unacked.
+pub(crate) fn took_one(in_flight: &AtomicUsize) {
+    let n = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    if n == WARN_IN_FLIGHT {
+        tracing::warn!(
+            "mqtt connector: {n} messages unacked: lower the broker's in-flight window \
+             (mosquitto: max_inflight_messages) to bound Virga's memory"
+        );
+    }
+}
+
+/// Queue `msg` for `functions`; false if one could not be (then it must not be acked).
+pub(crate) async fn queue_all(
+    core: &Core,
+    functions: &BTreeMap<String, String>,
+    msg: &Message,
+) -> bool {
+    for (f, filter) in functions {
+        if let Err(e) = core.deliver(NAME, f, filter, msg, None).await {
+            // Not acked: the broker sends it again after a reconnect.
+            tracing::warn!(function = %f, "mqtt connector: {e}");
+            return false;
+        }
+    }
+    true
+}
+
+/// Every function's topics, as filters → functions.
+pub(crate) fn wanted(core: &Core) -> BTreeMap<String, Vec<String>> {
+    let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (function, spec) in core.table.snapshot() {
+        for t in &spec.topics {
+            wanted.entry(t.clone()).or_default().push(function.clone());
+        }
+    }
+    wanted
+}
+
 impl Job {
     /// Queue `p` for the functions whose filters match it, then PUBACK it (in a task of its
     /// own: the event loop goes on).
     fn take(&self, p: Publish) {
-        // One call per function, even when several of its filters match.
-        let functions: BTreeMap<String, String> = read(&self.routes)
-            .iter()
-            .filter(|(filter, _)| rumqttc::matches(&p.topic, filter))
-            .flat_map(|(filter, fns)| fns.iter().map(|f| (f.clone(), filter.clone())))
-            .collect();
-        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == WARN_IN_FLIGHT {
-            tracing::warn!(
-                "mqtt connector: {n} messages unacked: lower the broker's in-flight window \
-                 (mosquitto: max_inflight_messages) to bound Virga's memory"
-            );
-        }
+        let functions = matching(&self.routes, &p.topic);
+        took_one(&self.in_flight);
         let job = self.clone();
         tokio::spawn(async move {
             let msg = Message {
@@ -174,16 +226,7 @@ impl Job {
                 reply: None,
                 headers: Vec::new(),
             };
-            let mut queued = true;
-            for (f, filter) in &functions {
-                if let Err(e) = job.core.deliver(NAME, f, filter, &msg, None).await {
-                    // Not acked: the broker sends it again after a reconnect.
-                    tracing::warn!(function = %f, "mqtt connector: {e}");
-                    queued = false;
-                    break;
-                }
-            }
-            if queued {
+            if queue_all(&job.core, &functions, &msg).await {
                 if let Err(e) = job.client.ack(&p).await {
                     tracing::warn!("mqtt connector: PUBACK: {e} (the broker sends it again)");
                 }
@@ -197,12 +240,7 @@ impl Job {
 async fn reconcile(core: Arc<Core>, client: AsyncClient, routes: Routes) {
     let mut changes = core.table.watch();
     loop {
-        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (function, spec) in core.table.snapshot() {
-            for t in &spec.topics {
-                wanted.entry(t.clone()).or_default().push(function.clone());
-            }
-        }
+        let wanted = wanted(&core);
         let old: BTreeSet<String> = read(&routes).keys().cloned().collect();
         let new: BTreeSet<String> = wanted.keys().cloned().collect();
         *routes.write().unwrap_or_else(|e| e.into_inner()) = wanted;

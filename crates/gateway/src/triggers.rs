@@ -83,16 +83,17 @@ pub async fn enable_triggers(
     let sink = Arc::new(QueueSink {
         state: Arc::downgrade(state),
     });
-    let triggers = Triggers::start(cfg, sink, state.metrics.clone()).await?;
+    let table = virga_connectors::Table::default();
     if let Ok(functions) = state.store.functions() {
         for f in functions {
             let d = &f.deployment;
             match Spec::from_annotations(d.annotations.as_ref()) {
-                Ok(spec) => triggers.table().set(&d.service, spec),
+                Ok(spec) => table.set(&d.service, spec),
                 Err(e) => tracing::warn!(function = %d.service, "triggers ignored: {e}"),
             }
         }
     }
+    let triggers = Triggers::start(cfg, table, sink, state.metrics.clone()).await?;
     let on = triggers.enabled();
     let _ = state.triggers.set(triggers);
     Ok(on)

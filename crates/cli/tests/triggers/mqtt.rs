@@ -116,8 +116,17 @@ fn ten_thousand_messages_at_once_are_all_delivered_with_bounded_memory() {
 
 #[test]
 fn kill9_while_qos1_messages_arrive_loses_none() {
+    kill9_loses_none(&[]);
+}
+
+#[test]
+fn kill9_while_mqtt5_messages_arrive_loses_none() {
+    kill9_loses_none(&["--mqtt-version", "5"]);
+}
+
+fn kill9_loses_none(extra: &[&str]) {
     let broker = Mosquitto::start();
-    let mut s = start(&broker, &[]);
+    let mut s = start(&broker, extra);
     let calls = s.deploy_recorder("k9", json!({"topic": "k9"}));
     wait_subscribed(&calls, |b| broker.publish("k9", b));
     let total = 600;
@@ -241,4 +250,68 @@ fn answers_go_to_the_reply_topic() {
         }
         assert!(m.starts_with("done:probe-"), "{m:?}");
     }
+}
+
+#[test]
+fn mqtt5_user_properties_are_headers_and_answers_go_to_the_response_topic() {
+    let broker = Mosquitto::start();
+    take_one(&broker, "tester5", "v5/out", true);
+    let s = start(&broker, &["--mqtt-version", "5"]);
+    let calls = s.deploy_recorder("five", json!({"topic": "v5/in"}));
+    wait_subscribed(&calls, |b| broker.publish("v5/in", b));
+    let port = broker.port.to_string();
+    let ok = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "5",
+            "-q",
+            "1",
+            "-t",
+            "v5/in",
+        ])
+        .args([
+            "-m",
+            "hello",
+            "-D",
+            "publish",
+            "user-property",
+            "trace",
+            "abc",
+        ])
+        .args(["-D", "publish", "response-topic", "v5/out"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mosquitto_pub -V 5");
+    let recs = wait_real(&calls, 1, Duration::from_secs(20));
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(
+        (recs[0].body.as_str(), recs[0].trace.as_str()),
+        ("hello", "abc")
+    );
+    assert_eq!(recs[0].connector, "mqtt");
+    assert_eq!(take_one(&broker, "tester5", "v5/out", false), "done:hello");
+}
+
+#[test]
+fn messages_published_while_virga_is_down_arrive_after_its_restart() {
+    let broker = Mosquitto::start();
+    let mut s = start(&broker, &[]);
+    let calls = s.deploy_recorder("later", json!({"topic": "later"}));
+    wait_subscribed(&calls, |b| broker.publish("later", b));
+    s.p.terminate();
+    let lines: Vec<String> = (0..50).map(|i| format!("d{i:02}")).collect();
+    broker.publish_lines("later", &lines);
+    // The broker sends the session's 50 messages right after the next connect.
+    s.p.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while distinct_bodies(&calls).len() < lines.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let want: BTreeSet<String> = lines.into_iter().collect();
+    assert_eq!(distinct_bodies(&calls), want);
 }

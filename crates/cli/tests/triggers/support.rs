@@ -1,6 +1,6 @@
 //! What the trigger tests share: a platform in a temporary directory and a recording
 //! HTTP-mode function (each call appends `body|X-Topic|X-Connector|X-Message-Id|ce-type|
-//! X-Scheduled-Time` to a file and answers `done:BODY`, or always `FAIL_STATUS` if set).
+//! X-Scheduled-Time|trace` to a file and answers `done:BODY`, or always `FAIL_STATUS` if set).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -86,7 +86,7 @@ class H(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         h = lambda k: self.headers.get(k, "")
         line = "|".join([body.decode(), h("X-Topic"), h("X-Connector"), h("X-Message-Id"),
-                         h("ce-type"), h("X-Scheduled-Time")])
+                         h("ce-type"), h("X-Scheduled-Time"), h("trace")])
         with open(RECORD, "a") as f:
             f.write(line + "\n")
         status = int(FAIL) if FAIL else 200
@@ -110,6 +110,8 @@ pub struct Rec {
     pub message_id: String,
     pub ce_type: String,
     pub scheduled: String,
+    /// The `trace` header (an MQTT 5 user property in the tests).
+    pub trace: String,
 }
 
 /// The calls recorded in `path` so far (whole lines only: one may be being written).
@@ -127,6 +129,7 @@ pub fn records(path: &Path) -> Vec<Rec> {
                 message_id: f[3].into(),
                 ce_type: f[4].into(),
                 scheduled: f[5].into(),
+                trace: f[6].into(),
             }
         })
         .collect()
