@@ -32,8 +32,13 @@ use crate::{ApiError, AppState};
 const DEFAULT_CONCURRENCY: usize = 32;
 static X_CALL_ID: HeaderName = HeaderName::from_static(headers::X_CALL_ID);
 static X_CALLBACK_URL: HeaderName = HeaderName::from_static(headers::X_CALLBACK_URL);
-/// Request headers not stored with a call, besides the hop-by-hop ones.
-const NOT_STORED: [HeaderName; 2] = [header::CONTENT_LENGTH, header::HOST];
+/// Request headers not stored with a call, besides the hop-by-hop ones. `X-Connector` marks
+/// a connector's call (its answer may be published to the broker): a client cannot set it.
+const NOT_STORED: [HeaderName; 3] = [
+    header::CONTENT_LENGTH,
+    header::HOST,
+    HeaderName::from_static(virga_connectors::X_CONNECTOR),
+];
 
 /// Settings of async calls.
 #[derive(Clone)]

@@ -325,3 +325,30 @@ fn a_broker_unreachable_at_start_is_dialled_until_it_comes() {
     let recs = wait_real(&calls, 1, Duration::from_secs(20));
     assert_eq!(recs[0].body, "hello");
 }
+
+#[test]
+fn an_async_call_cannot_pose_as_a_connector_to_publish_to_the_broker() {
+    let nats = NatsServer::start();
+    let s = start(&nats, &[]);
+    let mut spy = NatsConn::connect(nats.port);
+    spy.subscribe("internal.secrets");
+    let calls = s.deploy_recorder("open", json!({}));
+    let r =
+        s.p.anon(reqwest::Method::POST, "/async-function/open")
+            .header("X-Connector", "nats")
+            .header("X-Reply-To", "internal.secrets")
+            .body("forged")
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 202);
+    let recs = wait_real(&calls, 1, Duration::from_secs(20));
+    assert_eq!(recs[0].body, "forged");
+    assert_eq!(
+        recs[0].connector, "",
+        "the client's X-Connector reached the function"
+    );
+    assert!(
+        spy.next_msg(Duration::from_millis(500)).is_none(),
+        "the answer was published to the client's subject"
+    );
+}
