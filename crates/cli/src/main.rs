@@ -23,8 +23,10 @@ mod registry;
 mod secrets;
 mod stack;
 mod templates;
+mod triggers;
 mod up;
 mod up_images;
+mod up_triggers;
 
 /// Virga: a self-hosted serverless platform that speaks the OpenFaaS API.
 #[derive(Debug, Parser)]
@@ -82,6 +84,13 @@ enum Command {
         #[command(subcommand)]
         command: queue::DeadLetterCommand,
     },
+    /// List every function's event triggers (cron schedules, NATS and MQTT topics) with
+    /// their last and next run.
+    Triggers {
+        /// Print the gateway's JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the platform's cached registry images (sizes, functions); `prune` the unused.
     Images(image_list::ImagesArgs),
     /// Manage secrets.
@@ -128,5 +137,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Images(args) => image_list::run(&connect()?, args),
         Command::Queue(args) => queue::show(&connect()?, args),
         Command::DeadLetters { command } => queue::dead_letters(&connect()?, command),
+        Command::Triggers { json } => triggers::show(&connect()?, json),
     }
 }

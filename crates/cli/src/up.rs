@@ -96,6 +96,9 @@ pub struct UpArgs {
     /// Async calls: body limit, queue limits, callbacks.
     #[command(flatten)]
     pub async_calls: crate::queue::AsyncArgs,
+    /// Event triggers: NATS and MQTT brokers and their credentials.
+    #[command(flatten)]
+    pub triggers: crate::up_triggers::TriggerArgs,
     /// Registry images: insecure registries, credentials, limits.
     #[command(flatten)]
     pub images: crate::up_images::ImageArgs,
@@ -209,6 +212,7 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
     let isolation = local.provider.isolation();
     crate::up_images::enable(&state, images, registry_config, pulls, isolation);
     crate::queue::start(&state, &args.queue, &args.data_dir, &args.async_calls).await?;
+    let connectors = crate::up_triggers::start(&state, &args.triggers).await?;
     let listeners = bind(&args).await?;
     let addr = listeners.api.local_addr()?;
     let console_addr = listeners.console.as_ref().map(|l| l.local_addr());
@@ -224,6 +228,10 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
         start_paths(&args, isolation, local.node_addon)
     );
     println!("  connections: {}", connection_limits(&edge));
+    println!(
+        "  triggers: {} (see `virga triggers`)",
+        args.triggers.describe(&connectors)
+    );
     println!(
         "  secrets: sealed {key_origin}; instances read them from {}",
         secrets_tmpfs.describe()

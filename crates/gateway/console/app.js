@@ -95,6 +95,7 @@ async function refresh() {
     const list = await r.json();
     list.sort((a, b) => a.name.localeCompare(b.name));
     st.functions = list;
+    st.triggers = await loadTriggers();
     sample(list);
     await sampleMetrics();
     renderFunctions();
@@ -108,6 +109,28 @@ async function refresh() {
     $('refresh-state').textContent = 'Refresh failed';
   }
   if (st.auth) st.timer = setTimeout(refresh, REFRESH_MS);
+}
+
+// Every function's triggers (GET /system/virga/triggers), by name; none if it fails.
+async function loadTriggers() {
+  const byName = new Map();
+  const r = await api('GET', '/system/virga/triggers');
+  if (!r.ok) return byName;
+  for (const t of await r.json()) {
+    if (!byName.has(t.function)) byName.set(t.function, []);
+    byName.get(t.function).push(t);
+  }
+  return byName;
+}
+
+// One line per trigger: "cron @every 1s, next 12:00:05" or "nats orders (off)".
+function triggerText(t) {
+  let s = t.connector + ' ' + (t.schedule || t.topic);
+  if (t.stream) s += ' (stream ' + t.stream + ')';
+  if (!t.enabled) s += ' (off)';
+  if (t.nextRun) s += ', next ' + clock(new Date(t.nextRun));
+  if (t.lastRun) s += ', last ' + clock(new Date(t.lastRun));
+  return s;
 }
 
 function statusOf(f) {
@@ -134,6 +157,10 @@ function renderFunctions() {
     const runs = f.envProcess ? f.envProcess : f.image;
     row.runs.textContent = runs || '—';
     row.runs.title = runs || '';
+    const triggers = (st.triggers && st.triggers.get(f.name)) || [];
+    row.triggers.replaceChildren(...(triggers.length
+      ? triggers.map((t) => el('div', { class: 'trigger', text: triggerText(t) }))
+      : [document.createTextNode('—')]));
     tbody.append(row.tr); // keeps order sorted; moving an element keeps its state
   }
   for (const [name, row] of st.rows) {
@@ -157,19 +184,20 @@ function makeRow(name) {
   const replicas = el('td', { class: 'num' });
   const invocations = el('td', { class: 'num' });
   const runs = el('td', { class: 'runs' });
+  const triggers = el('td', { class: 'triggers' });
   const btn = (text, action, cls) => el('button', {
     type: 'button', class: 'small-btn ' + cls, text, 'data-action': action, 'data-name': name,
   });
   const tr = el('tr', { 'data-name': name },
     el('td', { class: 'name', text: name }),
     el('td', {}, status),
-    replicas, invocations, runs,
+    replicas, invocations, runs, triggers,
     el('td', { class: 'actions' },
       btn('Invoke', 'invoke', 'secondary'),
       btn('Logs', 'logs', 'ghost'),
       btn('Edit', 'edit', 'ghost'),
       btn('Delete', 'delete', 'ghost link-danger')));
-  return { tr, status, replicas, invocations, runs };
+  return { tr, status, replicas, invocations, runs, triggers };
 }
 
 function fillSelect(select, placeholder) {

@@ -6,6 +6,7 @@ export const $ = (id) => document.getElementById(id);
 export const st = {
   auth: null,
   functions: [],
+  triggers: new Map(), // name -> rows of /system/virga/triggers
   rows: new Map(),
   colors: new Map(),
   samples: new Map(), // name -> [{t, count}]

@@ -32,9 +32,15 @@ use crate::{ApiError, AppState};
 const DEFAULT_CONCURRENCY: usize = 32;
 static X_CALL_ID: HeaderName = HeaderName::from_static(headers::X_CALL_ID);
 static X_CALLBACK_URL: HeaderName = HeaderName::from_static(headers::X_CALLBACK_URL);
-static X_LAMBDA: HeaderName = HeaderName::from_static(headers::X_VIRGA_LAMBDA_INVOKE);
-/// Request headers not stored with a call, besides the hop-by-hop ones.
-const NOT_STORED: [HeaderName; 2] = [header::CONTENT_LENGTH, header::HOST];
+/// Request headers not stored with a call, besides the hop-by-hop ones. `X-Connector` marks
+/// a connector's call (its answer may be published to the broker) and `X-Virga-Lambda-Invoke`
+/// hands a runtime a raw event (only the authenticated Invoke API may): a client sets neither.
+const NOT_STORED: [HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::HOST,
+    HeaderName::from_static(virga_connectors::X_CONNECTOR),
+    HeaderName::from_static(headers::X_VIRGA_LAMBDA_INVOKE),
+];
 
 /// Settings of async calls.
 #[derive(Clone)]
@@ -57,9 +63,9 @@ impl Default for AsyncConfig {
 
 /// The queue and its workers, once `virga up` enabled them.
 pub(crate) struct AsyncCalls {
-    queue: SharedQueue,
-    pool: Arc<WorkerPool>,
-    max_body_bytes: usize,
+    pub(crate) queue: SharedQueue,
+    pub(crate) pool: Arc<WorkerPool>,
+    pub(crate) max_body_bytes: usize,
 }
 
 /// Start the worker pool over `queue` and accept async calls on `state`'s gateway.
@@ -208,7 +214,7 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, Refu
     };
     let mut headers = Vec::with_capacity(parts.headers.len());
     for (k, v) in &parts.headers {
-        let hop = virga_http::HOP_BY_HOP.contains(k) || NOT_STORED.contains(k) || k == X_LAMBDA;
+        let hop = virga_http::HOP_BY_HOP.contains(k) || NOT_STORED.contains(k);
         if !hop && k != X_CALLBACK_URL && k != X_CALL_ID {
             headers.push((k.as_str().to_string(), v.as_bytes().to_vec()));
         }
@@ -380,6 +386,7 @@ impl Deliver for GatewayDeliver {
                 h.metrics.finished(outcome.status, started.elapsed());
                 state.metrics.async_delivery(&call.function, outcome.status);
             }
+            crate::triggers::answered(&state, call, outcome.status, &outcome.body);
             outcome
         })
     }

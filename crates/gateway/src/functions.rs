@@ -65,6 +65,7 @@ fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, ApiError> {
     validate_deployment(&mut d)?;
     virga_queue::FunctionPolicy::from_annotations(d.annotations.as_ref())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    crate::triggers::check(&d)?;
     Ok(d)
 }
 
@@ -142,6 +143,7 @@ pub(crate) async fn create(
         return Err(e.into());
     }
     state.deployed(&f.deployment);
+    crate::triggers::deployed(&state, &f.deployment);
     tracing::info!(function = %f.deployment.service, "deployed");
     Ok(StatusCode::ACCEPTED)
 }
@@ -179,6 +181,7 @@ pub(crate) async fn update(
         return Err(e.into());
     }
     state.deployed(&f.deployment);
+    crate::triggers::deployed(&state, &f.deployment);
     tracing::info!(function = %f.deployment.service, "updated");
     Ok(StatusCode::OK)
 }
@@ -198,6 +201,7 @@ pub(crate) async fn delete(
             req.function_name
         )));
     }
+    crate::triggers::removed(&state, &req.function_name);
     state.provider.remove(&req.function_name);
     state.forget(&req.function_name);
     tracing::info!(function = %req.function_name, "removed");

@@ -27,6 +27,7 @@ mod metrics;
 mod pulls;
 mod replay;
 mod secrets;
+mod triggers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub use error::ApiError;
 pub use images::{enable_images, ImagesConfig};
 pub use listener::ServeConfig;
 pub use pulls::Pulls;
+pub use triggers::enable_triggers;
+pub use virga_connectors::TriggersConfig;
 
 /// Settings of the gateway.
 #[derive(Debug, Clone)]
@@ -99,6 +102,8 @@ pub struct AppState {
     pub(crate) images: std::sync::OnceLock<images::ImagesConfig>,
     /// KiB of Lambda API bodies held before their signature is checked (see `lambda`).
     pub(crate) lambda_unverified: tokio::sync::Semaphore,
+    /// The event connectors, once enabled.
+    pub(crate) triggers: std::sync::OnceLock<virga_connectors::Triggers>,
 }
 
 impl AppState {
@@ -132,6 +137,7 @@ impl AppState {
             image_deploys: tokio::sync::RwLock::new(()),
             images: std::sync::OnceLock::new(),
             lambda_unverified: tokio::sync::Semaphore::new(lambda::UNVERIFIED_KIB),
+            triggers: std::sync::OnceLock::new(),
         })
     }
 
@@ -181,6 +187,7 @@ fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             "/system/virga/dead-letters/{id}/retry",
             post(asyncfn::retry_dead),
         )
+        .route("/system/virga/triggers", get(triggers::list))
         .route("/system/virga/images", get(images::list))
         .route("/system/virga/images/prune", post(images::prune))
         .route(

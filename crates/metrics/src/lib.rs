@@ -13,6 +13,8 @@
 //! Hooks for the async queue and warm pools ([`Metrics::set_queue_depth`] and friends) are
 //! registered but empty: a series appears once the hook is first called, never as a fake zero.
 
+mod connectors;
+
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -156,6 +158,7 @@ pub struct Metrics {
     async_deliveries: Family<FnCodeLabels, Counter>,
     warm_pool: Family<FnLabels, Gauge>,
     warm_starts: Family<FnLabels, Counter>,
+    connectors: connectors::ConnectorMetrics,
     /// Serialises scrapes: they refill the state gauges before encoding.
     scrape: Mutex<()>,
 }
@@ -194,11 +197,13 @@ impl Metrics {
             async_deliveries: Family::default(),
             warm_pool: Family::default(),
             warm_starts: Family::default(),
+            connectors: connectors::ConnectorMetrics::default(),
             scrape: Mutex::new(()),
         };
         m.register_gateway();
         m.register_instances();
         m.register_queue();
+        m.connectors.register(&mut m.registry);
         m
     }
 
@@ -373,6 +378,27 @@ impl Metrics {
     /// An instance of `name` started from the warm pool.
     pub fn warm_start(&self, name: &str) {
         self.warm_starts.get_or_create(&fn_labels(name)).inc();
+    }
+
+    /// A connector took a message (or a schedule ticked) for `function`.
+    pub fn connector_received(&self, connector: &'static str, function: &str) {
+        self.connectors.received(connector, function);
+    }
+
+    /// An attempt at a connector's call of `function` ended (`ok`: a 2xx or 3xx), `lag`
+    /// seconds after the message arrived.
+    pub fn connector_invoked(&self, connector: &'static str, function: &str, ok: bool, lag: f64) {
+        self.connectors.invoked(connector, function, ok, lag);
+    }
+
+    /// A connector's message for `function` was dead-lettered before any attempt.
+    pub fn connector_failed(&self, connector: &'static str, function: &str) {
+        self.connectors.failed(connector, function);
+    }
+
+    /// A connector's broker connection came up (`true`) or was lost.
+    pub fn connector_connected(&self, connector: &'static str, up: bool) {
+        self.connectors.connected(connector, up);
     }
 
     /// The registry in Prometheus text format, with the state gauges set from `functions` and

@@ -120,6 +120,35 @@ impl Queue {
         }
     }
 
+    /// Store `call` durably like [`Queue::enqueue`]; a queue shared by several gateways
+    /// (JetStream) keeps only the first call with `key` within its duplicate window (two
+    /// gateways firing one schedule). The embedded queue has one gateway: it stores the call.
+    pub async fn enqueue_once(&self, call: Call, key: &str) -> Result<(), QueueError> {
+        match self {
+            Queue::Embedded(q) => q.enqueue(call, true).await,
+            Queue::Nats(q) => q.enqueue_keyed(call, Some(key)).await,
+        }
+    }
+
+    /// Store `call` straight as a dead letter (it could not be queued, e.g. too large).
+    pub async fn dead_letter_call(
+        &self,
+        call: Call,
+        status: u16,
+        reason: String,
+    ) -> Result<(), QueueError> {
+        let d = DeadLetter {
+            failed: Failed::Call(call),
+            reason,
+            status,
+            failed_ms: unix_ms(),
+        };
+        match self {
+            Queue::Embedded(q) => q.store_dead(d).await,
+            Queue::Nats(q) => q.store_dead(&d).await,
+        }
+    }
+
     /// Wait for the next due call on `queue`.
     pub async fn receive(&self, queue: &str) -> Result<Delivery, QueueError> {
         match self {

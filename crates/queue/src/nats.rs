@@ -230,6 +230,16 @@ impl Nats {
     }
 
     pub(crate) async fn enqueue(&self, call: Call) -> Result<(), QueueError> {
+        self.enqueue_keyed(call, None).await
+    }
+
+    /// Store `call`; with `key`, JetStream drops a second call with that key (its
+    /// `Nats-Msg-Id`) within the stream's duplicate window.
+    pub(crate) async fn enqueue_keyed(
+        &self,
+        call: Call,
+        key: Option<&str>,
+    ) -> Result<(), QueueError> {
         let payload = encode_call(&call);
         let max = self.max_message_bytes();
         if payload.len() > max {
@@ -239,7 +249,23 @@ impl Nats {
                 payload.len()
             )));
         }
-        self.publish(call_subject(&call), payload).await
+        let Some(key) = key else {
+            return self.publish(call_subject(&call), payload).await;
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", key);
+        self.js
+            .publish_with_headers(call_subject(&call), headers, payload.into())
+            .await
+            .map_err(publish_err)?
+            .await
+            .map_err(publish_err)?;
+        Ok(())
+    }
+
+    /// Store `d` among the dead letters.
+    pub(crate) async fn store_dead(&self, d: &DeadLetter) -> Result<(), QueueError> {
+        self.publish_dead(d).await
     }
 
     async fn pull(

@@ -1,11 +1,12 @@
 //! The one test harness of Virga's end-to-end tests (`crates/cli/tests`,
 //! `crates/watchdog/tests`, `crates/gateway/tests`): the real `virga up` ([`Platform`]), the
 //! real `virga-watchdog` ([`watchdog::Watchdog`]), the CLI, bundles, a headless browser
-//! ([`browser::Browser`]), and [`WatchdogProvider`], a provider running real watchdogs for
+//! ([`browser::Browser`]), real message brokers ([`brokers`]), and [`WatchdogProvider`], a provider running real watchdogs for
 //! testing the gateway alone. Tests may `unwrap`: a failure is a failed test.
 
 mod bins;
 pub mod boto3;
+pub mod brokers;
 pub mod browser;
 pub mod bundle;
 mod host;

@@ -9,6 +9,7 @@ pub mod lambda;
 pub mod queue;
 pub mod sandbox;
 pub mod scaling;
+pub mod triggers;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -73,6 +74,12 @@ pub const GROUPS: &[Group] = &[
         title: queue::TITLE,
         about: queue::ABOUT,
         run: queue::run,
+    },
+    Group {
+        name: triggers::NAME,
+        title: triggers::TITLE,
+        about: triggers::ABOUT,
+        run: triggers::run,
     },
     Group {
         name: images::NAME,

@@ -172,12 +172,13 @@ fn queues(base: &str) -> Result<Value> {
         .context("read /system/virga/queues")
 }
 
-fn completed(base: &str) -> Result<u64> {
+/// Calls the workers completed since start.
+pub(super) fn completed(base: &str) -> Result<u64> {
     Ok(queues(base)?["completed"].as_u64().unwrap_or(0))
 }
 
 /// Wait until no call is waiting or in flight.
-fn drain(base: &str, limit: Duration) -> Result<()> {
+pub(super) fn drain(base: &str, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         let q = queues(base)?;
@@ -200,13 +201,17 @@ fn drain(base: &str, limit: Duration) -> Result<()> {
 }
 
 /// A local nats-server with JetStream, killed on drop.
-struct NatsServer {
+pub(super) struct NatsServer {
     child: Child,
-    url: String,
+    /// `nats://127.0.0.1:PORT`.
+    pub(super) url: String,
+    /// Its port.
+    pub(super) port: u16,
 }
 
 impl NatsServer {
-    fn start(work: &Path) -> Result<NatsServer> {
+    /// Start one with its store under `work`.
+    pub(super) fn start(work: &Path) -> Result<NatsServer> {
         let port = free_port()?;
         let store = work.join("nats");
         std::fs::create_dir_all(&store)?;
@@ -227,6 +232,7 @@ impl NatsServer {
         Ok(NatsServer {
             child,
             url: format!("nats://127.0.0.1:{port}"),
+            port,
         })
     }
 }

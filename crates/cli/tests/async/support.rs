@@ -1,18 +1,19 @@
-//! What the async tests need besides the platform: a nats-server with JetStream on a free
-//! loopback port (killed on drop), a callback receiver that records requests (and can be taken
-//! down and brought back on its port), an HTTP-mode Python function that fails its first N
-//! calls with a chosen status, and the backend switch.
+//! What the async tests need besides the platform: a nats-server with JetStream (the
+//! testkit's), a callback receiver that records requests (and can be taken down and brought
+//! back on its port), an HTTP-mode Python function that fails its first N calls with a chosen
+//! status, and the backend switch.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use virga_testkit::brokers::NatsServer;
 use virga_testkit::{free_port, Platform, PASSWORD};
 
 /// Which queue backend a test runs against.
@@ -20,44 +21,6 @@ use virga_testkit::{free_port, Platform, PASSWORD};
 pub enum Backend {
     Embedded,
     Nats,
-}
-
-/// A nats-server with JetStream, killed when dropped.
-pub struct NatsServer {
-    child: Child,
-    pub url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl NatsServer {
-    pub fn start() -> NatsServer {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server (scripts/setup installs the Debian package nats-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        NatsServer {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A platform on one backend, with its temp dir and (for NATS) its server.

@@ -1,5 +1,7 @@
 //! The web console in headless Chromium against the real `virga up`: its pages and edits
-//! (console), and its own origin that function pages cannot reach (console_origin).
+//! (console), its own origin that function pages cannot reach (console_origin), and the
+//! functions' triggers (console_triggers).
 
 mod console;
 mod console_origin;
+mod console_triggers;

@@ -427,7 +427,7 @@ impl Embedded {
             .map_err(|e| QueueError::Io(std::io::Error::other(e)))?
     }
 
-    async fn store_dead(&self, d: DeadLetter) -> Result<(), QueueError> {
+    pub(crate) async fn store_dead(&self, d: DeadLetter) -> Result<(), QueueError> {
         self.with_dead(move |dead| dead.store(&d)).await
     }
 

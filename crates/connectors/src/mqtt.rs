@@ -1,0 +1,261 @@
+//! The MQTT connector (`virga up --mqtt-url`, MQTT 3.1.1): one persistent session (clean
+//! session off, a fixed client id) subscribed with QoS 1 to every function's topics. Acks are
+//! manual: the PUBACK of a message goes only once its calls are durably queued, so a crash
+//! of Virga makes the broker send the message again (at least once). The broker hands out at
+//! most its in-flight window of unacked messages (mosquitto's `max_inflight_messages`, 20 by
+//! default), so memory stays bounded and the rest waits in the broker; the event loop itself
+//! never waits on the queue (it must keep answering the broker's pings). A lost broker is
+//! retried with backoff (a log line, the metric).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+
+use crate::{Connector, Core, Message};
+
+/// The connector's name.
+pub const NAME: &str = "mqtt";
+/// Unacked messages beyond which a warning says the broker's window is too large.
+const WARN_IN_FLIGHT: usize = 10_000;
+
+/// How to reach the MQTT broker.
+#[derive(Debug, Clone, Default)]
+pub struct MqttConfig {
+    /// `mqtt://HOST:PORT`.
+    pub url: String,
+    /// The session's client id: fixed, so the broker keeps the session across restarts.
+    pub client_id: String,
+    /// User and password, if the broker wants them.
+    pub user: Option<(String, String)>,
+    /// Speak MQTT 5 (else 3.1.1).
+    pub v5: bool,
+}
+
+/// Topic filters → the functions subscribed to them.
+pub(crate) type Routes = Arc<RwLock<BTreeMap<String, Vec<String>>>>;
+
+struct Mqtt {
+    client: AsyncClient,
+}
+
+impl Connector for Mqtt {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn publish<'a>(&'a self, topic: &'a str, body: Bytes) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.client
+                .publish_bytes(topic, QoS::AtLeastOnce, false, body)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The broker's host and port from `mqtt://HOST:PORT`.
+pub(crate) fn host_port(cfg: &MqttConfig) -> Result<(String, u16), String> {
+    let url = url::Url::parse(&cfg.url).map_err(|e| format!("MQTT URL {:?}: {e}", cfg.url))?;
+    if url.scheme() != "mqtt" && url.scheme() != "tcp" {
+        return Err(format!(
+            "MQTT URL {:?}: use mqtt://HOST:PORT (TLS is not supported yet)",
+            cfg.url
+        ));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("MQTT URL {:?} has no host", cfg.url))?;
+    Ok((host.to_string(), url.port().unwrap_or(1883)))
+}
+
+fn options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
+    let (host, port) = host_port(cfg)?;
+    let mut o = MqttOptions::new(&cfg.client_id, host, port);
+    o.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(15))
+        .set_max_packet_size(64 << 20, 64 << 20);
+    if let Some((u, p)) = &cfg.user {
+        o.set_credentials(u, p);
+    }
+    Ok(o)
+}
+
+/// Connect (in the background, retrying) and follow `core`'s table.
+pub(crate) fn start(core: Arc<Core>, cfg: MqttConfig) -> Result<Arc<dyn Connector>, String> {
+    if cfg.v5 {
+        return crate::mqtt5::start(core, cfg);
+    }
+    let (client, events) = AsyncClient::new(options(&cfg)?, 64);
+    // Known before the first connect, which subscribes to them: a message the broker kept
+    // for the session may come at once.
+    let routes: Routes = Arc::new(RwLock::new(wanted(&core)));
+    let job = Job {
+        core: core.clone(),
+        client: client.clone(),
+        routes: routes.clone(),
+        in_flight: Arc::new(AtomicUsize::new(0)),
+    };
+    tokio::spawn(poll(job, events, cfg.url));
+    tokio::spawn(reconcile(core, client.clone(), routes));
+    Ok(Arc::new(Mqtt { client }))
+}
+
+/// Drive the connection: hand each publish to a task of its own, resubscribe on each
+/// connect, and on errors wait (with backoff) before the event loop dials again.
+async fn poll(job: Job, mut events: EventLoop, url: String) {
+    let (core, client, routes) = (job.core.clone(), job.client.clone(), job.routes.clone());
+    let mut wait = Duration::from_millis(100);
+    let mut up = false;
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => job.take(p),
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!("mqtt connector: connected to {url}");
+                core.metrics.connector_connected(NAME, true);
+                (up, wait) = (true, Duration::from_millis(100));
+                let filters: Vec<String> = read(&routes).keys().cloned().collect();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for f in filters {
+                        let _ = client.subscribe(f, QoS::AtLeastOnce).await;
+                    }
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if up {
+                    tracing::warn!("mqtt connector: lost {url} ({e}); reconnecting with backoff");
+                } else {
+                    tracing::warn!(
+                        "mqtt connector: cannot reach {url} ({e}); retrying in {wait:?}"
+                    );
+                }
+                if up || wait == Duration::from_millis(100) {
+                    core.metrics.connector_connected(NAME, false);
+                }
+                up = false;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+pub(crate) fn read(
+    routes: &Routes,
+) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<String>>> {
+    routes.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What handling one message needs.
+#[derive(Clone)]
+struct Job {
+    core: Arc<Core>,
+    client: AsyncClient,
+    routes: Routes,
+    /// Messages taken and not acked yet.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// The functions (with the matching filter) a message on `topic` goes to: one call per
+/// function, even when several of its filters match.
+pub(crate) fn matching(routes: &Routes, topic: &str) -> BTreeMap<String, String> {
+    read(routes)
+        .iter()
+        .filter(|(filter, _)| rumqttc::matches(topic, filter))
+        .flat_map(|(filter, fns)| fns.iter().map(|f| (f.clone(), filter.clone())))
+        .collect()
+}
+
+/// Count a message taken; warn once when too many are unacked.
+pub(crate) fn took_one(in_flight: &AtomicUsize) {
+    let n = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    if n == WARN_IN_FLIGHT {
+        tracing::warn!(
+            "mqtt connector: {n} messages unacked: lower the broker's in-flight window \
+             (mosquitto: max_inflight_messages) to bound Virga's memory"
+        );
+    }
+}
+
+/// Queue `msg` for `functions`; false if one could not be (then it must not be acked).
+pub(crate) async fn queue_all(
+    core: &Core,
+    functions: &BTreeMap<String, String>,
+    msg: &Message,
+) -> bool {
+    for (f, filter) in functions {
+        if let Err(e) = core.deliver(NAME, f, filter, msg, None).await {
+            // Not acked: the broker sends it again after a reconnect.
+            tracing::warn!(function = %f, "mqtt connector: {e}");
+            return false;
+        }
+    }
+    true
+}
+
+/// Every function's topics, as filters → functions.
+pub(crate) fn wanted(core: &Core) -> BTreeMap<String, Vec<String>> {
+    let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (function, spec) in core.table.snapshot() {
+        for t in &spec.topics {
+            wanted.entry(t.clone()).or_default().push(function.clone());
+        }
+    }
+    wanted
+}
+
+impl Job {
+    /// Queue `p` for the functions whose filters match it, then PUBACK it (in a task of its
+    /// own: the event loop goes on).
+    fn take(&self, p: Publish) {
+        let functions = matching(&self.routes, &p.topic);
+        took_one(&self.in_flight);
+        let job = self.clone();
+        tokio::spawn(async move {
+            let msg = Message {
+                topic: p.topic.clone(),
+                id: (p.pkid != 0).then(|| p.pkid.to_string()),
+                body: p.payload.clone(),
+                reply: None,
+                headers: Vec::new(),
+            };
+            if queue_all(&job.core, &functions, &msg).await {
+                if let Err(e) = job.client.ack(&p).await {
+                    tracing::warn!("mqtt connector: PUBACK: {e} (the broker sends it again)");
+                }
+            }
+            job.in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Subscribe to the filters the table asks for, unsubscribe from the others.
+async fn reconcile(core: Arc<Core>, client: AsyncClient, routes: Routes) {
+    let mut changes = core.table.watch();
+    loop {
+        let wanted = wanted(&core);
+        let old: BTreeSet<String> = read(&routes).keys().cloned().collect();
+        let new: BTreeSet<String> = wanted.keys().cloned().collect();
+        *routes.write().unwrap_or_else(|e| e.into_inner()) = wanted;
+        for f in new.difference(&old) {
+            if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
+                tracing::warn!(topic = %f, "mqtt connector: subscribe: {e}");
+            }
+        }
+        for f in old.difference(&new) {
+            if let Err(e) = client.unsubscribe(f.clone()).await {
+                tracing::warn!(topic = %f, "mqtt connector: unsubscribe: {e}");
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
