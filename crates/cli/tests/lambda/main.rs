@@ -107,3 +107,21 @@ fn json(r: reqwest::blocking::Response, status: u16) -> serde_json::Value {
     assert_eq!(got, status, "{text}");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
+
+/// Deploy `name` from a copy of the built stack with a `_HANDLER` naming a module that does
+/// not exist: the first call through `/function/NAME{path}` gets Lambda's init error at once
+/// (a 502 with `Runtime.ImportModuleError` naming the module), not a wait for readiness (the
+/// platform's ready timeout is cut to 10 s, so a wait would show as a 503).
+fn assert_init_error_names_the_missing_module(name: &str, path: &str) {
+    let work = stack_copy(name, "environment:\n  _HANDLER: missing.handler\n");
+    let data = tempfile::tempdir().unwrap();
+    let p = Platform::start_with(data.path(), &["--ready-timeout", "10"]);
+    deploy(&p, work.path(), name);
+    let r = p.http.get(url(&p, name, path)).send().unwrap();
+    let err = json(r, 502);
+    assert_eq!(err["errorType"], "Runtime.ImportModuleError", "{err}");
+    assert!(
+        err["errorMessage"].as_str().unwrap().contains("'missing'"),
+        "{err}"
+    );
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use virga_testkit::{boto3, Platform, PASSWORD};
 
-use crate::{deploy, json, stack_copy, url};
+use crate::{assert_init_error_names_the_missing_module, deploy, json, stack_copy, url};
 
 /// The test function. Its arity is 3, so it is a callback-style handler; the paths that
 /// return a promise are answered by the promise, as Lambda's Node.js runtime does.
@@ -194,19 +194,7 @@ fn node_lambda_function_url_events_results_and_errors() {
 
 #[test]
 fn node_lambda_init_error_names_the_missing_module() {
-    let work = stack_copy("nodefn", "environment:\n  _HANDLER: missing.handler\n");
-    let data = tempfile::tempdir().unwrap();
-    // The init error is answered at once; a platform that waits for readiness instead
-    // gives up (503) after 10 s rather than the default 30.
-    let p = Platform::start_with(data.path(), &["--ready-timeout", "10"]);
-    deploy(&p, work.path(), "nodefn");
-    let (r, _) = timed_get(&p, "/echo");
-    let err = json(r, 502);
-    assert_eq!(err["errorType"], "Runtime.ImportModuleError", "{err}");
-    assert!(
-        err["errorMessage"].as_str().unwrap().contains("'missing'"),
-        "{err}"
-    );
+    assert_init_error_names_the_missing_module("nodefn", "/echo");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use virga_testkit::{boto3, Platform, PASSWORD};
 
-use crate::{deploy, json, stack_copy, url};
+use crate::{assert_init_error_names_the_missing_module, deploy, json, stack_copy, url};
 
 /// The test function: what it does depends on the function-URL event's `rawPath`.
 pub const HANDLER: &str = r#"import base64
@@ -222,21 +222,7 @@ fn python3_lambda_handler_comes_from_handler_env() {
 
 #[test]
 fn python3_lambda_init_error_is_lambdas() {
-    // A handler that does not import is Lambda's init error, given to the caller as a 502
-    // with awslambdaric's error type.
-    let work = stack_copy("pyfn", "environment:\n  _HANDLER: missing.handler\n");
-    let data = tempfile::tempdir().unwrap();
-    // The init error is answered at once; a platform that waits for readiness instead
-    // gives up (503) after 10 s rather than the default 30.
-    let p = Platform::start_with(data.path(), &["--ready-timeout", "10"]);
-    deploy(&p, work.path(), "pyfn");
-    let r = p.http.get(url(&p, "pyfn", "/dict")).send().unwrap();
-    let err = json(r, 502);
-    assert_eq!(err["errorType"], "Runtime.ImportModuleError", "{err}");
-    assert!(
-        err["errorMessage"].as_str().unwrap().contains("'missing'"),
-        "{err}"
-    );
+    assert_init_error_names_the_missing_module("pyfn", "/dict");
 }
 
 #[test]
