@@ -62,6 +62,29 @@ impl FunctionSpec {
             .kill_on_drop(true);
         cmd
     }
+
+    /// The command of a long-running function process (http and lambda modes): no stdin,
+    /// piped output, its own process group, killed with the watchdog even by SIGKILL.
+    pub fn long_running_command(&self) -> Command {
+        let mut cmd = Command::new(&*self.program_path);
+        cmd.arg0(self.program())
+            .args(self.argv.iter().skip(1))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        #[cfg(target_os = "linux")]
+        // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+        unsafe {
+            // The process must not outlive a watchdog that is killed outright.
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        cmd
+    }
 }
 
 /// Finds `program` in PATH (as execvp would); returns it unchanged when it

@@ -2,7 +2,6 @@
 //! a backoff when it exits) and reverse-proxies requests to `upstream_url`.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -251,24 +250,7 @@ impl Proxy {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(&*self.spec.program_path);
-        cmd.arg0(self.spec.program())
-            .args(self.spec.argv.iter().skip(1))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        #[cfg(target_os = "linux")]
-        // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
-        unsafe {
-            // The child must not outlive a watchdog that is killed outright.
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        cmd
+        self.spec.long_running_command()
     }
 
     /// Forwards one request to the upstream and streams the answer back.

@@ -6,7 +6,6 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,26 +97,9 @@ impl Settings {
     }
 
     fn command(&self) -> Command {
-        let spec = &self.spec;
-        let mut cmd = Command::new(&*spec.program_path);
-        cmd.arg0(spec.program())
-            .args(spec.argv.iter().skip(1))
-            .envs(self.env.iter().cloned())
-            .current_dir(&self.task_root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        #[cfg(target_os = "linux")]
-        // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
-        unsafe {
-            // The runtime must not outlive a watchdog that is killed outright.
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        let mut cmd = self.spec.long_running_command();
+        cmd.envs(self.env.iter().cloned())
+            .current_dir(&self.task_root);
         cmd
     }
 }
