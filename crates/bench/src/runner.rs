@@ -258,6 +258,19 @@ fn signal_group(pgid: libc::pid_t, sig: libc::c_int) {
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
+/// Waits (up to 10 s) until something accepts connections on loopback `port`; `what` names
+/// it in the error.
+pub fn wait_listening(port: u16, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {port} within 10 s");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
     Ok(l.local_addr()?.port())

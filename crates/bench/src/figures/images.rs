@@ -348,13 +348,7 @@ impl Registry {
         let mut cmd = Command::new("/usr/bin/docker-registry");
         cmd.arg("serve").arg(&config);
         let proc = Proc::spawn("docker-registry", cmd, &work.join("registry.log"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("docker-registry did not listen on {port} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::runner::wait_listening(port, "docker-registry")?;
         Ok(Registry {
             host: format!("127.0.0.1:{port}"),
             storage,

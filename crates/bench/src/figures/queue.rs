@@ -222,13 +222,7 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .context("start nats-server (scripts/setup installs it)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("nats-server did not listen on {port}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::runner::wait_listening(port, "nats-server")?;
         Ok(NatsServer {
             child,
             url: format!("nats://127.0.0.1:{port}"),

@@ -328,13 +328,7 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .context("start mosquitto (scripts/setup --bench installs it)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("mosquitto did not listen on {port}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::runner::wait_listening(port, "mosquitto")?;
         Ok(Mosquitto {
             child,
             url: format!("mqtt://127.0.0.1:{port}"),
