@@ -26,6 +26,9 @@ const ENV_NAMES: &[&str] = &[
     "LAMBDA_TASK_ROOT",
     "LAMBDA_RUNTIME_DIR",
     "TZ",
+    "VIRGA_BIND_TOKEN",
+    "VIRGA_POOL",
+    "GREETING",
 ];
 
 type Answer = FunctionResponse<Value, Body>;

@@ -146,16 +146,7 @@ impl InstanceSpec {
             ));
         }
         let limits = limits(d).map_err(&fail)?;
-        if env
-            .get("mode")
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("lambda"))
-        {
-            // What a Lambda runtime reads of its function; the function's own values win.
-            env.entry("AWS_LAMBDA_FUNCTION_NAME".into())
-                .or_insert_with(|| name.clone());
-            env.entry("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into())
-                .or_insert_with(|| limits.memory.div_ceil(1 << 20).to_string());
-        }
+
         // An image's user reads its secrets (as root without capabilities too).
         let owner = match &rootfs {
             Rootfs::Host => view.secrets_owner,
@@ -166,6 +157,24 @@ impl InstanceSpec {
         env.insert("secret_mount_path".into(), secret_mount_path.clone());
         let mut bind_env = d.env_vars.clone();
         bind_env.insert("secret_mount_path".into(), secret_mount_path);
+        if env
+            .get("mode")
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("lambda"))
+        {
+            // What a Lambda runtime reads of its function (also given at a pooled instance's
+            // bind, since its watchdog started before the function was known); the
+            // function's own values win.
+            for (k, v) in [
+                ("AWS_LAMBDA_FUNCTION_NAME", name.clone()),
+                (
+                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                    limits.memory.div_ceil(1 << 20).to_string(),
+                ),
+            ] {
+                env.entry(k.into()).or_insert_with(|| v.clone());
+                bind_env.entry(k.into()).or_insert(v);
+            }
+        }
         let outbound = d
             .annotations
             .as_ref()

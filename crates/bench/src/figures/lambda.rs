@@ -32,7 +32,9 @@ API loop (one keep-alive socket, written for this benchmark) instead of awslambd
 show which share is the watchdog's and which the runtime client's. **Cold start**: the \
 python3-lambda function scaled to zero and called once, timed from send to full response \
 (watchdog, interpreter, awslambdaric and the handler imported, first event), next to a \
-bare `python3 -c pass`; target: within python3-http's no-warm-pool figure (≤ 80 ms p50).";
+bare `python3 -c pass`; target: within python3-http's no-warm-pool figure (≤ 80 ms p50). \
+The same with the warm pool on (the default): a pooled python3-lambda watchdog (sandbox and \
+watchdog up, no runtime) is bound to the function, and awslambdaric starts in its code.";
 
 /// python3-http's handler answering `ok`.
 const HTTP_HANDLER: &str =
@@ -163,8 +165,18 @@ fn cold(ctx: &Ctx, s: &mut Section, url: &str, pid: i32) -> Result<()> {
         format!("python3-lambda, 0 → first response, {n} calls"),
         stats(&mut starts)?,
     );
+    let pooled = pooled_starts(ctx, s, n)?;
     s.figure(Figure {
-        name: "cold start p50, python3-lambda (awslambdaric)".into(),
+        name: "cold start p50, python3-lambda, warm pool".into(),
+        value_label: "0 → first response".into(),
+        value: pooled.p50_us,
+        baseline_label: "python3 -c pass".into(),
+        baseline: py.p50_us,
+        unit: Unit::Micros,
+        target: Target::None,
+    });
+    s.figure(Figure {
+        name: "cold start p50, python3-lambda (awslambdaric), no warm pool".into(),
         value_label: "0 → first response".into(),
         value: st.p50_us,
         baseline_label: "python3 -c pass".into(),
@@ -173,4 +185,30 @@ fn cold(ctx: &Ctx, s: &mut Section, url: &str, pid: i32) -> Result<()> {
         target: Target::AtMost(80_000.0),
     });
     Ok(())
+}
+
+/// Starts from zero of the python3-lambda function on a platform with the warm pool on, each
+/// once a pooled python3-lambda watchdog is ready (the bind starts awslambdaric in the
+/// function's code).
+fn pooled_starts(ctx: &Ctx, s: &mut Section, n: usize) -> Result<Stats> {
+    let work = ctx.dir("lambda-pooled")?;
+    let mut platform = Platform::start(&ctx.bins, &work, &ctx.isolation)?;
+    platform.deploy_template_with(
+        "bench-lambda",
+        "python3-lambda",
+        &[("handler.py", LAMBDA_HANDLER)],
+    )?;
+    wait_ok(
+        &platform.function_url("bench-lambda"),
+        BODY,
+        Duration::from_secs(60),
+    )?;
+    let mut out = cold_starts(&platform.url, "bench-lambda", n, || {
+        let idle = platform.metric("virga_warm_pool_instances{function_name=\"python3-lambda-")?;
+        Ok(idle.unwrap_or(0.0) >= 2.0)
+    })?;
+    Ok(s.measured(
+        format!("python3-lambda, 0 → first response, {n} calls (warm pool)"),
+        stats(&mut out)?,
+    ))
 }

@@ -48,6 +48,8 @@ def handler(event, context):
                 "log_stream_name": context.log_stream_name,
                 "task_root": os.environ.get("LAMBDA_TASK_ROOT"),
                 "cwd": os.getcwd(),
+                "greeting": os.environ.get("GREETING"),
+                "bind_token": os.environ.get("VIRGA_BIND_TOKEN"),
                 "pid": os.getpid()}
     return {"statusCode": 404, "body": "no such path"}
 "#;
@@ -197,10 +199,42 @@ fn python3_lambda_context_and_scale_from_zero() {
     assert_ne!(cold["pid"], c["pid"]);
     assert_eq!(cold["function_name"], "pyfn");
     eprintln!("python3-lambda first response from zero: {took:?}");
-    // The warm pool binds only python3-http and node20 runtimes: a Lambda function's
-    // instances start from its own bundle, never from a pooled runtime of another template.
+    // A function that sets watchdog variables of its own (exec_timeout) never takes a pooled
+    // runtime: those are fixed when a watchdog starts.
     let warm = p.metric("virga_warm_starts_total{function_name=\"pyfn.openfaas-fn\"}");
     assert!(warm.unwrap_or(0.0) == 0.0, "{warm:?}");
+}
+
+#[test]
+fn python3_lambda_from_zero_takes_a_pooled_runtime() {
+    // The warm pool pre-starts python3-lambda watchdogs (no runtime yet); a start from zero
+    // binds one: awslambdaric then starts in the function's code with its environment.
+    let work = stack_copy("pyfn", "environment:\n  GREETING: hi\n");
+    let data = tempfile::tempdir().unwrap();
+    let p = Platform::start(data.path());
+    deploy(&p, work.path(), "pyfn");
+    let (first, _) = context(&p);
+    p.scale_to_zero("pyfn");
+    let pooled = || p.metric("virga_warm_pool_instances{function_name=\"python3-lambda-");
+    assert!(
+        p.eventually(Duration::from_secs(30), || pooled().unwrap_or(0.0) >= 1.0),
+        "no pooled python3-lambda runtime: {:?}",
+        pooled()
+    );
+    let (c, took) = context(&p);
+    eprintln!("python3-lambda first response from zero, pooled: {took:?}");
+    assert_ne!(c["pid"], first["pid"]);
+    let warm = p.metric("virga_warm_starts_total{function_name=\"pyfn.openfaas-fn\"}");
+    assert!(warm.unwrap_or(0.0) >= 1.0, "{warm:?}");
+    assert_eq!(c["function_name"], "pyfn", "{c}");
+    assert_eq!(
+        c["invoked_function_arn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:pyfn"
+    );
+    assert_eq!(c["memory_limit_in_mb"], "256");
+    assert_eq!(c["greeting"], "hi");
+    assert_eq!(c["bind_token"], Value::Null);
+    assert!(c["cwd"].as_str().unwrap().ends_with("/function"), "{c}");
 }
 
 #[test]

@@ -17,8 +17,15 @@ use std::sync::Arc;
 use crate::config::PoolRuntime;
 use crate::spec::{BundleTemplate, InstanceSpec};
 
-/// Templates whose runtime can start unbound (`VIRGA_POOL=1`) and be bound later.
-const BINDABLE: [&str; 2] = ["python3-http", "node20"];
+/// Templates whose runtime can start unbound (`VIRGA_POOL=1`) and be bound later, with the
+/// watchdog mode they must have: the http runtimes load the function's code at bind; in
+/// Lambda mode the watchdog starts the runtime only then.
+const BINDABLE: [(&str, &str); 4] = [
+    ("python3-http", "http"),
+    ("node20", "http"),
+    ("python3-lambda", "lambda"),
+    ("node-lambda", "lambda"),
+];
 
 /// Largest runtime file compared against a bundle's copy.
 const MAX_RUNTIME_FILE: u64 = 1 << 20;
@@ -92,7 +99,8 @@ pub(crate) fn install(dir: &Path, runtimes: &[PoolRuntime]) -> Result<Vec<Arc<In
 }
 
 fn bindable(rt: &PoolRuntime) -> bool {
-    BINDABLE.contains(&rt.lang.as_str()) && rt.env.get("mode").map(String::as_str) == Some("http")
+    let mode = rt.env.get("mode").map(String::as_str).unwrap_or_default();
+    BINDABLE.contains(&(rt.lang.as_str(), mode))
 }
 
 /// The pool use of a function built from `template` into the bundle at `dir`, whose own

@@ -91,8 +91,8 @@ impl Shared {
         let tail = event.tail;
         let (outcome, handed, permit) = self.run(event, permit).await;
         let log = match (tail, handed) {
-            (true, Some(at)) => Some(self.logs.finish(&id, at.elapsed(), &self.settings).await),
-            (true, None) => Some(self.logs.empty(&id, &self.settings)),
+            (true, Some(at)) => Some(self.logs.finish(&id, at.elapsed(), &self.settings()).await),
+            (true, None) => Some(self.logs.empty(&id, &self.settings())),
             (false, _) => None,
         };
         Invoked {
@@ -145,7 +145,7 @@ impl Shared {
         let mut inflight = Handed {
             shared: Arc::clone(self),
             id,
-            deadline: self.settings.exec_timeout.map(|t| (handed + t, t)),
+            deadline: self.settings().exec_timeout.map(|t| (handed + t, t)),
             reply: Some(reply_rx),
             permit,
         };

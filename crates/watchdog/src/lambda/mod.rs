@@ -3,12 +3,14 @@
 //! a time (`runtime_api`). Calls on the function port are raw invokes (`raw`, the gateway's
 //! Invoke API) or function-URL requests (`event_url`); both go through `invoke` (the queue,
 //! the hand-over and the deadline). `logs` keeps a call's log lines for `X-Amz-Log-Type: Tail`,
-//! `stream` relays streamed responses.
+//! `stream` relays streamed responses. A pooled instance starts no runtime until the platform
+//! binds it to a function (`pool`).
 
 mod errors;
 mod event_url;
 mod invoke;
 mod logs;
+mod pool;
 mod raw;
 mod runtime;
 mod runtime_api;
@@ -99,11 +101,14 @@ struct RuntimeState {
     ever_ready: bool,
     /// Set by a failed init, cleared by the next `/next`.
     failure: Option<InitFailure>,
+    /// A pooled instance not bound to a function yet (no runtime running).
+    unbound: bool,
 }
 
-/// Whether a call gets an answer: an event's, or the init failure's.
+/// Whether a call gets an answer: an event's, or the init failure's (or, unbound in a pool,
+/// the bind's).
 fn answers(s: &RuntimeState) -> bool {
-    s.ever_ready || s.failure.is_some()
+    s.unbound || s.ever_ready || s.failure.is_some()
 }
 
 /// The mutable state under one lock (held only for a few field updates).
@@ -117,7 +122,8 @@ struct Inner {
 
 /// What the function port, the Runtime API and the supervisor share.
 pub(crate) struct Shared {
-    settings: runtime::Settings,
+    /// Fixed at start, or at bind for a pooled instance.
+    settings: std::sync::RwLock<Arc<runtime::Settings>>,
     /// One event at a time: held from queueing until the answer (or the stream's end).
     slot: Arc<Semaphore>,
     inner: Mutex<Inner>,
@@ -131,6 +137,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// What the runtime runs with.
+    fn settings(&self) -> Arc<runtime::Settings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -162,6 +173,8 @@ async fn until<T>(rx: &mut watch::Receiver<T>, f: impl FnMut(&T) -> bool) {
 /// The lambda-mode handler of the function port.
 pub struct Lambda {
     shared: Arc<Shared>,
+    /// Set while a pooled instance waits for its bind.
+    pool: Option<pool::Pool>,
     api: Mutex<Option<std::net::TcpListener>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -173,14 +186,22 @@ impl Lambda {
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|source| WatchdogError::Bind { addr, source })?;
         listener.set_nonblocking(true)?;
-        let settings = runtime::Settings::new(config, listener.local_addr()?)?;
+        let api = listener.local_addr()?;
+        let cwd = std::env::current_dir()?;
+        let settings = runtime::Settings::new(config, api, &Default::default(), cwd);
+        let pool = pool::Pool::from_env(config, api);
+        let state = RuntimeState {
+            unbound: pool.is_some(),
+            ..RuntimeState::default()
+        };
         Ok(Arc::new(Lambda {
+            pool,
             shared: Arc::new(Shared {
-                settings,
+                settings: std::sync::RwLock::new(Arc::new(settings)),
                 slot: Arc::new(Semaphore::new(1)),
                 inner: Mutex::new(Inner::default()),
                 queued_notify: Notify::new(),
-                state: watch::channel(RuntimeState::default()).0,
+                state: watch::channel(state).0,
                 kill: watch::channel(0).0,
                 shutdown: watch::channel(false).0,
                 logs: logs::Capture::default(),
@@ -201,7 +222,9 @@ impl Lambda {
                 listener,
             )));
         }
-        tasks.push(tokio::spawn(runtime::supervise(Arc::clone(&self.shared))));
+        if self.pool.is_none() {
+            tasks.push(tokio::spawn(runtime::supervise(Arc::clone(&self.shared))));
+        }
         Ok(())
     }
 
@@ -228,6 +251,11 @@ impl Lambda {
 
     /// Answers one call: a raw invoke (`X-Virga-Lambda-Invoke`) or a function-URL request.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        if let Some(pool) = &self.pool {
+            if self.shared.state.borrow().unbound {
+                return pool.bind(self, req).await;
+            }
+        }
         if req
             .headers()
             .contains_key(virga_types::headers::X_VIRGA_LAMBDA_INVOKE)

@@ -2,6 +2,7 @@
 //! it, fails the event it held when it dies, and starts it again (at once after a timeout or a
 //! crash during an invocation, with a growing backoff while it fails to initialise).
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -46,16 +47,27 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    /// The runtime's environment for a Runtime API at `api`: the Lambda variables the
-    /// watchdog's environment does not set already (`AWS_LAMBDA_RUNTIME_API` always).
-    pub(crate) fn new(config: &Config, api: SocketAddr) -> std::io::Result<Settings> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    /// The runtime's environment for a Runtime API at `api`, started in `cwd`: `overlay` (a
+    /// pooled instance's function environment, given at bind) and the Lambda variables that
+    /// neither it nor the watchdog's environment sets already (`AWS_LAMBDA_RUNTIME_API` always).
+    pub(crate) fn new(
+        config: &Config,
+        api: SocketAddr,
+        overlay: &BTreeMap<String, String>,
+        cwd: PathBuf,
+    ) -> Settings {
+        let var = |name: &str| {
+            overlay
+                .get(name)
+                .cloned()
+                .or_else(|| std::env::var(name).ok())
+                .filter(|v| !v.is_empty())
+        };
         let name = var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "function".into());
         let region = var("AWS_REGION").unwrap_or_else(|| "us-east-1".into());
         let memory_mb = var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").unwrap_or_else(|| "128".into());
         let timeout = config.exec_timeout.unwrap_or(UNLIMITED);
         let timeout_secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
-        let cwd = std::env::current_dir()?;
         let task_root = match var("LAMBDA_TASK_ROOT") {
             Some(root) => cwd.join(root),
             None => cwd.clone(),
@@ -78,27 +90,33 @@ impl Settings {
             ("LAMBDA_RUNTIME_DIR", cwd.display().to_string()),
             ("TZ", ":UTC".into()),
         ];
-        let mut env: Vec<(OsString, OsString)> = defaults
-            .into_iter()
-            .filter(|(k, _)| var(k).is_none())
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        let mut env: Vec<(OsString, OsString)> =
+            overlay.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        env.extend(
+            defaults
+                .into_iter()
+                .filter(|(k, _)| var(k).is_none())
+                .map(|(k, v)| (k.into(), v.into())),
+        );
         env.push(("LAMBDA_TASK_ROOT".into(), task_root.clone().into()));
         env.push(("AWS_LAMBDA_RUNTIME_API".into(), api.to_string().into()));
         let arn = format!("arn:aws:lambda:{region}:000000000000:function:{name}");
-        Ok(Settings {
+        Settings {
             spec: FunctionSpec::from_config(config),
             exec_timeout: config.exec_timeout,
             memory_mb,
             arn: HeaderValue::from_str(&arn).unwrap_or(HeaderValue::from_static("invalid-arn")),
             task_root,
             env,
-        })
+        }
     }
 
     fn command(&self) -> Command {
         let mut cmd = self.spec.long_running_command();
-        cmd.envs(self.env.iter().cloned())
+        // A pooled watchdog's bind token and marker are its own, never the function's.
+        cmd.env_remove(super::pool::TOKEN_ENV)
+            .env_remove(super::pool::POOL_ENV)
+            .envs(self.env.iter().cloned())
             .current_dir(&self.task_root);
         cmd
     }
@@ -114,9 +132,12 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
             s.generation = generation;
             s.initialised = false;
         });
-        let ended = match shared.settings.command().spawn() {
+        let ended = match shared.settings().command().spawn() {
             Ok(child) => run_one(&shared, child, generation).await,
-            Err(e) => Some(crate::body::spawn_error(shared.settings.spec.program(), &e)),
+            Err(e) => Some(crate::body::spawn_error(
+                shared.settings().spec.program(),
+                &e,
+            )),
         };
         let Some(status) = ended else { return };
         let initialised = shared.state.borrow().initialised;
@@ -141,8 +162,8 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
 fn forward_output(shared: &Arc<Shared>, child: &mut Child) {
     let logger = |name| LineLogger {
         name,
-        prefix: shared.settings.spec.prefix_logs,
-        max_line: shared.settings.spec.log_buffer_size,
+        prefix: shared.settings().spec.prefix_logs,
+        max_line: shared.settings().spec.log_buffer_size,
     };
     let out = child.stdout.take();
     let err = child.stderr.take();
@@ -160,14 +181,15 @@ fn forward_output(shared: &Arc<Shared>, child: &mut Child) {
 /// Runs one runtime process until it exits (its exit described) or shutdown (`None`).
 async fn run_one(shared: &Arc<Shared>, mut child: Child, generation: u64) -> Option<String> {
     let pid = child.id();
-    let program = shared.settings.spec.program();
+    let settings = shared.settings();
+    let program = settings.spec.program();
     tracing::info!(program, pid, "started Lambda runtime");
     forward_output(shared, &mut child);
     shared.lock().pid = pid;
     let mut kill = shared.kill.subscribe();
     let mut stop = shared.shutdown.subscribe();
     // Lambda's limit of the init phase: a runtime that never asks for an event is stopped.
-    let init_limit = INIT_LIMIT.max(shared.settings.exec_timeout.unwrap_or_default());
+    let init_limit = INIT_LIMIT.max(shared.settings().exec_timeout.unwrap_or_default());
     let init_timeout = async {
         tokio::time::sleep(init_limit).await;
         if shared.state.borrow().initialised {

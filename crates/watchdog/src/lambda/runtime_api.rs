@@ -137,7 +137,7 @@ fn hand_over(shared: &Shared, q: Queued) -> Response<ResponseBody> {
         reply,
     } = q;
     let now = Instant::now();
-    let limit = shared.settings.exec_timeout.unwrap_or(UNLIMITED);
+    let limit = shared.settings().exec_timeout.unwrap_or(UNLIMITED);
     let deadline_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -146,7 +146,7 @@ fn hand_over(shared: &Shared, q: Queued) -> Response<ResponseBody> {
     shared.lock().current = Some(Current {
         id: event.id.clone(),
         reply: Some(reply),
-        deadline: shared.settings.exec_timeout.map(|t| now + t),
+        deadline: shared.settings().exec_timeout.map(|t| now + t),
     });
     if event.tail {
         shared.logs.start();
@@ -159,7 +159,7 @@ fn hand_over(shared: &Shared, q: Queued) -> Response<ResponseBody> {
         h.insert(REQUEST_ID, v);
     }
     h.insert(DEADLINE_MS, HeaderValue::from(deadline_ms as u64));
-    h.insert(FUNCTION_ARN, shared.settings.arn.clone());
+    h.insert(FUNCTION_ARN, shared.settings().arn.clone());
     if let Ok(v) = HeaderValue::from_str(&trace_id()) {
         h.insert(TRACE_ID, v);
     }

@@ -94,7 +94,7 @@ impl Relay {
 
     /// The deadline passed: the runtime is killed (and started again).
     fn expire(&mut self) -> BoxError {
-        let limit = self.shared.settings.exec_timeout.unwrap_or_default();
+        let limit = self.shared.settings().exec_timeout.unwrap_or_default();
         self.shared.expire(&self.id, limit);
         self.finish();
         "Task timed out".into()

@@ -5,6 +5,7 @@
 mod init;
 mod invoke;
 mod platform;
+mod pool;
 mod runtime_api;
 mod url;
 
