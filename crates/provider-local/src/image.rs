@@ -160,3 +160,65 @@ fn lambda_image(d: &FunctionDeployment, env: &BTreeMap<String, String>) -> Resul
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(mode: Option<&str>, annotation: Option<&str>) -> FunctionDeployment {
+        FunctionDeployment {
+            image: "127.0.0.1:5000/fn@sha256:00".into(),
+            env_vars: mode
+                .map(|m| ("mode".into(), m.into()))
+                .into_iter()
+                .collect(),
+            annotations: annotation.map(|a| [(LAMBDA_ANNOTATION.into(), a.into())].into()),
+            ..FunctionDeployment::default()
+        }
+    }
+
+    fn env(vars: &[&str]) -> BTreeMap<String, String> {
+        vars.iter().map(|k| (k.to_string(), "x".into())).collect()
+    }
+
+    #[test]
+    fn the_deployment_marks_a_lambda_image_and_aws_env_does_unless_told_otherwise() {
+        let aws = env(&["LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR"]);
+        let plain = env(&["LAMBDA_TASK_ROOT"]);
+        assert_eq!(lambda_image(&deployment(None, None), &plain), Ok(false));
+        assert_eq!(lambda_image(&deployment(None, None), &aws), Ok(true));
+        assert_eq!(
+            lambda_image(&deployment(Some("Lambda"), None), &plain),
+            Ok(true)
+        );
+        assert_eq!(
+            lambda_image(&deployment(None, Some("true")), &plain),
+            Ok(true)
+        );
+        assert_eq!(
+            lambda_image(&deployment(None, Some("false")), &aws),
+            Ok(false)
+        );
+        assert_eq!(
+            lambda_image(&deployment(Some("http"), None), &aws),
+            Ok(false)
+        );
+        let bad = lambda_image(&deployment(None, Some("yes")), &plain).unwrap_err();
+        assert!(bad.contains(LAMBDA_ANNOTATION), "{bad}");
+        let disagree = lambda_image(&deployment(Some("http"), Some("true")), &plain);
+        assert!(disagree.unwrap_err().contains("disagree"));
+    }
+
+    #[test]
+    fn an_image_with_a_watchdog_of_its_own_is_never_a_lambda_image() {
+        for own in ["fprocess", "mode"] {
+            let e = env(&[own, "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR"]);
+            assert_eq!(
+                lambda_image(&deployment(Some("lambda"), None), &e),
+                Ok(false)
+            );
+            let forced = lambda_image(&deployment(None, Some("true")), &e).unwrap_err();
+            assert!(forced.contains("watchdog of its own"), "{forced}");
+        }
+    }
+}

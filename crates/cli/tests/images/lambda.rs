@@ -44,12 +44,13 @@ fn a_lambda_image_runs_its_entrypoint_under_the_watchdog_for_urls_and_the_invoke
     let reg = Registry::start(None);
     push_lambda(&reg, "lam:1", lambda_config(false, Some("app")));
     let dir = tempfile::tempdir().unwrap();
-    let p = Platform::start_runc(dir.path(), &[]);
+    let mut p = Platform::start_runc(dir.path(), &[]);
     let r = deploy(
         &p,
         Method::POST,
         json!({"service": "limg", "image": reg.image("lam:1"),
-               "envVars": {"mode": "lambda", "exec_timeout": "2s"}}),
+               "envVars": {"mode": "lambda", "exec_timeout": "2s"},
+               "readOnlyRootFilesystem": true}),
     );
     assert_eq!(r.status, 202, "{}", r.text);
 
@@ -119,6 +120,17 @@ out["cold"] = [r["StatusCode"], r.get("FunctionError"), json.loads(payload(r))]
             >= 3),
         "{}",
         logs(&p, "limg")
+    );
+
+    // Stopped, the platform leaves no watchdog tree, mount or sandbox behind.
+    assert!(p.terminate().success());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let data = dir.path().to_string_lossy().into_owned();
+    assert!(!mounts.contains(&data), "{mounts}");
+    assert!(!dir.path().join("sandbox/watchdog").exists());
+    assert_eq!(
+        virga_testkit::sandbox_leftovers(dir.path()),
+        Vec::<String>::new()
     );
 }
 
