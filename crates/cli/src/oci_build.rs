@@ -23,10 +23,10 @@ use virga_oci::{
     RegistryConfig, RunConfig,
 };
 
+use virga_provider_local::watchdog_files;
+
 use crate::stack::{Stack, StackFunction};
 
-/// Where the runtime layer puts the watchdog and its libraries inside the image.
-const VIRGA_DIR: &str = "virga";
 /// The function's home inside the image, as in OpenFaaS images.
 const HOME: &str = "home/app";
 /// The user functions run as (the sandbox's, also for bundles).
@@ -143,7 +143,7 @@ pub fn build(
     }
     let (runtime_dir, code_dir) = (work.join("runtime"), work.join("code"));
     split_stage(&stage, &runtime_dir.join(HOME), &code_dir)?;
-    add_watchdog(&runtime_dir.join(VIRGA_DIR))?;
+    add_watchdog(&runtime_dir.join(watchdog_files::WATCHDOG_DIR.trim_start_matches('/')))?;
     let runtime = store.build_layer(&runtime_dir, "")?;
     let code = store.build_layer(&code_dir, HOME)?;
     let _ = fs::remove_dir_all(&work);
@@ -170,7 +170,6 @@ fn run_config(
     env: &std::collections::BTreeMap<String, String>,
     python_deps: bool,
 ) -> RunConfig {
-    let lib = format!("/{VIRGA_DIR}/lib");
     let mut vars: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     vars.push("bind_address=0.0.0.0".into());
     vars.push("port=8080".into());
@@ -178,12 +177,7 @@ fn run_config(
         vars.push(format!("PYTHONPATH=/{HOME}/python"));
     }
     RunConfig {
-        entrypoint: Some(vec![
-            format!("{lib}/{LOADER}"),
-            "--library-path".into(),
-            lib,
-            format!("/{VIRGA_DIR}/bin/virga-watchdog"),
-        ]),
+        entrypoint: Some(watchdog_files::command(watchdog_files::WATCHDOG_DIR)),
         cmd: None,
         env: vars,
         working_dir: Some(format!("/{HOME}")),
@@ -196,9 +190,6 @@ fn run_config(
         .into(),
     }
 }
-
-/// The dynamic loader's name, inside `/virga/lib`.
-const LOADER: &str = "ld-linux-x86-64.so.2";
 
 /// Copy the stage's runtime files (all but the code) to `runtime`, and `function/` and
 /// `python/` to `code`.
@@ -238,53 +229,12 @@ fn copy_all(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The watchdog at `dir/bin/virga-watchdog` and the libraries it links at `dir/lib` (with
-/// the loader), found by asking the loader itself (`ldd`).
+/// The watchdog and the libraries it links, with its loader, under `dir` (the runtime
+/// layer's `/virga`).
 fn add_watchdog(dir: &Path) -> Result<()> {
     let watchdog = crate::up::watchdog_path(None)?;
-    fs::create_dir_all(dir.join("bin"))?;
-    fs::create_dir_all(dir.join("lib"))?;
-    fs::copy(&watchdog, dir.join("bin/virga-watchdog"))
-        .with_context(|| format!("cannot copy {}", watchdog.display()))?;
-    let out = std::process::Command::new("ldd")
-        .arg(&watchdog)
-        .output()
-        .context("cannot run ldd (from libc-bin) to find the watchdog's libraries")?;
-    if !out.status.success() {
-        bail!(
-            "ldd {} failed: {}",
-            watchdog.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    for lib in linked_libraries(&String::from_utf8_lossy(&out.stdout)) {
-        let Some(file) = lib.file_name() else {
-            continue;
-        };
-        let file = if lib.to_string_lossy().contains("ld-linux") {
-            std::ffi::OsStr::new(LOADER)
-        } else {
-            file
-        };
-        fs::copy(&lib, dir.join("lib").join(file))
-            .with_context(|| format!("cannot copy {}", lib.display()))?;
-    }
+    watchdog_files::gather(&watchdog, dir)?;
     Ok(())
-}
-
-/// The absolute paths in `ldd` output: `libc.so.6 => /lib/.../libc.so.6 (0x...)` and the
-/// loader's `/lib64/ld-linux-x86-64.so.2 (0x...)`.
-fn linked_libraries(ldd: &str) -> Vec<PathBuf> {
-    ldd.lines()
-        .filter_map(|line| {
-            let path = match line.split_once("=>") {
-                Some((_, right)) => right.trim(),
-                None => line.trim(),
-            };
-            let path = path.split_whitespace().next()?;
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
 }
 
 /// Push a function's image to its reference, printing progress.
@@ -436,17 +386,5 @@ mod tests {
         assert!(names_registry("localhost/fn"));
         assert!(!names_registry("echo:latest"));
         assert!(!names_registry("functions/echo:latest"));
-    }
-
-    #[test]
-    fn ldd_output_is_read() {
-        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n";
-        assert_eq!(
-            linked_libraries(out),
-            vec![
-                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
-            ]
-        );
     }
 }

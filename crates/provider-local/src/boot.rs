@@ -75,7 +75,7 @@ pub(crate) async fn boot(
     }
     let timeout = ctx.cfg.ready_timeout;
     let ready = match &spec.rootfs {
-        Rootfs::Image(image) => {
+        Rootfs::Image(image) if !image.lambda => {
             // No Virga watchdog to say so: probe the port the image listens on.
             tokio::spawn(forward_log(target.clone(), stdout));
             let addr = handle.reach(SocketAddr::from(([0, 0, 0, 0], image.port)));
@@ -84,7 +84,8 @@ pub(crate) async fn boot(
                 .await
                 .map(|r| r.map(|()| addr))
         }
-        Rootfs::Host => {
+        // The platform's watchdog (a Lambda image's too) says when its runtime is ready.
+        _ => {
             let said = watchdog_ready(&target, stdout, handle.as_ref());
             tokio::time::timeout(timeout, said).await
         }

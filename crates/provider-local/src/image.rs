@@ -3,6 +3,10 @@
 //! the image store, and an instance runs the image's `Entrypoint` + `Cmd` as its `User` in
 //! its `WorkingDir`, with the image's `Env` under the function's `envVars` (and `fprocess`
 //! from `envProcess`, as OpenFaaS sets it for the image's watchdog).
+//!
+//! A Lambda image (its process is a Lambda runtime, not a server: see [`lambda_image`]) runs
+//! under the platform's own watchdog instead, in `mode=lambda`, with the image's `Entrypoint`
+//! + `Cmd` as `fprocess`: the runtime then gets `AWS_LAMBDA_RUNTIME_API`, as on Lambda.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +16,8 @@ use virga_types::{BundleRef, FunctionDeployment};
 
 /// Annotation naming the port an image listens on (8080 when absent, as OpenFaaS expects).
 pub const PORT_ANNOTATION: &str = "virga.port";
+/// Annotation saying whether an image is a Lambda image (`"true"`, `"false"`).
+pub const LAMBDA_ANNOTATION: &str = "virga.lambda";
 /// The port of the OpenFaaS workload contract.
 const DEFAULT_PORT: u16 = 8080;
 /// PATH when the image sets none (Docker's default).
@@ -34,6 +40,9 @@ pub(crate) struct ImageRoot {
     pub(crate) read_only: bool,
     /// Where the image listens.
     pub(crate) port: u16,
+    /// A Lambda image: the platform's watchdog is the process (from `/virga`), `args` its
+    /// runtime (`fprocess`).
+    pub(crate) lambda: bool,
 }
 
 /// The image store digest a deployment's `image` is pinned to, if it is a registry image
@@ -81,6 +90,13 @@ pub(crate) fn root_of(
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    let lambda = lambda_image(d, &env)?;
+    if lambda {
+        let fprocess = shlex::try_join(args.iter().map(String::as_str))
+            .map_err(|e| format!("the image's Entrypoint and Cmd cannot be quoted: {e}"))?;
+        env.insert("fprocess".into(), fprocess);
+        env.insert("mode".into(), "lambda".into());
+    }
     env.entry("PATH".into())
         .or_insert_with(|| DEFAULT_PATH.into());
     Ok((
@@ -92,7 +108,117 @@ pub(crate) fn root_of(
             gid,
             read_only: d.read_only_root_filesystem,
             port,
+            lambda,
         },
         env,
     ))
+}
+
+/// Whether `d`'s image (whose `Env` is `env`) is a Lambda image: its `envVars` say
+/// `mode: lambda` or its annotation [`LAMBDA_ANNOTATION`] says `"true"`, or, when neither says
+/// otherwise, its `Env` is AWS's base images' (`LAMBDA_TASK_ROOT` and `LAMBDA_RUNTIME_DIR`).
+/// Never an image with a watchdog of its own (its `Env` sets `fprocess` or `mode`, as
+/// `virga build --oci`'s and OpenFaaS's do): `envVars` are that watchdog's.
+fn lambda_image(d: &FunctionDeployment, env: &BTreeMap<String, String>) -> Result<bool, String> {
+    let annotation = match d
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LAMBDA_ANNOTATION))
+    {
+        None => None,
+        Some(v) if v == "true" => Some(true),
+        Some(v) if v == "false" => Some(false),
+        Some(v) => {
+            return Err(format!(
+                "annotation {LAMBDA_ANNOTATION} {v:?} must be \"true\" or \"false\""
+            ))
+        }
+    };
+    if env.contains_key("fprocess") || env.contains_key("mode") {
+        if annotation == Some(true) {
+            return Err(format!(
+                "image {} runs a watchdog of its own (its Env sets fprocess or mode), not a \
+                 Lambda runtime: deploy it without {LAMBDA_ANNOTATION}, and with envVars \
+                 mode: lambda if its watchdog is to run a Lambda runtime",
+                d.image
+            ));
+        }
+        return Ok(false);
+    }
+    let mode = d
+        .env_vars
+        .get("mode")
+        .map(|m| m.trim().eq_ignore_ascii_case("lambda"));
+    match (mode, annotation) {
+        (Some(m), Some(a)) if m != a => Err(format!(
+            "envVars mode and annotation {LAMBDA_ANNOTATION} disagree: set mode: lambda for a \
+             Lambda image, or remove one of them"
+        )),
+        (Some(lambda), _) | (None, Some(lambda)) => Ok(lambda),
+        (None, None) => {
+            Ok(env.contains_key("LAMBDA_TASK_ROOT") && env.contains_key("LAMBDA_RUNTIME_DIR"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(mode: Option<&str>, annotation: Option<&str>) -> FunctionDeployment {
+        FunctionDeployment {
+            image: "127.0.0.1:5000/fn@sha256:00".into(),
+            env_vars: mode
+                .map(|m| ("mode".into(), m.into()))
+                .into_iter()
+                .collect(),
+            annotations: annotation.map(|a| [(LAMBDA_ANNOTATION.into(), a.into())].into()),
+            ..FunctionDeployment::default()
+        }
+    }
+
+    fn env(vars: &[&str]) -> BTreeMap<String, String> {
+        vars.iter().map(|k| (k.to_string(), "x".into())).collect()
+    }
+
+    #[test]
+    fn the_deployment_marks_a_lambda_image_and_aws_env_does_unless_told_otherwise() {
+        let aws = env(&["LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR"]);
+        let plain = env(&["LAMBDA_TASK_ROOT"]);
+        assert_eq!(lambda_image(&deployment(None, None), &plain), Ok(false));
+        assert_eq!(lambda_image(&deployment(None, None), &aws), Ok(true));
+        assert_eq!(
+            lambda_image(&deployment(Some("Lambda"), None), &plain),
+            Ok(true)
+        );
+        assert_eq!(
+            lambda_image(&deployment(None, Some("true")), &plain),
+            Ok(true)
+        );
+        assert_eq!(
+            lambda_image(&deployment(None, Some("false")), &aws),
+            Ok(false)
+        );
+        assert_eq!(
+            lambda_image(&deployment(Some("http"), None), &aws),
+            Ok(false)
+        );
+        let bad = lambda_image(&deployment(None, Some("yes")), &plain).unwrap_err();
+        assert!(bad.contains(LAMBDA_ANNOTATION), "{bad}");
+        let disagree = lambda_image(&deployment(Some("http"), Some("true")), &plain);
+        assert!(disagree.unwrap_err().contains("disagree"));
+    }
+
+    #[test]
+    fn an_image_with_a_watchdog_of_its_own_is_never_a_lambda_image() {
+        for own in ["fprocess", "mode"] {
+            let e = env(&[own, "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR"]);
+            assert_eq!(
+                lambda_image(&deployment(Some("lambda"), None), &e),
+                Ok(false)
+            );
+            let forced = lambda_image(&deployment(None, Some("true")), &e).unwrap_err();
+            assert!(forced.contains("watchdog of its own"), "{forced}");
+        }
+    }
 }

@@ -20,7 +20,8 @@
 //!   `child` (the host processes the platform starts);
 //! - `instance`: an instance as requests see it (ready, in flight, [`Lease`]): the hot path;
 //! - `isolation`: the contract every isolation meets;
-//! - `spec`: what an instance of a function runs; `error`.
+//! - `spec`: what an instance of a function runs (`image`: a registry image's); `error`;
+//! - `watchdog_files`: the watchdog with its libraries and loader as a tree (`/virga`).
 
 #![warn(missing_docs)]
 
@@ -38,6 +39,7 @@ mod process;
 mod provider;
 mod sandbox;
 mod spec;
+pub mod watchdog_files;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -50,7 +52,7 @@ use virga_types::ScalingPolicy;
 use config::Ctx;
 pub use config::{IsolationKind, PoolRuntime, ProviderConfig};
 use function::Function;
-pub use image::PORT_ANNOTATION;
+pub use image::{LAMBDA_ANNOTATION, PORT_ANNOTATION};
 use pool::WarmPool;
 pub use sandbox::Runc;
 use spec::InstanceSpec;

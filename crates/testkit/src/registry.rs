@@ -1,6 +1,7 @@
 //! A real registry for the image tests (Debian's docker-registry on a free loopback port,
 //! with or without htpasswd auth), and images built and pushed with virga-oci's own build
-//! API: busybox trees, a busybox httpd image (no Virga component inside).
+//! API: busybox trees, a busybox httpd image (no Virga component inside), a Lambda container
+//! image (an AWS-style entrypoint running a Rust Lambda runtime).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -107,10 +108,16 @@ pub fn busybox_tree(dir: &Path, page: &str) {
 
 /// The host's virga-watchdog and the libraries it links, as a layer tree.
 pub fn watchdog_tree(dir: &Path) {
-    let watchdog = crate::watchdog_bin();
-    std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
-    std::fs::copy(&watchdog, dir.join("usr/bin/fwatchdog")).unwrap();
-    let out = Command::new("ldd").arg(&watchdog).output().unwrap();
+    binary_tree(dir, &crate::watchdog_bin(), "usr/bin/fwatchdog");
+}
+
+/// The host's binary `bin` at `dir/at` and the libraries it links (with the loader) at
+/// their host paths under `dir`, as a layer tree: it runs on a base without libraries.
+pub fn binary_tree(dir: &Path, bin: &Path, at: &str) {
+    let to = dir.join(at);
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(bin, to).unwrap();
+    let out = Command::new("ldd").arg(bin).output().unwrap();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) else {
             continue;
@@ -120,6 +127,70 @@ pub fn watchdog_tree(dir: &Path) {
         std::fs::create_dir_all(at.parent().unwrap()).unwrap();
         std::fs::copy(real, at).unwrap();
     }
+}
+
+/// The entrypoint of a Lambda container image, like AWS's: the handler (`Cmd`) becomes
+/// `_HANDLER`, and the runtime's bootstrap runs only under a Runtime API.
+const LAMBDA_ENTRYPOINT: &str = r#"#!/bin/sh
+if [ $# -ne 1 ]; then
+  echo "lambda-entrypoint.sh: expected the handler name as the only argument" >&2
+  exit 142
+fi
+export _HANDLER="$1"
+if [ -z "$AWS_LAMBDA_RUNTIME_API" ]; then
+  echo "lambda-entrypoint.sh: AWS_LAMBDA_RUNTIME_API is not set: this image runs under a Lambda Runtime API (no emulator inside)" >&2
+  exit 1
+fi
+exec /var/runtime/bootstrap
+"#;
+
+/// A Lambda container image's own layer: `/lambda-entrypoint.sh`, the Rust fixture
+/// `virga-lambda-fixture` as `/var/runtime/bootstrap` with its libraries, an empty
+/// `/var/task`.
+pub fn lambda_tree(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let entry = dir.join("lambda-entrypoint.sh");
+    std::fs::write(&entry, LAMBDA_ENTRYPOINT).unwrap();
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(dir.join("var/task")).unwrap();
+    binary_tree(dir, &crate::lambda_fixture_bin(), "var/runtime/bootstrap");
+}
+
+/// How a Lambda container image starts, as AWS's base images: `/lambda-entrypoint.sh` with
+/// the handler `app.handler`, `Env` with `LAMBDA_TASK_ROOT` (and `LAMBDA_RUNTIME_DIR`, which
+/// AWS's images set too, if `aws`), as user `user` (none: root) in `/var/task`.
+pub fn lambda_config(aws: bool, user: Option<&str>) -> RunConfig {
+    let mut env = vec![
+        "PATH=/bin:/usr/bin".to_string(),
+        "LAMBDA_TASK_ROOT=/var/task".into(),
+    ];
+    if aws {
+        env.push("LAMBDA_RUNTIME_DIR=/var/runtime".into());
+    }
+    RunConfig {
+        entrypoint: Some(vec!["/lambda-entrypoint.sh".into()]),
+        cmd: Some(vec!["app.handler".into()]),
+        env,
+        user: user.map(String::from),
+        working_dir: Some("/var/task".into()),
+        ..RunConfig::default()
+    }
+}
+
+/// Push a Lambda container image (a busybox layer and [`lambda_tree`], started as
+/// [`lambda_config`] says) as `target`; its digest.
+pub fn push_lambda(reg: &Registry, target: &str, config: RunConfig) -> String {
+    let (base, lambda) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    busybox_tree(base.path(), "");
+    lambda_tree(lambda.path());
+    push(
+        &[base.path(), lambda.path()],
+        config,
+        Platform::host(),
+        &reg.image(target),
+        None,
+    )
+    .to_string()
 }
 
 /// Build an image of one layer per tree in `trees` with `config` for `platform`, and push

@@ -24,7 +24,7 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::process::Command;
 
@@ -41,6 +41,10 @@ pub struct Runc {
     bundles: PathBuf,
     slots: PathBuf,
     watchdog: PathBuf,
+    /// The watchdog tree Lambda images run (`image`): its files, and the read-only view of
+    /// them sandboxes mount, made by the first sandbox that needs it.
+    watchdog_tree: (PathBuf, PathBuf),
+    watchdog_view: OnceLock<Result<PathBuf, String>>,
     key: String,
     net: Arc<net::Network>,
     /// Pre-made network namespaces with outbound access, so a start skips their setup.
@@ -95,6 +99,8 @@ impl Runc {
             bundles: dir.join("bundles"),
             slots: dir.join("slots"),
             watchdog: watchdog.to_path_buf(),
+            watchdog_tree: (dir.join("watchdog"), dir.join("watchdog-view")),
+            watchdog_view: OnceLock::new(),
             net: Arc::new(net::Network::new(&key)?),
             spare_nets: Arc::new(Mutex::new(Vec::new())),
             closed: Arc::new(AtomicBool::new(false)),
@@ -136,6 +142,7 @@ impl Runc {
         for dir in cgroup::platform_dirs(&self.key) {
             cgroup::remove_tree(&dir);
         }
+        self.remove_watchdog_tree();
     }
 
     /// Create the container bundle and network of instance `id` running `spec` with the

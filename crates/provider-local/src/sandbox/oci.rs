@@ -17,6 +17,7 @@ use oci_spec::runtime::{
 
 use crate::image::ImageRoot;
 use crate::spec::Limits;
+use crate::watchdog_files;
 
 /// User and group the function runs as (not root, not a host account).
 pub(crate) const APP_UID: u32 = 12000;
@@ -126,18 +127,29 @@ pub(crate) struct ImageLayout<'a> {
     pub(crate) netns: &'a str,
     pub(crate) cgroups_path: &'a str,
     pub(crate) image: &'a ImageRoot,
+    /// For a Lambda image: the platform's watchdog tree, mounted read-only at `/virga` and
+    /// run (through its own loader) instead of the image's process.
+    pub(crate) watchdog: Option<&'a Path>,
 }
 
-/// The runtime spec for a sandbox running an image's own process with `env`: the same
-/// protections, the image's user, working directory and (read-only if asked) root.
+/// The runtime spec for a sandbox running an image's own process (or, for a Lambda image,
+/// the platform's watchdog) with `env`: the same protections, the image's user, working
+/// directory and (read-only if asked) root.
 pub(crate) fn build_image(
     env: &BTreeMap<String, String>,
     layout: &ImageLayout<'_>,
     limits: Limits,
 ) -> Result<Spec, String> {
     let image = layout.image;
-    let process = process(env, image.args.clone(), &image.cwd, (image.uid, image.gid))?;
+    let args = match layout.watchdog {
+        Some(_) => watchdog_files::command(watchdog_files::WATCHDOG_DIR),
+        None => image.args.clone(),
+    };
+    let process = process(env, args, &image.cwd, (image.uid, image.gid))?;
     let mut mounts = base_mounts(limits)?;
+    if let Some(tree) = layout.watchdog {
+        mounts.push(bind(watchdog_files::WATCHDOG_DIR, tree)?);
+    }
     for etc in ["/etc/resolv.conf", "/etc/hosts"] {
         if Path::new(etc).exists() {
             mounts.push(bind(etc, Path::new(etc))?);
