@@ -75,7 +75,7 @@ pub struct UpArgs {
     /// Seconds of lower load before the autoscaler removes replicas (the stabilisation window).
     #[arg(long, default_value_t = 30)]
     pub scale_down_window: u64,
-    /// Runtimes kept started per template (python3-http, node20) so cold starts skip the
+    /// Runtimes kept started per template (python3-http, node20, python3-lambda, node-lambda) so cold starts skip the
     /// interpreter start; 0 turns the warm pool off.
     #[arg(long, default_value_t = 2, env = "VIRGA_WARM_POOL")]
     pub warm_pool: usize,
@@ -489,7 +489,12 @@ pub(crate) fn watchdog_path(given: Option<&Path>) -> Result<PathBuf> {
 fn start_paths(args: &UpArgs, isolation: &str, node_addon: bool) -> String {
     let pool = match args.warm_pool {
         0 => "warm pool off".to_string(),
-        n => format!("warm pool of {n} per runtime (python3-http, node20)"),
+        n => format!(
+            "warm pool of {n} per runtime ({})",
+            virga_provider_local::pooled_templates()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let zygotes = if args.no_zygote {
         "zygotes off"

@@ -53,6 +53,7 @@ use config::Ctx;
 pub use config::{IsolationKind, PoolRuntime, ProviderConfig};
 use function::Function;
 pub use image::{LAMBDA_ANNOTATION, PORT_ANNOTATION};
+pub use pool::pooled_templates;
 use pool::WarmPool;
 pub use sandbox::Runc;
 use spec::InstanceSpec;

@@ -22,6 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub(crate) use runtime::PoolUse;
+
+/// The templates whose runtimes the warm pool pre-starts.
+pub fn pooled_templates() -> impl Iterator<Item = &'static str> {
+    runtime::BINDABLE.iter().map(|(lang, _)| *lang)
+}
 use runtime::{Installed, PoolKey};
 use zygote::Zygotes;
 

@@ -20,7 +20,7 @@ use crate::spec::{BundleTemplate, InstanceSpec};
 /// Templates whose runtime can start unbound (`VIRGA_POOL=1`) and be bound later, with the
 /// watchdog mode they must have: the http runtimes load the function's code at bind; in
 /// Lambda mode the watchdog starts the runtime only then.
-const BINDABLE: [(&str, &str); 4] = [
+pub(crate) const BINDABLE: [(&str, &str); 4] = [
     ("python3-http", "http"),
     ("node20", "http"),
     ("python3-lambda", "lambda"),
