@@ -118,8 +118,10 @@ fn an_image_with_no_virga_component_runs_pinned_and_scales_to_zero_and_back() {
     assert_eq!(call(&p, "web"), (200, "hello from busybox\n".into()));
     assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 1);
 
-    // Stopped, the platform leaves no image root mounted and no sandbox behind.
-    drop(p);
+    // Stopped (SIGTERM; not dropped: the harness's drop unmounts leftovers itself), the
+    // platform leaves no image root mounted and no sandbox behind.
+    let status = p.terminate();
+    assert!(status.success(), "{status}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let data = dir.path().to_string_lossy().into_owned();
     assert!(!mounts.contains(&data), "{mounts}");
