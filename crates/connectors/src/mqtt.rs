@@ -5,7 +5,7 @@
 //! most its in-flight window of unacked messages (mosquitto's `max_inflight_messages`, 20 by
 //! default), so memory stays bounded and the rest waits in the broker; the event loop itself
 //! never waits on the queue (it must keep answering the broker's pings). A lost broker is
-//! retried with backoff (a log line, the metric).
+//! retried with backoff (a log line, the metric). `mqtts://` speaks TLS ([`crate::tls`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
