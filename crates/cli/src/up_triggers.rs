@@ -1,6 +1,8 @@
 //! `virga up`'s event connectors: cron always, NATS with `--nats-url` (`VIRGA_NATS_URL`),
 //! MQTT with `--mqtt-url` (`VIRGA_MQTT_URL`). Broker passwords and tokens come from files or
-//! the environment, never from the command line, where `ps` would show them.
+//! the environment, never from the command line, where `ps` would show them. TLS (`tls://`,
+//! `mqtts://`) trusts a CA file (`--nats-ca`, `--mqtt-ca`) or the system's roots, with an
+//! optional client certificate and key for mutual TLS.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,13 +10,14 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use virga_connectors::mqtt::MqttConfig;
 use virga_connectors::nats::NatsConfig;
+use virga_connectors::TlsFiles;
 use virga_gateway::{AppState, TriggersConfig};
 
 /// Options of `virga up` for event triggers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TriggerArgs {
     /// NATS server for `topic` triggers (NATS core subjects, JetStream with
-    /// `virga.nats.stream`): nats://HOST:PORT. Off when unset.
+    /// `virga.nats.stream`): nats://HOST:PORT, or tls://HOST:PORT. Off when unset.
     #[arg(long, env = "VIRGA_NATS_URL")]
     pub nats_url: Option<String>,
     /// NATS user; the password is read from VIRGA_NATS_PASSWORD or --nats-password-file.
@@ -29,8 +32,18 @@ pub struct TriggerArgs {
     /// NATS `.creds` file (JWT and NKey seed).
     #[arg(long, env = "VIRGA_NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
-    /// MQTT broker for `topic` triggers (MQTT 3.1.1 or 5, QoS 1): mqtt://HOST:PORT. Off when
-    /// unset.
+    /// PEM CA certificate(s) the NATS server's TLS certificate must be signed by (default:
+    /// the system's roots); makes TLS required.
+    #[arg(long, env = "VIRGA_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+    /// PEM client certificate for NATS mutual TLS (with --nats-key).
+    #[arg(long, env = "VIRGA_NATS_CERT")]
+    pub nats_cert: Option<PathBuf>,
+    /// PEM private key of --nats-cert.
+    #[arg(long, env = "VIRGA_NATS_KEY")]
+    pub nats_key: Option<PathBuf>,
+    /// MQTT broker for `topic` triggers (MQTT 3.1.1 or 5, QoS 1): mqtt://HOST:PORT, or
+    /// mqtts://HOST:PORT for TLS. Off when unset.
     #[arg(long, env = "VIRGA_MQTT_URL")]
     pub mqtt_url: Option<String>,
     /// MQTT protocol version: 3.1.1 or 5.
@@ -46,6 +59,16 @@ pub struct TriggerArgs {
     /// File holding the MQTT password.
     #[arg(long, env = "VIRGA_MQTT_PASSWORD_FILE")]
     pub mqtt_password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) the MQTT broker's TLS certificate must be signed by (default:
+    /// the system's roots); needs mqtts://.
+    #[arg(long, env = "VIRGA_MQTT_CA")]
+    pub mqtt_ca: Option<PathBuf>,
+    /// PEM client certificate for MQTT mutual TLS (with --mqtt-key).
+    #[arg(long, env = "VIRGA_MQTT_CERT")]
+    pub mqtt_cert: Option<PathBuf>,
+    /// PEM private key of --mqtt-cert.
+    #[arg(long, env = "VIRGA_MQTT_KEY")]
+    pub mqtt_key: Option<PathBuf>,
 }
 
 /// A secret from the environment variable `var`, else from the file `file` (its trailing
@@ -86,6 +109,11 @@ impl TriggerArgs {
                 )?,
                 token: secret("VIRGA_NATS_TOKEN", self.nats_token_file.as_deref())?,
                 creds_file: self.nats_creds.clone(),
+                tls: TlsFiles {
+                    ca: self.nats_ca.clone(),
+                    cert: self.nats_cert.clone(),
+                    key: self.nats_key.clone(),
+                },
             }),
         };
         let mqtt = match &self.mqtt_url {
@@ -100,6 +128,11 @@ impl TriggerArgs {
                     "mqtt",
                 )?,
                 v5: self.mqtt_version == "5",
+                tls: TlsFiles {
+                    ca: self.mqtt_ca.clone(),
+                    cert: self.mqtt_cert.clone(),
+                    key: self.mqtt_key.clone(),
+                },
             }),
         };
         Ok(TriggersConfig { nats, mqtt })

@@ -18,6 +18,7 @@ mod mqtt5;
 pub mod nats;
 pub mod spec;
 mod table;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use virga_queue::{Call, QueueError};
 pub use message::{Message, Refused, X_CONNECTOR, X_MESSAGE_ID, X_REPLY_TO, X_TOPIC};
 pub use spec::{Schedule, Spec, SpecError};
 pub use table::{Table, TriggerInfo};
+pub use tls::TlsFiles;
 
 /// Where connectors put calls: the gateway's durable queue.
 pub trait Sink: Send + Sync + 'static {

@@ -5,7 +5,7 @@
 //! most its in-flight window of unacked messages (mosquitto's `max_inflight_messages`, 20 by
 //! default), so memory stays bounded and the rest waits in the broker; the event loop itself
 //! never waits on the queue (it must keep answering the broker's pings). A lost broker is
-//! retried with backoff (a log line, the metric).
+//! retried with backoff (a log line, the metric). `mqtts://` speaks TLS ([`crate::tls`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,8 +14,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
+};
 
+use crate::tls::{self, TlsFiles};
 use crate::{Connector, Core, Message};
 
 /// The connector's name.
@@ -26,7 +29,7 @@ const WARN_IN_FLIGHT: usize = 10_000;
 /// How to reach the MQTT broker.
 #[derive(Debug, Clone, Default)]
 pub struct MqttConfig {
-    /// `mqtt://HOST:PORT`.
+    /// `mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for TLS.
     pub url: String,
     /// The session's client id: fixed, so the broker keeps the session across restarts.
     pub client_id: String,
@@ -34,6 +37,8 @@ pub struct MqttConfig {
     pub user: Option<(String, String)>,
     /// Speak MQTT 5 (else 3.1.1).
     pub v5: bool,
+    /// TLS files (`mqtts://` only).
+    pub tls: TlsFiles,
 }
 
 /// Topic filters → the functions subscribed to them.
@@ -58,32 +63,80 @@ impl Connector for Mqtt {
     }
 }
 
-/// The broker's host and port from `mqtt://HOST:PORT`.
-pub(crate) fn host_port(cfg: &MqttConfig) -> Result<(String, u16), String> {
+/// Where the broker is and how to speak to it.
+pub(crate) struct Endpoint {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    /// TCP, or TLS for `mqtts://`.
+    pub(crate) transport: Transport,
+}
+
+/// The broker's endpoint from `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (and the TLS files).
+pub(crate) fn endpoint(cfg: &MqttConfig) -> Result<Endpoint, String> {
     let url = url::Url::parse(&cfg.url).map_err(|e| format!("MQTT URL {:?}: {e}", cfg.url))?;
-    if url.scheme() != "mqtt" && url.scheme() != "tcp" {
-        return Err(format!(
-            "MQTT URL {:?}: use mqtt://HOST:PORT (TLS is not supported yet)",
-            cfg.url
-        ));
-    }
+    let (transport, default_port) = match url.scheme() {
+        "mqtt" | "tcp" if cfg.tls.any() => {
+            return Err(format!(
+                "MQTT URL {:?}: the TLS files (--mqtt-ca, --mqtt-cert, --mqtt-key) need an \
+                 mqtts://HOST:PORT URL",
+                cfg.url
+            ))
+        }
+        "mqtt" | "tcp" => (Transport::tcp(), 1883),
+        "mqtts" | "ssl" => {
+            let config = tls::client_config(NAME, &cfg.tls)?;
+            (
+                Transport::tls_with_config(TlsConfiguration::Rustls(config)),
+                8883,
+            )
+        }
+        _ => {
+            return Err(format!(
+                "MQTT URL {:?}: use mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS",
+                cfg.url
+            ))
+        }
+    };
     let host = url
         .host_str()
         .ok_or_else(|| format!("MQTT URL {:?} has no host", cfg.url))?;
-    Ok((host.to_string(), url.port().unwrap_or(1883)))
+    Ok(Endpoint {
+        host: host.to_string(),
+        port: url.port().unwrap_or(default_port),
+        transport,
+    })
 }
 
 fn options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
-    let (host, port) = host_port(cfg)?;
+    let Endpoint {
+        host,
+        port,
+        transport,
+    } = endpoint(cfg)?;
     let mut o = MqttOptions::new(&cfg.client_id, host, port);
     o.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(15))
-        .set_max_packet_size(64 << 20, 64 << 20);
+        .set_max_packet_size(64 << 20, 64 << 20)
+        .set_transport(transport);
     if let Some((u, p)) = &cfg.user {
         o.set_credentials(u, p);
     }
     Ok(o)
+}
+
+/// Why a connection attempt failed, in words that say what to do when the broker refused
+/// Virga's credentials.
+pub(crate) fn refused(url: &str, code: impl std::fmt::Debug) -> String {
+    let code = format!("{code:?}");
+    if code.contains("UserName") || code.contains("Auth") {
+        format!(
+            "{url} refused the credentials ({code}): check --mqtt-user and the password \
+             (VIRGA_MQTT_PASSWORD or --mqtt-password-file)"
+        )
+    } else {
+        format!("{url} refused the connection ({code})")
+    }
 }
 
 /// Connect (in the background, retrying) and follow `core`'s table.
@@ -129,7 +182,12 @@ async fn poll(job: Job, mut events: EventLoop, url: String) {
             }
             Ok(_) => {}
             Err(e) => {
-                if up {
+                if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
+                    tracing::error!(
+                        "mqtt connector: {}; retrying in {wait:?}",
+                        refused(&url, code)
+                    );
+                } else if up {
                     tracing::warn!("mqtt connector: lost {url} ({e}); reconnecting with backoff");
                 } else {
                     tracing::warn!(

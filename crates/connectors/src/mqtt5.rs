@@ -15,7 +15,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 
 use crate::mqtt::{
-    host_port, matching, queue_all, read, took_one, wanted, MqttConfig, Routes, NAME,
+    endpoint, matching, queue_all, read, refused, took_one, wanted, Endpoint, MqttConfig, Routes,
+    NAME,
 };
 use crate::{Connector, Core, Message};
 
@@ -44,7 +45,11 @@ impl Connector for Mqtt5 {
 }
 
 fn options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
-    let (host, port) = host_port(cfg)?;
+    let Endpoint {
+        host,
+        port,
+        transport,
+    } = endpoint(cfg)?;
     let mut o = MqttOptions::new(&cfg.client_id, host, port);
     let props = ConnectProperties {
         session_expiry_interval: Some(SESSION_EXPIRY_SECS),
@@ -55,7 +60,8 @@ fn options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
     o.set_clean_start(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(15))
-        .set_connect_properties(props);
+        .set_connect_properties(props)
+        .set_transport(transport);
     if let Some((u, p)) = &cfg.user {
         o.set_credentials(u, p);
     }
@@ -100,7 +106,12 @@ async fn poll(job: Job, mut events: EventLoop, url: String) {
             }
             Ok(_) => {}
             Err(e) => {
-                if up {
+                if let rumqttc::v5::ConnectionError::ConnectionRefused(code) = &e {
+                    tracing::error!(
+                        "mqtt connector: {}; retrying in {wait:?}",
+                        refused(&url, code)
+                    );
+                } else if up {
                     tracing::warn!("mqtt connector: lost {url} ({e}); reconnecting with backoff");
                 } else {
                     tracing::warn!(

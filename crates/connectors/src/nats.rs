@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream::{self, consumer};
@@ -16,6 +17,7 @@ use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::tls::{self, TlsFiles};
 use crate::{Connector, Core, Message};
 
 /// The connector's name.
@@ -30,7 +32,8 @@ const SUBSCRIPTION_CAPACITY: usize = 16_384;
 /// How to reach the NATS server.
 #[derive(Debug, Clone, Default)]
 pub struct NatsConfig {
-    /// `nats://HOST:PORT`.
+    /// `nats://HOST:PORT`, or `tls://HOST:PORT` for TLS (also used when the server requires
+    /// it on `nats://`).
     pub url: String,
     /// User and password, if the server wants them.
     pub user: Option<(String, String)>,
@@ -38,6 +41,8 @@ pub struct NatsConfig {
     pub token: Option<String>,
     /// A `.creds` file (JWT and NKey).
     pub creds_file: Option<PathBuf>,
+    /// TLS files; any of them makes TLS required.
+    pub tls: TlsFiles,
 }
 
 /// Topics → the functions subscribed to them, shared with each subscription's task.
@@ -68,25 +73,18 @@ impl Connector for Nats {
 pub(crate) async fn start(core: Arc<Core>, cfg: NatsConfig) -> Result<Arc<dyn Connector>, String> {
     let metrics = core.metrics.clone();
     let url = cfg.url.clone();
+    // Whether the metric says "down" already: failed attempts count one disconnect, not each.
+    let down = Arc::new(AtomicBool::new(false));
+    let tls_config = tls::client_config(NAME, &cfg.tls)?;
     let mut opts = async_nats::ConnectOptions::new()
         .name("virga-connector")
         .retry_on_initial_connect()
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .tls_client_config((*tls_config).clone())
+        .require_tls(cfg.tls.any())
         .event_callback(move |ev| {
-            let (metrics, url) = (metrics.clone(), url.clone());
-            async move {
-                match ev {
-                    async_nats::Event::Connected => {
-                        tracing::info!("nats connector: connected to {url}");
-                        metrics.connector_connected(NAME, true);
-                    }
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("nats connector: lost {url}; reconnecting with backoff");
-                        metrics.connector_connected(NAME, false);
-                    }
-                    other => tracing::warn!("nats connector: {other}"),
-                }
-            }
+            let (metrics, url, down) = (metrics.clone(), url.clone(), down.clone());
+            async move { on_event(ev, &metrics, &url, &down) }
         });
     if let Some((u, p)) = cfg.user {
         opts = opts.user_and_password(u, p);
@@ -107,6 +105,40 @@ pub(crate) async fn start(core: Arc<Core>, cfg: NatsConfig) -> Result<Arc<dyn Co
         .map_err(|e| format!("NATS {}: {e}", cfg.url))?;
     tokio::spawn(reconcile(core, client.clone()));
     Ok(Arc::new(Nats { client }))
+}
+
+/// Log a connection event in words that say what to do, and keep the metric.
+fn on_event(ev: async_nats::Event, metrics: &virga_metrics::Metrics, url: &str, down: &AtomicBool) {
+    match ev {
+        async_nats::Event::Connected => {
+            tracing::info!("nats connector: connected to {url}");
+            down.store(false, Ordering::Relaxed);
+            metrics.connector_connected(NAME, true);
+        }
+        async_nats::Event::Disconnected => {
+            tracing::warn!("nats connector: lost {url}; reconnecting with backoff");
+            down.store(true, Ordering::Relaxed);
+            metrics.connector_connected(NAME, false);
+        }
+        async_nats::Event::ClientError(e) => {
+            let e = e.to_string();
+            if e.contains("authorization violation") {
+                tracing::error!(
+                    "nats connector: {url} refused the credentials (authorization violation): \
+                     check --nats-user and the password (VIRGA_NATS_PASSWORD or \
+                     --nats-password-file), the token or the creds file; retrying with backoff"
+                );
+            } else {
+                tracing::warn!(
+                    "nats connector: cannot connect to {url} ({e}); retrying with backoff"
+                );
+            }
+            if !down.swap(true, Ordering::Relaxed) {
+                metrics.connector_connected(NAME, false);
+            }
+        }
+        other => tracing::warn!("nats connector: {other}"),
+    }
 }
 
 /// A function's JetStream consumer: its stream and one subject (servers before 2.10 filter

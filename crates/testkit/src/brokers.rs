@@ -1,6 +1,8 @@
 //! Real message brokers for the trigger tests, each on a free loopback port and killed on
 //! drop: [`NatsServer`] (`nats-server` with JetStream), [`Mosquitto`] (the Debian package,
 //! persistent), and [`NatsConn`], a NATS client speaking the text protocol over a socket.
+//! Both brokers also start with a configuration of the test's (TLS with certificates from
+//! [`crate::certs`], users and passwords).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -33,17 +35,35 @@ pub struct NatsServer {
     /// Its port.
     pub port: u16,
     dir: tempfile::TempDir,
+    conf: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Start one on a free port.
     pub fn start() -> NatsServer {
+        NatsServer::start_conf(None)
+    }
+
+    /// Start one with `conf` as its configuration file's text (e.g. a `tls {}` block and an
+    /// `authorization {}` block); address, port and store are set on the command line.
+    pub fn start_with(conf: &str) -> NatsServer {
+        NatsServer::start_conf(Some(conf))
+    }
+
+    fn start_conf(conf: Option<&str>) -> NatsServer {
         let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = conf.map(|text| {
+            let path = dir.path().join("nats.conf");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
         let mut s = NatsServer {
             child: None,
             url: format!("nats://127.0.0.1:{port}"),
             port,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
+            conf,
         };
         s.restart();
         s
@@ -57,7 +77,11 @@ impl NatsServer {
     /// Start it again on the same port and store.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");
-        let child = Command::new("nats-server")
+        let mut cmd = Command::new("nats-server");
+        if let Some(conf) = &self.conf {
+            cmd.arg("-c").arg(conf);
+        }
+        let child = cmd
             .args([
                 "-js",
                 "-a",
@@ -91,15 +115,24 @@ pub struct Mosquitto {
     /// Its port.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// What `mosquitto_pub` needs to reach it (TLS files, credentials).
+    client_args: Vec<String>,
 }
 
 impl Mosquitto {
     /// Start one on a free port.
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with("allow_anonymous true\n", "mqtt", Vec::new())
+    }
+
+    /// Start one whose listener has the settings `conf` (e.g. `cafile`, `certfile`,
+    /// `keyfile`, `require_certificate true`, `password_file`, `allow_anonymous`), its URL
+    /// with `scheme`; `client_args` are what `mosquitto_pub` needs to reach it.
+    pub fn start_with(conf: &str, scheme: &str, client_args: Vec<String>) -> Mosquitto {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+            "listener {port} 127.0.0.1\n{conf}persistence true\n\
              persistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 100\n\
              autosave_interval 1\n",
             dir.path().display()
@@ -107,12 +140,27 @@ impl Mosquitto {
         std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
         let mut m = Mosquitto {
             child: None,
-            url: format!("mqtt://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             port,
             dir,
+            client_args,
         };
         m.restart();
         m
+    }
+
+    /// A password file for `user` with `password` (`mosquitto_passwd`), for `password_file`.
+    pub fn password_file(dir: &std::path::Path, user: &str, password: &str) -> PathBuf {
+        let path = dir.join("mosquitto.passwd");
+        let ok = Command::new("mosquitto_passwd")
+            .args(["-c", "-b"])
+            .arg(&path)
+            .args([user, password])
+            .status()
+            .expect("run mosquitto_passwd")
+            .success();
+        assert!(ok, "mosquitto_passwd failed");
+        path
     }
 
     /// Stop it with SIGTERM (it saves its persistent sessions) and wait.
@@ -140,23 +188,35 @@ impl Mosquitto {
 
     /// A handle that only publishes to the broker at `port` (for a publishing thread).
     pub fn publisher(port: u16) -> Publisher {
-        Publisher { port }
+        Publisher {
+            port,
+            args: Vec::new(),
+        }
+    }
+
+    /// A publisher with this broker's client arguments (TLS files, credentials).
+    pub fn client(&self) -> Publisher {
+        Publisher {
+            port: self.port,
+            args: self.client_args.clone(),
+        }
     }
 
     /// Publish `lines`, one message each, on `topic` with QoS 1 (one `mosquitto_pub -l`).
     pub fn publish_lines(&self, topic: &str, lines: &[String]) {
-        Mosquitto::publisher(self.port).publish_lines(topic, lines);
+        self.client().publish_lines(topic, lines);
     }
 
     /// Publish one message with QoS 1.
     pub fn publish(&self, topic: &str, body: &str) {
-        Mosquitto::publisher(self.port).publish(topic, body);
+        self.client().publish(topic, body);
     }
 }
 
 /// Publishes to a broker with `mosquitto_pub`.
 pub struct Publisher {
     port: u16,
+    args: Vec<String>,
 }
 
 impl Publisher {
@@ -164,6 +224,7 @@ impl Publisher {
     pub fn publish_lines(&self, topic: &str, lines: &[String]) {
         let mut child = Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
             .args(["-q", "1", "-t", topic, "-l"])
             .stdin(Stdio::piped())
             .spawn()
@@ -180,6 +241,7 @@ impl Publisher {
     pub fn publish(&self, topic: &str, body: &str) {
         let ok = Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
             .args(["-q", "1", "-t", topic, "-m", body])
             .status()
             .expect("run mosquitto_pub")

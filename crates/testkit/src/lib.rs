@@ -9,6 +9,7 @@ pub mod boto3;
 pub mod brokers;
 pub mod browser;
 pub mod bundle;
+pub mod certs;
 mod host;
 mod platform;
 mod provider;

@@ -6,3 +6,4 @@ mod cron;
 mod mqtt;
 mod nats;
 mod support;
+mod tls;
