@@ -127,8 +127,7 @@ fn options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
 
 /// Why a connection attempt failed, in words that say what to do when the broker refused
 /// Virga's credentials.
-pub(crate) fn refused(url: &str, code: impl std::fmt::Debug) -> String {
-    let code = format!("{code:?}");
+fn refused(url: &str, code: &str) -> String {
     if code.contains("UserName") || code.contains("Auth") {
         format!(
             "{url} refused the credentials ({code}): check --mqtt-user and the password \
@@ -162,18 +161,14 @@ pub(crate) fn start(core: Arc<Core>, cfg: MqttConfig) -> Result<Arc<dyn Connecto
 /// Drive the connection: hand each publish to a task of its own, resubscribe on each
 /// connect, and on errors wait (with backoff) before the event loop dials again.
 async fn poll(job: Job, mut events: EventLoop, url: String) {
-    let (core, client, routes) = (job.core.clone(), job.client.clone(), job.routes.clone());
-    let mut wait = Duration::from_millis(100);
-    let mut up = false;
+    let mut link = Link::new(url, "");
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => job.take(p),
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                tracing::info!("mqtt connector: connected to {url}");
-                core.metrics.connector_connected(NAME, true);
-                (up, wait) = (true, Duration::from_millis(100));
-                let filters: Vec<String> = read(&routes).keys().cloned().collect();
-                let client = client.clone();
+                link.connected(&job.core);
+                let filters: Vec<String> = read(&job.routes).keys().cloned().collect();
+                let client = job.client.clone();
                 tokio::spawn(async move {
                     for f in filters {
                         let _ = client.subscribe(f, QoS::AtLeastOnce).await;
@@ -182,26 +177,71 @@ async fn poll(job: Job, mut events: EventLoop, url: String) {
             }
             Ok(_) => {}
             Err(e) => {
-                if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
-                    tracing::error!(
-                        "mqtt connector: {}; retrying in {wait:?}",
-                        refused(&url, code)
-                    );
-                } else if up {
-                    tracing::warn!("mqtt connector: lost {url} ({e}); reconnecting with backoff");
-                } else {
-                    tracing::warn!(
-                        "mqtt connector: cannot reach {url} ({e}); retrying in {wait:?}"
-                    );
-                }
-                if up || wait == Duration::from_millis(100) {
-                    core.metrics.connector_connected(NAME, false);
-                }
-                up = false;
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
+                let refused = match &e {
+                    rumqttc::ConnectionError::ConnectionRefused(code) => Some(format!("{code:?}")),
+                    _ => None,
+                };
+                link.failed(&job.core, refused, &e).await;
             }
         }
+    }
+}
+
+/// One broker connection's state, for both MQTT versions: what the logs say, the
+/// `connected` metric and the reconnect backoff.
+pub(crate) struct Link {
+    url: String,
+    /// Appended to the connected line (` (MQTT 5)`).
+    version: &'static str,
+    wait: Duration,
+    up: bool,
+}
+
+impl Link {
+    const FIRST_WAIT: Duration = Duration::from_millis(100);
+
+    /// Not connected yet.
+    pub(crate) fn new(url: String, version: &'static str) -> Link {
+        Link {
+            url,
+            version,
+            wait: Self::FIRST_WAIT,
+            up: false,
+        }
+    }
+
+    /// The broker accepted the connection.
+    pub(crate) fn connected(&mut self, core: &Core) {
+        tracing::info!("mqtt connector: connected to {}{}", self.url, self.version);
+        core.metrics.connector_connected(NAME, true);
+        (self.up, self.wait) = (true, Self::FIRST_WAIT);
+    }
+
+    /// The connection failed (`refusal`: the broker's reason code): say why, then wait
+    /// before the event loop dials again, longer each time up to 5 s.
+    pub(crate) async fn failed(
+        &mut self,
+        core: &Core,
+        refusal: Option<String>,
+        e: &(dyn std::fmt::Display + Sync),
+    ) {
+        let (url, wait) = (&self.url, self.wait);
+        if let Some(code) = refusal {
+            tracing::error!(
+                "mqtt connector: {}; retrying in {wait:?}",
+                refused(url, &code)
+            );
+        } else if self.up {
+            tracing::warn!("mqtt connector: lost {url} ({e}); reconnecting with backoff");
+        } else {
+            tracing::warn!("mqtt connector: cannot reach {url} ({e}); retrying in {wait:?}");
+        }
+        if self.up || wait == Self::FIRST_WAIT {
+            core.metrics.connector_connected(NAME, false);
+        }
+        self.up = false;
+        tokio::time::sleep(wait).await;
+        self.wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -15,8 +15,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 
 use crate::mqtt::{
-    endpoint, matching, queue_all, read, refused, took_one, wanted, Endpoint, MqttConfig, Routes,
-    NAME,
+    endpoint, matching, queue_all, read, took_one, wanted, Endpoint, Link, MqttConfig, Routes, NAME,
 };
 use crate::{Connector, Core, Message};
 
@@ -87,15 +86,12 @@ pub(crate) fn start(core: Arc<Core>, cfg: MqttConfig) -> Result<Arc<dyn Connecto
 
 /// Drive the connection, as the 3.1.1 connector does.
 async fn poll(job: Job, mut events: EventLoop, url: String) {
-    let mut wait = Duration::from_millis(100);
-    let mut up = false;
+    let mut link = Link::new(url, " (MQTT 5)");
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => job.take(p),
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                tracing::info!("mqtt connector: connected to {url} (MQTT 5)");
-                job.core.metrics.connector_connected(NAME, true);
-                (up, wait) = (true, Duration::from_millis(100));
+                link.connected(&job.core);
                 let filters: Vec<String> = read(&job.routes).keys().cloned().collect();
                 let client = job.client.clone();
                 tokio::spawn(async move {
@@ -106,24 +102,13 @@ async fn poll(job: Job, mut events: EventLoop, url: String) {
             }
             Ok(_) => {}
             Err(e) => {
-                if let rumqttc::v5::ConnectionError::ConnectionRefused(code) = &e {
-                    tracing::error!(
-                        "mqtt connector: {}; retrying in {wait:?}",
-                        refused(&url, code)
-                    );
-                } else if up {
-                    tracing::warn!("mqtt connector: lost {url} ({e}); reconnecting with backoff");
-                } else {
-                    tracing::warn!(
-                        "mqtt connector: cannot reach {url} ({e}); retrying in {wait:?}"
-                    );
-                }
-                if up || wait == Duration::from_millis(100) {
-                    job.core.metrics.connector_connected(NAME, false);
-                }
-                up = false;
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
+                let refused = match &e {
+                    rumqttc::v5::ConnectionError::ConnectionRefused(code) => {
+                        Some(format!("{code:?}"))
+                    }
+                    _ => None,
+                };
+                link.failed(&job.core, refused, &e).await;
             }
         }
     }
