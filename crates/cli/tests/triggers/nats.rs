@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use virga_testkit::brokers::{NatsConn, NatsServer};
 
-use crate::support::{metric, real, records, wait_real, wait_subscribed, Setup};
+use crate::support::{metric, outage, real, records, wait_real, wait_subscribed, Setup};
 
 fn start(nats: &NatsServer, extra: &[&str]) -> Setup {
     let mut args = vec!["--nats-url", nats.url.as_str()];
@@ -205,22 +205,10 @@ fn a_broker_restart_mid_stream_is_survived() {
     }
     c.flush();
     assert_eq!(wait_real(&calls, 20, Duration::from_secs(20)).len(), 20);
-    nats.stop();
-    let up = "virga_connector_connected{connector=\"nats\"}";
-    assert!(s
-        .p
-        .eventually(Duration::from_secs(10), || metric(&s.p, up) == Some(0.0)));
-    assert_eq!(
-        s.p.anon(reqwest::Method::GET, "/healthz")
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
-    nats.restart();
-    assert!(s
-        .p
-        .eventually(Duration::from_secs(20), || metric(&s.p, up) == Some(1.0)));
+    outage(&s, "nats", Duration::from_secs(10), |down| match down {
+        true => nats.stop(),
+        false => nats.restart(),
+    });
     let mut c = NatsConn::connect(nats.port);
     wait_subscribed(&calls, |b| c.publish("steady", None, b.as_bytes()));
     for i in 0..20 {

@@ -199,3 +199,18 @@ pub fn real(recs: &[Rec]) -> Vec<Rec> {
         .cloned()
         .collect()
 }
+
+/// The broker goes away (`down(true)`) and comes back (`down(false)`): the connector's
+/// `connected` metric falls to 0 within `lost`, HTTP keeps serving, and the metric is back
+/// at 1 within 20 s of the restart.
+pub fn outage(s: &Setup, connector: &str, lost: Duration, mut down: impl FnMut(bool)) {
+    down(true);
+    let up = format!("virga_connector_connected{{connector=\"{connector}\"}}");
+    assert!(s.p.eventually(lost, || metric(&s.p, &up) == Some(0.0)));
+    let health = s.p.anon(reqwest::Method::GET, "/healthz").send().unwrap();
+    assert_eq!(health.status(), 200);
+    down(false);
+    assert!(s
+        .p
+        .eventually(Duration::from_secs(20), || metric(&s.p, &up) == Some(1.0)));
+}
