@@ -19,7 +19,7 @@ use base64::Engine;
 use subtle::ConstantTimeEq;
 
 use crate::listener::ClientAddr;
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, Principal};
 
 static SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
 
@@ -71,7 +71,7 @@ impl Credentials {
 /// blocked after too many wrong ones.
 pub(crate) async fn require(
     State(state): State<Arc<AppState>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let ip = req
@@ -87,6 +87,8 @@ pub(crate) async fn require(
     };
     if state.credentials.check(given.as_bytes()) {
         state.backoff.succeeded(ip);
+        let admin = Principal::admin(&state.credentials.user);
+        req.extensions_mut().insert(admin);
         return next.run(req).await;
     }
     if let Some(wait) = state.backoff.failed(ip, now) {

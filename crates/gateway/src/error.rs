@@ -17,6 +17,9 @@ pub enum ApiError {
     /// Missing or wrong credentials (401).
     #[error("unauthorized: give the admin credentials with HTTP basic auth")]
     Unauthorized,
+    /// The caller may not do this (403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The request did not arrive in time (408).
     #[error("{0}")]
     RequestTimeout(String),
@@ -64,6 +67,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
