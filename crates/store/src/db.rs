@@ -127,6 +127,8 @@ impl Store {
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(FUNCTIONS).map_err(db_err)?;
         tx.open_table(SEALED_SECRETS).map_err(db_err)?;
+        crate::tokens::create_tables(&tx)?;
+        crate::audit::create_tables(&tx)?;
         tx.commit().map_err(db_err)?;
         check_key(&db, &key, &path)?;
         let bundles = Bundles::open(&dir.join("bundles"))?;
@@ -189,7 +191,7 @@ impl Store {
     /// Run `op` on the open database, reopening it first when a failure closed it. A
     /// storage failure (also of the reopening) closes it again and marks the store failing;
     /// a write that works clears that mark.
-    fn with_db<T>(&self, write: bool, op: impl Fn(&Database) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_db<T>(&self, write: bool, op: impl Fn(&Database) -> Result<T>) -> Result<T> {
         let result = self.ensure_open().and_then(|()| {
             let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
             match guard.as_ref() {

@@ -9,6 +9,7 @@ pub mod lambda;
 mod resources;
 mod scaling;
 mod target;
+mod tokens;
 mod validate;
 mod watchdog;
 
@@ -17,6 +18,7 @@ pub use bundle::*;
 pub use resources::*;
 pub use scaling::*;
 pub use target::{headers, Target};
+pub use tokens::*;
 pub use validate::*;
 pub use watchdog::*;
 
