@@ -35,14 +35,20 @@ impl Store {
             let tx = db.begin_write().map_err(db_err)?;
             let seq = {
                 let mut table = tx.open_table(AUDIT).map_err(db_err)?;
-                let seq = table.last().map_err(db_err)?.map_or(1, |(k, _)| k.value() + 1);
+                let seq = table
+                    .last()
+                    .map_err(db_err)?
+                    .map_or(1, |(k, _)| k.value() + 1);
                 let numbered = AuditEntry {
                     seq,
                     ..entry.clone()
                 };
                 let bytes = serde_json::to_vec(&numbered).map_err(json_err)?;
                 table.insert(seq, bytes.as_slice()).map_err(db_err)?;
-                let first = table.first().map_err(db_err)?.map_or(seq, |(k, _)| k.value());
+                let first = table
+                    .first()
+                    .map_err(db_err)?
+                    .map_or(seq, |(k, _)| k.value());
                 for _ in 0..(seq - first + 1).saturating_sub(kept) {
                     table.pop_first().map_err(db_err)?;
                 }

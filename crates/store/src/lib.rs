@@ -15,9 +15,9 @@ mod unpack;
 
 pub use beneath::read_beneath;
 
+pub use audit::AUDIT_KEPT;
 pub use bundles::Bundles;
 pub use db::{Store, StoredFunction};
-pub use audit::AUDIT_KEPT;
 pub use sealed::SecretsKey;
 pub use tokens::{TokenCheck, TOKEN_PREFIX};
 pub use unpack::UnpackLimits;

@@ -209,7 +209,9 @@ impl Store {
             };
             if removed.is_some() {
                 let mut revoked = tx.open_table(REVOKED).map_err(db_err)?;
-                revoked.insert(id, now.to_rfc3339().as_str()).map_err(db_err)?;
+                revoked
+                    .insert(id, now.to_rfc3339().as_str())
+                    .map_err(db_err)?;
                 forget_oldest_revocation(&mut revoked)?;
             }
             tx.commit().map_err(db_err)?;
@@ -271,7 +273,13 @@ mod tests {
         // The same id with another secret is unknown, as is garbage.
         let other = format!("vg_{}_{}", ci.id, "A".repeat(43));
         assert_eq!(s.check_token(&other, now).unwrap(), TokenCheck::Unknown);
-        for bad in ["", "vg_", "Bearer x", "vg_zz_abc", &token[..token.len() - 1]] {
+        for bad in [
+            "",
+            "vg_",
+            "Bearer x",
+            "vg_zz_abc",
+            &token[..token.len() - 1],
+        ] {
             assert!(
                 matches!(s.check_token(bad, now).unwrap(), TokenCheck::Malformed(_)),
                 "{bad}"
