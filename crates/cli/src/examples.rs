@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use include_dir::{include_dir, Dir};
 
 use crate::client::Client;
-use crate::config::Credentials;
+use crate::config::{Auth, Credentials};
 use crate::stack::Stack;
 
 static EXAMPLES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../../examples");
@@ -35,7 +35,7 @@ fn try_deploy(url: &str, password: &str, data_dir: &Path) -> Result<()> {
         username: "admin".into(),
         password: password.into(),
     };
-    let client = Client::with_credentials(url, Some(creds))?;
+    let client = Client::with_credentials(url, Some(Auth::Basic(creds)))?;
     let registry = crate::oci_build::RegistryArgs::default();
     let opts = crate::builder::BuildOptions {
         oci: false,

@@ -23,6 +23,7 @@ mod registry;
 mod secrets;
 mod stack;
 mod templates;
+mod tokens;
 mod triggers;
 mod up;
 mod up_images;
@@ -98,6 +99,13 @@ enum Command {
         #[command(subcommand)]
         command: secrets::SecretCommand,
     },
+    /// Create, list and revoke API tokens (roles and namespaces).
+    Token {
+        #[command(subcommand)]
+        command: tokens::TokenCommand,
+    },
+    /// Show the newest changes made through the API: when, who, what, and the answer.
+    Audit(tokens::AuditArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -138,5 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(args) => queue::show(&connect()?, args),
         Command::DeadLetters { command } => queue::dead_letters(&connect()?, command),
         Command::Triggers { json } => triggers::show(&connect()?, json),
+        Command::Token { command } => tokens::run(&connect()?, command),
+        Command::Audit(args) => tokens::audit(&connect()?, args),
     }
 }
