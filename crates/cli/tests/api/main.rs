@@ -1,7 +1,7 @@
 //! The API of the real `virga up` end to end, over real HTTP: deploy, invoke, update and
 //! delete (api), what deploys accept (deploy_checks), the edge against misbehaving clients
-//! (edge), metrics and logs (observe), a full disk (disk_full), untrusted bundles (bundles)
-//! and secrets at rest (secrets_at_rest).
+//! (edge), metrics and logs (observe), a full disk (disk_full), untrusted bundles (bundles),
+//! secrets at rest (secrets_at_rest), and API tokens and the audit log (tokens).
 
 mod api;
 mod bundles;
@@ -10,3 +10,4 @@ mod disk_full;
 mod edge;
 mod observe;
 mod secrets_at_rest;
+mod tokens;
