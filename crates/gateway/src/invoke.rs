@@ -50,7 +50,7 @@ pub(crate) async fn call(state: &AppState, target: &Target, mut req: Request) ->
     // Only the (authenticated) Lambda Invoke API may hand a runtime a raw event.
     req.headers_mut().remove(&X_LAMBDA);
     let started = Instant::now();
-    let handle = state.function_handle(&target.function);
+    let handle = state.function_handle(&target.key);
     if let Some(h) = &handle {
         h.metrics.started();
     }
@@ -98,7 +98,7 @@ pub(crate) async fn forward(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
-    let name = &target.function;
+    let name = &target.key;
     let limit = state.cfg.max_body_bytes;
     let declared = declared_length(&parts.headers, limit)?;
     let call_id = prepare_headers(&mut parts.headers);

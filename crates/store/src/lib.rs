@@ -1,4 +1,4 @@
-//! Durable state of the platform, kept in one data directory: functions and secrets (sealed
+//! Durable state of the platform, kept in one data directory: namespaces, functions and secrets (sealed
 //! under a key kept elsewhere) in an embedded redb database (every write is a committed,
 //! fsync'd transaction), and function code as content-addressed bundles on disk. Everything the gateway accepted is here, so a
 //! restarted `virga up` (even after kill -9) finds it all again.
@@ -7,6 +7,7 @@ mod beneath;
 mod bundles;
 mod db;
 mod migrate;
+mod namespaces;
 mod sealed;
 mod unpack;
 
@@ -14,6 +15,7 @@ pub use beneath::read_beneath;
 
 pub use bundles::Bundles;
 pub use db::{Store, StoredFunction};
+pub use namespaces::Namespace;
 pub use sealed::SecretsKey;
 pub use unpack::UnpackLimits;
 
