@@ -190,12 +190,7 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, Refu
     let target = crate::invoke::target_after(&req, "/async-function/")?;
     let handle = state
         .function_handle(&target.key)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "function {:?} not found in namespace {:?}",
-                target.function, target.namespace
-            ))
-        })?;
+        .ok_or_else(|| crate::invoke::not_found(state, &target))?;
     let settings = handle.calls();
     let policy = &settings.policy;
     let (parts, body) = req.into_parts();

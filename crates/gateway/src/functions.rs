@@ -103,7 +103,9 @@ fn stored(state: &AppState, name: &str, ns: &str) -> Result<StoredFunction, ApiE
     state
         .store
         .function(&function_key(name, ns))?
-        .ok_or_else(|| ApiError::NotFound(format!("function {name:?} not found in namespace {ns:?}")))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("function {name:?} not found in namespace {ns:?}"))
+        })
 }
 
 /// `POST /system/functions`: 202 once stored; 409 if the name is taken. The store decides

@@ -70,6 +70,22 @@ pub(crate) async fn call(state: &AppState, target: &Target, mut req: Request) ->
     resp
 }
 
+/// 404 for a call to a function that is not deployed, naming the namespace when that is
+/// what is missing.
+pub(crate) fn not_found(state: &AppState, target: &Target) -> ApiError {
+    let ns = &target.namespace;
+    if state.store.namespace(ns).ok().flatten().is_none() {
+        return ApiError::NotFound(format!(
+            "namespace {ns:?} not found (the call was for function {:?})",
+            target.function
+        ));
+    }
+    ApiError::NotFound(format!(
+        "function {:?} not found in namespace {ns:?}",
+        target.function
+    ))
+}
+
 /// Add `Content-Security-Policy: sandbox` (next to any policy of the function's own).
 pub(crate) fn sandbox(h: &mut HeaderMap) {
     let csp = HeaderValue::from_static("sandbox");
@@ -109,7 +125,10 @@ pub(crate) async fn forward(
     let body = Replayable::new(body);
     let mut attempt = 0;
     let (lease, result) = loop {
-        let lease = state.provider.lease(name).await?;
+        let lease = state.provider.lease(name).await.map_err(|e| match e {
+            virga_provider::ProviderError::NotFound(_) => not_found(state, target),
+            e => e.into(),
+        })?;
         let uri = Uri::builder()
             .scheme("http")
             .authority(lease.addr().to_string())

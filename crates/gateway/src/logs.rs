@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::functions::load;
+use crate::{ApiError, AppState, Need, Principal};
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::header;
@@ -14,8 +16,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 use futures_util::stream::{self, StreamExt};
 use virga_logs::{LogLine, LogQuery};
-use crate::functions::load;
-use crate::{ApiError, AppState, Need, Principal};
 
 /// `Content-Type` of the answer.
 const NDJSON: &str = "application/x-ndjson";
@@ -29,7 +29,13 @@ pub(crate) async fn get_logs(
     let param = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let name = param("name")
         .ok_or_else(|| ApiError::BadRequest("name: give the function's name".into()))?;
-    let f = load(&state, &who, Need::Read, name, param("namespace").unwrap_or(""))?;
+    let f = load(
+        &state,
+        &who,
+        Need::Read,
+        name,
+        param("namespace").unwrap_or(""),
+    )?;
     let query = LogQuery {
         instance: param("instance").map(str::to_string),
         since: param("since")

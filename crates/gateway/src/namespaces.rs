@@ -13,8 +13,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use virga_store::Namespace;
 use virga_types::{
-    namespace_or_default, split_key, validate_namespace, validate_new_namespace,
-    DEFAULT_NAMESPACE,
+    namespace_or_default, split_key, validate_namespace, validate_new_namespace, DEFAULT_NAMESPACE,
 };
 
 use crate::error::parse_json;
@@ -53,7 +52,10 @@ fn not_found(ns: &str) -> ApiError {
 
 /// `NAME` or `NAME.NAMESPACE` with a `?namespace=` beside it: the name and the namespace
 /// (the path's wins; both given and different is a 400).
-pub(crate) fn split_target<'a>(full: &'a str, query_ns: &'a str) -> Result<(&'a str, &'a str), ApiError> {
+pub(crate) fn split_target<'a>(
+    full: &'a str,
+    query_ns: &'a str,
+) -> Result<(&'a str, &'a str), ApiError> {
     match full.split_once('.') {
         Some((name, ns)) if !query_ns.is_empty() && namespace_or_default(query_ns) != ns => {
             Err(ApiError::BadRequest(format!(
@@ -110,7 +112,10 @@ pub(crate) async fn get_one(
     Path(name): Path<String>,
 ) -> Result<Json<FunctionNamespace>, ApiError> {
     let name = resolve(&state, &who, Need::Read, &name)?;
-    let ns = state.store.namespace(&name)?.ok_or_else(|| not_found(&name))?;
+    let ns = state
+        .store
+        .namespace(&name)?
+        .ok_or_else(|| not_found(&name))?;
     Ok(Json(ns.into()))
 }
 
@@ -154,7 +159,10 @@ pub(crate) async fn update(
     }
     crate::quota::check_annotations(&req.annotations)?;
     let _writing = state.function_writes.lock().await;
-    let mut ns = state.store.namespace(&name)?.ok_or_else(|| not_found(&name))?;
+    let mut ns = state
+        .store
+        .namespace(&name)?
+        .ok_or_else(|| not_found(&name))?;
     ns.labels = req.labels;
     ns.annotations = req.annotations;
     state.store.update_namespace(&ns)?;

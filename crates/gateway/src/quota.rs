@@ -121,8 +121,16 @@ pub(crate) fn check_deploy(
     let (functions, used_replicas, used_memory) = usage(state, &d.namespace, &d.service)?;
     let replicas = replicas.max(1);
     let ns = &d.namespace;
-    if let Some(limit) = quota.functions.filter(|&l| old.is_none() && functions + 1 > l) {
-        return Err(over(ns, FUNCTIONS, format!("{} functions", functions + 1), limit.to_string()));
+    if let Some(limit) = quota
+        .functions
+        .filter(|&l| old.is_none() && functions + 1 > l)
+    {
+        return Err(over(
+            ns,
+            FUNCTIONS,
+            format!("{} functions", functions + 1),
+            limit.to_string(),
+        ));
     }
     if let Some(limit) = quota.replicas.filter(|&l| used_replicas + replicas > l) {
         let asked = format!("{} replicas", used_replicas + replicas);
@@ -136,13 +144,21 @@ pub(crate) fn check_deploy(
 }
 
 /// 403 unless `f` may have `replicas`.
-pub(crate) fn check_scale(state: &AppState, f: &StoredFunction, replicas: u64) -> Result<(), ApiError> {
+pub(crate) fn check_scale(
+    state: &AppState,
+    f: &StoredFunction,
+    replicas: u64,
+) -> Result<(), ApiError> {
     let allowed = replicas_allowed(state, f, replicas);
     if replicas <= allowed {
         return Ok(());
     }
     let quota = Quota::of(state, &f.deployment.namespace);
-    let what = if quota.replicas.is_some() { REPLICAS } else { MEMORY };
+    let what = if quota.replicas.is_some() {
+        REPLICAS
+    } else {
+        MEMORY
+    };
     Err(ApiError::Forbidden(format!(
         "namespace {:?} quota {what} exceeded: function {:?} may have at most {allowed} \
          replicas now, not {replicas}",

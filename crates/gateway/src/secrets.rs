@@ -87,7 +87,11 @@ pub(crate) async fn delete(
     let req: DeleteSecret = parse_json(&body)?;
     validate_name("name", &req.name)?;
     // faas-cli sends the namespace in the body; `?namespace=` is taken too.
-    let given = if req.namespace.is_empty() { &q.namespace } else { &req.namespace };
+    let given = if req.namespace.is_empty() {
+        &q.namespace
+    } else {
+        &req.namespace
+    };
     let ns = resolve(&state, &who, Need::Deploy, given)?;
     if state.store.delete_secret(&function_key(&req.name, &ns))? {
         Ok(StatusCode::OK)

@@ -134,7 +134,8 @@ impl Store {
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(FUNCTIONS).map_err(db_err)?;
         tx.open_table(SEALED_SECRETS).map_err(db_err)?;
-        tx.open_table(crate::namespaces::NAMESPACES).map_err(db_err)?;
+        tx.open_table(crate::namespaces::NAMESPACES)
+            .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         check_key(&db, &key, &path)?;
         let bundles = Bundles::open(&dir.join("bundles"))?;

@@ -123,7 +123,8 @@ mod tests {
         ));
         assert!(s.create_namespace(&Namespace::new(DEFAULT_NS)).is_err());
         let mut d = Namespace::new(DEFAULT_NS);
-        d.annotations.insert("virga.quota.functions".into(), "3".into());
+        d.annotations
+            .insert("virga.quota.functions".into(), "3".into());
         s.update_namespace(&d).unwrap();
         assert!(matches!(
             s.update_namespace(&Namespace::new("nope")),
@@ -131,9 +132,17 @@ mod tests {
         ));
         drop(s);
         let s = Store::open(dir.path(), key()).unwrap();
-        let names: Vec<_> = s.namespaces().unwrap().into_iter().map(|n| n.name).collect();
+        let names: Vec<_> = s
+            .namespaces()
+            .unwrap()
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
         assert_eq!(names, [DEFAULT_NS, "team-a"]);
-        assert_eq!(s.namespace(DEFAULT_NS).unwrap().unwrap().annotations.len(), 1);
+        assert_eq!(
+            s.namespace(DEFAULT_NS).unwrap().unwrap().annotations.len(),
+            1
+        );
         assert!(s.delete_namespace("team-a").unwrap());
         assert!(!s.delete_namespace("team-a").unwrap());
     }

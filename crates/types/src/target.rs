@@ -4,7 +4,9 @@
 //! `/async-function/...` and stores it with the queued call, so a delivery never parses a
 //! path again.
 
-use crate::{function_key, namespace_or_default, split_key, validate_name, validate_namespace, Invalid};
+use crate::{
+    function_key, namespace_or_default, split_key, validate_name, validate_namespace, Invalid,
+};
 
 /// Which function a call is for, and what it asks of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,8 +111,17 @@ mod tests {
         assert_eq!(t.key, "echo");
         assert_eq!(Target::parse("echo/", None).unwrap().path, "/");
         let t = Target::parse("echo.team-a/a", None).unwrap();
-        assert_eq!((t.namespace.as_str(), t.key.as_str()), ("team-a", "echo.team-a"));
-        assert_eq!(Target::stored(&t.key, "/"), Target { path: "/".into(), ..t });
+        assert_eq!(
+            (t.namespace.as_str(), t.key.as_str()),
+            ("team-a", "echo.team-a")
+        );
+        assert_eq!(
+            Target::stored(&t.key, "/"),
+            Target {
+                path: "/".into(),
+                ..t
+            }
+        );
         assert!(Target::parse("echo.Bad_NS/a", None).is_err());
         assert!(Target::parse("Bad_Name", None).is_err());
         assert!(Target::parse("", None).is_err());

@@ -202,7 +202,15 @@ mod tests {
     #[test]
     fn namespaces_and_keys() {
         assert!(validate_new_namespace("team-a").is_ok());
-        for bad in ["kube-system", "kube-x", "openfaas", "default", "Team", "a.b", ""] {
+        for bad in [
+            "kube-system",
+            "kube-x",
+            "openfaas",
+            "default",
+            "Team",
+            "a.b",
+            "",
+        ] {
             assert!(validate_new_namespace(bad).is_err(), "{bad}");
         }
         assert_eq!(function_key("f", ""), "f");
