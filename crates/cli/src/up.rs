@@ -194,20 +194,22 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
     )?;
     let restored = local.provider.restore()?;
     let provider: SharedProvider = local.provider.clone();
+    let state = AppState::new(
+        gateway_config(&args),
+        store,
+        provider.clone(),
+        Credentials::new("admin", &password),
+        metrics,
+        logs,
+    );
+    let quotas = state.clone();
     virga_scaler::spawn(
         provider.clone(),
         virga_scaler::ScalerConfig {
             scale_down_window: Duration::from_secs(args.scale_down_window),
             ..virga_scaler::ScalerConfig::default()
         },
-    );
-    let state = AppState::new(
-        gateway_config(&args),
-        store,
-        provider,
-        Credentials::new("admin", &password),
-        metrics,
-        logs,
+        Arc::new(move |key: &str, wanted: u64| virga_gateway::quota_cap(&quotas, key, wanted)),
     );
     let isolation = local.provider.isolation();
     crate::up_images::enable(&state, images, registry_config, pulls, isolation);

@@ -61,10 +61,11 @@ pub async fn ensure(images: &Images, store: &Store, registry_config: &Path, pull
         if images.image(&digest).is_ok() {
             continue;
         }
-        tracing::info!(function = %f.deployment.service, image = %image, "pulling a missing image");
+        let key = f.key();
+        tracing::info!(function = %key, image = %image, "pulling a missing image");
         let registry = virga_oci::parse_reference(image).map(|r| r.registry().to_string());
         let creds = registry.and_then(|host| RegistryConfig::load(registry_config)?.lookup(&host));
-        let name = &f.deployment.service;
+        let name = &key;
         let pulled = match creds {
             Ok(creds) => {
                 let progress = pulls.start(name, image);

@@ -47,8 +47,10 @@ pub(crate) struct Scaled {
 /// `POST /system/alert`: scale every function an alert names; what each alert did.
 pub(crate) async fn receive(
     State(state): State<Arc<AppState>>,
+    axum::Extension(who): axum::Extension<crate::Principal>,
     body: Bytes,
 ) -> Result<Json<Vec<Scaled>>, ApiError> {
+    who.check_role(crate::Need::Admin)?;
     let hook: Webhook = parse_json(&body)?;
     let mut done = Vec::new();
     for alert in hook.alerts {

@@ -11,11 +11,11 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use serde::Serialize;
@@ -23,10 +23,11 @@ use virga_queue::{
     Call, Deliver, FunctionSettings, Outcome, PoolConfig, PoolCounters, QueueError, QueueStats,
     SharedQueue, WorkerPool,
 };
-use virga_types::{headers, Target};
+use virga_types::{headers, split_key, Target};
 
+use crate::namespaces::{resolve, NamespaceQuery};
 use crate::replay::DrainingLimit;
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, Need, Principal};
 
 /// Deliveries at once of a function whose instances set no `max_inflight`.
 const DEFAULT_CONCURRENCY: usize = 32;
@@ -93,7 +94,7 @@ pub async fn enable_async(
     let pool = WorkerPool::start(queue.clone(), deliver, cfg.pool).await?;
     if let Ok(functions) = state.store.functions() {
         for f in functions {
-            if let Some(h) = state.function_handle(&f.deployment.service) {
+            if let Some(h) = state.function_handle(&f.key()) {
                 pool.ensure_queue(&h.calls().policy.queue);
             }
         }
@@ -188,8 +189,8 @@ fn too_large(limit: usize) -> Refused {
 async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, Refused> {
     let target = crate::invoke::target_after(&req, "/async-function/")?;
     let handle = state
-        .function_handle(&target.function)
-        .ok_or_else(|| ApiError::NotFound(format!("function {:?} not found", target.function)))?;
+        .function_handle(&target.key)
+        .ok_or_else(|| crate::invoke::not_found(state, &target))?;
     let settings = handle.calls();
     let policy = &settings.policy;
     let (parts, body) = req.into_parts();
@@ -221,7 +222,7 @@ async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, Refu
     }
     let call = Call {
         id: id.to_str().unwrap_or_default().to_string(),
-        function: target.function,
+        function: target.key,
         queue: policy.queue.clone(),
         method: parts.method.as_str().to_string(),
         path: target.path,
@@ -461,20 +462,51 @@ fn failure(status: u16, message: String, connection_failed: bool) -> Outcome {
 /// `GET /system/virga/dead-letters`.
 pub(crate) async fn list_dead(
     State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<NamespaceQuery>,
 ) -> Result<Json<Vec<virga_queue::DeadLetterInfo>>, ApiError> {
-    let letters = async_calls(&state)?
+    who.check_role(Need::Read)?;
+    let only = match q.namespace.as_str() {
+        "" => None,
+        ns => Some(resolve(&state, &who, Need::Read, ns)?),
+    };
+    let letters = dead_letters(&state).await?;
+    Ok(Json(
+        letters
+            .into_iter()
+            .filter(|l| {
+                let ns = split_key(&l.function).1;
+                who.sees(ns) && only.as_deref().is_none_or(|o| o == ns)
+            })
+            .collect(),
+    ))
+}
+
+async fn dead_letters(state: &AppState) -> Result<Vec<virga_queue::DeadLetterInfo>, ApiError> {
+    async_calls(state)?
         .queue
         .dead_letters()
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(letters))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// `POST /system/virga/dead-letters/{id}/retry`: back on its queue, attempts reset.
 pub(crate) async fn retry_dead(
     State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let not_found = || ApiError::NotFound(format!("dead letter {id:?} not found"));
+    let letter = dead_letters(&state)
+        .await?
+        .into_iter()
+        .find(|l| l.id == id)
+        .ok_or_else(not_found)?;
+    let ns = split_key(&letter.function).1;
+    if !who.sees(ns) {
+        return Err(not_found());
+    }
+    who.check(Need::Deploy, ns)?;
     let calls = async_calls(&state)?;
     let now = virga_queue::unix_ms();
     let until = now.saturating_add(calls.pool.config().callback_retry_for.as_millis() as u64);
@@ -487,7 +519,7 @@ pub(crate) async fn retry_dead(
             e => ApiError::Internal(e.to_string()),
         })?;
     if !found {
-        return Err(ApiError::NotFound(format!("dead letter {id:?} not found")));
+        return Err(not_found());
     }
     for s in calls.queue.known_queues().await {
         calls.pool.ensure_queue(&s);
@@ -504,7 +536,10 @@ pub(crate) struct Purged {
 /// `DELETE /system/virga/dead-letters`: drop them all.
 pub(crate) async fn purge_dead(
     State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
 ) -> Result<Json<Purged>, ApiError> {
+    // Letters of every namespace go at once.
+    who.check_role(Need::Admin)?;
     let purged = async_calls(&state)?
         .queue
         .purge_dead_letters()
@@ -528,7 +563,9 @@ pub(crate) struct QueuesReport {
 /// `GET /system/virga/queues`: depth, in-flight and dead letters per queue.
 pub(crate) async fn queues(
     State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
 ) -> Result<Json<QueuesReport>, ApiError> {
+    who.check_role(Need::Read)?;
     let calls = async_calls(&state)?;
     let internal = |e: QueueError| ApiError::Internal(e.to_string());
     let queues = calls.queue.stats().await.map_err(internal)?;

@@ -28,8 +28,10 @@ fn digest_hex(digest: &str) -> Result<&str, ApiError> {
 /// `HEAD`: 200 when stored, 404 when not.
 pub(crate) async fn exists(
     State(state): State<Arc<AppState>>,
+    axum::Extension(who): axum::Extension<crate::Principal>,
     Path(digest): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    who.check_role(crate::Need::Deploy)?;
     let hex = digest_hex(&digest)?;
     Ok(match state.store.bundles().path(hex) {
         Some(_) => StatusCode::OK,
@@ -40,9 +42,11 @@ pub(crate) async fn exists(
 /// `PUT`: store the archive in the body; 201 with the image reference to deploy.
 pub(crate) async fn upload(
     State(state): State<Arc<AppState>>,
+    axum::Extension(who): axum::Extension<crate::Principal>,
     Path(digest): Path<String>,
     body: Body,
 ) -> Result<(StatusCode, Json<BundleUploaded>), ApiError> {
+    who.check_role(crate::Need::Deploy)?;
     let hex = digest_hex(&digest)?.to_string();
     let tmp = state.store.bundles().temp_path();
     let written = write_body(&tmp, body, state.cfg.max_bundle_bytes).await;

@@ -94,11 +94,18 @@ fn strip_port(host: &str) -> &str {
 /// `ANY /system/virga/invoke/{name}[/path]`: a function call made by the console, on its own
 /// origin. It goes through the same path as `/function/...`, without the admin's credentials,
 /// and its answer always carries `Content-Security-Policy: sandbox`.
-pub(crate) async fn invoke(State(state): State<Arc<AppState>>, mut req: Request) -> Response {
+pub(crate) async fn invoke(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(who): axum::Extension<crate::Principal>,
+    mut req: Request,
+) -> Response {
     let target = match crate::invoke::target_after(&req, "/system/virga/invoke/") {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = who.check(crate::Need::Invoke, &target.namespace) {
+        return e.into_response();
+    }
     req.headers_mut().remove(header::AUTHORIZATION);
     let mut resp = crate::invoke::call(&state, &target, req).await;
     crate::invoke::sandbox(resp.headers_mut());

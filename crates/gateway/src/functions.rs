@@ -7,35 +7,21 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::Utc;
-use serde::Deserialize;
 use virga_store::StoredFunction;
 use virga_types::{
-    validate_deployment, validate_name, validate_namespace, validate_replicas,
-    DeleteFunctionRequest, FunctionDeployment, FunctionStatus, ScaleServiceRequest, ScalingPolicy,
+    function_key, validate_deployment, validate_name, validate_replicas, DeleteFunctionRequest,
+    FunctionDeployment, FunctionStatus, ScaleServiceRequest, ScalingPolicy,
 };
 
 use crate::error::parse_json;
-use crate::images;
-use crate::{ApiError, AppState};
-
-/// `?namespace=` of a read, as faas-cli sends it; only the one namespace there is.
-#[derive(Deserialize)]
-pub(crate) struct NamespaceQuery {
-    #[serde(default)]
-    namespace: String,
-}
-
-impl NamespaceQuery {
-    /// 400 for a namespace other than `openfaas-fn`, as the writes answer.
-    pub(crate) fn check(&self) -> Result<(), ApiError> {
-        Ok(validate_namespace(&self.namespace)?)
-    }
-}
+use crate::namespaces::{resolve, split_target, NamespaceQuery};
+use crate::{images, quota};
+use crate::{ApiError, AppState, Need, Principal};
 
 fn status_of(state: &AppState, f: &StoredFunction) -> FunctionStatus {
-    let name = &f.deployment.service;
+    let name = &f.key();
     // The provider's count is the truth: a call at zero raises it without a store write.
     let (desired, ready) = state.provider.replicas(name);
     let mut status = FunctionStatus::from_deployment(
@@ -69,42 +55,57 @@ fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, ApiError> {
     Ok(d)
 }
 
-/// `GET /system/functions`.
+/// `GET /system/functions?namespace=`: the functions of one namespace (the default one
+/// unless named), as OpenFaaS lists them.
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
-    Query(ns): Query<NamespaceQuery>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<NamespaceQuery>,
 ) -> Result<Json<Vec<FunctionStatus>>, ApiError> {
-    ns.check()?;
+    let ns = resolve(&state, &who, Need::Read, &q.namespace)?;
     let all = state.store.functions()?;
-    Ok(Json(all.iter().map(|f| status_of(&state, f)).collect()))
+    Ok(Json(
+        all.iter()
+            .filter(|f| f.deployment.namespace == ns)
+            .map(|f| status_of(&state, f))
+            .collect(),
+    ))
 }
 
-/// `GET /system/function/{name}`.
+/// `GET /system/function/{name}[?namespace=]`.
 pub(crate) async fn get_one(
     State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
-    Query(ns): Query<NamespaceQuery>,
+    Query(q): Query<NamespaceQuery>,
 ) -> Result<Json<FunctionStatus>, ApiError> {
-    ns.check()?;
-    let f = load(&state, &name)?;
+    let f = load(&state, &who, Need::Read, &name, &q.namespace)?;
     Ok(Json(status_of(&state, &f)))
 }
 
-/// Look up a stored function by `name` or `name.namespace`.
-pub(crate) fn load(state: &AppState, name: &str) -> Result<StoredFunction, ApiError> {
-    let name = split_namespace(name)?;
-    state
-        .store
-        .function(name)?
-        .ok_or_else(|| ApiError::NotFound(format!("function {name:?} not found")))
+/// Look up a stored function by `name` or `name.namespace` (or `name` and a `?namespace=`),
+/// for a caller about to do `need` with it.
+pub(crate) fn load(
+    state: &AppState,
+    who: &Principal,
+    need: Need,
+    full: &str,
+    query_ns: &str,
+) -> Result<StoredFunction, ApiError> {
+    let (name, ns) = split_target(full, query_ns)?;
+    validate_name("function name", name)?;
+    let ns = resolve(state, who, need, ns)?;
+    stored(state, name, &ns)
 }
 
-/// `NAME` or `NAME.NAMESPACE` → NAME, checking both parts.
-pub(crate) fn split_namespace(full: &str) -> Result<&str, ApiError> {
-    let (name, ns) = full.split_once('.').unwrap_or((full, ""));
-    validate_name("function name", name)?;
-    validate_namespace(ns)?;
-    Ok(name)
+/// The stored function `name` of namespace `ns` (which exists), or 404.
+fn stored(state: &AppState, name: &str, ns: &str) -> Result<StoredFunction, ApiError> {
+    state
+        .store
+        .function(&function_key(name, ns))?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("function {name:?} not found in namespace {ns:?}"))
+        })
 }
 
 /// `POST /system/functions`: 202 once stored; 409 if the name is taken. The store decides
@@ -112,20 +113,25 @@ pub(crate) fn split_namespace(full: &str) -> Result<&str, ApiError> {
 /// the definition that runs is the one that got 202.
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let mut d = parse_deployment(&body)?;
+    d.namespace = resolve(&state, &who, Need::Deploy, &d.namespace)?;
+    let key = function_key(&d.service, &d.namespace);
     let replicas = policy(&d)?.min;
-    if state.store.function(&d.service)?.is_some() {
+    if state.store.function(&key)?.is_some() {
         return Err(exists(&d.service));
     }
+    quota::check_deploy(&state, &d, replicas, None)?;
     // The pull runs before the write lock (other deploys do not wait for it), holding off
     // a prune of what it pulled until the function is stored.
     let (image_ref, _pulled) = images::pin(&state, &mut d).await?;
     let _writing = state.function_writes.lock().await;
-    if state.store.function(&d.service)?.is_some() {
+    if state.store.function(&key)?.is_some() {
         return Err(exists(&d.service));
     }
+    quota::check_deploy(&state, &d, replicas, None)?;
     let f = StoredFunction {
         replicas,
         deployment: d,
@@ -138,13 +144,13 @@ pub(crate) async fn create(
     })?;
     if let Err(e) = state.provider.deploy(&f) {
         if let Err(undo) = state.store.delete_function_if(&f) {
-            tracing::error!(function = %f.deployment.service, "undo a failed create: {undo}");
+            tracing::error!(function = %key, "undo a failed create: {undo}");
         }
         return Err(e.into());
     }
     state.deployed(&f.deployment);
     crate::triggers::deployed(&state, &f.deployment);
-    tracing::info!(function = %f.deployment.service, "deployed");
+    tracing::info!(function = %key, "deployed");
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -158,14 +164,18 @@ fn exists(name: &str) -> ApiError {
 /// image reference is resolved again, so a moved tag is followed).
 pub(crate) async fn update(
     State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let mut d = parse_deployment(&body)?;
+    d.namespace = resolve(&state, &who, Need::Deploy, &d.namespace)?;
     let max = policy(&d)?.max;
-    load(&state, &d.service)?;
+    let old = stored(&state, &d.service, &d.namespace)?;
+    quota::check_deploy(&state, &d, old.replicas.min(max), Some(&old))?;
     let (image_ref, _pulled) = images::pin(&state, &mut d).await?;
     let _writing = state.function_writes.lock().await;
-    let old = load(&state, &d.service)?;
+    let old = stored(&state, &d.service, &d.namespace)?;
+    quota::check_deploy(&state, &d, old.replicas.min(max), Some(&old))?;
     let f = StoredFunction {
         deployment: d,
         created_at: old.created_at,
@@ -176,49 +186,57 @@ pub(crate) async fn update(
     if let Err(e) = state.provider.deploy(&f) {
         // The old definition still runs: keep the store saying so.
         if let Err(undo) = state.store.update_function(&old) {
-            tracing::error!(function = %f.deployment.service, "undo a failed update: {undo}");
+            tracing::error!(function = %f.key(), "undo a failed update: {undo}");
         }
         return Err(e.into());
     }
     state.deployed(&f.deployment);
     crate::triggers::deployed(&state, &f.deployment);
-    tracing::info!(function = %f.deployment.service, "updated");
+    tracing::info!(function = %f.key(), "updated");
     Ok(StatusCode::OK)
 }
 
 /// `DELETE /system/functions` with `{"functionName": ...}`.
 pub(crate) async fn delete(
     State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let req: DeleteFunctionRequest = parse_json(&body)?;
     validate_name("functionName", &req.function_name)?;
-    validate_namespace(&req.namespace)?;
+    let ns = resolve(&state, &who, Need::Deploy, &req.namespace)?;
+    let key = function_key(&req.function_name, &ns);
     let _writing = state.function_writes.lock().await;
-    if !state.store.delete_function(&req.function_name)? {
+    if !state.store.delete_function(&key)? {
         return Err(ApiError::NotFound(format!(
-            "function {:?} not found",
+            "function {:?} not found in namespace {ns:?}",
             req.function_name
         )));
     }
-    crate::triggers::removed(&state, &req.function_name);
-    state.provider.remove(&req.function_name);
-    state.forget(&req.function_name);
-    tracing::info!(function = %req.function_name, "removed");
+    removed(&state, &key);
+    tracing::info!(function = %key, "removed");
     Ok(StatusCode::OK)
+}
+
+/// The function keyed `key` was deleted from the store: stop its instances and triggers,
+/// forget its counters (the caller holds `function_writes`).
+pub(crate) fn removed(state: &AppState, key: &str) {
+    crate::triggers::removed(state, key);
+    state.provider.remove(key);
+    state.forget(key);
 }
 
 /// `POST /system/scale-function/{name}` with `{"serviceName","replicas"}`; at most the
 /// function's `com.openfaas.scale.max` (and the platform's cap).
 pub(crate) async fn scale(
     State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let req: ScaleServiceRequest = parse_json(&body)?;
-    validate_namespace(&req.namespace)?;
     let _writing = state.function_writes.lock().await;
-    let mut f = load(&state, &name)?;
+    let mut f = load(&state, &who, Need::Deploy, &name, &req.namespace)?;
     if !req.service_name.is_empty() && req.service_name != f.deployment.service {
         return Err(ApiError::BadRequest(format!(
             "serviceName {:?} does not match the path's function {:?}",
@@ -230,6 +248,7 @@ pub(crate) async fn scale(
         req.replicas,
         policy(&f.deployment)?.max,
     )?;
+    quota::check_scale(&state, &f, req.replicas)?;
     set_replicas(&state, &mut f, req.replicas)?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -238,7 +257,7 @@ pub(crate) async fn scale(
 fn set_replicas(state: &AppState, f: &mut StoredFunction, replicas: u64) -> Result<(), ApiError> {
     f.replicas = replicas;
     state.store.update_function(f)?;
-    state.provider.scale(&f.deployment.service, replicas)?;
+    state.provider.scale(&f.key(), replicas)?;
     Ok(())
 }
 
@@ -251,12 +270,13 @@ pub(crate) async fn scale_on_alert(
     firing: bool,
 ) -> Result<Option<(u64, u64)>, ApiError> {
     let _writing = state.function_writes.lock().await;
-    let name = split_namespace(name)?;
-    let Some(mut f) = state.store.function(name)? else {
+    let (name, ns) = split_target(name, "")?;
+    let Some(mut f) = state.store.function(&function_key(name, ns))? else {
         return Ok(None);
     };
-    let (current, _) = state.provider.replicas(name);
+    let (current, _) = state.provider.replicas(&f.key());
     let next = policy(&f.deployment)?.after_alert(firing, current);
+    let next = next.min(quota::replicas_allowed(state, &f, next));
     if next != current {
         set_replicas(state, &mut f, next)?;
     }

@@ -74,18 +74,19 @@ pub(crate) async fn pin<'a>(
         })?)
     };
     // One resolution: the tag is recorded with the image, and what it pointed at is pinned.
-    let progress = cfg.pulls.start(&d.service, &d.image);
+    let key = virga_types::function_key(&d.service, &d.namespace);
+    let progress = cfg.pulls.start(&key, &d.image);
     let pulled = cfg
         .images
         .pull(&d.image, creds.as_ref(), Some(progress))
         .await;
     let image = match pulled.and_then(|i| i.user_ids().map(|_| i)) {
         Ok(image) => {
-            cfg.pulls.done(&d.service, &d.image);
+            cfg.pulls.done(&key, &d.image);
             image
         }
         Err(e) => {
-            cfg.pulls.failed(&d.service, &d.image, &e.to_string());
+            cfg.pulls.failed(&key, &d.image, &e.to_string());
             return Err(e.into());
         }
     };
@@ -95,7 +96,7 @@ pub(crate) async fn pin<'a>(
         reference.repository(),
         image.digest
     );
-    tracing::info!(function = %d.service, image = %d.image, %pinned, "image pulled");
+    tracing::info!(function = %key, image = %d.image, %pinned, "image pulled");
     Ok((Some(std::mem::replace(&mut d.image, pinned)), guard))
 }
 
@@ -128,7 +129,7 @@ fn users(state: &AppState) -> Result<BTreeMap<Digest, Vec<String>>, ApiError> {
     let mut users: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
     for f in state.store.functions()? {
         if let Some(d) = pinned_digest(&f.deployment.image) {
-            users.entry(d).or_default().push(f.deployment.service);
+            users.entry(d).or_default().push(f.key());
         }
     }
     Ok(users)
@@ -144,7 +145,10 @@ fn store(state: &AppState) -> Result<&ImagesConfig, ApiError> {
 /// `GET /system/virga/images`.
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
+    axum::Extension(who): axum::Extension<crate::Principal>,
 ) -> Result<Json<Vec<ImageEntry>>, ApiError> {
+    // Images are shared by every namespace: listing them names every tenant's functions.
+    who.check_role(crate::Need::Admin)?;
     let cfg = store(&state)?;
     let users = users(&state)?;
     let entries = cfg
@@ -184,7 +188,9 @@ pub(crate) struct PruneReport {
 /// stores a function on an image being removed.
 pub(crate) async fn prune(
     State(state): State<Arc<AppState>>,
+    axum::Extension(who): axum::Extension<crate::Principal>,
 ) -> Result<Json<PruneReport>, ApiError> {
+    who.check_role(crate::Need::Admin)?;
     let cfg = store(&state)?;
     let _no_deploys = state.image_deploys.write().await;
     let _writing = state.function_writes.lock().await;

@@ -50,7 +50,7 @@ pub(crate) async fn call(state: &AppState, target: &Target, mut req: Request) ->
     // Only the (authenticated) Lambda Invoke API may hand a runtime a raw event.
     req.headers_mut().remove(&X_LAMBDA);
     let started = Instant::now();
-    let handle = state.function_handle(&target.function);
+    let handle = state.function_handle(&target.key);
     if let Some(h) = &handle {
         h.metrics.started();
     }
@@ -68,6 +68,22 @@ pub(crate) async fn call(state: &AppState, target: &Target, mut req: Request) ->
         sandbox(resp.headers_mut());
     }
     resp
+}
+
+/// 404 for a call to a function that is not deployed, naming the namespace when that is
+/// what is missing.
+pub(crate) fn not_found(state: &AppState, target: &Target) -> ApiError {
+    let ns = &target.namespace;
+    if state.store.namespace(ns).ok().flatten().is_none() {
+        return ApiError::NotFound(format!(
+            "namespace {ns:?} not found (the call was for function {:?})",
+            target.function
+        ));
+    }
+    ApiError::NotFound(format!(
+        "function {:?} not found in namespace {ns:?}",
+        target.function
+    ))
 }
 
 /// Add `Content-Security-Policy: sandbox` (next to any policy of the function's own).
@@ -98,7 +114,7 @@ pub(crate) async fn forward(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
-    let name = &target.function;
+    let name = &target.key;
     let limit = state.cfg.max_body_bytes;
     let declared = declared_length(&parts.headers, limit)?;
     let call_id = prepare_headers(&mut parts.headers);
@@ -109,7 +125,10 @@ pub(crate) async fn forward(
     let body = Replayable::new(body);
     let mut attempt = 0;
     let (lease, result) = loop {
-        let lease = state.provider.lease(name).await?;
+        let lease = state.provider.lease(name).await.map_err(|e| match e {
+            virga_provider::ProviderError::NotFound(_) => not_found(state, target),
+            e => e.into(),
+        })?;
         let uri = Uri::builder()
             .scheme("http")
             .authority(lease.addr().to_string())

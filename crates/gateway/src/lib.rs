@@ -25,8 +25,10 @@ mod limit;
 mod listener;
 mod logs;
 mod metrics;
+mod namespaces;
 mod principal;
 mod pulls;
+mod quota;
 mod replay;
 mod secrets;
 mod tokens;
@@ -44,7 +46,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use virga_provider::SharedProvider;
 use virga_store::Store;
-use virga_types::{GatewayInfo, ProviderInfo, VersionInfo, DEFAULT_NAMESPACE};
+use virga_types::{GatewayInfo, ProviderInfo, VersionInfo};
 
 pub use asyncfn::{enable_async, AsyncConfig};
 pub use auth::Credentials;
@@ -53,6 +55,7 @@ pub use images::{enable_images, ImagesConfig};
 pub use listener::ServeConfig;
 pub use principal::{Need, Principal, Role};
 pub use pulls::Pulls;
+pub use quota::cap as quota_cap;
 pub use triggers::enable_triggers;
 pub use virga_connectors::TriggersConfig;
 
@@ -180,7 +183,15 @@ fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
                 .put(secrets::update)
                 .delete(secrets::delete),
         )
-        .route("/system/namespaces", get(namespaces))
+        .route("/system/namespaces", get(namespaces::list))
+        .route("/system/namespace", post(namespaces::create))
+        .route("/system/namespace/", post(namespaces::create))
+        .route(
+            "/system/namespace/{name}",
+            get(namespaces::get_one)
+                .put(namespaces::update)
+                .delete(namespaces::delete),
+        )
         .route("/system/logs", get(logs::get_logs))
         .route("/system/virga/queues", get(asyncfn::queues))
         .route(
@@ -275,10 +286,6 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Result<&'static str, Api
         .health()
         .map(|()| "OK")
         .map_err(|e| ApiError::Unavailable(format!("unhealthy: {e}")))
-}
-
-async fn namespaces() -> Json<Vec<&'static str>> {
-    Json(vec![DEFAULT_NAMESPACE])
 }
 
 /// The sockets the gateway serves.

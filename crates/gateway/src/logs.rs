@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::functions::load;
+use crate::{ApiError, AppState, Need, Principal};
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::header;
@@ -14,10 +16,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 use futures_util::stream::{self, StreamExt};
 use virga_logs::{LogLine, LogQuery};
-use virga_types::validate_namespace;
-
-use crate::functions::load;
-use crate::{ApiError, AppState};
 
 /// `Content-Type` of the answer.
 const NDJSON: &str = "application/x-ndjson";
@@ -25,13 +23,19 @@ const NDJSON: &str = "application/x-ndjson";
 /// `GET /system/logs`.
 pub(crate) async fn get_logs(
     State(state): State<Arc<AppState>>,
+    axum::Extension(who): axum::Extension<Principal>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let param = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let name = param("name")
         .ok_or_else(|| ApiError::BadRequest("name: give the function's name".into()))?;
-    validate_namespace(param("namespace").unwrap_or(""))?;
-    let f = load(&state, name)?;
+    let f = load(
+        &state,
+        &who,
+        Need::Read,
+        name,
+        param("namespace").unwrap_or(""),
+    )?;
     let query = LogQuery {
         instance: param("instance").map(str::to_string),
         since: param("since")
@@ -43,7 +47,7 @@ pub(crate) async fn get_logs(
         .map(parse_bool)
         .transpose()?
         .unwrap_or(false);
-    let log = state.logs.function(&f.deployment.service);
+    let log = state.logs.function(&f.key());
     let body = if follow {
         let (history, follower) = log.follow(&query);
         let live = stream::unfold(follower, |mut f| async move {

@@ -144,7 +144,10 @@ impl AppState {
 
     /// A function was deployed or updated (and stored): refresh what its handle derives from it.
     pub(crate) fn deployed(&self, d: &FunctionDeployment) {
-        if let Some(h) = self.fn_metrics.get(&d.service) {
+        if let Some(h) = self
+            .fn_metrics
+            .get(&virga_types::function_key(&d.service, &d.namespace))
+        {
             h.refresh(d);
         }
     }

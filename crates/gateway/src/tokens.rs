@@ -2,7 +2,8 @@
 //! `/system/virga/tokens` to create, list and revoke them. A caller only hands out what it
 //! has: a token's role is at most its creator's, its namespaces among its creator's, and a
 //! token made by an expiring token expires no later. Callers see and revoke only the tokens
-//! they could have created. Nothing is cached: every request reads the store, so a
+//! they could have created; a deleted namespace is taken from every token (one left with
+//! none is revoked), so a namespace made again later is not open to old tokens. Nothing is cached: every request reads the store, so a
 //! revocation holds from the moment its DELETE is answered.
 
 use std::net::IpAddr;
@@ -18,7 +19,7 @@ use virga_store::{StoreError, TokenCheck};
 use virga_types::{validate_name, CreatedToken, TokenInfo, TokenRequest};
 
 use crate::error::parse_json;
-use crate::{ApiError, AppState, Principal, Role};
+use crate::{ApiError, AppState, Need, Principal, Role};
 
 /// The token a request was authenticated with, next to its [`Principal`]: the rules on
 /// what a token may create depend on the token itself.
@@ -230,6 +231,9 @@ pub(crate) async fn create(
     let now = Utc::now();
     let mut wanted = parse_request(parse_json(&body)?, now)?;
     check_allowed(&p, caller.as_ref().map(|c| &c.0 .0), &mut wanted)?;
+    for ns in wanted.namespaces.iter().flatten() {
+        crate::namespaces::resolve(&state, &p, Need::Read, ns)?;
+    }
     let info = TokenInfo {
         id: String::new(),
         name: wanted.name,

@@ -88,8 +88,8 @@ pub async fn enable_triggers(
         for f in functions {
             let d = &f.deployment;
             match Spec::from_annotations(d.annotations.as_ref()) {
-                Ok(spec) => table.set(&d.service, spec),
-                Err(e) => tracing::warn!(function = %d.service, "triggers ignored: {e}"),
+                Ok(spec) => table.set(&f.key(), spec),
+                Err(e) => tracing::warn!(function = %f.key(), "triggers ignored: {e}"),
             }
         }
     }
@@ -110,7 +110,7 @@ pub(crate) fn check(d: &FunctionDeployment) -> Result<(), ApiError> {
 pub(crate) fn deployed(state: &AppState, d: &FunctionDeployment) {
     if let Some(t) = state.triggers.get() {
         t.table().set(
-            &d.service,
+            &virga_types::function_key(&d.service, &d.namespace),
             Spec::from_annotations(d.annotations.as_ref())
                 .ok()
                 .flatten(),
@@ -133,6 +133,15 @@ pub(crate) fn answered(state: &AppState, call: &Call, status: u16, body: &bytes:
 }
 
 /// `GET /system/virga/triggers`: every subscription and schedule, its last and next run.
-pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<TriggerInfo>> {
-    Json(state.triggers.get().map(Triggers::list).unwrap_or_default())
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(who): axum::Extension<crate::Principal>,
+) -> Result<Json<Vec<TriggerInfo>>, ApiError> {
+    who.check_role(crate::Need::Read)?;
+    let all = state.triggers.get().map(Triggers::list).unwrap_or_default();
+    Ok(Json(
+        all.into_iter()
+            .filter(|t| who.sees(virga_types::split_key(&t.function).1))
+            .collect(),
+    ))
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::broadcast;
-use virga_types::DEFAULT_NAMESPACE;
+use virga_types::split_key;
 
 use file::RotatingFile;
 
@@ -55,8 +55,8 @@ impl Default for LogConfig {
 pub struct LogLine {
     /// Function name.
     pub name: String,
-    /// Always `openfaas-fn`.
-    pub namespace: &'static str,
+    /// Its namespace.
+    pub namespace: String,
     /// Id of the instance that wrote it.
     pub instance: String,
     /// When the platform read it (RFC 3339 in JSON).
@@ -166,16 +166,17 @@ impl FunctionLog {
         self.buf.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The function's name.
+    /// The function's key (`name`, or `name.namespace`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Record one line written by `instance` now.
     pub fn push(&self, instance: &str, text: &str) {
+        let (name, namespace) = split_key(&self.name);
         let line = Arc::new(LogLine {
-            name: self.name.clone(),
-            namespace: DEFAULT_NAMESPACE,
+            name: name.to_string(),
+            namespace: namespace.to_string(),
             instance: instance.to_string(),
             timestamp: Utc::now(),
             text: cut(text, MAX_LINE_BYTES).to_string(),

@@ -26,7 +26,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use thiserror::Error;
-use virga_types::DEFAULT_NAMESPACE;
+use virga_types::split_key;
 
 /// `Content-Type` of the text [`Metrics::encode`] produces.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -114,9 +114,11 @@ fn cold_histogram() -> Histogram {
     Histogram::new(COLD_BUCKETS)
 }
 
-/// `NAME.openfaas-fn`, the `function_name` label OpenFaaS uses.
-pub fn function_label(name: &str) -> String {
-    format!("{name}.{DEFAULT_NAMESPACE}")
+/// `NAME.NAMESPACE` (`NAME.openfaas-fn` in the default one), the `function_name` label
+/// OpenFaaS uses, for the function keyed `key`.
+pub fn function_label(key: &str) -> String {
+    let (name, ns) = split_key(key);
+    format!("{name}.{ns}")
 }
 
 fn fn_labels(name: &str) -> FnLabels {

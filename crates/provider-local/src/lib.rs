@@ -107,7 +107,7 @@ impl LocalProvider {
         let n = functions.len();
         for f in functions {
             if let Err(e) = self.deploy(&f) {
-                tracing::error!("restore {}: {e}", f.deployment.service);
+                tracing::error!("restore {}: {e}", f.key());
             }
         }
         Ok(n)
@@ -126,7 +126,7 @@ impl LocalProvider {
         )?;
         if matches!(spec.rootfs, spec::Rootfs::Image(_)) && !self.ctx.isolation.images() {
             return Err(ProviderError::Prepare {
-                name: f.deployment.service.clone(),
+                name: f.key(),
                 reason: format!(
                     "image functions run in runc sandboxes, and this platform runs {} \
                      instances: start `virga up` as root with runc installed",
@@ -136,7 +136,7 @@ impl LocalProvider {
         }
         let policy = ScalingPolicy::from_labels(f.deployment.labels.as_ref()).map_err(|e| {
             ProviderError::Prepare {
-                name: f.deployment.service.clone(),
+                name: f.key(),
                 reason: e.to_string(),
             }
         })?;
@@ -151,7 +151,7 @@ impl LocalProvider {
             self.pool.prepare(use_);
         }
         func.reconcile();
-        if let Some(old) = self.map().insert(f.deployment.service.clone(), func) {
+        if let Some(old) = self.map().insert(f.key(), func) {
             old.stop_all();
         }
         Ok(())

@@ -15,14 +15,12 @@ use std::sync::Mutex;
 use virga_oci::Images;
 use virga_store::Store;
 use virga_types::{
-    check_watchdog_env, parse_cpu, parse_memory, BundleManifest, BundleRef, FunctionDeployment,
-    BUNDLE_MANIFEST,
+    check_watchdog_env, function_key, namespace_or_default, parse_cpu, parse_memory,
+    BundleManifest, BundleRef, FunctionDeployment, BUNDLE_MANIFEST, DEFAULT_MEMORY_LIMIT,
 };
 
 /// Annotation that turns off a sandboxed function's outbound network access.
 pub const OUTBOUND_ANNOTATION: &str = "virga.network.outbound";
-/// Memory limit when a function gives none.
-const DEFAULT_MEMORY: u64 = 256 << 20;
 /// Process/thread limit of every sandbox.
 const DEFAULT_PIDS: i64 = 128;
 /// Size of every sandbox's private /tmp.
@@ -115,7 +113,8 @@ impl InstanceSpec {
         images: Option<&Images>,
         d: &FunctionDeployment,
     ) -> Result<InstanceSpec, ProviderError> {
-        let name = d.service.clone();
+        // The platform-wide key: two namespaces may each have a function of one name.
+        let name = function_key(&d.service, &d.namespace);
         let fail = |reason: String| ProviderError::Prepare {
             name: name.clone(),
             reason,
@@ -152,7 +151,7 @@ impl InstanceSpec {
             Rootfs::Host => view.secrets_owner,
             Rootfs::Image(root) => view.secrets_owner.map(|_| root.uid),
         };
-        let secrets_dir = secrets(store, secrets_root, &name, &d.secrets, owner).map_err(&fail)?;
+        let secrets_dir = secrets(store, secrets_root, &name, d, owner).map_err(&fail)?;
         let secret_mount_path = secrets_dir.to_string_lossy().into_owned();
         env.insert("secret_mount_path".into(), secret_mount_path.clone());
         let mut bind_env = d.env_vars.clone();
@@ -209,7 +208,7 @@ impl InstanceSpec {
             workdir,
             secrets_dir: no_secrets,
             limits: Limits {
-                memory: DEFAULT_MEMORY,
+                memory: DEFAULT_MEMORY_LIMIT,
                 cpu: None,
                 pids: DEFAULT_PIDS,
                 tmp: TMP_SIZE,
@@ -297,19 +296,19 @@ fn code(
     })
 }
 
-/// Write the secrets `names` into a directory of this definition's own under `fn_dir`
+/// Write the secrets `d` lists into a directory of this definition's own under `fn_dir`
 /// (the instances of the one it replaces keep theirs until they are gone, and keep them
 /// whole if this one fails to prepare), owned by `owner` if given.
 fn secrets(
     store: &Store,
     root: &Path,
     function: &str,
-    names: &[String],
+    d: &FunctionDeployment,
     owner: Option<u32>,
 ) -> Result<PathBuf, String> {
     let generation = NEXT_SECRETS.fetch_add(1, Ordering::Relaxed);
     let dir = root.join(format!("{generation}-{function}"));
-    let written = write_secrets(store, &dir, names).and_then(|()| match owner {
+    let written = write_secrets(store, &dir, d).and_then(|()| match owner {
         Some(uid) => hand_over_secrets(&dir, uid),
         None => Ok(()),
     });
@@ -354,7 +353,7 @@ fn read_manifest(dir: &Path) -> Result<BundleManifest, String> {
 fn limits(d: &FunctionDeployment) -> Result<Limits, String> {
     let l = d.limits.clone().unwrap_or_default();
     let memory = match l.memory.as_str() {
-        "" => DEFAULT_MEMORY,
+        "" => DEFAULT_MEMORY_LIMIT,
         m => parse_memory(m).map_err(|e| format!("limits.memory: {e}"))?,
     };
     let cpu = match l.cpu.as_str() {
@@ -376,15 +375,21 @@ fn mkdir_private(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// Write each listed secret to `dir/NAME` with mode 0600; a missing secret is an error.
-fn write_secrets(store: &Store, dir: &Path, names: &[String]) -> Result<(), String> {
+/// Write each secret `d` lists to `dir/NAME` with mode 0600; a missing secret is an error.
+/// Only secrets of the function's own namespace can be named.
+fn write_secrets(store: &Store, dir: &Path, d: &FunctionDeployment) -> Result<(), String> {
     let _ = fs::remove_dir_all(dir);
     mkdir_private(dir).map_err(|e| format!("create secrets dir: {e}"))?;
-    for name in names {
+    for name in &d.secrets {
         let value = store
-            .secret(name)
+            .secret(&function_key(name, &d.namespace))
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("secret {name:?} does not exist: create it first"))?;
+            .ok_or_else(|| {
+                format!(
+                    "secret {name:?} does not exist in namespace {:?}: create it there first",
+                    namespace_or_default(&d.namespace)
+                )
+            })?;
         let mut f = fs::OpenOptions::new()
             .create(true)
             .truncate(true)

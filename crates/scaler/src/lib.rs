@@ -42,15 +42,19 @@ pub trait Fleet: Send + Sync {
     fn scale_to_zero(&self, name: &str, arrivals: u64) -> bool;
 }
 
-/// The fleet of a provider: the provider seam's load and replica calls.
-struct ProviderFleet(SharedProvider);
+/// The most replicas a function (by key) may have, given how many the autoscaler wants:
+/// where namespace quotas hold the autoscaler back.
+pub type Cap = std::sync::Arc<dyn Fn(&str, u64) -> u64 + Send + Sync>;
+
+/// The fleet of a provider: the provider seam's load and replica calls, within a cap.
+struct ProviderFleet(SharedProvider, Cap);
 
 impl Fleet for ProviderFleet {
     fn loads(&self) -> Vec<FunctionLoad> {
         self.0.loads()
     }
     fn set_replicas(&self, name: &str, replicas: u64) {
-        self.0.autoscale(name, replicas);
+        self.0.autoscale(name, (self.1)(name, replicas));
     }
     fn scale_to_zero(&self, name: &str, arrivals: u64) -> bool {
         self.0.scale_idle_to_zero(name, arrivals)
@@ -206,9 +210,10 @@ fn load(kind: ScaleType, samples: &VecDeque<Sample>) -> f64 {
     }
 }
 
-/// Run the autoscaler over `provider` on the real clock until the runtime stops.
-pub fn spawn(provider: SharedProvider, cfg: ScalerConfig) -> tokio::task::JoinHandle<()> {
-    let fleet = ProviderFleet(provider);
+/// Run the autoscaler over `provider` on the real clock until the runtime stops, never
+/// setting more replicas than `cap` allows.
+pub fn spawn(provider: SharedProvider, cfg: ScalerConfig, cap: Cap) -> tokio::task::JoinHandle<()> {
+    let fleet = ProviderFleet(provider, cap);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(cfg.interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

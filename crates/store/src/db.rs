@@ -11,14 +11,14 @@ use std::sync::{Mutex, RwLock};
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use virga_types::{FunctionDeployment, ScalingPolicy, MAX_REPLICAS};
+use virga_types::{function_key, FunctionDeployment, ScalingPolicy, MAX_REPLICAS};
 use zeroize::Zeroizing;
 
 use crate::{is_disk_full, Bundles, Result, SecretsKey, StoreError};
 
-/// Functions by name, as JSON.
+/// Functions by key (`name`, or `name.namespace` outside the default namespace), as JSON.
 pub(crate) const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
-/// Secrets by name, each value sealed.
+/// Secrets by key (as functions'), each value sealed.
 pub(crate) const SEALED_SECRETS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("sealed_secrets");
 
@@ -35,6 +35,13 @@ pub struct StoredFunction {
     /// holds what it was pinned to, `repo@sha256:...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_ref: Option<String>,
+}
+
+impl StoredFunction {
+    /// The function's platform-wide key ([`function_key`]).
+    pub fn key(&self) -> String {
+        function_key(&self.deployment.service, &self.deployment.namespace)
+    }
 }
 
 /// The platform's durable state.
@@ -127,6 +134,8 @@ impl Store {
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(FUNCTIONS).map_err(db_err)?;
         tx.open_table(SEALED_SECRETS).map_err(db_err)?;
+        tx.open_table(crate::namespaces::NAMESPACES)
+            .map_err(db_err)?;
         crate::tokens::create_tables(&tx)?;
         crate::audit::create_tables(&tx)?;
         tx.commit().map_err(db_err)?;
@@ -235,28 +244,16 @@ impl Store {
     /// [`StoreError::Exists`].
     pub fn create_function(&self, f: &StoredFunction) -> Result<()> {
         let bytes = serde_json::to_vec(f).map_err(json_err)?;
-        self.write(
-            FUNCTIONS,
-            "function",
-            &f.deployment.service,
-            bytes,
-            Some(false),
-        )
+        self.write(FUNCTIONS, "function", &f.key(), bytes, Some(false))
     }
 
     /// Replace a function; fails with [`StoreError::NotFound`] when it does not exist.
     pub fn update_function(&self, f: &StoredFunction) -> Result<()> {
         let bytes = serde_json::to_vec(f).map_err(json_err)?;
-        self.write(
-            FUNCTIONS,
-            "function",
-            &f.deployment.service,
-            bytes,
-            Some(true),
-        )
+        self.write(FUNCTIONS, "function", &f.key(), bytes, Some(true))
     }
 
-    /// One function.
+    /// One function, by key.
     pub fn function(&self, name: &str) -> Result<Option<StoredFunction>> {
         self.with_db(false, |db| {
             let tx = db.begin_read().map_err(db_err)?;
@@ -266,7 +263,7 @@ impl Store {
         })
     }
 
-    /// All functions, by name.
+    /// All functions, by key.
     pub fn functions(&self) -> Result<Vec<StoredFunction>> {
         self.with_db(false, |db| {
             let tx = db.begin_read().map_err(db_err)?;
@@ -280,7 +277,7 @@ impl Store {
         })
     }
 
-    /// Delete a function; false when it did not exist.
+    /// Delete a function by key; false when it did not exist.
     pub fn delete_function(&self, name: &str) -> Result<bool> {
         self.delete(FUNCTIONS, name, None)
     }
@@ -289,10 +286,10 @@ impl Store {
     /// deploy failed without removing what another request stored since); false otherwise.
     pub fn delete_function_if(&self, f: &StoredFunction) -> Result<bool> {
         let bytes = serde_json::to_vec(f).map_err(json_err)?;
-        self.delete(FUNCTIONS, &f.deployment.service, Some(&bytes))
+        self.delete(FUNCTIONS, &f.key(), Some(&bytes))
     }
 
-    /// Store a secret, sealed: `create` fails when it exists, otherwise it must exist.
+    /// Store a secret under its key, sealed: `create` fails when it exists, otherwise it must exist.
     pub fn put_secret(&self, name: &str, value: &[u8], create: bool) -> Result<()> {
         let sealed = self.key.seal(name, value)?;
         self.write(SEALED_SECRETS, "secret", name, sealed, Some(!create))
@@ -313,7 +310,7 @@ impl Store {
         })
     }
 
-    /// Names of all secrets.
+    /// Keys of all secrets.
     pub fn secret_names(&self) -> Result<Vec<String>> {
         self.with_db(false, |db| {
             let tx = db.begin_read().map_err(db_err)?;
@@ -332,7 +329,7 @@ impl Store {
     }
 
     /// Write `value` under `key`; `must_exist` Some(true) = update only, Some(false) = create only.
-    fn write(
+    pub(crate) fn write(
         &self,
         def: TableDefinition<&str, &[u8]>,
         kind: &'static str,
@@ -360,7 +357,7 @@ impl Store {
     }
 
     /// Remove `key` (only if its value is `expected`, when given); whether it was removed.
-    fn delete(
+    pub(crate) fn delete(
         &self,
         def: TableDefinition<&str, &[u8]>,
         key: &str,

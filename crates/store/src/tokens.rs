@@ -218,6 +218,52 @@ impl Store {
             Ok(removed.map(|t| t.info))
         })
     }
+
+    /// Take namespace `ns` (being deleted) from every token, revoking at `now` those left
+    /// with none; how many were revoked.
+    pub fn forget_namespace_in_tokens(&self, ns: &str, now: DateTime<Utc>) -> Result<usize> {
+        self.with_db(true, |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let mut revoked_ids = Vec::new();
+            {
+                let mut table = tx.open_table(TOKENS).map_err(db_err)?;
+                let mut changed = Vec::new();
+                for row in table.iter().map_err(db_err)? {
+                    let (_, v) = row.map_err(db_err)?;
+                    let mut t: StoredToken = serde_json::from_slice(v.value()).map_err(json_err)?;
+                    let Some(list) = t.info.namespaces.as_mut() else {
+                        continue;
+                    };
+                    if list.iter().any(|n| n == ns) {
+                        list.retain(|n| n != ns);
+                        changed.push(t);
+                    }
+                }
+                for t in changed {
+                    if t.info.namespaces.as_ref().is_some_and(Vec::is_empty) {
+                        table.remove(t.info.id.as_str()).map_err(db_err)?;
+                        revoked_ids.push(t.info.id);
+                    } else {
+                        let bytes = serde_json::to_vec(&t).map_err(json_err)?;
+                        table
+                            .insert(t.info.id.as_str(), bytes.as_slice())
+                            .map_err(db_err)?;
+                    }
+                }
+            }
+            {
+                let mut revoked = tx.open_table(REVOKED).map_err(db_err)?;
+                for id in &revoked_ids {
+                    revoked
+                        .insert(id.as_str(), now.to_rfc3339().as_str())
+                        .map_err(db_err)?;
+                    forget_oldest_revocation(&mut revoked)?;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(revoked_ids.len())
+        })
+    }
 }
 
 /// Keep at most [`REVOKED_KEPT`] tombstones: drop the oldest revocation beyond.
@@ -307,6 +353,24 @@ mod tests {
         assert_eq!(s.tokens().unwrap(), vec![short]);
         // The name is free again.
         s.create_token(info("ci", None)).unwrap();
+
+        // A deleted namespace leaves every token; one left with none is revoked.
+        let mut two = info("two", None);
+        two.namespaces = Some(vec!["team-a".into(), "team-b".into()]);
+        let (two, two_token) = s.create_token(two).unwrap();
+        let mut one = info("one", None);
+        one.namespaces = Some(vec!["team-a".into()]);
+        let (_, one_token) = s.create_token(one).unwrap();
+        assert_eq!(s.forget_namespace_in_tokens("team-a", now).unwrap(), 1);
+        assert!(matches!(
+            s.check_token(&one_token, now).unwrap(),
+            TokenCheck::Revoked(..)
+        ));
+        let TokenCheck::Valid(left) = s.check_token(&two_token, now).unwrap() else {
+            panic!("two was revoked");
+        };
+        assert_eq!(left.namespaces, Some(vec!["team-b".to_string()]));
+        assert_eq!(left.id, two.id);
         let bytes = std::fs::read(dir.path().join("state.redb")).unwrap();
         let secret = &token[TOKEN_PREFIX.len() + 2 * ID_LEN + 1..];
         assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));

@@ -1,6 +1,9 @@
 //! Resource quantities in Kubernetes notation, as OpenFaaS's `limits`/`requests` carry them:
 //! memory like `128M`, `128Mi`, `1G`, `512k` or plain bytes; CPU like `0.5`, `500m` or `2`.
 
+/// Memory limit of an instance whose function sets none (256 MiB).
+pub const DEFAULT_MEMORY_LIMIT: u64 = 256 << 20;
+
 /// Bytes in a memory quantity, or a message saying what is wrong.
 pub fn parse_memory(s: &str) -> Result<u64, String> {
     let s = s.trim();

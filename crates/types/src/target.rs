@@ -4,7 +4,9 @@
 //! `/async-function/...` and stores it with the queued call, so a delivery never parses a
 //! path again.
 
-use crate::{validate_name, validate_namespace, Invalid, DEFAULT_NAMESPACE};
+use crate::{
+    function_key, namespace_or_default, split_key, validate_name, validate_namespace, Invalid,
+};
 
 /// Which function a call is for, and what it asks of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +15,9 @@ pub struct Target {
     pub function: String,
     /// Its namespace.
     pub namespace: String,
+    /// The function's platform-wide key ([`function_key`]): what the provider, the queue, the
+    /// logs and the metrics know it by.
+    pub key: String,
     /// The path after the function's name, with the query: `/a/b?x=1` (at least `/`).
     pub path: String,
 }
@@ -32,18 +37,23 @@ impl Target {
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
         };
+        let namespace = namespace_or_default(namespace);
         Ok(Target {
             function: function.to_string(),
-            namespace: DEFAULT_NAMESPACE.to_string(),
+            namespace: namespace.to_string(),
+            key: function_key(function, namespace),
             path,
         })
     }
 
-    /// The target of a call stored for `function` with `path` (as [`Target::path`]).
-    pub fn stored(function: &str, path: &str) -> Target {
+    /// The target of a call stored for the function keyed `key` with `path` (as
+    /// [`Target::path`]).
+    pub fn stored(key: &str, path: &str) -> Target {
+        let (function, namespace) = split_key(key);
         Target {
             function: function.to_string(),
-            namespace: DEFAULT_NAMESPACE.to_string(),
+            namespace: namespace.to_string(),
+            key: key.to_string(),
             path: path.to_string(),
         }
     }
@@ -98,8 +108,21 @@ mod tests {
             (t.function.as_str(), t.namespace.as_str(), t.path.as_str()),
             ("echo", "openfaas-fn", "/a/b?x=1&y")
         );
+        assert_eq!(t.key, "echo");
         assert_eq!(Target::parse("echo/", None).unwrap().path, "/");
-        assert!(Target::parse("echo.other/a", None).is_err());
+        let t = Target::parse("echo.team-a/a", None).unwrap();
+        assert_eq!(
+            (t.namespace.as_str(), t.key.as_str()),
+            ("team-a", "echo.team-a")
+        );
+        assert_eq!(
+            Target::stored(&t.key, "/"),
+            Target {
+                path: "/".into(),
+                ..t
+            }
+        );
+        assert!(Target::parse("echo.Bad_NS/a", None).is_err());
         assert!(Target::parse("Bad_Name", None).is_err());
         assert!(Target::parse("", None).is_err());
     }

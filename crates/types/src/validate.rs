@@ -49,23 +49,69 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Check a namespace: empty or the default one.
+/// Namespaces that cannot be created: Kubernetes's own and the platform's.
+pub const RESERVED_NAMESPACES: &[&str] = &[
+    "default",
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "openfaas",
+    "virga",
+    "system",
+];
+
+/// Check a namespace as a request names it: empty (the default) or a DNS-1123 label. Whether
+/// it exists is the store's to say.
 pub fn validate_namespace(ns: &str) -> Result<(), Invalid> {
-    if ns.is_empty() || ns == DEFAULT_NAMESPACE {
-        Ok(())
-    } else {
-        Err(invalid(
-            "namespace",
-            format!("unknown namespace {ns:?}: only {DEFAULT_NAMESPACE:?} exists"),
-        ))
+    if ns.is_empty() {
+        return Ok(());
     }
+    validate_name("namespace", ns)
+}
+
+/// Check the name of a namespace to create: a DNS-1123 label, not reserved.
+pub fn validate_new_namespace(ns: &str) -> Result<(), Invalid> {
+    validate_name("name", ns)?;
+    if RESERVED_NAMESPACES.contains(&ns) || ns.starts_with("kube-") {
+        return Err(invalid(
+            "name",
+            format!("{ns:?} is reserved: choose another namespace name"),
+        ));
+    }
+    Ok(())
+}
+
+/// The namespace a request means: `ns`, or the default one when it names none.
+pub fn namespace_or_default(ns: &str) -> &str {
+    if ns.is_empty() {
+        DEFAULT_NAMESPACE
+    } else {
+        ns
+    }
+}
+
+/// The platform-wide key of function (or secret) `name` in namespace `ns`, the form
+/// `/function/` takes: `name` in the default namespace, `name.ns` in any other. Names and
+/// namespaces are DNS-1123 labels, so the dot is never ambiguous.
+pub fn function_key(name: &str, ns: &str) -> String {
+    let ns = namespace_or_default(ns);
+    if ns == DEFAULT_NAMESPACE {
+        name.to_string()
+    } else {
+        format!("{name}.{ns}")
+    }
+}
+
+/// The name and namespace of a key made by [`function_key`].
+pub fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('.').unwrap_or((key, DEFAULT_NAMESPACE))
 }
 
 /// Check a deployment body and fill in the default namespace.
 pub fn validate_deployment(d: &mut FunctionDeployment) -> Result<(), Invalid> {
     validate_name("service", &d.service)?;
     validate_namespace(&d.namespace)?;
-    d.namespace = DEFAULT_NAMESPACE.to_string();
+    d.namespace = namespace_or_default(&d.namespace).to_string();
     if d.image.is_empty() && d.env_process.trim().is_empty() {
         return Err(invalid(
             "image",
@@ -125,7 +171,7 @@ pub fn validate_replicas(function: &str, replicas: u64, max: u64) -> Result<(), 
 pub fn validate_secret(s: &mut Secret) -> Result<(), Invalid> {
     validate_name("name", &s.name)?;
     validate_namespace(&s.namespace)?;
-    s.namespace = DEFAULT_NAMESPACE.to_string();
+    s.namespace = namespace_or_default(&s.namespace).to_string();
     Ok(())
 }
 
@@ -151,6 +197,27 @@ mod tests {
         ] {
             assert!(validate_name("service", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn namespaces_and_keys() {
+        assert!(validate_new_namespace("team-a").is_ok());
+        for bad in [
+            "kube-system",
+            "kube-x",
+            "openfaas",
+            "default",
+            "Team",
+            "a.b",
+            "",
+        ] {
+            assert!(validate_new_namespace(bad).is_err(), "{bad}");
+        }
+        assert_eq!(function_key("f", ""), "f");
+        assert_eq!(function_key("f", DEFAULT_NAMESPACE), "f");
+        assert_eq!(function_key("f", "team-a"), "f.team-a");
+        assert_eq!(split_key("f.team-a"), ("f", "team-a"));
+        assert_eq!(split_key("f"), ("f", DEFAULT_NAMESPACE));
     }
 
     #[test]

@@ -58,8 +58,8 @@ async fn unknown_functions_namespaces_and_routes_get_clear_4xx() {
     assert_eq!(status, 404, "{text}");
     assert!(text.contains("\"unknown\" not found"), "{text}");
     let (status, text) = answer(g.get("/function/known.other-ns/x").await).await;
-    assert_eq!(status, 400, "{text}");
-    assert!(text.contains("unknown namespace \"other-ns\""), "{text}");
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("namespace \"other-ns\" not found"), "{text}");
     let (status, text) = answer(g.get("/function/Bad_Name").await).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("function name"), "{text}");
