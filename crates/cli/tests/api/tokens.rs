@@ -497,3 +497,102 @@ fn cli_creates_lists_and_revokes_tokens_and_logs_in_with_one() {
         "{out}"
     );
 }
+
+#[test]
+fn namespaces_bound_tokens_and_a_deleted_one_leaves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start(dir.path());
+    for ns in ["team-a", "team-b"] {
+        let r = p.send_json(Method::POST, "/system/namespace/", json!({"name": ns}));
+        assert!(r.status == 201 || r.status == 200, "{ns}: {}", r.text);
+    }
+    let r = p.send_json(
+        Method::POST,
+        "/system/virga/tokens",
+        json!({"name": "z", "role": "viewer", "namespaces": ["team-z"]}),
+    );
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(r.text.contains("team-z"), "{}", r.text);
+    let only_a = token_of(&create(
+        &p,
+        json!({"name": "a", "role": "deployer", "namespaces": ["team-a"]}),
+    ));
+    let a_and_b = token_of(&create(
+        &p,
+        json!({"name": "ab", "role": "deployer", "namespaces": ["team-a", "team-b"]}),
+    ));
+
+    let mut f = deployment("fa");
+    f["namespace"] = json!("team-a");
+    let r = answer(bearer(&p, Method::POST, "/system/functions", &only_a).json(&f));
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = answer(bearer(&p, Method::POST, "/system/functions", &only_a).json(&deployment("fd")));
+    assert_eq!(
+        r.status, 403,
+        "the default namespace is not the token's: {}",
+        r.text
+    );
+    assert!(r.text.contains("\"openfaas-fn\""), "{}", r.text);
+    let other = "/system/functions?namespace=team-b";
+    assert_eq!(answer(bearer(&p, Method::GET, other, &only_a)).status, 403);
+    assert_eq!(answer(bearer(&p, Method::GET, other, &a_and_b)).status, 200);
+    let secret = json!({"name": "db", "namespace": "team-b", "value": "v"});
+    let r = answer(bearer(&p, Method::POST, "/system/secrets", &only_a).json(&secret));
+    assert_eq!(r.status, 403, "{}", r.text);
+
+    // Tokens it makes stay within its namespaces.
+    let tokens = "/system/virga/tokens";
+    let post = |body: Value| answer(bearer(&p, Method::POST, tokens, &only_a).json(&body));
+    let r = post(json!({"name": "to-b", "role": "viewer", "namespaces": ["team-b"]}));
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(r.text.contains("namespace team-b"), "{}", r.text);
+    let r = post(json!({"name": "in-a", "role": "viewer", "namespaces": ["team-a"]}));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let listed = answer(bearer(&p, Method::GET, tokens, &only_a)).text;
+    let names: Vec<String> = serde_json::from_str::<Vec<Value>>(&listed)
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["a", "in-a"], "not ab, which also has team-b");
+
+    // Deleting team-a takes it from every token: `a` is revoked, `ab` keeps team-b, and a
+    // team-a made again is not open to them.
+    let r = answer(p.sys(Method::DELETE, "/system/namespace/team-a?cascade=true"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = answer(bearer(
+        &p,
+        Method::GET,
+        "/system/functions?namespace=team-b",
+        &only_a,
+    ));
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert!(r.text.contains("was revoked at"), "{}", r.text);
+    let r = p.send_json(
+        Method::POST,
+        "/system/namespace/",
+        json!({"name": "team-a"}),
+    );
+    assert!(r.status == 201 || r.status == 200, "{}", r.text);
+    let again = "/system/functions?namespace=team-a";
+    assert_eq!(answer(bearer(&p, Method::GET, again, &a_and_b)).status, 403);
+    assert_eq!(answer(bearer(&p, Method::GET, other, &a_and_b)).status, 200);
+    let ab = p.get_json(tokens);
+    let ab = ab
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ab")
+        .unwrap();
+    assert_eq!(ab["namespaces"], json!(["team-b"]));
+
+    let log = p.get_json("/system/virga/audit");
+    let targets: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["who"] == "token:a")
+        .map(|e| e["target"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(targets, ["in-a", "to-b", "team-b/db", "fd", "team-a/fa"]);
+}
