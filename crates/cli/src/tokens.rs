@@ -47,6 +47,10 @@ pub struct CreateArgs {
     /// How long it is valid, e.g. 720h; forever when left out.
     #[arg(long, value_name = "DURATION")]
     pub expires: Option<String>,
+    /// Make it an AWS access key pair for the Lambda API too (key id = its id, secret key =
+    /// the part after it); its secret is then kept sealed, not only hashed.
+    #[arg(long)]
+    pub access_key: bool,
     /// Print the gateway's JSON (the token included).
     #[arg(long)]
     pub json: bool,
@@ -88,6 +92,7 @@ fn create(client: &Client, args: CreateArgs) -> Result<()> {
         role: args.role,
         namespaces: (!args.namespaces.is_empty()).then_some(args.namespaces),
         expires_in: args.expires,
+        access_key: args.access_key,
     };
     let what = format!("creating token {}", body.name);
     let resp = client.send_json(Method::POST, TOKENS, &body)?;
@@ -111,6 +116,14 @@ fn create(client: &Client, args: CreateArgs) -> Result<()> {
         expires
     );
     println!("{}", created.token);
+    if t.access_key {
+        // Not printed again: stdout may be captured while stderr is on a screen.
+        eprintln!(
+            "As an AWS access key: AWS_ACCESS_KEY_ID={} and AWS_SECRET_ACCESS_KEY = the \
+             token's part after vg_{}_",
+            t.id, t.id
+        );
+    }
     Ok(())
 }
 
@@ -129,6 +142,7 @@ fn list(client: &Client, json: bool) -> Result<()> {
         "Created",
         "Expires",
         "Created by",
+        "Access key",
     ]
     .map(str::to_string)
     .to_vec()];
@@ -146,6 +160,7 @@ fn list(client: &Client, json: bool) -> Result<()> {
             shown(&t.created),
             expires,
             t.created_by.clone(),
+            if t.access_key { "yes" } else { "no" }.to_string(),
         ]);
     }
     print_table(&rows);

@@ -51,6 +51,11 @@ impl Credentials {
         }
     }
 
+    /// The admin these credentials sign in.
+    pub(crate) fn admin(&self) -> Principal {
+        Principal::admin(&self.user)
+    }
+
     /// The secret access key of the SigV4 access key id `key_id`, if it is known.
     pub(crate) fn secret_for(&self, key_id: &str) -> Option<&str> {
         (key_id == self.user).then_some(self.password.as_str())
@@ -98,8 +103,7 @@ pub(crate) async fn require(
     }
     if state.credentials.check(given.as_bytes()) {
         state.backoff.succeeded(ip);
-        let admin = Principal::admin(&state.credentials.user);
-        req.extensions_mut().insert(admin);
+        req.extensions_mut().insert(state.credentials.admin());
         return next.run(req).await;
     }
     if let Some(wait) = state.backoff.failed(ip, now) {

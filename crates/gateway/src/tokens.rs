@@ -72,7 +72,7 @@ pub(crate) fn authenticate(
 }
 
 /// Who a stored token acts as.
-fn principal_of(info: &TokenInfo) -> Result<Principal, ApiError> {
+pub(crate) fn principal_of(info: &TokenInfo) -> Result<Principal, ApiError> {
     let role = Role::parse(&info.role).ok_or_else(|| {
         ApiError::Internal(format!(
             "token {} has an unknown role {:?}",
@@ -107,6 +107,7 @@ struct Wanted {
     role: Role,
     namespaces: Option<Vec<String>>,
     expires: Option<DateTime<Utc>>,
+    access_key: bool,
 }
 
 fn parse_request(req: TokenRequest, now: DateTime<Utc>) -> Result<Wanted, ApiError> {
@@ -168,6 +169,7 @@ fn parse_request(req: TokenRequest, now: DateTime<Utc>) -> Result<Wanted, ApiErr
         role,
         namespaces,
         expires,
+        access_key: req.access_key,
     })
 }
 
@@ -242,6 +244,7 @@ pub(crate) async fn create(
         created: now,
         expires: wanted.expires,
         created_by: p.name.clone(),
+        access_key: wanted.access_key,
     };
     let name = info.name.clone();
     let (info, token) = state.store.create_token(info).map_err(|e| match e {
@@ -303,6 +306,7 @@ mod tests {
             role: role.into(),
             namespaces: Some(ns.iter().map(|s| s.to_string()).collect()),
             expires_in: expires.map(str::to_string),
+            access_key: false,
         }
     }
 
@@ -354,6 +358,7 @@ mod tests {
             created: now,
             expires: Some(now + chrono::Duration::hours(2)),
             created_by: "admin".into(),
+            access_key: false,
         };
         let mut w = parse_request(request("viewer", &["a"], Some("3h")), now).unwrap();
         assert!(check_allowed(&deployer, Some(&caller), &mut w).is_err());
@@ -372,6 +377,7 @@ mod tests {
             created: Utc::now(),
             expires: None,
             created_by: "admin".into(),
+            access_key: false,
         };
         let admin = Principal::admin("admin");
         let deployer = principal(Role::Deployer, Some(&["a", "b"]));

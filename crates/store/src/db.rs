@@ -55,7 +55,7 @@ pub struct Store {
     db_path: PathBuf,
     bundles: Bundles,
     dir: PathBuf,
-    key: SecretsKey,
+    pub(crate) key: SecretsKey,
     /// Set when the disk failed the store, cleared when a write succeeds.
     failing: AtomicBool,
     /// The last such failure, for `/healthz`.

@@ -1,7 +1,9 @@
 //! API tokens: `vg_<id>_<secret>`, the secret 32 random bytes (base64url). Only the secret's
 //! SHA-256 is stored (it has full entropy, so no slow hash is needed), looked up by id and
-//! compared in constant time. A revoked token leaves a tombstone (its id and when), so its
-//! holder is told it was revoked rather than that it never existed.
+//! compared in constant time. A token that is also an AWS access key keeps its secret sealed
+//! as well (under the secrets key, kept apart from the data directory): SigV4 signatures are
+//! HMACs, which only the secret itself can check. A revoked token leaves a tombstone (its id
+//! and when), so its holder is told it was revoked rather than that it never existed.
 
 use base64::Engine;
 use chacha20poly1305::aead::rand_core::RngCore;
@@ -38,6 +40,14 @@ struct StoredToken {
     info: TokenInfo,
     /// Hex SHA-256 of the secret's bytes.
     hash: String,
+    /// An access key's secret (its base64url text), sealed, in base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<String>,
+}
+
+/// The sealed name of token `id`'s secret (no secret's name has a `:`).
+fn sealed_name(id: &str) -> String {
+    format!("token:{id}")
 }
 
 /// What a presented token turned out to be.
@@ -111,9 +121,17 @@ impl Store {
         info.id = hex::encode(id);
         let b64 = Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(*secret));
         let token = Zeroizing::new(format!("{TOKEN_PREFIX}{}_{}", info.id, *b64));
+        let sealed = match info.access_key {
+            true => Some(
+                base64::engine::general_purpose::STANDARD
+                    .encode(self.key.seal(&sealed_name(&info.id), b64.as_bytes())?),
+            ),
+            false => None,
+        };
         let stored = StoredToken {
             info: info.clone(),
             hash: hash(secret.as_ref()),
+            sealed,
         };
         let bytes = serde_json::to_vec(&stored).map_err(json_err)?;
         self.with_db(true, |db| {
@@ -170,6 +188,41 @@ impl Store {
                 _ => TokenCheck::Valid(stored.info),
             })
         })
+    }
+
+    /// The secret access key of access-key token `id` and the token, while it is valid at
+    /// `now`; `None` for an unknown, revoked or expired token or one that is no access key.
+    pub fn access_key(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(TokenInfo, Zeroizing<String>)>> {
+        let Some(stored) = self.with_db(false, |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let table = tx.open_table(TOKENS).map_err(db_err)?;
+            let row = table.get(id).map_err(db_err)?;
+            row.map(|v| serde_json::from_slice::<StoredToken>(v.value()).map_err(json_err))
+                .transpose()
+        })?
+        else {
+            return Ok(None);
+        };
+        if stored.info.expires.is_some_and(|at| at <= now) {
+            return Ok(None);
+        }
+        let Some(sealed) = stored.sealed else {
+            return Ok(None);
+        };
+        let altered = || StoreError::WrongKey(format!("token {id:?} was altered on disk"));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(|_| altered())?;
+        let secret = self
+            .key
+            .open(&sealed_name(id), &bytes)
+            .ok_or_else(altered)?;
+        let text = String::from_utf8(secret.to_vec()).map_err(|_| altered())?;
+        Ok(Some((stored.info, Zeroizing::new(text))))
     }
 
     /// Every token (revoked ones not), oldest first.
@@ -298,7 +351,30 @@ mod tests {
             created: Utc::now(),
             expires,
             created_by: "admin".into(),
+            access_key: false,
         }
+    }
+
+    #[test]
+    fn access_keys_keep_their_secret_sealed_and_open_only_while_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), key()).unwrap();
+        let now = Utc::now();
+        let (plain, _) = s.create_token(info("plain", None)).unwrap();
+        assert_eq!(s.access_key(&plain.id, now).unwrap(), None);
+        let mut ak = info("ak", Some(now + chrono::Duration::hours(1)));
+        ak.access_key = true;
+        let (ak, token) = s.create_token(ak).unwrap();
+        let secret = &token[TOKEN_PREFIX.len() + 2 * ID_LEN + 1..];
+        let (got, key_secret) = s.access_key(&ak.id, now).unwrap().unwrap();
+        assert_eq!((got, key_secret.as_str()), (ak.clone(), secret));
+        let later = now + chrono::Duration::hours(2);
+        assert_eq!(s.access_key(&ak.id, later).unwrap(), None);
+        assert_eq!(s.access_key("nope", now).unwrap(), None);
+        let bytes = std::fs::read(dir.path().join("state.redb")).unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        s.revoke_token(&ak.id, now).unwrap();
+        assert_eq!(s.access_key(&ak.id, now).unwrap(), None);
     }
 
     #[test]

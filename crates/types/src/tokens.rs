@@ -20,6 +20,10 @@ pub struct TokenRequest {
     /// How long it is valid, e.g. `720h`; forever when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<String>,
+    /// Whether it also serves as an AWS access key pair for the Lambda API (key id = its id,
+    /// secret key = its secret), which needs its secret kept sealed, not just hashed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub access_key: bool,
 }
 
 /// A token as listed: never its secret nor its hash.
@@ -41,6 +45,9 @@ pub struct TokenInfo {
     /// Who created it (a user or `token:NAME`).
     #[serde(default)]
     pub created_by: String,
+    /// Whether it is also an AWS access key pair (see [`TokenRequest::access_key`]).
+    #[serde(default)]
+    pub access_key: bool,
 }
 
 /// The answer to a create: the token itself, shown this once, and what was stored.
