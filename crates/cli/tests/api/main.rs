@@ -1,6 +1,6 @@
 //! The API of the real `virga up` end to end, over real HTTP: deploy, invoke, update and
 //! delete (api), what deploys accept (deploy_checks), the edge against misbehaving clients
-//! (edge), metrics and logs (observe), a full disk (disk_full), untrusted bundles (bundles)
+//! (edge), namespaces and quotas (namespaces), metrics and logs (observe), a full disk (disk_full), untrusted bundles (bundles)
 //! and secrets at rest (secrets_at_rest).
 
 mod api;
@@ -8,5 +8,6 @@ mod bundles;
 mod deploy_checks;
 mod disk_full;
 mod edge;
+mod namespaces;
 mod observe;
 mod secrets_at_rest;
