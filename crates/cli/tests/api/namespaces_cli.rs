@@ -179,40 +179,7 @@ fn functions_secrets_and_logs_follow_the_namespace() {
     let listed = json(&ok(&p, dir, &["list", "-n", "team-a", "--json"]));
     assert_eq!(listed[0]["namespace"], "team-a");
 
-    // Invoked and described as echo.team-a; in the default namespace it is unknown.
-    let call = virga(&p, dir, &["invoke", "echo", "-n", "team-a"], "hi\n", &[]);
-    assert!(call.status.success(), "{call:?}");
-    assert_eq!(String::from_utf8_lossy(&call.stdout), "out-hi\n");
-    let out = virga(&p, dir, &["invoke", "echo"], "hi\n", &[]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("404"),
-        "{out:?}"
-    );
-    let desc = ok(&p, dir, &["describe", "echo", "-n", "team-a"]);
-    assert!(desc.contains("/function/echo.team-a"), "{desc}");
-    assert!(
-        desc.lines()
-            .any(|l| l.starts_with("Namespace:") && l.ends_with("team-a")),
-        "{desc}"
-    );
-    fails(&p, dir, &["describe", "echo"]);
-
-    let logged = p.eventually(Duration::from_secs(10), || {
-        ok(&p, dir, &["logs", "echo", "-n", "team-a"]).contains("log-hi")
-    });
-    assert!(logged, "no log line in team-a");
-    fails(&p, dir, &["logs", "echo"]);
-
-    ok(
-        &p,
-        dir,
-        &["scale", "echo", "-n", "team-a", "--replicas", "2"],
-    );
-    let f = p.get_json("/system/function/echo?namespace=team-a");
-    assert_eq!(f["replicas"], 2, "{f}");
-    fails(&p, dir, &["scale", "echo", "--replicas", "2"]);
-
+    calls_follow_the_namespace(&p, dir);
     secrets_stay_in_their_namespace(&p, dir);
 
     // remove -f takes each function's namespace:, remove -n the one named.
@@ -252,6 +219,68 @@ fn functions_secrets_and_logs_follow_the_namespace() {
     assert!(names(&p, dir, &["-n", "team-a"]).is_empty());
     let left = ok(&p, dir, &["secret", "list", "-n", "team-a"]);
     assert!(!left.contains("left"), "{left}");
+}
+
+/// `invoke` (also `--async`), `describe`, `logs`, `dead-letters list` and `scale` with `-n
+/// team-a` reach team-a's `echo`; without `-n` they look in the default namespace, where it is
+/// unknown.
+fn calls_follow_the_namespace(p: &Platform, dir: &Path) {
+    // Invoked and described as echo.team-a; in the default namespace it is unknown.
+    let call = virga(p, dir, &["invoke", "echo", "-n", "team-a"], "hi\n", &[]);
+    assert!(call.status.success(), "{call:?}");
+    assert_eq!(String::from_utf8_lossy(&call.stdout), "out-hi\n");
+    let out = virga(p, dir, &["invoke", "echo"], "hi\n", &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{out:?}"
+    );
+    let desc = ok(p, dir, &["describe", "echo", "-n", "team-a"]);
+    assert!(desc.contains("/function/echo.team-a"), "{desc}");
+    assert!(
+        desc.lines()
+            .any(|l| l.starts_with("Namespace:") && l.ends_with("team-a")),
+        "{desc}"
+    );
+    fails(p, dir, &["describe", "echo"]);
+
+    let logged = p.eventually(Duration::from_secs(10), || {
+        ok(p, dir, &["logs", "echo", "-n", "team-a"]).contains("log-hi")
+    });
+    assert!(logged, "no log line in team-a");
+    fails(p, dir, &["logs", "echo"]);
+
+    ok(
+        p,
+        dir,
+        &["scale", "echo", "-n", "team-a", "--replicas", "2"],
+    );
+    let f = p.get_json("/system/function/echo?namespace=team-a");
+    assert_eq!(f["replicas"], 2, "{f}");
+    fails(p, dir, &["scale", "echo", "--replicas", "2"]);
+
+    // --async queues /async-function/echo.team-a, and the call runs there.
+    let queued = virga(
+        p,
+        dir,
+        &["invoke", "echo", "-n", "team-a", "--async"],
+        "later\n",
+        &[],
+    );
+    assert!(queued.status.success(), "{queued:?}");
+    assert!(!String::from_utf8_lossy(&queued.stdout).trim().is_empty());
+    let ran = p.eventually(Duration::from_secs(10), || {
+        ok(p, dir, &["logs", "echo", "-n", "team-a"]).contains("log-later")
+    });
+    assert!(ran, "the async call did not run in team-a");
+    let dead = json(&ok(
+        p,
+        dir,
+        &["dead-letters", "list", "-n", "team-a", "--json"],
+    ));
+    assert_eq!(dead, serde_json::json!([]));
+    let err = fails(p, dir, &["dead-letters", "list", "-n", "ghost"]);
+    assert!(err.contains("namespace \"ghost\" not found"), "{err}");
 }
 
 /// `secret create|list|remove -n`: a secret of team-a and one of the same name in the default
