@@ -42,5 +42,7 @@ fn try_deploy(url: &str, password: &str, data_dir: &Path) -> Result<()> {
         registry: &registry,
         send_registry_auth: false,
     };
-    crate::deploy::deploy_stack(&client, &stack, None, opts)
+    // Into the default namespace, whatever $OPENFAAS_NS says.
+    let ns = crate::namespaces::NamespaceArg::given(virga_types::DEFAULT_NAMESPACE);
+    crate::deploy::deploy_stack(&client, &stack, None, &ns, opts)
 }

@@ -15,6 +15,7 @@ mod functions;
 mod image_list;
 mod login;
 mod logs;
+mod namespaces;
 mod new;
 mod oci_build;
 mod pack;
@@ -99,6 +100,12 @@ enum Command {
         #[command(subcommand)]
         command: secrets::SecretCommand,
     },
+    /// Manage namespaces: create, get, update, remove, list.
+    #[command(alias = "ns")]
+    Namespace {
+        #[command(subcommand)]
+        command: namespaces::NamespaceCommand,
+    },
     /// Create, list and revoke API tokens (roles and namespaces).
     Token {
         #[command(subcommand)]
@@ -142,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(args) => functions::scale(&connect()?, args),
         Command::Logs(args) => logs::run(&connect()?, args),
         Command::Secret { command } => secrets::run(&connect()?, command),
+        Command::Namespace { command } => namespaces::run(&connect()?, command),
         Command::Images(args) => image_list::run(&connect()?, args),
         Command::Queue(args) => queue::show(&connect()?, args),
         Command::DeadLetters { command } => queue::dead_letters(&connect()?, command),

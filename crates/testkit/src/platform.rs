@@ -310,9 +310,14 @@ impl Platform {
 
     /// Create secret `name` with `value`; asserts 201.
     pub fn create_secret(&self, name: &str, value: &str) {
+        self.create_secret_in(name, value, "");
+    }
+
+    /// Create secret `name` with `value` in namespace `ns`; asserts 201.
+    pub fn create_secret_in(&self, name: &str, value: &str, ns: &str) {
         let r = self
             .sys(reqwest::Method::POST, "/system/secrets")
-            .json(&serde_json::json!({"name": name, "value": value}))
+            .json(&serde_json::json!({"name": name, "value": value, "namespace": ns}))
             .send()
             .unwrap();
         assert_eq!(r.status(), 201, "secret {name}: {}", r.text().unwrap());

@@ -22,7 +22,7 @@ pub use tokens::*;
 pub use validate::*;
 pub use watchdog::*;
 
-/// The one namespace Virga serves for now, named like OpenFaaS's default.
+/// The default namespace, named like OpenFaaS's; a request that names none means it.
 pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";
 
 /// Path inside an instance where listed secrets appear (OpenFaaS's path).

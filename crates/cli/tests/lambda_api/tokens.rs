@@ -26,6 +26,8 @@ out["invoke"] = err(lambda: c.invoke(FunctionName="echo", Payload=b'{"a": 1}'))
 if out["invoke"] is None:
     out["invoke"] = payload(c.invoke(FunctionName="echo", Payload=b'{"a": 1}'))
 out["get"] = err(lambda: c.get_function(FunctionName="echo"))
+out["get_other"] = err(lambda: c.get_function(FunctionName="other.team-a"))
+out["invoke_other"] = err(lambda: c.invoke(FunctionName="other.team-a", Payload=b"{}"))
 "#;
 
 #[test]
@@ -52,13 +54,18 @@ fn access_key_tokens_sign_lambda_calls_within_their_role_and_namespaces() {
     assert_eq!(out["invoke"], "{\"a\": 1}", "{out}");
     assert_eq!(out["list"], json!(["echo"]), "not team-a's function: {out}");
     assert_eq!(out["get"], Value::Null, "{out}");
+    for k in ["get_other", "invoke_other"] {
+        assert_eq!(out[k]["code"], "AccessDeniedException", "{k}: {out}");
+    }
     // A key of team-a's neither sees nor calls the default namespace's function.
     let (team, team_secret) = key(
         &p,
         json!({"name": "team", "role": "invoker", "namespaces": ["team-a"], "accessKey": true}),
     );
     let out = run(&team, &team_secret, CALLS);
-    assert!(!out["list"].to_string().contains("echo"), "{out}");
+    assert_eq!(out["list"], json!(["other.team-a"]), "{out}");
+    assert_eq!(out["get_other"], Value::Null, "{out}");
+    assert_eq!(out["invoke_other"], Value::Null, "{out}");
     for k in ["invoke", "get"] {
         assert_eq!(out[k]["code"], "AccessDeniedException", "{k}: {out}");
         assert_eq!(out[k]["status"], 403, "{k}: {out}");

@@ -312,8 +312,8 @@ fn pool_ready(p: &Platform) -> bool {
     })
 }
 
-/// Start a platform with a pooled sandbox and a classic one, a second platform with one, and
-/// the probes `open` and `closed`; every sandbox of both.
+/// Start a platform with a pooled sandbox and a classic one of another namespace, a second
+/// platform with one, and the probes `open` and `closed`; every sandbox of both.
 fn network_scene(
     p: &Platform,
     data: &Path,
@@ -329,8 +329,18 @@ fn network_scene(
         p.eventually(Duration::from_secs(60), ready),
         "no pooled sandbox"
     );
-    p.deploy_script("target", "cat", json!({}));
-    assert_eq!(p.invoke("target", "alive").text().unwrap(), "alive");
+    // Another tenant's function on the same platform.
+    let r = p.send_json(
+        reqwest::Method::POST,
+        "/system/namespace/",
+        json!({"name": "tenant-b"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    p.deploy_script("target", "cat", json!({"namespace": "tenant-b"}));
+    assert_eq!(
+        p.invoke("target.tenant-b", "alive").text().unwrap(),
+        "alive"
+    );
     other.deploy_script("theirs", "cat", json!({}));
     assert_eq!(other.invoke("theirs", "x").text().unwrap(), "x");
     deploy_python(p, "open", NET_PROBE, json!({}));
@@ -393,7 +403,10 @@ fn instances_reach_neither_each_other_nor_the_host() {
     for (probe, reached, want) in got {
         assert_eq!(reached, want, "what the {probe} probe reached");
     }
-    assert_eq!(p.invoke("target", "still").text().unwrap(), "still");
+    assert_eq!(
+        p.invoke("target.tenant-b", "still").text().unwrap(),
+        "still"
+    );
 }
 
 const MOUNTINFO_HANDLER: &str =

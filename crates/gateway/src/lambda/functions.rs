@@ -64,18 +64,16 @@ pub(crate) async fn list(
         .map_err(|e| LambdaError::access_denied(e.to_string()))?;
     let mut all = state.store.functions().map_err(crate::ApiError::from)?;
     all.retain(|f| caller.who.sees(&f.deployment.namespace));
-    all.sort_by(|a, b| a.deployment.service.cmp(&b.deployment.service));
+    // Lambda names them by key: `name`, or `name.namespace` outside the default namespace.
+    all.sort_by_key(StoredFunction::key);
     let after = q.marker.as_deref().unwrap_or("");
-    let rest: Vec<&StoredFunction> = all
-        .iter()
-        .filter(|f| f.deployment.service.as_str() > after)
-        .collect();
+    let rest: Vec<&StoredFunction> = all.iter().filter(|f| f.key().as_str() > after).collect();
     let functions: Vec<FunctionConfiguration> = rest
         .iter()
         .take(page)
         .map(|f| configuration(&state, f, &caller))
         .collect();
-    let next_marker = (rest.len() > page).then(|| rest[page - 1].deployment.service.clone());
+    let next_marker = (rest.len() > page).then(|| rest[page - 1].key());
     Ok(Json(ListFunctionsResponse {
         functions,
         next_marker,
@@ -157,8 +155,8 @@ fn configuration(state: &AppState, f: &StoredFunction, caller: &Caller) -> Funct
         None => env.get("fprocess").cloned(),
     };
     FunctionConfiguration {
-        function_name: d.service.clone(),
-        function_arn: caller.arn(&d.service),
+        function_name: f.key(),
+        function_arn: caller.arn(&f.key()),
         runtime: (!image).then(|| "provided".to_string()),
         handler,
         timeout: timeout_secs(env.get("exec_timeout")),

@@ -340,10 +340,16 @@ pub(crate) fn resolve(
     if let Some(q) = qualifier.filter(|q| *q != "$LATEST") {
         return Err(LambdaError::not_found(&format!("{}:{q}", caller.arn(name))));
     }
-    if account != ACCOUNT_ID || virga_types::validate_name("function name", name).is_err() {
+    // `name.namespace` names a function of another namespace, as `/function/` does.
+    let (function, ns) = name.split_once('.').unwrap_or((name, ""));
+    let valid = |field: &str, v: &str| virga_types::validate_name(field, v).is_ok();
+    if account != ACCOUNT_ID
+        || !valid("function name", function)
+        || !(ns.is_empty() || valid("namespace", ns))
+    {
         return Err(LambdaError::not_found(&caller.arn(name)));
     }
-    Ok(name.to_string())
+    Ok(virga_types::function_key(function, ns))
 }
 
 #[cfg(test)]
