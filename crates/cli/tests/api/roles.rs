@@ -261,3 +261,54 @@ fn every_route_allows_its_roles_in_their_namespaces_and_refuses_the_rest() {
         assert_eq!(r.status(), 401, "{m} {path} without credentials");
     }
 }
+
+#[test]
+fn private_functions_need_an_invoker_of_their_namespace_and_never_see_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start(dir.path());
+    for ns in ["team-a", "team-b"] {
+        let r = p.send_json(Method::POST, "/system/namespace/", json!({"name": ns}));
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let show = virga_testkit::script(dir.path(), "show.sh", "echo \"auth=[$Http_Authorization]\"");
+    p.deploy_process(
+        "vault",
+        &show,
+        json!({"namespace": "team-a", "annotations": {"virga.private": "true"}}),
+    );
+    p.deploy_process("open", &show, json!({"namespace": "team-a"}));
+    let invoker = token(&p, "inv-a", "invoker", "team-a");
+    let viewer = token(&p, "view-a", "viewer", "team-a");
+    let other = token(&p, "inv-b", "invoker", "team-b");
+    let call = |path: &str, bearer: Option<&str>| {
+        let mut r = p.anon(Method::POST, path).body("x");
+        if let Some(t) = bearer {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    for path in ["/function/vault.team-a", "/async-function/vault.team-a"] {
+        assert_eq!(call(path, None).0, 401, "{path} without credentials");
+        assert_eq!(call(path, Some("vg_nope_nope")).0, 401, "{path} bad token");
+        let (status, text) = call(path, Some(&viewer));
+        assert_eq!(status, 403, "{path} viewer: {text}");
+        let (status, text) = call(path, Some(&other));
+        assert_eq!(status, 403, "{path} another namespace's invoker: {text}");
+        assert!(text.contains("team-a"), "{text}");
+    }
+    // The invoker gets through, and the function never sees the platform's credentials.
+    let (status, text) = call("/function/vault.team-a", Some(&invoker));
+    assert_eq!((status, text.trim()), (200, "auth=[]"));
+    assert_eq!(call("/async-function/vault.team-a", Some(&invoker)).0, 202);
+    let r = p
+        .sys(Method::POST, "/function/vault.team-a")
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "the admin may call it");
+    // A public function is public: no credentials needed, its caller's header passes on.
+    assert_eq!(call("/function/open.team-a", None).0, 200);
+    let (status, text) = call("/function/open.team-a", Some("mine"));
+    assert_eq!((status, text.trim()), (200, "auth=[Bearer mine]"));
+}
