@@ -90,7 +90,7 @@ pub(crate) async fn require(
             }
             next.run(req).await
         }
-        Err(refused) => refused,
+        Err(refused) => *refused,
     }
 }
 
@@ -98,22 +98,22 @@ pub(crate) async fn require(
 pub(crate) fn identify(
     state: &AppState,
     req: &Request,
-) -> Result<(Principal, Option<CallerToken>), Response> {
+) -> Result<(Principal, Option<CallerToken>), Box<Response>> {
     let ip = req
         .extensions()
         .get::<ClientAddr>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0);
     let now = Instant::now();
     if let Some(wait) = state.backoff.blocked(ip, now) {
-        return Err(too_many(wait.as_secs_f64().ceil() as u64));
+        return Err(Box::new(too_many(wait.as_secs_f64().ceil() as u64)));
     }
     let Some(given) = req.headers().get(header::AUTHORIZATION) else {
-        return Err(unauthorized(req.headers()));
+        return Err(Box::new(unauthorized(req.headers())));
     };
     if let Some(token) = given.as_bytes().strip_prefix(b"Bearer ") {
         return crate::tokens::authenticate(state, token, ip, now)
             .map(|(principal, caller)| (principal, Some(caller)))
-            .map_err(|e| bearer_refused(req.headers(), e));
+            .map_err(|e| Box::new(bearer_refused(req.headers(), e)));
     }
     if state.credentials.check(given.as_bytes()) {
         state.backoff.succeeded(ip);
@@ -122,7 +122,7 @@ pub(crate) fn identify(
     if let Some(wait) = state.backoff.failed(ip, now) {
         tracing::warn!(client = %ip, "wrong admin credentials: blocked for {wait:?}");
     }
-    Err(unauthorized(req.headers()))
+    Err(Box::new(unauthorized(req.headers())))
 }
 
 /// Whether a request comes from a browser (which sends `Sec-Fetch-*` on every request, or

@@ -37,7 +37,7 @@ pub(crate) async fn proxy(State(state): State<Arc<AppState>>, mut req: Request) 
         Err(e) => return e.into_response(),
     };
     if let Err(refused) = admit(&state, &target, &mut req) {
-        return refused;
+        return *refused;
     }
     call(&state, &target, req).await
 }
@@ -45,7 +45,11 @@ pub(crate) async fn proxy(State(state): State<Arc<AppState>>, mut req: Request) 
 /// Let a public call to `target` through: any call to a public function; to a private one
 /// (`virga.private: "true"`), only a caller who may invoke in its namespace, whose
 /// credentials are then taken off the request (the function never sees them).
-pub(crate) fn admit(state: &AppState, target: &Target, req: &mut Request) -> Result<(), Response> {
+pub(crate) fn admit(
+    state: &AppState,
+    target: &Target,
+    req: &mut Request,
+) -> Result<(), Box<Response>> {
     let private = state
         .function_handle(&target.key)
         .is_some_and(|h| h.calls().private);
@@ -54,7 +58,7 @@ pub(crate) fn admit(state: &AppState, target: &Target, req: &mut Request) -> Res
     }
     let (who, _) = crate::auth::identify(state, req)?;
     who.check(Need::Invoke, &target.namespace)
-        .map_err(IntoResponse::into_response)?;
+        .map_err(|e| Box::new(e.into_response()))?;
     req.headers_mut().remove(header::AUTHORIZATION);
     Ok(())
 }

@@ -28,6 +28,7 @@ mod metrics;
 mod namespaces;
 mod principal;
 mod pulls;
+mod queues;
 mod quota;
 mod replay;
 mod secrets;
@@ -193,14 +194,14 @@ fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
                 .delete(namespaces::delete),
         )
         .route("/system/logs", get(logs::get_logs))
-        .route("/system/virga/queues", get(asyncfn::queues))
+        .route("/system/virga/queues", get(queues::queues))
         .route(
             "/system/virga/dead-letters",
-            get(asyncfn::list_dead).delete(asyncfn::purge_dead),
+            get(queues::list_dead).delete(queues::purge_dead),
         )
         .route(
             "/system/virga/dead-letters/{id}/retry",
-            post(asyncfn::retry_dead),
+            post(queues::retry_dead),
         )
         .route("/system/virga/triggers", get(triggers::list))
         .route("/system/virga/images", get(images::list))
