@@ -31,6 +31,7 @@ mod quota;
 mod replay;
 mod secrets;
 mod triggers;
+mod whoami;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -201,6 +202,7 @@ fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             post(asyncfn::retry_dead),
         )
         .route("/system/virga/triggers", get(triggers::list))
+        .route("/system/virga/whoami", get(whoami::get))
         .route("/system/virga/images", get(images::list))
         .route("/system/virga/images/prune", post(images::prune))
         .route(
