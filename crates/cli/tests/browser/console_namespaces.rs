@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
-use virga_testkit::browser::Browser;
+use virga_testkit::browser::{output_path, Browser};
 use virga_testkit::{script, Platform, PASSWORD};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -87,6 +87,11 @@ fn two_namespaces(dir: &std::path::Path) -> Platform {
 fn console_switches_namespaces_and_acts_in_the_chosen_one() {
     let dir = tempfile::tempdir().unwrap();
     let p = two_namespaces(dir.path());
+    // Who the console signs in as (the admin: every namespace).
+    assert_eq!(
+        p.get_json("/system/virga/whoami"),
+        json!({"name": "admin", "role": "admin", "namespaces": null})
+    );
     let mut b = Browser::launch();
     sign_in(&mut b, &p);
 
@@ -102,7 +107,12 @@ fn console_switches_namespaces_and_acts_in_the_chosen_one() {
     wait_rows(&mut b, "hello,only-a");
     assert_eq!(b.eval("location.hash"), "#namespace=team-a");
     assert!(b.text("#fn-title").contains("team-a"));
-    assert!(b.eval("document.title").as_str().unwrap().starts_with("team-a"));
+    assert!(b
+        .eval("document.title")
+        .as_str()
+        .unwrap()
+        .starts_with("team-a"));
+    b.screenshot(&output_path("console-namespaces.png"));
 
     invoke_and_follow_logs(&mut b);
     edit_and_scale(&mut b, &p);
