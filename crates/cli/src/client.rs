@@ -1,5 +1,5 @@
 //! The one HTTP client every command uses to talk to a gateway: it knows the base URL,
-//! adds basic auth to `/system` routes, and turns transport failures and error answers
+//! adds basic auth or an API token to `/system` routes, and turns transport failures and error answers
 //! into messages that say what to do next ("is `virga up` running?", "run `virga login`").
 
 use std::time::Duration;
@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::config::{self, Credentials};
+use crate::config::{self, Auth};
 
 /// How long an API call (not an invocation or upload) may take.
 const API_TIMEOUT: Duration = Duration::from_secs(60);
@@ -18,19 +18,19 @@ const API_TIMEOUT: Duration = Duration::from_secs(60);
 /// A gateway client: base URL, optional credentials and a reusable connection pool.
 pub struct Client {
     base: String,
-    auth: Option<Credentials>,
+    auth: Option<Auth>,
     http: reqwest::blocking::Client,
 }
 
 impl Client {
     /// A client for `gateway` using the credentials `virga login` stored or the environment gives.
     pub fn connect(gateway: &str) -> Result<Client> {
-        let creds = config::credentials_for(gateway)?;
-        Client::with_credentials(gateway, creds)
+        let auth = config::auth_for(gateway)?;
+        Client::with_credentials(gateway, auth)
     }
 
     /// A client for `gateway` with explicit credentials.
-    pub fn with_credentials(gateway: &str, auth: Option<Credentials>) -> Result<Client> {
+    pub fn with_credentials(gateway: &str, auth: Option<Auth>) -> Result<Client> {
         let base = config::normalise_gateway(gateway);
         let url = reqwest::Url::parse(&base)
             .with_context(|| format!("{base:?} is not a valid gateway URL"))?;
@@ -64,21 +64,22 @@ impl Client {
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let mut rb = self.http.request(method, format!("{}{path}", self.base));
         if path.starts_with("/system") {
-            rb = rb.timeout(API_TIMEOUT);
-            if let Some(c) = &self.auth {
-                rb = rb.basic_auth(&c.username, Some(&c.password));
-            }
+            rb = self.authorize(rb.timeout(API_TIMEOUT));
         }
         rb
     }
 
+    fn authorize(&self, rb: RequestBuilder) -> RequestBuilder {
+        match &self.auth {
+            Some(Auth::Basic(c)) => rb.basic_auth(&c.username, Some(&c.password)),
+            Some(Auth::Token(t)) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
     /// A request to `path` with auth but no overall timeout, for answers that stream (logs -f).
     pub fn request_streaming(&self, method: Method, path: &str) -> RequestBuilder {
-        let mut rb = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(c) = &self.auth {
-            rb = rb.basic_auth(&c.username, Some(&c.password));
-        }
-        rb
+        self.authorize(self.http.request(method, format!("{}{path}", self.base)))
     }
 
     /// Send a request; transport errors and the gateway's own 401 become errors, other
@@ -86,10 +87,17 @@ impl Client {
     /// deploy: its message is the caller's to show).
     pub fn send(&self, rb: RequestBuilder) -> Result<Response> {
         let resp = rb.send().map_err(|e| self.transport_error(&e))?;
-        let challenged = resp
-            .headers()
-            .get(reqwest::header::WWW_AUTHENTICATE)
-            .is_some();
+        let challenge = resp.headers().get(reqwest::header::WWW_AUTHENTICATE);
+        let bearer = challenge.is_some_and(|c| c.as_bytes().starts_with(b"Bearer"));
+        let challenged = challenge.is_some();
+        if resp.status() == StatusCode::UNAUTHORIZED && bearer {
+            let why = error_message(&resp.text().unwrap_or_default());
+            bail!(
+                "unauthorised at {}: {why} (run `virga login --token-stdin` with a valid \
+                 token, or set VIRGA_TOKEN)",
+                self.base
+            );
+        }
         if resp.status() == StatusCode::UNAUTHORIZED && challenged {
             let hint = if self.auth.is_some() {
                 "the stored or given password was refused"

@@ -1,10 +1,10 @@
 //! Where the CLI talks to and as whom. The gateway URL comes from `--gateway`, then
 //! `VIRGA_URL`, `OPENFAAS_URL`, the stack file's `provider.gateway` and finally
-//! `http://127.0.0.1:8080`. Credentials are stored per gateway by `virga login` in
-//! `~/.virga/config.json` (directory 0700, file 0600; `VIRGA_CONFIG_DIR` moves it), and
-//! `VIRGA_PASSWORD` / `OPENFAAS_PASSWORD` in the environment win over the stored ones.
-//! With neither, a loopback gateway is tried with the password `virga up` wrote to its
-//! data directory.
+//! `http://127.0.0.1:8080`. Credentials (a password or an API token) are stored per gateway
+//! by `virga login` in `~/.virga/config.json` (directory 0700, file 0600;
+//! `VIRGA_CONFIG_DIR` moves it), and `VIRGA_TOKEN`, then `VIRGA_PASSWORD` /
+//! `OPENFAAS_PASSWORD` in the environment win over the stored ones. With none, a loopback
+//! gateway is tried with the password `virga up` wrote to its data directory.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,12 +29,33 @@ pub struct Credentials {
     pub password: String,
 }
 
+/// How the CLI signs in to a gateway.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// HTTP basic auth.
+    Basic(Credentials),
+    /// An API token, sent as `Authorization: Bearer`.
+    Token(String),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Basic(c) => write!(f, "Basic({})", c.username),
+            Auth::Token(_) => f.write_str("Token(..)"),
+        }
+    }
+}
+
 /// The content of `config.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ConfigFile {
     /// Credentials keyed by normalised gateway URL.
     #[serde(default)]
     auths: BTreeMap<String, Credentials>,
+    /// API tokens keyed by normalised gateway URL (a gateway has a token or credentials).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    tokens: BTreeMap<String, String>,
 }
 
 /// Pick the gateway URL: flag, `VIRGA_URL`, `OPENFAAS_URL`, stack file, default.
@@ -124,15 +145,23 @@ fn set_mode(path: &std::path::Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// Credentials for `gateway`: the password from the environment wins over the stored one.
-pub fn credentials_for(gateway: &str) -> Result<Option<Credentials>> {
-    let stored = read_config()?
-        .auths
-        .get(&normalise_gateway(gateway))
-        .cloned();
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+/// How to sign in to `gateway`: `VIRGA_TOKEN`, then a password from the environment, then
+/// what `virga login` stored.
+pub fn auth_for(gateway: &str) -> Result<Option<Auth>> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if let Some(token) = env("VIRGA_TOKEN") {
+        return Ok(Some(Auth::Token(token.trim().to_string())));
+    }
+    let config = read_config()?;
+    let gateway = normalise_gateway(gateway);
+    let stored = config.auths.get(&gateway).cloned();
     let env_password = env("VIRGA_PASSWORD").or_else(|| env("OPENFAAS_PASSWORD"));
     let env_user = env("VIRGA_USERNAME").or_else(|| env("OPENFAAS_USERNAME"));
+    if env_password.is_none() {
+        if let Some(token) = config.tokens.get(&gateway) {
+            return Ok(Some(Auth::Token(token.clone())));
+        }
+    }
     Ok(match (env_password, stored) {
         (Some(password), stored) => Some(Credentials {
             username: env_user
@@ -141,11 +170,12 @@ pub fn credentials_for(gateway: &str) -> Result<Option<Credentials>> {
             password,
         }),
         (None, Some(stored)) => Some(stored),
-        (None, None) => local_admin_password(gateway).map(|password| Credentials {
+        (None, None) => local_admin_password(&gateway).map(|password| Credentials {
             username: DEFAULT_USER.to_string(),
             password,
         }),
-    })
+    }
+    .map(Auth::Basic))
 }
 
 /// For a loopback gateway with nothing stored: the password `virga up` generated in its
@@ -163,19 +193,30 @@ fn local_admin_password(gateway: &str) -> Option<String> {
     Some(password.trim().to_string()).filter(|p| !p.is_empty())
 }
 
-/// Store credentials for `gateway`; returns the file written.
+/// Store credentials for `gateway` (in place of a token); returns the file written.
 pub fn save_credentials(gateway: &str, creds: &Credentials) -> Result<PathBuf> {
     let mut config = read_config()?;
-    config
-        .auths
-        .insert(normalise_gateway(gateway), creds.clone());
+    let gateway = normalise_gateway(gateway);
+    config.tokens.remove(&gateway);
+    config.auths.insert(gateway, creds.clone());
     write_config(&config)
 }
 
-/// Forget the credentials of `gateway`; false when none were stored.
+/// Store an API token for `gateway` (in place of credentials); returns the file written.
+pub fn save_token(gateway: &str, token: &str) -> Result<PathBuf> {
+    let mut config = read_config()?;
+    let gateway = normalise_gateway(gateway);
+    config.auths.remove(&gateway);
+    config.tokens.insert(gateway, token.to_string());
+    write_config(&config)
+}
+
+/// Forget the credentials or token of `gateway`; false when none were stored.
 pub fn remove_credentials(gateway: &str) -> Result<bool> {
     let mut config = read_config()?;
-    let removed = config.auths.remove(&normalise_gateway(gateway)).is_some();
+    let gateway = normalise_gateway(gateway);
+    let removed = config.tokens.remove(&gateway).is_some();
+    let removed = config.auths.remove(&gateway).is_some() || removed;
     if removed {
         write_config(&config)?;
     }
@@ -206,11 +247,28 @@ mod tests {
             password: "pw".into(),
         };
         let path = save_credentials("http://gw:1/", &creds).unwrap();
-        if std::env::var_os("VIRGA_PASSWORD").is_none()
-            && std::env::var_os("OPENFAAS_PASSWORD").is_none()
-        {
-            assert_eq!(credentials_for("http://gw:1").unwrap(), Some(creds));
+        let from_env = ["VIRGA_TOKEN", "VIRGA_PASSWORD", "OPENFAAS_PASSWORD"]
+            .iter()
+            .any(|k| std::env::var_os(k).is_some());
+        if !from_env {
+            assert_eq!(
+                auth_for("http://gw:1").unwrap(),
+                Some(Auth::Basic(creds.clone()))
+            );
         }
+        // A token replaces the password, and a password the token.
+        save_token("http://gw:1", "vg_t").unwrap();
+        if !from_env {
+            assert_eq!(
+                auth_for("http://gw:1").unwrap(),
+                Some(Auth::Token("vg_t".into()))
+            );
+        }
+        save_credentials("http://gw:1/", &creds).unwrap();
+        if !from_env {
+            assert_eq!(auth_for("http://gw:1").unwrap(), Some(Auth::Basic(creds)));
+        }
+        save_token("http://gw:1", "vg_t").unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -13,6 +13,7 @@ use virga_types::{BundleRef, BundleUploaded, FunctionDeployment};
 use crate::builder::{self, BuildOptions, Built};
 use crate::client::{ensure_success, status_text, Client};
 use crate::config;
+use crate::namespaces::{target, NamespaceArg};
 use crate::oci_build::{self, RegistryArgs};
 use crate::stack::Stack;
 
@@ -36,6 +37,9 @@ pub struct DeployArgs {
     /// Registry options for OCI images.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Deploy into this namespace, whatever the stack file's `namespace:` says.
+    #[command(flatten)]
+    pub ns: NamespaceArg,
 }
 
 /// Options of `virga push`.
@@ -83,17 +87,27 @@ pub fn run(args: DeployArgs, gateway: Option<&str>) -> Result<()> {
         registry: &args.registry,
         send_registry_auth: args.send_registry_auth,
     };
-    deploy_stack(&client, &stack, args.filter.as_deref(), opts)
+    deploy_stack(&client, &stack, args.filter.as_deref(), &args.ns, opts)
 }
 
-/// Build, upload and deploy the functions of `stack` (those matching `filter`).
+/// Build, upload and deploy the functions of `stack` (those matching `filter`), each into
+/// the namespace `ns` picks for it.
 pub fn deploy_stack(
     client: &Client,
     stack: &Stack,
     filter: Option<&str>,
+    ns: &NamespaceArg,
     opts: BuildOptions,
 ) -> Result<()> {
     let selected = stack.select(filter)?;
+    // A bad namespace fails the deploy before anything is built.
+    let namespaces = selected
+        .iter()
+        .map(|(name, f)| {
+            ns.pick(&f.namespace)
+                .with_context(|| format!("the namespace of {name}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let built = builder::build_stack(stack, filter, opts)?;
     if !built.is_empty() {
         builder::print_table(&built);
@@ -101,7 +115,8 @@ pub fn deploy_stack(
     }
 
     let mut failed = Vec::new();
-    for (name, f) in selected {
+    for ((name, f), ns) in selected.into_iter().zip(namespaces) {
+        let key = target(name, &ns);
         let result = (|| -> Result<String> {
             let image = match built.iter().find(|b| b.name == name) {
                 Some(Built { oci: Some(oci), .. }) => {
@@ -119,6 +134,7 @@ pub fn deploy_stack(
                 ),
             };
             let mut deployment = stack.deployment(name, f, &image)?;
+            deployment.namespace = ns.clone();
             let registry_image = !image.is_empty() && BundleRef::parse(&image).is_none();
             if opts.send_registry_auth && registry_image {
                 if let Some(creds) = opts.registry.credentials(&image)? {
@@ -128,10 +144,10 @@ pub fn deploy_stack(
             deploy_one(client, &deployment)
         })();
         match result {
-            Ok(status) => println!("Deployed {name}: {} ({status})", client.function_url(name)),
+            Ok(status) => println!("Deployed {key}: {} ({status})", client.function_url(&key)),
             Err(e) => {
-                eprintln!("Deploying {name} failed: {e:#}");
-                failed.push(name.to_string());
+                eprintln!("Deploying {key} failed: {e:#}");
+                failed.push(key);
             }
         }
     }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use include_dir::{include_dir, Dir};
 
 use crate::client::Client;
-use crate::config::Credentials;
+use crate::config::{Auth, Credentials};
 use crate::stack::Stack;
 
 static EXAMPLES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../../examples");
@@ -35,12 +35,14 @@ fn try_deploy(url: &str, password: &str, data_dir: &Path) -> Result<()> {
         username: "admin".into(),
         password: password.into(),
     };
-    let client = Client::with_credentials(url, Some(creds))?;
+    let client = Client::with_credentials(url, Some(Auth::Basic(creds)))?;
     let registry = crate::oci_build::RegistryArgs::default();
     let opts = crate::builder::BuildOptions {
         oci: false,
         registry: &registry,
         send_registry_auth: false,
     };
-    crate::deploy::deploy_stack(&client, &stack, None, opts)
+    // Into the default namespace, whatever $OPENFAAS_NS says.
+    let ns = crate::namespaces::NamespaceArg::given(virga_types::DEFAULT_NAMESPACE);
+    crate::deploy::deploy_stack(&client, &stack, None, &ns, opts)
 }

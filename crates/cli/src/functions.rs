@@ -10,6 +10,7 @@ use reqwest::{Method, StatusCode};
 use virga_types::{DeleteFunctionRequest, FunctionStatus, ScaleServiceRequest};
 
 use crate::client::{ensure_success, Client};
+use crate::namespaces::{ns_query, target, NamespaceArg};
 use crate::stack::Stack;
 
 /// Options of `virga list`.
@@ -21,6 +22,9 @@ pub struct ListArgs {
     /// More columns: available replicas, created, process.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Whose functions to list.
+    #[command(flatten)]
+    pub ns: NamespaceArg,
 }
 
 /// Options of `virga describe`.
@@ -31,6 +35,9 @@ pub struct DescribeArgs {
     /// Print the gateway's JSON.
     #[arg(long)]
     pub json: bool,
+    /// The function's namespace.
+    #[command(flatten)]
+    pub ns: NamespaceArg,
 }
 
 /// Options of `virga invoke`.
@@ -59,6 +66,9 @@ pub struct InvokeArgs {
     /// With --async: where to POST the result.
     #[arg(long, value_name = "URL", requires = "async_call")]
     pub callback: Option<String>,
+    /// The function's namespace (calls /function/NAME.NS).
+    #[command(flatten)]
+    pub ns: NamespaceArg,
 }
 
 /// Options of `virga remove`.
@@ -73,6 +83,9 @@ pub struct RemoveArgs {
     /// With -f: only functions whose name matches (`*` allowed).
     #[arg(long)]
     pub filter: Option<String>,
+    /// The function's namespace (with -f: overrides each function's `namespace:`).
+    #[command(flatten)]
+    pub ns: NamespaceArg,
 }
 
 /// Options of `virga scale`.
@@ -83,20 +96,28 @@ pub struct ScaleArgs {
     /// Wanted instances (0 allowed).
     #[arg(long)]
     pub replicas: u64,
+    /// The function's namespace.
+    #[command(flatten)]
+    pub ns: NamespaceArg,
 }
 
 /// Run `virga list`.
 pub fn list(client: &Client, args: ListArgs) -> Result<()> {
+    let ns = args.ns.get()?;
+    let rb = client
+        .request(Method::GET, "/system/functions")
+        .query(&ns_query(&ns));
+    let resp = client.send_ok(rb, "listing functions")?;
     if args.json {
-        println!(
-            "{}",
-            client
-                .get_text("/system/functions", "listing functions")?
-                .trim_end()
-        );
+        let text = resp
+            .text()
+            .context("listing functions: cannot read the answer")?;
+        println!("{}", text.trim_end());
         return Ok(());
     }
-    let mut fns: Vec<FunctionStatus> = client.get_json("/system/functions", "listing functions")?;
+    let mut fns: Vec<FunctionStatus> = resp
+        .json()
+        .context("listing functions: the gateway's answer is not the expected JSON")?;
     fns.sort_by(|a, b| a.name.cmp(&b.name));
     let mut rows = vec![vec![
         "Function".to_string(),
@@ -157,13 +178,21 @@ pub fn print_table(rows: &[Vec<String>]) {
 /// Run `virga describe`.
 pub fn describe(client: &Client, args: DescribeArgs) -> Result<()> {
     virga_types::validate_name("function name", &args.name)?;
+    let ns = args.ns.get()?;
     let path = format!("/system/function/{}", args.name);
-    let what = format!("describing {}", args.name);
+    let what = format!("describing {}", target(&args.name, &ns));
+    let rb = client.request(Method::GET, &path).query(&ns_query(&ns));
+    let resp = client.send_ok(rb, &what)?;
     if args.json {
-        println!("{}", client.get_text(&path, &what)?.trim_end());
+        let text = resp
+            .text()
+            .with_context(|| format!("{what}: cannot read the answer"))?;
+        println!("{}", text.trim_end());
         return Ok(());
     }
-    let f: FunctionStatus = client.get_json(&path, &what)?;
+    let f: FunctionStatus = resp
+        .json()
+        .with_context(|| format!("{what}: the gateway's answer is not the expected JSON"))?;
     let status = if f.available_replicas > 0 {
         "Ready"
     } else {
@@ -177,7 +206,7 @@ pub fn describe(client: &Client, args: DescribeArgs) -> Result<()> {
         ("Invocations", format!("{:.0}", f.invocation_count)),
         ("Image", f.image.clone()),
         ("Function process", f.env_process.clone()),
-        ("URL", client.function_url(&f.name)),
+        ("URL", client.function_url(&target(&f.name, &f.namespace))),
         ("Created", f.created_at.to_rfc3339()),
     ];
     if let (Some(pinned), Some(digest)) = (&f.pinned_image, &f.image_digest) {
@@ -254,6 +283,7 @@ fn split_pair<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str)> {
 /// Run `virga invoke`: stdin is the body, the answer goes to stdout (stderr and exit 1 on non-2xx).
 pub fn invoke(client: &Client, args: InvokeArgs) -> Result<()> {
     virga_types::validate_name("function name", &args.name)?;
+    let key = target(&args.name, &args.ns.get()?);
     let method = Method::from_bytes(args.method.to_uppercase().as_bytes())
         .with_context(|| format!("{:?} is not an HTTP method", args.method))?;
     let mut body = Vec::new();
@@ -276,9 +306,9 @@ pub fn invoke(client: &Client, args: InvokeArgs) -> Result<()> {
         "function"
     };
     let path = if extra.is_empty() {
-        format!("/{route}/{}", args.name)
+        format!("/{route}/{key}")
     } else {
-        format!("/{route}/{}/{extra}", args.name)
+        format!("/{route}/{key}/{extra}")
     };
     let mut rb = client.request(method, &path);
     let mut query = Vec::new();
@@ -321,8 +351,7 @@ pub fn invoke(client: &Client, args: InvokeArgs) -> Result<()> {
     }
     writeln!(
         err,
-        "Function {} answered {}",
-        args.name,
+        "Function {key} answered {}",
         crate::client::status_text(status)
     )?;
     err.flush()?;
@@ -331,33 +360,34 @@ pub fn invoke(client: &Client, args: InvokeArgs) -> Result<()> {
 
 /// Run `virga remove`.
 pub fn remove(client_for: impl Fn(Option<&str>) -> Result<Client>, args: RemoveArgs) -> Result<()> {
-    let (client, names) = match (&args.name, &args.file) {
-        (Some(name), _) => (client_for(None)?, vec![name.clone()]),
+    let (client, targets) = match (&args.name, &args.file) {
+        (Some(name), _) => (client_for(None)?, vec![(name.clone(), args.ns.get()?)]),
         (None, Some(file)) => {
             let stack = Stack::load(file)?;
-            let names = stack
-                .select(args.filter.as_deref())?
-                .into_iter()
-                .map(|(n, _)| n.to_string())
-                .collect();
-            (client_for(Some(&stack.provider.gateway))?, names)
+            let mut targets = Vec::new();
+            for (name, f) in stack.select(args.filter.as_deref())? {
+                targets.push((name.to_string(), args.ns.pick(&f.namespace)?));
+            }
+            (client_for(Some(&stack.provider.gateway))?, targets)
         }
         (None, None) => bail!("give a function name or -f stack.yaml"),
     };
     let mut failed = 0;
-    for name in &names {
+    for (name, ns) in &targets {
+        let key = target(name, ns);
         let body = DeleteFunctionRequest {
             function_name: name.clone(),
-            namespace: String::new(),
+            namespace: ns.clone(),
         };
         let resp = client.send_json(Method::DELETE, "/system/functions", &body)?;
         if resp.status() == StatusCode::NOT_FOUND {
-            eprintln!("Function {name} not found on {}", client.base());
+            let msg = crate::client::error_message(&resp.text().unwrap_or_default());
+            eprintln!("Function {key} not found on {}: {msg}", client.base());
             failed += 1;
             continue;
         }
-        match ensure_success(resp, &format!("removing {name}")) {
-            Ok(_) => println!("Removed {name}"),
+        match ensure_success(resp, &format!("removing {key}")) {
+            Ok(_) => println!("Removed {key}"),
             Err(e) => {
                 eprintln!("{e:#}");
                 failed += 1;
@@ -365,7 +395,7 @@ pub fn remove(client_for: impl Fn(Option<&str>) -> Result<Client>, args: RemoveA
         }
     }
     if failed > 0 {
-        bail!("{failed} of {} function(s) not removed", names.len());
+        bail!("{failed} of {} function(s) not removed", targets.len());
     }
     Ok(())
 }
@@ -373,15 +403,17 @@ pub fn remove(client_for: impl Fn(Option<&str>) -> Result<Client>, args: RemoveA
 /// Run `virga scale`.
 pub fn scale(client: &Client, args: ScaleArgs) -> Result<()> {
     virga_types::validate_name("function name", &args.name)?;
+    let ns = args.ns.get()?;
+    let key = target(&args.name, &ns);
     let body = ScaleServiceRequest {
         service_name: args.name.clone(),
-        namespace: String::new(),
+        namespace: ns,
         replicas: args.replicas,
     };
     let path = format!("/system/scale-function/{}", args.name);
     let resp = client.send_json(Method::POST, &path, &body)?;
-    ensure_success(resp, &format!("scaling {}", args.name))?;
-    println!("Scaled {} to {} replica(s)", args.name, args.replicas);
+    ensure_success(resp, &format!("scaling {key}"))?;
+    println!("Scaled {key} to {} replica(s)", args.replicas);
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde::Deserialize;
 
 use crate::client::{ensure_success, Client};
+use crate::namespaces::{target, NamespaceArg};
 
 /// Options of `virga logs`.
 #[derive(Debug, clap::Args)]
@@ -30,6 +31,9 @@ pub struct LogsArgs {
     /// Print the gateway's JSON objects, one per line.
     #[arg(long)]
     pub json: bool,
+    /// The function's namespace.
+    #[command(flatten)]
+    pub ns: NamespaceArg,
 }
 
 /// One line as the gateway sends it.
@@ -42,7 +46,11 @@ struct Line {
 
 /// Run `virga logs`.
 pub fn run(client: &Client, args: LogsArgs) -> Result<()> {
+    let ns = args.ns.get()?;
     let mut query: Vec<(&str, String)> = vec![("name", args.name.clone())];
+    if !ns.is_empty() {
+        query.push(("namespace", ns.clone()));
+    }
     if let Some(n) = args.tail {
         query.push(("tail", n.to_string()));
     }
@@ -58,7 +66,7 @@ pub fn run(client: &Client, args: LogsArgs) -> Result<()> {
     let rb = client
         .request_streaming(Method::GET, "/system/logs")
         .query(&query);
-    let what = format!("logs of {}", args.name);
+    let what = format!("logs of {}", target(&args.name, &ns));
     let resp = ensure_success(client.send(rb)?, &what)?;
     let mut out = std::io::stdout().lock();
     for line in BufReader::new(resp).lines() {

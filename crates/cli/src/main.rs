@@ -15,6 +15,7 @@ mod functions;
 mod image_list;
 mod login;
 mod logs;
+mod namespaces;
 mod new;
 mod oci_build;
 mod pack;
@@ -23,6 +24,7 @@ mod registry;
 mod secrets;
 mod stack;
 mod templates;
+mod tokens;
 mod triggers;
 mod up;
 mod up_images;
@@ -98,6 +100,19 @@ enum Command {
         #[command(subcommand)]
         command: secrets::SecretCommand,
     },
+    /// Manage namespaces: create, get, update, remove, list.
+    #[command(alias = "ns")]
+    Namespace {
+        #[command(subcommand)]
+        command: namespaces::NamespaceCommand,
+    },
+    /// Create, list and revoke API tokens (roles and namespaces).
+    Token {
+        #[command(subcommand)]
+        command: tokens::TokenCommand,
+    },
+    /// Show the newest changes made through the API: when, who, what, and the answer.
+    Audit(tokens::AuditArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -134,9 +149,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(args) => functions::scale(&connect()?, args),
         Command::Logs(args) => logs::run(&connect()?, args),
         Command::Secret { command } => secrets::run(&connect()?, command),
+        Command::Namespace { command } => namespaces::run(&connect()?, command),
         Command::Images(args) => image_list::run(&connect()?, args),
         Command::Queue(args) => queue::show(&connect()?, args),
         Command::DeadLetters { command } => queue::dead_letters(&connect()?, command),
         Command::Triggers { json } => triggers::show(&connect()?, json),
+        Command::Token { command } => tokens::run(&connect()?, command),
+        Command::Audit(args) => tokens::audit(&connect()?, args),
     }
 }

@@ -181,12 +181,15 @@ pub fn show(client: &Client, args: QueueArgs) -> Result<()> {
 /// `virga dead-letters` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum DeadLetterCommand {
-    /// List the calls whose attempts are exhausted.
+    /// List the calls whose attempts are exhausted (of every namespace, unless -n).
     #[command(alias = "ls")]
     List {
         /// Print the gateway's JSON.
         #[arg(long)]
         json: bool,
+        /// Only the dead letters of this namespace's functions.
+        #[command(flatten)]
+        ns: crate::namespaces::NamespaceArg,
     },
     /// Put a dead letter back on its queue (attempts start again).
     Retry {
@@ -201,14 +204,22 @@ pub enum DeadLetterCommand {
 pub fn dead_letters(client: &Client, cmd: DeadLetterCommand) -> Result<()> {
     const PATH: &str = "/system/virga/dead-letters";
     match cmd {
-        DeadLetterCommand::List { json: true } => {
-            println!(
-                "{}",
-                client.get_text(PATH, "listing dead letters")?.trim_end()
-            );
-        }
-        DeadLetterCommand::List { json: false } => {
-            let list: Vec<DeadLetterInfo> = client.get_json(PATH, "listing dead letters")?;
+        DeadLetterCommand::List { json, ns } => {
+            let ns = ns.get()?;
+            let rb = client
+                .request(Method::GET, PATH)
+                .query(&crate::namespaces::ns_query(&ns));
+            let resp = client.send_ok(rb, "listing dead letters")?;
+            if json {
+                let text = resp
+                    .text()
+                    .context("listing dead letters: cannot read the answer")?;
+                println!("{}", text.trim_end());
+                return Ok(());
+            }
+            let list: Vec<DeadLetterInfo> = resp
+                .json()
+                .context("listing dead letters: the gateway's answer is not the expected JSON")?;
             let mut rows = vec![vec![
                 "Call id".to_string(),
                 "Failed".to_string(),
@@ -255,7 +266,7 @@ pub fn dead_letters(client: &Client, cmd: DeadLetterCommand) -> Result<()> {
 }
 
 /// Percent-encode everything but unreserved URL characters.
-fn urlencode(s: &str) -> String {
+pub fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

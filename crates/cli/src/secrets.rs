@@ -1,5 +1,6 @@
 //! `virga secret create|update|list|remove`: manage the gateway's secrets
-//! (`/system/secrets`). Values come from `--from-literal`, `--from-file` or stdin.
+//! (`/system/secrets`) of one namespace (`-n`, in the body or `?namespace=` as faas-cli
+//! sends it). Values come from `--from-literal`, `--from-file` or stdin.
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -8,8 +9,9 @@ use anyhow::{bail, Context, Result};
 use reqwest::{Method, StatusCode};
 use virga_types::Secret;
 
-use crate::client::{ensure_success, Client};
+use crate::client::{ensure_success, error_message, Client};
 use crate::functions::print_table;
+use crate::namespaces::{ns_query, NamespaceArg};
 
 /// `virga secret` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -24,12 +26,18 @@ pub enum SecretCommand {
         /// Print the gateway's JSON.
         #[arg(long)]
         json: bool,
+        /// Whose secrets to list.
+        #[command(flatten)]
+        ns: NamespaceArg,
     },
     /// Remove a secret.
     #[command(alias = "rm")]
     Remove {
         /// Secret name.
         name: String,
+        /// The secret's namespace.
+        #[command(flatten)]
+        ns: NamespaceArg,
     },
 }
 
@@ -44,6 +52,9 @@ pub struct ValueArgs {
     /// Read the value (any bytes) from this file.
     #[arg(long)]
     pub from_file: Option<PathBuf>,
+    /// The secret's namespace (functions only see their own namespace's secrets).
+    #[command(flatten)]
+    pub ns: NamespaceArg,
 }
 
 /// Run a `virga secret` subcommand.
@@ -51,8 +62,8 @@ pub fn run(client: &Client, cmd: SecretCommand) -> Result<()> {
     match cmd {
         SecretCommand::Create(args) => put(client, args, false),
         SecretCommand::Update(args) => put(client, args, true),
-        SecretCommand::List { json } => list(client, json),
-        SecretCommand::Remove { name } => remove(client, &name),
+        SecretCommand::List { json, ns } => list(client, json, &ns.get()?),
+        SecretCommand::Remove { name, ns } => remove(client, &name, &ns.get()?),
     }
 }
 
@@ -60,6 +71,7 @@ fn secret_from(args: &ValueArgs) -> Result<Secret> {
     virga_types::validate_name("secret name", &args.name)?;
     let mut secret = Secret {
         name: args.name.clone(),
+        namespace: args.ns.get()?,
         ..Default::default()
     };
     if let Some(v) = &args.from_literal {
@@ -87,42 +99,69 @@ fn secret_from(args: &ValueArgs) -> Result<Secret> {
 
 fn put(client: &Client, args: ValueArgs, update: bool) -> Result<()> {
     let secret = secret_from(&args)?;
+    let (name, flag) = (&args.name, ns_flag(&secret.namespace));
     let method = if update { Method::PUT } else { Method::POST };
     let resp = client.send_json(method, "/system/secrets", &secret)?;
+    let verb = if update { "updating" } else { "creating" };
     match resp.status() {
-        StatusCode::CONFLICT if !update => bail!(
-            "secret {} already exists: use `virga secret update {}` to change it",
-            args.name,
-            args.name
-        ),
-        StatusCode::NOT_FOUND if update => bail!(
-            "secret {} does not exist: use `virga secret create {}`",
-            args.name,
-            args.name
-        ),
+        StatusCode::CONFLICT if !update => {
+            bail!(
+                "secret {name} already exists: use `virga secret update {name}{flag}` to change it"
+            )
+        }
+        StatusCode::NOT_FOUND if update => {
+            let msg = error_message(&resp.text().unwrap_or_default());
+            // A 404 about the namespace is the gateway's to explain.
+            if msg.starts_with("namespace") {
+                bail!("{verb} secret {name}: {msg}");
+            }
+            bail!("secret {name} does not exist: use `virga secret create {name}{flag}`")
+        }
         _ => {}
     }
-    let verb = if update { "updating" } else { "creating" };
-    ensure_success(resp, &format!("{verb} secret {}", args.name))?;
+    ensure_success(resp, &format!("{verb} secret {name}"))?;
     println!(
-        "{} secret {}",
+        "{} secret {name}{}",
         if update { "Updated" } else { "Created" },
-        args.name
+        in_namespace(&secret.namespace)
     );
     Ok(())
 }
 
-fn list(client: &Client, json: bool) -> Result<()> {
+/// ` -n NS` to repeat in a suggested command (nothing for the default namespace).
+fn ns_flag(ns: &str) -> String {
+    if ns.is_empty() {
+        String::new()
+    } else {
+        format!(" -n {ns}")
+    }
+}
+
+/// ` in namespace NS` for messages (nothing for the default namespace).
+fn in_namespace(ns: &str) -> String {
+    if ns.is_empty() {
+        String::new()
+    } else {
+        format!(" in namespace {ns}")
+    }
+}
+
+fn list(client: &Client, json: bool, ns: &str) -> Result<()> {
+    const WHAT: &str = "listing secrets";
+    let rb = client
+        .request(Method::GET, "/system/secrets")
+        .query(&ns_query(ns));
+    let resp = client.send_ok(rb, WHAT)?;
     if json {
-        println!(
-            "{}",
-            client
-                .get_text("/system/secrets", "listing secrets")?
-                .trim_end()
-        );
+        let text = resp
+            .text()
+            .with_context(|| format!("{WHAT}: cannot read the answer"))?;
+        println!("{}", text.trim_end());
         return Ok(());
     }
-    let mut secrets: Vec<Secret> = client.get_json("/system/secrets", "listing secrets")?;
+    let mut secrets: Vec<Secret> = resp
+        .json()
+        .with_context(|| format!("{WHAT}: the gateway's answer is not the expected JSON"))?;
     secrets.sort_by(|a, b| a.name.cmp(&b.name));
     let mut rows = vec![vec!["NAME".to_string()]];
     rows.extend(secrets.into_iter().map(|s| vec![s.name]));
@@ -130,14 +169,11 @@ fn list(client: &Client, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn remove(client: &Client, name: &str) -> Result<()> {
+fn remove(client: &Client, name: &str, ns: &str) -> Result<()> {
     virga_types::validate_name("secret name", name)?;
-    let body = serde_json::json!({ "name": name });
+    let body = serde_json::json!({ "name": name, "namespace": ns });
     let resp = client.send_json(Method::DELETE, "/system/secrets", &body)?;
-    if resp.status() == StatusCode::NOT_FOUND {
-        bail!("secret {name} not found on {}", client.base());
-    }
     ensure_success(resp, &format!("removing secret {name}"))?;
-    println!("Removed secret {name}");
+    println!("Removed secret {name}{}", in_namespace(ns));
     Ok(())
 }

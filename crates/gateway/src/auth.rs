@@ -1,5 +1,6 @@
-//! HTTP basic auth for `/system/*`: one admin user, compared in constant time, with a backoff
-//! per client address on wrong passwords ([`crate::backoff`]).
+//! Auth for `/system/*`: HTTP basic auth of one admin user, compared in constant time, or an
+//! API token as `Authorization: Bearer` ([`crate::tokens`]), with a backoff per client
+//! address on wrong passwords and unknown tokens ([`crate::backoff`]).
 //!
 //! Browsers are never asked for basic credentials: a 401 to a browser request carries no
 //! `WWW-Authenticate: Basic`, so no browser shows a password prompt or caches what was typed
@@ -50,6 +51,11 @@ impl Credentials {
         }
     }
 
+    /// The admin these credentials sign in.
+    pub(crate) fn admin(&self) -> Principal {
+        Principal::admin(&self.user)
+    }
+
     /// The secret access key of the SigV4 access key id `key_id`, if it is known.
     pub(crate) fn secret_for(&self, key_id: &str) -> Option<&str> {
         (key_id == self.user).then_some(self.password.as_str())
@@ -67,8 +73,8 @@ impl Credentials {
     }
 }
 
-/// Middleware: 401 unless the request carries the credentials; 429 while its address is
-/// blocked after too many wrong ones.
+/// Middleware: 401 unless the request carries the credentials or a valid token; 429 while
+/// its address is blocked after too many wrong ones.
 pub(crate) async fn require(
     State(state): State<Arc<AppState>>,
     mut req: Request,
@@ -85,10 +91,19 @@ pub(crate) async fn require(
     let Some(given) = req.headers().get(header::AUTHORIZATION) else {
         return unauthorized(req.headers());
     };
+    if let Some(token) = given.as_bytes().strip_prefix(b"Bearer ") {
+        return match crate::tokens::authenticate(&state, token, ip, now) {
+            Ok((principal, caller)) => {
+                req.extensions_mut().insert(principal);
+                req.extensions_mut().insert(caller);
+                next.run(req).await
+            }
+            Err(e) => bearer_refused(req.headers(), e),
+        };
+    }
     if state.credentials.check(given.as_bytes()) {
         state.backoff.succeeded(ip);
-        let admin = Principal::admin(&state.credentials.user);
-        req.extensions_mut().insert(admin);
+        req.extensions_mut().insert(state.credentials.admin());
         return next.run(req).await;
     }
     if let Some(wait) = state.backoff.failed(ip, now) {
@@ -112,6 +127,20 @@ fn unauthorized(h: &HeaderMap) -> Response {
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"virga\""),
+        );
+    }
+    resp
+}
+
+/// A refused bearer token's answer: API clients are told it is a bearer token that failed
+/// (RFC 6750), so they do not retry with a password.
+fn bearer_refused(h: &HeaderMap, e: ApiError) -> Response {
+    let unauthorized = matches!(e, ApiError::BadToken(_));
+    let mut resp = e.into_response();
+    if unauthorized && !from_browser(h) {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"virga\", error=\"invalid_token\""),
         );
     }
     resp

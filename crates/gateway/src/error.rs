@@ -15,8 +15,14 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     /// Missing or wrong credentials (401).
-    #[error("unauthorized: give the admin credentials with HTTP basic auth")]
+    #[error(
+        "unauthorized: give the admin credentials with HTTP basic auth, or an API token as \
+         `Authorization: Bearer TOKEN`"
+    )]
     Unauthorized,
+    /// A bearer token that is not accepted, and why (401).
+    #[error("unauthorized: {0}")]
+    BadToken(String),
     /// The caller may not do this (403).
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -66,7 +72,7 @@ impl ApiError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::BadToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,

@@ -10,6 +10,7 @@
 
 mod alert;
 mod asyncfn;
+mod audit;
 mod auth;
 mod backoff;
 mod bundles;
@@ -30,6 +31,7 @@ mod pulls;
 mod quota;
 mod replay;
 mod secrets;
+mod tokens;
 mod triggers;
 mod whoami;
 
@@ -39,7 +41,7 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::Redirect;
-use axum::routing::{any, get, head, post};
+use axum::routing::{any, delete, get, head, post};
 use axum::{middleware, Json, Router};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -161,7 +163,7 @@ impl AppState {
     }
 }
 
-/// The `/system/*` routes, behind basic auth.
+/// The `/system/*` routes, behind auth (basic or a token), their changes audited.
 fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/system/info", get(info))
@@ -209,10 +211,17 @@ fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             "/system/virga/bundles/{digest}",
             head(bundles::exists).put(bundles::upload),
         )
+        .route(
+            "/system/virga/tokens",
+            get(tokens::list).post(tokens::create),
+        )
+        .route("/system/virga/tokens/{id}", delete(tokens::revoke))
+        .route("/system/virga/audit", get(audit::list))
         .route("/system/virga/invoke/{name}", any(console::invoke))
         .route("/system/virga/invoke/{name}/", any(console::invoke))
         .route("/system/virga/invoke/{name}/{*rest}", any(console::invoke))
         .layer(DefaultBodyLimit::max(state.cfg.max_bundle_bytes))
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require))
 }
 

@@ -220,6 +220,10 @@ pub(crate) async fn delete(
     for key in &secrets {
         state.store.delete_secret(key)?;
     }
+    // Tokens lose it first: a namespace made again under this name is not theirs.
+    state
+        .store
+        .forget_namespace_in_tokens(&name, chrono::Utc::now())?;
     state.store.delete_namespace(&name)?;
     tracing::info!(namespace = %name, functions = functions.len(), "namespace deleted");
     Ok(StatusCode::OK)

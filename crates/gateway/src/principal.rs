@@ -23,6 +23,14 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, from the least allowed.
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Invoker, Role::Deployer, Role::Admin];
+
+    /// The role named `name` (as [`Role::as_str`] spells it).
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     /// The role's name as the API spells it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -55,7 +55,7 @@ pub struct Store {
     db_path: PathBuf,
     bundles: Bundles,
     dir: PathBuf,
-    key: SecretsKey,
+    pub(crate) key: SecretsKey,
     /// Set when the disk failed the store, cleared when a write succeeds.
     failing: AtomicBool,
     /// The last such failure, for `/healthz`.
@@ -136,6 +136,8 @@ impl Store {
         tx.open_table(SEALED_SECRETS).map_err(db_err)?;
         tx.open_table(crate::namespaces::NAMESPACES)
             .map_err(db_err)?;
+        crate::tokens::create_tables(&tx)?;
+        crate::audit::create_tables(&tx)?;
         tx.commit().map_err(db_err)?;
         check_key(&db, &key, &path)?;
         let bundles = Bundles::open(&dir.join("bundles"))?;

@@ -1,22 +1,27 @@
-//! Durable state of the platform, kept in one data directory: namespaces, functions and secrets (sealed
-//! under a key kept elsewhere) in an embedded redb database (every write is a committed,
-//! fsync'd transaction), and function code as content-addressed bundles on disk. Everything the gateway accepted is here, so a
+//! Durable state of the platform, kept in one data directory: namespaces, functions and
+//! secrets (sealed under a key kept elsewhere), API tokens (hashes only) and the audit log in
+//! an embedded redb database (every write is a committed, fsync'd transaction), and function
+//! code as content-addressed bundles on disk. Everything the gateway accepted is here, so a
 //! restarted `virga up` (even after kill -9) finds it all again.
 
+mod audit;
 mod beneath;
 mod bundles;
 mod db;
 mod migrate;
 mod namespaces;
 mod sealed;
+mod tokens;
 mod unpack;
 
 pub use beneath::read_beneath;
 
+pub use audit::AUDIT_KEPT;
 pub use bundles::Bundles;
 pub use db::{Store, StoredFunction};
 pub use namespaces::Namespace;
 pub use sealed::SecretsKey;
+pub use tokens::{TokenCheck, TOKEN_PREFIX};
 pub use unpack::UnpackLimits;
 
 use thiserror::Error;

@@ -425,13 +425,14 @@ impl Platform {
     }
 }
 
-/// Run the `virga` CLI in `dir` with `env` added (and no gateway from the developer's own
-/// environment); asserts success and returns its output (stdout, then stderr).
+/// Run the `virga` CLI in `dir` with `env` added (and no gateway or token from the
+/// developer's own environment); asserts success and returns its output (stdout, then stderr).
 pub fn cli(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
     let out = Command::new(virga_bin())
         .args(args)
         .current_dir(dir)
         .env_remove("VIRGA_URL")
+        .env_remove("VIRGA_TOKEN")
         .envs(env.iter().copied())
         .output()
         .expect("run virga");

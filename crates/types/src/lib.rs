@@ -9,6 +9,7 @@ pub mod lambda;
 mod resources;
 mod scaling;
 mod target;
+mod tokens;
 mod validate;
 mod watchdog;
 
@@ -17,10 +18,11 @@ pub use bundle::*;
 pub use resources::*;
 pub use scaling::*;
 pub use target::{headers, Target};
+pub use tokens::*;
 pub use validate::*;
 pub use watchdog::*;
 
-/// The one namespace Virga serves for now, named like OpenFaaS's default.
+/// The default namespace, named like OpenFaaS's; a request that names none means it.
 pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";
 
 /// Path inside an instance where listed secrets appear (OpenFaaS's path).

@@ -1,6 +1,6 @@
 //! What the deploy API accepts: replica counts within the function's and the platform's
 //! bounds, watchdog variables that the watchdog can run with, one definition per name under
-//! concurrent creates, and only the one namespace there is, on every route.
+//! concurrent creates, and unknown namespaces on every route.
 
 use std::sync::{Arc, Barrier};
 
@@ -232,9 +232,9 @@ fn every_route_refuses_an_unknown_namespace() {
         "/system/logs?name=echo&namespace=other",
     ] {
         let (status, text) = get(path);
-        assert_eq!(status, 400, "{path}: {text}");
+        assert_eq!(status, 404, "{path}: {text}");
         assert!(
-            text.contains("namespace") && text.contains("other"),
+            text.contains("namespace \"other\" not found"),
             "{path}: {text}"
         );
     }
@@ -252,26 +252,42 @@ fn every_route_refuses_an_unknown_namespace() {
             Method::DELETE,
             "/system/secrets",
             json!({"name": "k", "namespace": "other"}),
+            404,
         ),
         (
             Method::DELETE,
             "/system/secrets",
             json!({"name": "k", "namespace": {}}),
+            400,
         ),
         (
             Method::DELETE,
             "/system/functions",
             json!({"functionName": "echo", "namespace": "other"}),
+            404,
         ),
         (
             Method::POST,
             "/system/scale-function/echo",
             json!({"serviceName": "echo", "replicas": 0, "namespace": "other"}),
+            404,
+        ),
+        (
+            Method::POST,
+            "/system/functions",
+            json!({"service": "new", "envProcess": "cat", "namespace": "other"}),
+            404,
+        ),
+        (
+            Method::POST,
+            "/system/secrets",
+            json!({"name": "k2", "value": "v", "namespace": "Not_A_Label"}),
+            400,
         ),
     ];
-    for (method, path, body) in writes {
+    for (method, path, body, want) in writes {
         let r = p.send_json(method, path, body.clone());
-        assert_eq!(r.status, 400, "{path} {body}: {}", r.text);
+        assert_eq!(r.status, want, "{path} {body}: {}", r.text);
         assert!(r.text.contains("namespace"), "{path} {body}: {}", r.text);
     }
     assert!(get("/system/secrets").1.contains("\"k\""));

@@ -275,12 +275,15 @@ fn logs_keep_function_output_with_tail_since_and_instance_filters() {
         (r.status().as_u16(), r.text().unwrap())
     };
     assert_eq!(status("name=ghost").0, 404);
+    let (code, msg) = status("name=talker&namespace=kube-system");
+    assert_eq!(code, 404, "{msg}");
+    assert!(msg.contains("namespace \"kube-system\" not found"), "{msg}");
     for (q, word) in [
         ("name=talker&tail=ten", "tail"),
         ("name=talker&since=yesterday", "since"),
         ("name=talker&since=5parsecs", "since"),
         ("name=talker&follow=maybe", "follow"),
-        ("name=talker&namespace=kube-system", "namespace"),
+        ("name=talker&namespace=Kube_System", "namespace"),
         ("tail=3", "name"),
     ] {
         let (code, msg) = status(q);

@@ -14,13 +14,13 @@ use serde_json::json;
 use virga_testkit::{script, virga_bin, Platform, PASSWORD};
 
 /// A secret's value and every form in which it could be found on disk.
-struct Needle {
+pub(crate) struct Needle {
     name: &'static str,
     forms: Vec<(&'static str, Vec<u8>)>,
 }
 
 impl Needle {
-    fn new(name: &'static str, value: &[u8]) -> Needle {
+    pub(crate) fn new(name: &'static str, value: &[u8]) -> Needle {
         let b64 = base64::engine::general_purpose::STANDARD.encode(value);
         Needle {
             name,
@@ -60,7 +60,7 @@ fn mounts() -> Vec<(PathBuf, String)> {
 
 /// Every regular file under `dir` on its own file system, mount points (the sandboxes'
 /// read-only views of the tmpfs) left out, and the needles found in each.
-fn scan(dir: &Path, needles: &[&Needle]) -> Vec<String> {
+pub(crate) fn scan(dir: &Path, needles: &[&Needle]) -> Vec<String> {
     let dir = std::fs::canonicalize(dir).unwrap();
     let points: Vec<PathBuf> = mounts().into_iter().map(|(p, _)| p).collect();
     let dev = std::fs::metadata(&dir).unwrap().dev();

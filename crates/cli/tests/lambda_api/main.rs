@@ -1,11 +1,13 @@
 //! The AWS Lambda API of the real `virga up`, driven by the real boto3 (PyPI) with
 //! `endpoint_url` = the gateway: Invoke (RequestResponse, DryRun, Event delivered, retried and
 //! dead-lettered), SigV4 refusals, errors in Lambda's shapes, ListFunctions paging and
-//! GetFunction, with ordinary OpenFaaS functions and a real Lambda function (runtime).
+//! GetFunction, with ordinary OpenFaaS functions and a real Lambda function (runtime), and
+//! access-key tokens (tokens).
 
 mod invoke;
 mod manage;
 mod runtime;
+mod tokens;
 
 use std::path::Path;
 

@@ -54,6 +54,12 @@ impl LambdaError {
         )
     }
 
+    /// 403: the caller's role or namespaces do not allow this.
+    pub(crate) fn access_denied(m: String) -> Self {
+        let kind = "AccessDeniedException";
+        Self::new(StatusCode::FORBIDDEN, kind, Some("User"), m)
+    }
+
     /// 400: a parameter is not acceptable.
     pub(crate) fn invalid_parameter(m: String) -> Self {
         let kind = "InvalidParameterValueException";
@@ -180,6 +186,7 @@ impl From<ApiError> for LambdaError {
                 Self::new(status, "ResourceNotFoundException", Some("User"), m)
             }
             ApiError::TooManyRequests(m) => Self::too_many(m),
+            ApiError::Forbidden(_) => Self::access_denied(e.to_string()),
             ApiError::TooLarge(_) | ApiError::ContentTooLarge(_) => Self::too_large(format!(
                 "Request must be smaller than {MAX_PAYLOAD} bytes for the InvokeFunction operation"
             )),

@@ -17,7 +17,7 @@ use virga_types::lambda::{
 use virga_types::{BundleManifest, BundleRef, BUNDLE_MANIFEST};
 
 use super::{resolve, Caller, LambdaError};
-use crate::AppState;
+use crate::{AppState, Need};
 
 /// Functions per page unless `MaxItems` says otherwise (Lambda's default).
 const DEFAULT_PAGE: usize = 50;
@@ -58,7 +58,12 @@ pub(crate) async fn list(
                 ))
             })?,
     };
+    caller
+        .who
+        .check_role(Need::Read)
+        .map_err(|e| LambdaError::access_denied(e.to_string()))?;
     let mut all = state.store.functions().map_err(crate::ApiError::from)?;
+    all.retain(|f| caller.who.sees(&f.deployment.namespace));
     // Lambda names them by key: `name`, or `name.namespace` outside the default namespace.
     all.sort_by_key(StoredFunction::key);
     let after = q.marker.as_deref().unwrap_or("");
@@ -83,6 +88,7 @@ fn find(
     caller: &Caller,
 ) -> Result<StoredFunction, LambdaError> {
     let name = resolve(raw, qualifier, caller)?;
+    caller.check(Need::Read, &name)?;
     state
         .store
         .function(&name)

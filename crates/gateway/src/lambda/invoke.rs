@@ -74,6 +74,7 @@ async fn invoke_inner(
     body: Bytes,
 ) -> Result<Response, LambdaError> {
     let name = resolve(raw, q.qualifier.as_deref(), caller)?;
+    caller.check(crate::Need::Invoke, &name)?;
     if state.function_handle(&name).is_none() {
         return Err(LambdaError::not_found(&caller.arn(&name)));
     }

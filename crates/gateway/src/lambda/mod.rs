@@ -2,8 +2,9 @@
 //! functions: `Invoke` ([`invoke`]), `ListFunctions`, `GetFunction` and
 //! `GetFunctionConfiguration` ([`functions`]).
 //! Every request is authenticated by [`authenticate`]: AWS Signature Version 4 with the
-//! access key id `admin` and the admin password as secret key ([`sigv4`]), or the gateway's
-//! ordinary basic auth. Errors are Lambda's JSON ([`error`]).
+//! access key id `admin` and the admin password as secret key, or an access-key token's id
+//! and secret ([`sigv4`]), or the gateway's ordinary basic auth; handlers check the caller's
+//! role and namespaces as `/system` routes do. Errors are Lambda's JSON ([`error`]).
 
 mod error;
 mod functions;
@@ -24,10 +25,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use sha2::Digest;
 use virga_types::lambda::{function_arn, ACCOUNT_ID};
+use zeroize::Zeroizing;
 
 use crate::listener::ClientAddr;
 use crate::replay::DrainingLimit;
-use crate::AppState;
+use crate::{AppState, Need, Principal};
 pub(crate) use error::LambdaError;
 use error::MAX_PAYLOAD;
 
@@ -51,9 +53,20 @@ pub(crate) struct Caller {
     pub(crate) request_id: String,
     /// The region of the signature's scope (ARNs name it).
     pub(crate) region: String,
+    /// Who signed: the admin or an access-key token.
+    pub(crate) who: Principal,
 }
 
 impl Caller {
+    /// A Lambda `AccessDeniedException` unless the caller may do `need` to the function
+    /// keyed `key` (`NAME` or `NAME.NAMESPACE`).
+    pub(crate) fn check(&self, need: Need, key: &str) -> Result<(), LambdaError> {
+        let (_, ns) = virga_types::split_key(key);
+        self.who
+            .check(need, ns)
+            .map_err(|e| LambdaError::access_denied(e.to_string()))
+    }
+
     /// The ARN of `name` (with `:qualifier`, if any) in the caller's region.
     pub(crate) fn arn(&self, name: &str) -> String {
         function_arn(&self.region, name)
@@ -119,7 +132,10 @@ async fn admit(state: &AppState, req: Request, request_id: &str) -> Result<Reque
         Some(v) if sigv4::is_sigv4(v.as_bytes()) => {
             check_scope(state, v, &parts.headers).map(|()| None)
         }
-        Some(v) if state.credentials.check(v.as_bytes()) => Ok(Some(DEFAULT_REGION.to_string())),
+        Some(v) if state.credentials.check(v.as_bytes()) => Ok(Some((
+            DEFAULT_REGION.to_string(),
+            state.credentials.admin(),
+        ))),
         Some(_) => Err(Wrong::Key),
     };
     let region = match checked {
@@ -138,7 +154,7 @@ async fn admit(state: &AppState, req: Request, request_id: &str) -> Result<Reque
     let body = axum::body::to_bytes(Body::new(DrainingLimit::new(body, MAX_PAYLOAD)), usize::MAX)
         .await
         .map_err(|_| too_large())?;
-    let region = match (region, given) {
+    let (region, who) = match (region, given) {
         (Some(r), _) => r,
         (None, Some(v)) => {
             check_signature(state, &parts, v, &body).map_err(|w| refuse(state, ip, now, w))?
@@ -150,6 +166,7 @@ async fn admit(state: &AppState, req: Request, request_id: &str) -> Result<Reque
     req.extensions_mut().insert(Caller {
         request_id: request_id.to_string(),
         region,
+        who,
     });
     Ok(req)
 }
@@ -191,6 +208,7 @@ fn refuse(state: &AppState, ip: IpAddr, now: Instant, wrong: Wrong) -> LambdaErr
     match wrong {
         Wrong::Missing => return LambdaError::missing_auth(),
         Wrong::Shape(m) => return LambdaError::incomplete_signature(m),
+        Wrong::Store(e) => return crate::ApiError::from(e).into(),
         Wrong::Key | Wrong::Signature(_) => {}
     }
     if let Some(wait) = state.backoff.failed(ip, now) {
@@ -212,6 +230,8 @@ enum Wrong {
     Signature(String),
     /// An authorization header that is not SigV4's shape (not counted as a wrong guess).
     Shape(String),
+    /// The store could not look the key up.
+    Store(virga_store::StoreError),
 }
 
 impl From<sigv4::Refusal> for Wrong {
@@ -231,30 +251,43 @@ fn parsed(given: &HeaderValue) -> Result<sigv4::Authorization<'_>, Wrong> {
     Ok(sigv4::parse(value)?)
 }
 
+/// The secret access key of `key_id` and who it signs in: the admin's, or a valid
+/// access-key token's (read from the store each time, so a revocation holds at once).
+fn secret_for(state: &AppState, key_id: &str) -> Result<(Zeroizing<String>, Principal), Wrong> {
+    if let Some(password) = state.credentials.secret_for(key_id) {
+        return Ok((
+            Zeroizing::new(password.to_string()),
+            state.credentials.admin(),
+        ));
+    }
+    match state.store.access_key(key_id, chrono::Utc::now()) {
+        Ok(Some((info, secret))) => {
+            let who = crate::tokens::principal_of(&info).map_err(|_| Wrong::Key)?;
+            Ok((secret, who))
+        }
+        Ok(None) => Err(Wrong::Key),
+        Err(e) => Err(Wrong::Store(e)),
+    }
+}
+
 /// The checks of a SigV4 header that need no body: its shape, key, service and time.
 fn check_scope(state: &AppState, given: &HeaderValue, headers: &HeaderMap) -> Result<(), Wrong> {
     let auth = parsed(given)?;
-    state
-        .credentials
-        .secret_for(auth.key_id)
-        .ok_or(Wrong::Key)?;
+    secret_for(state, auth.key_id)?;
     sigv4::check_scope(&auth, headers, SERVICE, SystemTime::now())?;
     Ok(())
 }
 
 /// Check a SigV4 `Authorization` header over the request and `body`; returns the scope's
-/// region.
+/// region and who signed.
 fn check_signature(
     state: &AppState,
     parts: &axum::http::request::Parts,
     given: &HeaderValue,
     body: &Bytes,
-) -> Result<String, Wrong> {
+) -> Result<(String, Principal), Wrong> {
     let auth = parsed(given)?;
-    let secret = state
-        .credentials
-        .secret_for(auth.key_id)
-        .ok_or(Wrong::Key)?;
+    let (secret, who) = secret_for(state, auth.key_id)?;
     let sha = hex::encode(sha2::Sha256::digest(body));
     let signed = sigv4::Signed {
         method: &parts.method,
@@ -262,8 +295,8 @@ fn check_signature(
         headers: &parts.headers,
         body_sha256: &sha,
     };
-    sigv4::verify(&auth, &signed, secret, SERVICE, SystemTime::now())?;
-    Ok(auth.region.to_string())
+    sigv4::verify(&auth, &signed, &secret, SERVICE, SystemTime::now())?;
+    Ok((auth.region.to_string(), who))
 }
 
 /// The function a `FunctionName` path parameter (and `?Qualifier=`) names: `NAME`,
@@ -327,7 +360,26 @@ mod tests {
         Caller {
             request_id: "r".into(),
             region: "eu-west-1".into(),
+            who: Principal::admin("admin"),
         }
+    }
+
+    #[test]
+    fn callers_act_only_in_their_namespaces() {
+        let c = Caller {
+            who: Principal {
+                name: "token:t".into(),
+                role: crate::Role::Invoker,
+                namespaces: Some(vec!["team-a".into()]),
+            },
+            ..caller()
+        };
+        assert!(c.check(Need::Invoke, "f.team-a").is_ok());
+        assert_eq!(
+            c.check(Need::Invoke, "f").unwrap_err().status(),
+            StatusCode::FORBIDDEN
+        );
+        assert!(c.check(Need::Deploy, "f.team-a").is_err());
     }
 
     #[test]
