@@ -5,7 +5,7 @@
 // a function's answer: calls made from the page go through /system/virga/invoke/NAME.NS.
 import {
   $, st, el, api, can, clock, errorText, fmtMs, fnKey, nsQuery, parsePairs, onUnauthorized,
-  FormErrors, HttpError, DEFAULT_NS,
+  refusedText, FormErrors, HttpError, DEFAULT_NS,
 } from './core.js';
 import { sample, sampleMetrics, renderChart } from './chart.js';
 import { initEdit, openEdit, showEditReplicas } from './edit.js';
@@ -365,7 +365,7 @@ async function onInvoke(ev) {
     if (method !== 'GET' && method !== 'HEAD') init.body = body;
     const r = await fetch('/system/virga/invoke/' + encodeURIComponent(name) + '.' + st.ns, init);
     if (r.status === 401) {
-      signOut(`The gateway no longer accepts these credentials (${await errorText(r)}): sign in again.`);
+      signOut(await refusedText(r));
       return;
     }
     const text = await r.text();

@@ -80,6 +80,13 @@ export function nsQuery() {
   return 'namespace=' + encodeURIComponent(st.ns);
 }
 
+// Why the session ends when the gateway answers 401 `r` (its message says why: e.g. a
+// revoked or expired token).
+export async function refusedText(r) {
+  const why = await errorText(r);
+  return `The gateway no longer accepts these credentials (${why}): sign in again.`;
+}
+
 let unauthorized = () => {};
 
 // What to do when the gateway stops accepting the session's credentials (sign out).
@@ -97,7 +104,7 @@ export async function api(method, path, body, signal) {
   }
   const r = await fetch(path, init);
   if (r.status === 401) {
-    unauthorized(`The gateway no longer accepts these credentials (${await errorText(r)}): sign in again.`);
+    unauthorized(await refusedText(r));
     throw new HttpError(401, 'unauthorized');
   }
   return r;

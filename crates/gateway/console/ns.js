@@ -26,7 +26,9 @@ function fillSwitcher() {
   if (!st.namespaces.includes(st.ns)) want.push([st.ns, st.ns + ' (not available)']);
   const sel = $('ns-select');
   const have = Array.from(sel.options).map((o) => [o.value, o.textContent]);
-  if (have.length !== want.length || !have.every(([v, t], i) => v === want[i][0] && t === want[i][1])) {
+  const same = have.length === want.length &&
+    have.every(([v, t], i) => v === want[i][0] && t === want[i][1]);
+  if (!same) {
     sel.replaceChildren(...want.map(([value, text]) => el('option', { value, text })));
   }
   sel.value = st.ns;

@@ -1,7 +1,8 @@
 //! Signing in to the console with an API token, in a real browser: a wrong token shows the
 //! gateway's own 401 message; a viewer token of team-a sees team-a only (the switcher lists
 //! only it), its functions read-only and no action that changes anything, and a namespace
-//! outside it shows the gateway's 403; an invoker token calls its namespace's functions.
+//! outside it shows the gateway's 403; an invoker token calls its namespace's functions, and
+//! once revoked the console signs out saying so.
 
 use std::time::Duration;
 
@@ -19,8 +20,8 @@ fn buttons(action: &str) -> String {
     format!("document.querySelectorAll('#fn-rows button[data-action=\"{action}\"]').length")
 }
 
-/// A token of `role` in team-a, made by the admin.
-fn token(p: &Platform, name: &str, role: &str) -> String {
+/// A token of `role` in team-a, made by the admin: its id and the token.
+fn token(p: &Platform, name: &str, role: &str) -> (String, String) {
     let r = p.send_json(
         Method::POST,
         "/system/virga/tokens",
@@ -28,7 +29,8 @@ fn token(p: &Platform, name: &str, role: &str) -> String {
     );
     assert_eq!(r.status, 201, "{}", r.text);
     let v: serde_json::Value = serde_json::from_str(&r.text).unwrap();
-    v["token"].as_str().unwrap().to_string()
+    let field = |k: &str| v[k].as_str().unwrap().to_string();
+    (field("id"), field("token"))
 }
 
 /// What the gateway answers `token` on `path`: the status and the message.
@@ -50,15 +52,17 @@ fn console_signs_in_with_tokens_and_shows_only_what_they_may_do() {
     create_ns(&p, "team-a");
     p.deploy_process("only-a", "cat", json!({"namespace": "team-a"}));
     p.deploy_process("only-default", "cat", json!({}));
-    let viewer = token(&p, "watcher", "viewer");
-    let invoker = token(&p, "caller", "invoker");
+    let (_, viewer) = token(&p, "watcher", "viewer");
+    let (invoker_id, invoker) = token(&p, "caller", "invoker");
 
     let mut b = Browser::launch();
     let console = p.console_url.clone().expect("the console is on by default");
     b.call("Page.navigate", json!({"url": format!("{console}/ui/")}));
 
     // A wrong token: the gateway's own message, under the token field.
-    let wrong = format!("{viewer}x");
+    // Its last character changed: well-formed, but no token here.
+    let last = if viewer.ends_with('a') { "b" } else { "a" };
+    let wrong = format!("{}{last}", &viewer[..viewer.len() - 1]);
     let (status, refused) = gateway_says(&p, "/system/virga/whoami", &wrong);
     assert_eq!(status, 401, "{refused}");
     assert!(refused.starts_with("unauthorized: "), "{refused}");
@@ -88,14 +92,15 @@ fn console_signs_in_with_tokens_and_shows_only_what_they_may_do() {
         b.eval("[document.getElementById('deploy-card').hidden, document.getElementById('invoke-card').hidden]"),
         json!([true, true])
     );
-    assert!(b.text("#role-note").contains("a viewer in team-a: read-only"));
+    assert!(b
+        .text("#role-note")
+        .contains("a viewer in team-a: read-only"));
     b.eval("window.scrollTo(0, 0)");
     b.screenshot(&output_path("console-viewer.png"));
     viewer_sees_details(&mut b);
 
     // A namespace outside the token (a link to it): the gateway's 403, and the way back.
-    let (status, forbidden) =
-        gateway_says(&p, "/system/functions?namespace=openfaas-fn", &viewer);
+    let (status, forbidden) = gateway_says(&p, "/system/functions?namespace=openfaas-fn", &viewer);
     assert_eq!(status, 403, "{forbidden}");
     b.call(
         "Page.navigate",
@@ -137,6 +142,21 @@ fn console_signs_in_with_tokens_and_shows_only_what_they_may_do() {
         LONG,
     );
     assert_eq!(b.text("#i-output"), "called by a token");
+
+    // Revoked while signed in: the next refresh signs out, saying why.
+    let r = p.send_json(
+        Method::DELETE,
+        &format!("/system/virga/tokens/{invoker_id}"),
+        json!({}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    b.wait_for(
+        "the sign-in screen saying the token was revoked",
+        "!document.getElementById('login').hidden && \
+         document.getElementById('login-error').textContent.includes('was revoked at')",
+        LONG,
+    );
+    assert_eq!(b.eval("sessionStorage.getItem('virga.auth')"), json!(null));
 }
 
 /// A viewer's "Details" shows the definition read-only, with no save or scale.
