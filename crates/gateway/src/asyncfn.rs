@@ -143,8 +143,15 @@ fn callback_url(v: &HeaderValue, policy: &virga_queue::CallbackPolicy) -> Result
 }
 
 /// `ANY /async-function/{name}[/path]`: 202 + `X-Call-Id` once the call is durably queued.
-pub(crate) async fn accept(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    match accept_call(&state, req).await {
+pub(crate) async fn accept(State(state): State<Arc<AppState>>, mut req: Request) -> Response {
+    let target = match crate::invoke::target_after(&req, "/async-function/") {
+        Ok(target) => target,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(refused) = crate::invoke::admit(&state, &target, &mut req) {
+        return refused;
+    }
+    match accept_call(&state, target, req).await {
         Ok(id) => {
             let mut resp = StatusCode::ACCEPTED.into_response();
             resp.headers_mut().insert(X_CALL_ID.clone(), id);
@@ -186,8 +193,11 @@ fn too_large(limit: usize) -> Refused {
     ))
 }
 
-async fn accept_call(state: &AppState, req: Request) -> Result<HeaderValue, Refused> {
-    let target = crate::invoke::target_after(&req, "/async-function/")?;
+async fn accept_call(
+    state: &AppState,
+    target: Target,
+    req: Request,
+) -> Result<HeaderValue, Refused> {
     let handle = state
         .function_handle(&target.key)
         .ok_or_else(|| crate::invoke::not_found(state, &target))?;

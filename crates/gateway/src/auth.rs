@@ -20,6 +20,7 @@ use base64::Engine;
 use subtle::ConstantTimeEq;
 
 use crate::listener::ClientAddr;
+use crate::tokens::CallerToken;
 use crate::{ApiError, AppState, Principal};
 
 static SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
@@ -73,43 +74,55 @@ impl Credentials {
     }
 }
 
-/// Middleware: 401 unless the request carries the credentials or a valid token; 429 while
-/// its address is blocked after too many wrong ones.
+/// Middleware: 401 unless the request carries the admin's credentials or a valid token;
+/// 429 while its address is blocked after too many wrong ones. The caller goes into the
+/// request's extensions as a [`Principal`] (and, for a token, a [`CallerToken`]).
 pub(crate) async fn require(
     State(state): State<Arc<AppState>>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    match identify(&state, &req) {
+        Ok((principal, token)) => {
+            req.extensions_mut().insert(principal);
+            if let Some(caller) = token {
+                req.extensions_mut().insert(caller);
+            }
+            next.run(req).await
+        }
+        Err(refused) => refused,
+    }
+}
+
+/// Who sent `req`: the admin (basic auth) or a token's holder, or the answer refusing it.
+pub(crate) fn identify(
+    state: &AppState,
+    req: &Request,
+) -> Result<(Principal, Option<CallerToken>), Response> {
     let ip = req
         .extensions()
         .get::<ClientAddr>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0);
     let now = Instant::now();
     if let Some(wait) = state.backoff.blocked(ip, now) {
-        return too_many(wait.as_secs_f64().ceil() as u64);
+        return Err(too_many(wait.as_secs_f64().ceil() as u64));
     }
     let Some(given) = req.headers().get(header::AUTHORIZATION) else {
-        return unauthorized(req.headers());
+        return Err(unauthorized(req.headers()));
     };
     if let Some(token) = given.as_bytes().strip_prefix(b"Bearer ") {
-        return match crate::tokens::authenticate(&state, token, ip, now) {
-            Ok((principal, caller)) => {
-                req.extensions_mut().insert(principal);
-                req.extensions_mut().insert(caller);
-                next.run(req).await
-            }
-            Err(e) => bearer_refused(req.headers(), e),
-        };
+        return crate::tokens::authenticate(state, token, ip, now)
+            .map(|(principal, caller)| (principal, Some(caller)))
+            .map_err(|e| bearer_refused(req.headers(), e));
     }
     if state.credentials.check(given.as_bytes()) {
         state.backoff.succeeded(ip);
-        req.extensions_mut().insert(state.credentials.admin());
-        return next.run(req).await;
+        return Ok((state.credentials.admin(), None));
     }
     if let Some(wait) = state.backoff.failed(ip, now) {
         tracing::warn!(client = %ip, "wrong admin credentials: blocked for {wait:?}");
     }
-    unauthorized(req.headers())
+    Err(unauthorized(req.headers()))
 }
 
 /// Whether a request comes from a browser (which sends `Sec-Fetch-*` on every request, or

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use virga_types::{headers, Target};
 
 use crate::replay::{BodyTooLarge, DrainingLimit};
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, Need};
 use virga_http::{Replayable, HOP_BY_HOP};
 
 static X_CALL_ID: HeaderName = HeaderName::from_static(headers::X_CALL_ID);
@@ -31,11 +31,32 @@ pub(crate) const SANDBOX_ANNOTATION: &str = "virga.http.sandbox";
 const MAX_RETRIES: usize = 2;
 
 /// `ANY /function/{name}[.{namespace}][/path]`.
-pub(crate) async fn proxy(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    match target_after(&req, "/function/") {
-        Ok(target) => call(&state, &target, req).await,
-        Err(e) => e.into_response(),
+pub(crate) async fn proxy(State(state): State<Arc<AppState>>, mut req: Request) -> Response {
+    let target = match target_after(&req, "/function/") {
+        Ok(target) => target,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(refused) = admit(&state, &target, &mut req) {
+        return refused;
     }
+    call(&state, &target, req).await
+}
+
+/// Let a public call to `target` through: any call to a public function; to a private one
+/// (`virga.private: "true"`), only a caller who may invoke in its namespace, whose
+/// credentials are then taken off the request (the function never sees them).
+pub(crate) fn admit(state: &AppState, target: &Target, req: &mut Request) -> Result<(), Response> {
+    let private = state
+        .function_handle(&target.key)
+        .is_some_and(|h| h.calls().private);
+    if !private {
+        return Ok(());
+    }
+    let (who, _) = crate::auth::identify(state, req)?;
+    who.check(Need::Invoke, &target.namespace)
+        .map_err(IntoResponse::into_response)?;
+    req.headers_mut().remove(header::AUTHORIZATION);
+    Ok(())
 }
 
 /// The invocation target in `req`'s path after `prefix`, parsed once for the whole call.

@@ -38,7 +38,12 @@ pub(crate) struct CallSettings {
     pub(crate) lambda_policy: FunctionPolicy,
     /// Its instances' `max_inflight`, if it sets one.
     pub(crate) per_instance: Option<usize>,
+    /// Whether calls need an invoker of its namespace (`virga.private: "true"`).
+    pub(crate) private: bool,
 }
+
+/// Annotation that makes a function's calls need credentials.
+pub(crate) const PRIVATE_ANNOTATION: &str = "virga.private";
 
 /// Attempts of a Lambda `Event` call: Lambda's default of 2 retries.
 const LAMBDA_ATTEMPTS: u32 = 3;
@@ -56,6 +61,9 @@ impl CallSettings {
             policy,
             lambda_policy,
             per_instance: virga_types::max_inflight(&d.env_vars),
+            private: ann
+                .and_then(|a| a.get(PRIVATE_ANNOTATION))
+                .is_some_and(|v| v == "true"),
         }
     }
 }

@@ -221,7 +221,7 @@ fn bad_input_gets_clear_errors() {
     assert_eq!(r.status(), 404);
     assert!(r.text().unwrap().contains("ghost"));
     assert_eq!(p.invoke("Ghost", "").status(), 400);
-    assert_eq!(p.invoke("echo.other-ns", "").status(), 400);
+    assert_eq!(p.invoke("echo.other-ns", "").status(), 404);
 }
 
 /// A body without Content-Length: reqwest sends it chunked.

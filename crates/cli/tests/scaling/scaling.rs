@@ -1,7 +1,7 @@
 //! Scaling through the real `virga up`: the autoscaler adds replicas under load (CPU load of
 //! pooled sandboxes included), idle functions go to zero and come back on the next call,
 //! `max_inflight` gives 429 after a brief wait, a call held at zero gets a clear 503, and a
-//! call whose instance died is retried.
+//! call whose instance died is retried; a namespace quota caps the autoscaler.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -366,4 +366,57 @@ fn cpu_scaling_counts_sandboxes_bound_from_the_warm_pool() {
         "its first instance was not pooled"
     );
     assert!(scaled, "a core busy in a pooled sandbox added no replica");
+}
+
+#[test]
+fn the_autoscaler_stops_at_the_namespace_replica_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Arc::new(Platform::start(dir.path()));
+    let r = p.send_json(
+        Method::POST,
+        "/system/namespace/",
+        json!({"name": "capped", "annotations": {"virga.quota.replicas": "2"}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    p.deploy_script(
+        "busy",
+        "sleep 0.2; cat",
+        json!({"namespace": "capped", "labels": {
+            "com.openfaas.scale.type": "capacity",
+            "com.openfaas.scale.target": "1",
+            "com.openfaas.scale.max": "4",
+        }}),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(Ordering::SeqCst) {
+                most = most.max(replicas(&p, "busy.capped").0);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            most
+        })
+    };
+    let workers: Vec<_> = (0..6)
+        .map(|i| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                (0..12)
+                    .map(|j| {
+                        p.invoke("busy.capped", &format!("{i}-{j}"))
+                            .status()
+                            .as_u16()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for w in workers {
+        assert!(w.join().unwrap().iter().all(|&s| s == 200));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let most = watcher.join().unwrap();
+    assert_eq!(most, 2, "the autoscaler wanted 4 and the quota allows 2");
 }
