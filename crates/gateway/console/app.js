@@ -1,78 +1,38 @@
 // Virga console. Plain JavaScript, no dependencies. This file holds no data: everything the
-// page shows comes from the gateway's authenticated API (/system/*, sent with HTTP basic auth
-// from sessionStorage). The console has an origin of its own, which never serves a function's
-// answer: calls made from the page go through /system/virga/invoke/NAME.
+// page shows comes from the gateway's authenticated API (/system/*, sent with the credentials
+// of the sign-in, kept in sessionStorage). The page shows one namespace at a time and only the
+// actions the caller's role allows. The console has an origin of its own, which never serves
+// a function's answer: calls made from the page go through /system/virga/invoke/NAME.NS.
 import {
-  $, st, el, api, clock, errorText, fmtMs, parsePairs, onUnauthorized, FormErrors, HttpError,
+  $, st, el, api, can, clock, errorText, fmtMs, fnKey, nsQuery, parsePairs, onUnauthorized,
+  refusedText, FormErrors, HttpError, DEFAULT_NS,
 } from './core.js';
 import { sample, sampleMetrics, renderChart } from './chart.js';
 import { initEdit, openEdit, showEditReplicas } from './edit.js';
+import { initLogin, forgetLogin, showLogin } from './login.js';
+import {
+  loadNamespaces, firstNamespace, setNamespace, namespaceInAddress, forgetNamespace,
+} from './ns.js';
 
 const REFRESH_MS = 3000;
 const MAX_LOG_LINES = 2000;
-const AUTH_KEY = 'virga.auth';
 
-function basic(user, password) {
-  const bytes = new TextEncoder().encode(user + ':' + password);
-  let bin = '';
-  for (const b of bytes) bin += String.fromCharCode(b);
-  return btoa(bin);
-}
-
-// ---------- login ----------
-
-function showLogin(message) {
-  $('app').hidden = true;
-  $('login').hidden = false;
-  $('login-error').textContent = message || '';
-  $('login-password').setAttribute('aria-invalid', message ? 'true' : 'false');
-  $('login-password').focus();
-}
-
-async function checkAuth(auth) {
-  const r = await fetch('/system/info', {
-    headers: { Authorization: 'Basic ' + auth }, credentials: 'omit', cache: 'no-store',
-  });
-  if (r.status === 401) throw new HttpError(401, 'Wrong user or password.');
-  if (!r.ok) throw new HttpError(r.status, await errorText(r));
-  return r.json();
-}
-
-async function onLogin(ev) {
-  ev.preventDefault();
-  const user = $('login-user').value.trim() || 'admin';
-  const password = $('login-password').value;
-  if (!password) {
-    showLogin('Enter the admin password.');
-    return;
-  }
-  const btn = $('login-submit');
-  btn.disabled = true;
-  try {
-    const auth = basic(user, password);
-    const info = await checkAuth(auth);
-    sessionStorage.setItem(AUTH_KEY, auth);
-    $('login-password').value = '';
-    start(auth, info);
-  } catch (e) {
-    showLogin(e instanceof HttpError ? e.message : 'Could not reach the gateway: ' + e.message);
-  } finally {
-    btn.disabled = false;
-  }
-}
+// ---------- session ----------
 
 function signOut(message) {
-  sessionStorage.removeItem(AUTH_KEY);
+  forgetLogin();
+  forgetNamespace();
   st.auth = null;
+  st.me = null;
   clearTimeout(st.timer);
   st.timer = null;
-  stopLogs();
-  if ($('edit-dialog').open) $('edit-dialog').close();
+  resetView();
   showLogin(message);
 }
 
-function start(auth, info) {
+async function start(auth, me, info) {
   st.auth = auth;
+  st.me = me;
   $('login').hidden = true;
   $('app').hidden = false;
   const gw = $('gw-info');
@@ -81,7 +41,70 @@ function start(auth, info) {
   const tags = [location.host, 'version ' + ((info.version || {}).release || '?')];
   if (p.isolation) tags.push('isolation: ' + p.isolation);
   for (const t of tags) gw.append(el('span', { class: 'tag', text: t }));
+  showRole();
+  resetView();
+  try {
+    await loadNamespaces();
+  } catch (e) {
+    if (e.status === 401) return;
+    showError('Could not list the namespaces: ' + e.message);
+  }
+  setNamespace(firstNamespace());
   refresh();
+}
+
+// Who is signed in; what their role may not do is hidden (the gateway refuses it anyway).
+function showRole() {
+  const { name, role, namespaces } = st.me;
+  $('who').textContent = `${name} · ${role}`;
+  $('deploy-card').hidden = !can('deployer');
+  $('invoke-card').hidden = !can('invoker');
+  const where = namespaces ? ' in ' + namespaces.join(', ') : '';
+  const note = $('role-note');
+  note.hidden = can('deployer');
+  note.textContent = can('invoker')
+    ? `Signed in as ${name}, an invoker${where}: you can call functions and read their ` +
+      'definitions and logs. Deploying, editing, scaling and deleting need a deployer token.'
+    : `Signed in as ${name}, a viewer${where}: read-only. Calling functions needs an invoker ` +
+      'token; deploying, editing, scaling and deleting a deployer token.';
+}
+
+// Show namespace `ns` (from the switcher or the address), from a clean page.
+function switchNamespace(ns) {
+  if (!ns || ns === st.ns) return;
+  setNamespace(ns);
+  resetView();
+  refresh();
+}
+
+// Forget what the page shows of the previous namespace or session.
+function resetView() {
+  st.seq++;
+  stopLogs();
+  for (const id of ['edit-dialog', 'confirm-delete']) if ($(id).open) $(id).close();
+  st.rows.clear();
+  $('fn-rows').replaceChildren();
+  st.functions = [];
+  st.triggers = new Map();
+  st.samples.clear();
+  st.latency = [];
+  st.metrics.prev = null;
+  $('fn-table').hidden = true;
+  $('fn-empty').hidden = true;
+  $('fn-summary').textContent = '';
+  $('fn-error').hidden = true;
+  for (const id of ['invoke-result', 'deploy-ok', 'deploy-error']) $(id).hidden = true;
+  $('l-out').replaceChildren();
+  setLogStatus('Pick a function to follow what it writes to stdout and stderr.');
+  fillSelect($('i-fn'), 'Choose a function');
+  fillSelect($('l-fn'), 'Choose a function');
+  updateInvokeUrl();
+  renderChart();
+}
+
+function showError(text) {
+  $('fn-error').hidden = false;
+  $('fn-error').textContent = text;
 }
 
 // ---------- functions list ----------
@@ -89,36 +112,44 @@ function start(auth, info) {
 async function refresh() {
   clearTimeout(st.timer);
   if (!st.auth) return;
+  // A refresh started later (or a namespace switch) makes this one's answer stale.
+  const seq = ++st.seq;
   try {
-    const r = await api('GET', '/system/functions');
+    await loadNamespaces();
+    const r = await api('GET', '/system/functions?' + nsQuery());
     if (!r.ok) throw new HttpError(r.status, await errorText(r));
     const list = await r.json();
+    const triggers = await loadTriggers();
+    if (seq !== st.seq) return;
     list.sort((a, b) => a.name.localeCompare(b.name));
     st.functions = list;
-    st.triggers = await loadTriggers();
+    st.triggers = triggers;
     sample(list);
     await sampleMetrics();
+    if (seq !== st.seq) return;
     renderFunctions();
     renderChart();
     $('fn-error').hidden = true;
     $('refresh-state').textContent = 'Updated ' + clock(new Date());
   } catch (e) {
-    if (e.status === 401) return;
-    $('fn-error').hidden = false;
-    $('fn-error').textContent = 'Could not load functions: ' + e.message;
+    if (e.status === 401 || seq !== st.seq) return;
+    showError(`Could not load the functions of ${st.ns}: ${e.message}`);
     $('refresh-state').textContent = 'Refresh failed';
   }
   if (st.auth) st.timer = setTimeout(refresh, REFRESH_MS);
 }
 
-// Every function's triggers (GET /system/virga/triggers), by name; none if it fails.
+// The shown namespace's triggers (GET /system/virga/triggers), by function name; none if it
+// fails. The list names functions by key (NAME, or NAME.NS outside the default namespace).
 async function loadTriggers() {
   const byName = new Map();
   const r = await api('GET', '/system/virga/triggers');
   if (!r.ok) return byName;
   for (const t of await r.json()) {
-    if (!byName.has(t.function)) byName.set(t.function, []);
-    byName.get(t.function).push(t);
+    const [name, ns] = t.function.includes('.') ? t.function.split('.') : [t.function, DEFAULT_NS];
+    if (ns !== st.ns) continue;
+    if (!byName.has(name)) byName.set(name, []);
+    byName.get(name).push(t);
   }
   return byName;
 }
@@ -188,15 +219,17 @@ function makeRow(name) {
   const btn = (text, action, cls) => el('button', {
     type: 'button', class: 'small-btn ' + cls, text, 'data-action': action, 'data-name': name,
   });
+  // Only the actions the role allows; a viewer's "Details" opens the definition read-only.
+  const deployer = can('deployer');
   const tr = el('tr', { 'data-name': name },
     el('td', { class: 'name', text: name }),
     el('td', {}, status),
     replicas, invocations, runs, triggers,
     el('td', { class: 'actions' },
-      btn('Invoke', 'invoke', 'secondary'),
+      can('invoker') ? btn('Invoke', 'invoke', 'secondary') : null,
       btn('Logs', 'logs', 'ghost'),
-      btn('Edit', 'edit', 'ghost'),
-      btn('Delete', 'delete', 'ghost link-danger')));
+      deployer ? btn('Edit', 'edit', 'ghost') : btn('Details', 'details', 'ghost'),
+      deployer ? btn('Delete', 'delete', 'ghost link-danger') : null));
   return { tr, status, replicas, invocations, runs, triggers };
 }
 
@@ -233,8 +266,8 @@ function onRowAction(ev) {
     selectFunction($('l-fn'), name);
     followLogs(name);
     $('logs-card').scrollIntoView({ behavior: 'smooth', block: 'nearest' });
-  } else if (action === 'edit') {
-    openEdit(name);
+  } else if (action === 'edit' || action === 'details') {
+    openEdit(name, action === 'details');
   } else if (action === 'delete') {
     askDelete(name);
   }
@@ -254,6 +287,7 @@ function deploymentFromForm() {
   const d = {
     service: $('d-service').value.trim(),
     image: $('d-image').value.trim(),
+    namespace: st.ns,
   };
   const proc = $('d-envProcess').value.trim();
   if (proc) d.envProcess = proc;
@@ -306,7 +340,7 @@ async function onDeploy(ev) {
 
 function updateInvokeUrl() {
   const name = $('i-fn').value;
-  $('invoke-url').textContent = name ? `${$('i-method').value} /function/${name}` : '';
+  $('invoke-url').textContent = name ? `${$('i-method').value} /function/${fnKey(name)}` : '';
 }
 
 async function onInvoke(ev) {
@@ -326,12 +360,12 @@ async function onInvoke(ev) {
   const t0 = performance.now();
   try {
     const init = {
-      method, headers: { Authorization: 'Basic ' + st.auth }, credentials: 'omit', cache: 'no-store',
+      method, headers: { Authorization: st.auth }, credentials: 'omit', cache: 'no-store',
     };
     if (method !== 'GET' && method !== 'HEAD') init.body = body;
-    const r = await fetch('/system/virga/invoke/' + encodeURIComponent(name), init);
+    const r = await fetch('/system/virga/invoke/' + encodeURIComponent(name) + '.' + st.ns, init);
     if (r.status === 401) {
-      signOut('The gateway no longer accepts these credentials: sign in again.');
+      signOut(await refusedText(r));
       return;
     }
     const text = await r.text();
@@ -412,7 +446,7 @@ async function followLogs(name) {
   $('l-toggle').textContent = 'Stop';
   $('l-out').replaceChildren();
   setLogStatus(`Connecting to the logs of ${name}…`);
-  const path = `/system/logs?name=${encodeURIComponent(name)}&tail=100&follow=true`;
+  const path = `/system/logs?name=${encodeURIComponent(name)}&${nsQuery()}&tail=100&follow=true`;
   try {
     const r = await api('GET', path, undefined, ctrl.signal);
     if (!r.ok || !r.body) {
@@ -469,7 +503,7 @@ async function onConfirmDelete(ev) {
   const btn = $('confirm-ok');
   btn.disabled = true;
   try {
-    const r = await api('DELETE', '/system/functions', { functionName: name });
+    const r = await api('DELETE', '/system/functions', { functionName: name, namespace: st.ns });
     if (!r.ok && r.status !== 404) {
       $('confirm-error').textContent = await errorText(r);
       return;
@@ -492,7 +526,10 @@ async function onConfirmDelete(ev) {
 function init() {
   onUnauthorized(signOut);
   initEdit(refresh);
-  $('login-form').addEventListener('submit', onLogin);
+  $('ns-select').addEventListener('change', () => switchNamespace($('ns-select').value));
+  window.addEventListener('hashchange', () => {
+    if (st.auth) switchNamespace(namespaceInAddress());
+  });
   $('logout').addEventListener('click', () => signOut(''));
   $('deploy-form').addEventListener('submit', onDeploy);
   deployErrors.watch($('deploy-form'));
@@ -519,18 +556,7 @@ function init() {
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden && st.auth) refresh();
   });
-
-  const saved = sessionStorage.getItem(AUTH_KEY);
-  if (!saved) {
-    showLogin('');
-    return;
-  }
-  checkAuth(saved)
-    .then((info) => start(saved, info))
-    .catch((e) => {
-      sessionStorage.removeItem(AUTH_KEY);
-      showLogin(e.status === 401 ? 'Your saved session is no longer valid: sign in again.' : e.message);
-    });
+  initLogin(start);
 }
 
 init();

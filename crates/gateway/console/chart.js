@@ -28,16 +28,19 @@ export function sample(list) {
   st.latency = st.latency.filter((x) => x.t >= now - WINDOW_MS);
 }
 
-// Prometheus text: sum gateway_functions_seconds_{sum,count} per function_name.
+// Prometheus text: sum gateway_functions_seconds_{sum,count} per function of the shown
+// namespace.
 function parseMetrics(text) {
   const out = new Map();
+  const suffix = '.' + st.ns;
   const re = /^gateway_functions_seconds_(sum|count)\{([^}]*)\}\s+([0-9.eE+-]+|NaN)/;
   for (const line of text.split('\n')) {
     const m = re.exec(line);
     if (!m) continue;
     const fn = /function_name="([^"]*)"/.exec(m[2]);
-    if (!fn) continue;
-    const name = fn[1].replace(/\.openfaas-fn$/, '');
+    // The label is NAME.NAMESPACE: only the shown namespace's functions are charted.
+    if (!fn || !fn[1].endsWith(suffix)) continue;
+    const name = fn[1].slice(0, -suffix.length);
     const v = parseFloat(m[3]);
     if (!Number.isFinite(v)) continue;
     const e = out.get(name) || { sum: 0, count: 0 };

@@ -3,8 +3,14 @@
 
 export const $ = (id) => document.getElementById(id);
 
+// The namespace a gateway uses when none is named.
+export const DEFAULT_NS = 'openfaas-fn';
+
 export const st = {
-  auth: null,
+  auth: null, // the Authorization header: 'Basic …' or 'Bearer …'
+  me: null, // GET /system/virga/whoami: {name, role, namespaces}
+  ns: DEFAULT_NS, // the namespace shown
+  namespaces: [], // the ones the caller may see
   functions: [],
   triggers: new Map(), // name -> rows of /system/virga/triggers
   rows: new Map(),
@@ -13,6 +19,7 @@ export const st = {
   latency: [], // {t, name, ms, n}
   metrics: { available: null, missing: false, prev: null, lastTry: 0 },
   timer: null,
+  seq: 0, // bumped by every refresh and reset: an older refresh's answer is dropped
   logs: null, // {name, ctrl}
   pendingDelete: null,
   editing: null, // {name, fn, base, hidden}
@@ -54,6 +61,32 @@ export async function errorText(r) {
   return t || (r.status + ' ' + r.statusText);
 }
 
+const ROLES = ['viewer', 'invoker', 'deployer', 'admin'];
+
+// Whether the signed-in caller's role is `role` or above (the gateway decides; this only
+// hides what it would refuse).
+export function can(role) {
+  return !!st.me && ROLES.indexOf(st.me.role) >= ROLES.indexOf(role);
+}
+
+// The name /function/ and the invoke route take: NAME in the default namespace, NAME.NS in
+// any other.
+export function fnKey(name) {
+  return st.ns === DEFAULT_NS ? name : name + '.' + st.ns;
+}
+
+// `?namespace=` of the shown namespace, for the routes that read one.
+export function nsQuery() {
+  return 'namespace=' + encodeURIComponent(st.ns);
+}
+
+// Why the session ends when the gateway answers 401 `r` (its message says why: e.g. a
+// revoked or expired token).
+export async function refusedText(r) {
+  const why = await errorText(r);
+  return `The gateway no longer accepts these credentials (${why}): sign in again.`;
+}
+
 let unauthorized = () => {};
 
 // What to do when the gateway stops accepting the session's credentials (sign out).
@@ -61,9 +94,9 @@ export function onUnauthorized(f) {
   unauthorized = f;
 }
 
-// Every /system call: basic auth from the session, never the browser's own credential cache.
+// Every /system call: the session's credentials, never the browser's own credential cache.
 export async function api(method, path, body, signal) {
-  const headers = { Authorization: 'Basic ' + st.auth };
+  const headers = { Authorization: st.auth };
   const init = { method, headers, credentials: 'omit', cache: 'no-store', signal };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -71,7 +104,7 @@ export async function api(method, path, body, signal) {
   }
   const r = await fetch(path, init);
   if (r.status === 401) {
-    unauthorized('The gateway no longer accepts these credentials: sign in again.');
+    unauthorized(await refusedText(r));
     throw new HttpError(401, 'unauthorized');
   }
   return r;

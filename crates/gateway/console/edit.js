@@ -1,6 +1,8 @@
 // The edit dialog: a deployed function's definition, prefilled from GET /system/function/NAME
-// and saved with PUT /system/functions, and its replicas (POST /system/scale-function/NAME).
-import { $, st, api, errorText, parsePairs, FormErrors } from './core.js';
+// and saved with PUT /system/functions, and its replicas (POST /system/scale-function/NAME),
+// in the namespace shown. For a role that may not change it, the same dialog shows the
+// definition read-only, without the scale and save controls.
+import { $, st, api, errorText, nsQuery, parsePairs, FormErrors } from './core.js';
 
 const SCALE_MAX = 'com.openfaas.scale.max';
 // The definition's fields the form does not show: saved back as they are.
@@ -19,6 +21,8 @@ const errors = new FormErrors({
 let refresh = async () => {};
 // Bumped on every open and close, so an answer for an earlier opening is dropped.
 let opened = 0;
+// Whether the open dialog only shows the definition.
+let readOnly = false;
 
 // Whether a KEY=value line carries this entry unchanged (no line break, no '=' in the key,
 // a key that is not blank and not read back as a # comment).
@@ -91,12 +95,14 @@ function fill(fn) {
   $('e-secrets').value = (fn.secrets || []).join('\n');
   $('e-memory').value = (fn.limits || {}).memory || '';
   $('e-cpu').value = (fn.limits || {}).cpu || '';
-  $('e-kept').textContent = keptText(fn, hidden);
+  $('e-kept').textContent = readOnly ? '' : keptText(fn, hidden);
   st.editing = { name: fn.name, fn, hidden, base: '' };
   st.editing.base = JSON.stringify(definition());
+  for (const e of $('edit-form').querySelectorAll('input, textarea')) e.readOnly = readOnly;
+  $('edit-actions').hidden = readOnly;
   $('edit-loading').hidden = true;
   $('edit-form').hidden = false;
-  $('scale-form').hidden = false;
+  $('scale-form').hidden = readOnly;
   showEditReplicas();
 }
 
@@ -108,11 +114,13 @@ function clearMessages() {
   $('scale-ok').hidden = true;
 }
 
-// Open the dialog for function `name`, loading its definition.
-export async function openEdit(name) {
+// Open the dialog for function `name`, loading its definition; `view` only shows it.
+export async function openEdit(name, view) {
   const seq = ++opened;
   st.editing = null;
+  readOnly = !!view;
   clearMessages();
+  $('edit-verb').textContent = readOnly ? 'Details of' : 'Edit';
   $('edit-name').textContent = name;
   $('edit-form').hidden = true;
   $('scale-form').hidden = true;
@@ -120,7 +128,7 @@ export async function openEdit(name) {
   $('edit-loading').textContent = `Loading ${name}…`;
   $('edit-dialog').showModal();
   try {
-    const r = await api('GET', '/system/function/' + encodeURIComponent(name));
+    const r = await api('GET', `/system/function/${encodeURIComponent(name)}?${nsQuery()}`);
     const text = r.ok ? null : await errorText(r);
     const fn = r.ok ? await r.json() : null;
     if (seq !== opened) return;
@@ -157,7 +165,7 @@ function ok(id, text) {
 async function onSave(ev) {
   ev.preventDefault();
   const ed = st.editing;
-  if (!ed) return;
+  if (!ed || readOnly) return;
   clearMessages();
   let d;
   try {
@@ -181,7 +189,7 @@ async function onSave(ev) {
     }
     ed.base = JSON.stringify(d);
     ok('edit-ok', `Saved ${ed.name}: its instances restart with the new definition.`);
-    const g = await api('GET', '/system/function/' + encodeURIComponent(ed.name));
+    const g = await api('GET', `/system/function/${encodeURIComponent(ed.name)}?${nsQuery()}`);
     const fn = g.ok ? await g.json() : null;
     if (fn && st.editing === ed) fill(fn);
     await refresh();
@@ -202,7 +210,7 @@ function scaleError(message) {
 async function onScale(ev) {
   ev.preventDefault();
   const ed = st.editing;
-  if (!ed) return;
+  if (!ed || readOnly) return;
   clearMessages();
   const text = $('e-replicas').value.trim();
   const replicas = Number(text);
@@ -214,7 +222,8 @@ async function onScale(ev) {
   btn.disabled = true;
   try {
     const path = '/system/scale-function/' + encodeURIComponent(ed.name);
-    const r = await api('POST', path, { serviceName: ed.name, replicas });
+    const namespace = ed.fn.namespace || st.ns;
+    const r = await api('POST', path, { serviceName: ed.name, namespace, replicas });
     if (!r.ok) {
       scaleError(await errorText(r));
       return;

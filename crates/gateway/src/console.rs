@@ -2,12 +2,14 @@
 //! (`crates/gateway/console/`: plain HTML, CSS and JavaScript, no build step, no CDN, no
 //! external fonts, so it works offline). The files are public and hold no data at all:
 //! everything the console shows comes from the authenticated API. The page asks for the admin
-//! password, checks it with `GET /system/info`, keeps it in the tab's `sessionStorage` and sends
-//! it as HTTP basic auth on every `/system/*` call it makes.
+//! password or an API token, checks it with `GET /system/virga/whoami`, keeps it in the tab's
+//! `sessionStorage` and sends it (HTTP basic auth, or `Authorization: Bearer`) on every
+//! `/system/*` call it makes. It shows one namespace at a time (`GET /system/namespaces` lists
+//! the caller's) and hides the actions the caller's role may not do.
 //!
 //! The console has an origin of its own (its own listener): a function's answer is never served
 //! there, so no function page can read the console's storage or act as the signed-in console.
-//! It calls functions through `/system/virga/invoke/NAME` (authenticated; the admin's
+//! It calls functions through `/system/virga/invoke/NAME.NS` (authenticated; the caller's
 //! credentials are not passed on, and the answer is sandboxed). The API's `/ui` redirects there.
 //!
 //! Responses carry `Cache-Control: no-cache` with an `ETag` (a revalidation is a cheap 304 and a
@@ -92,7 +94,7 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// `ANY /system/virga/invoke/{name}[/path]`: a function call made by the console, on its own
-/// origin. It goes through the same path as `/function/...`, without the admin's credentials,
+/// origin. It goes through the same path as `/function/...`, without the caller's credentials,
 /// and its answer always carries `Content-Security-Policy: sandbox`.
 pub(crate) async fn invoke(
     State(state): State<Arc<AppState>>,
@@ -195,6 +197,8 @@ mod tests {
             "core.js",
             "chart.js",
             "edit.js",
+            "login.js",
+            "ns.js",
             "style.css",
             "favicon.svg",
         ] {

@@ -34,6 +34,7 @@ mod replay;
 mod secrets;
 mod tokens;
 mod triggers;
+mod whoami;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -204,6 +205,7 @@ fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             post(queues::retry_dead),
         )
         .route("/system/virga/triggers", get(triggers::list))
+        .route("/system/virga/whoami", get(whoami::get))
         .route("/system/virga/images", get(images::list))
         .route("/system/virga/images/prune", post(images::prune))
         .route(
