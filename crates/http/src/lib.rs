@@ -1,9 +1,12 @@
 //! HTTP pieces the gateway and the watchdog share, both of them proxies: [`Replayable`], a
 //! request body that can be sent again while nothing has read it (so a request whose upstream
-//! died before reading it goes to another instance, or to the restarted process), and
-//! [`HOP_BY_HOP`], the headers that belong to one connection and are never forwarded.
+//! died before reading it goes to another instance, or to the restarted process),
+//! [`HOP_BY_HOP`], the headers that belong to one connection and are never forwarded, and
+//! [`upgrade`], carrying an HTTP/1.1 `Upgrade` (a WebSocket) across a hop and splicing the
+//! two upgraded connections.
 
 mod replay;
+pub mod upgrade;
 
 pub use replay::{Attempt, Replayable};
 

@@ -4,6 +4,7 @@
 
 mod api;
 mod bundle;
+mod connection;
 pub mod duration;
 pub mod lambda;
 mod resources;
@@ -15,6 +16,7 @@ mod watchdog;
 
 pub use api::*;
 pub use bundle::*;
+pub use connection::*;
 pub use resources::*;
 pub use scaling::*;
 pub use target::{headers, Target};

@@ -148,6 +148,7 @@ pub fn validate_deployment(d: &mut FunctionDeployment) -> Result<(), Invalid> {
         }
     }
     check_command("envProcess", &d.env_process)?;
+    crate::ConnectionLimits::from_annotations(d.annotations.as_ref())?;
     check_watchdog_env("envVars", &d.env_vars)
 }
 

@@ -29,11 +29,12 @@ enum Kind {
 }
 
 /// The watchdog's variables and their syntax (crates/watchdog/src/config.rs).
-const KEYS: [(&str, Kind); 13] = [
+const KEYS: [(&str, Kind); 14] = [
     ("exec_timeout", Kind::Duration),
     ("read_timeout", Kind::Duration),
     ("write_timeout", Kind::Duration),
     ("healthcheck_interval", Kind::Duration),
+    ("drain_grace", Kind::Duration),
     ("max_inflight", Kind::Count),
     ("log_buffer_size", Kind::Count),
     ("port", Kind::Port),

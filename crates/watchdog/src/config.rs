@@ -13,11 +13,13 @@ use hyper::Uri;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default port, as in OpenFaaS.
 const DEFAULT_PORT: u16 = 8080;
+/// Default for `drain_grace`.
+const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
 /// Go's `bufio.MaxScanTokenSize`, the of-watchdog default line buffer.
 const DEFAULT_LOG_BUFFER_SIZE: usize = 64 * 1024;
 
 /// Every environment variable the watchdog reads: its settings, fixed when it starts.
-pub const ENV_KEYS: [&str; 16] = [
+pub const ENV_KEYS: [&str; 17] = [
     "fprocess",
     "function_process",
     "mode",
@@ -34,6 +36,7 @@ pub const ENV_KEYS: [&str; 16] = [
     "prefix_logs",
     "suppress_lock",
     "cgi_headers",
+    "drain_grace",
 ];
 
 /// An invalid or missing configuration value.
@@ -127,6 +130,9 @@ pub struct Config {
     pub log_buffer_size: usize,
     /// Set `Http_*` CGI variables for per-request processes (`cgi_headers`).
     pub cgi_headers: bool,
+    /// How long open upgraded connections (WebSockets) may go on after SIGTERM before they
+    /// are closed (`drain_grace`, http mode).
+    pub drain_grace: Duration,
 }
 
 impl Config {
@@ -189,6 +195,7 @@ impl Config {
             suppress_lock: parse_bool("suppress_lock", get("suppress_lock"), false)?,
             log_buffer_size,
             cgi_headers: parse_bool("cgi_headers", get("cgi_headers"), true)?,
+            drain_grace: timeouts.drain,
         })
     }
 }
@@ -199,11 +206,13 @@ struct Timeouts {
     read: Option<Duration>,
     write: Option<Duration>,
     healthcheck: Duration,
+    drain: Duration,
 }
 
 impl Timeouts {
-    /// `exec_timeout`, `read_timeout`, `write_timeout` (10 s unless set; 0 is unlimited) and
-    /// `healthcheck_interval` (`write_timeout` unless set), through `get`.
+    /// `exec_timeout`, `read_timeout`, `write_timeout` (10 s unless set; 0 is unlimited),
+    /// `healthcheck_interval` (`write_timeout` unless set) and `drain_grace` (30 s unless
+    /// set), through `get`.
     fn from_vars<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Timeouts, ConfigError> {
         let duration = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
             match get(name) {
@@ -230,11 +239,17 @@ impl Timeouts {
         } else {
             healthcheck
         };
+        let drain = match get("drain_grace") {
+            Some(v) => virga_types::duration::parse(v)
+                .map_err(|reason| invalid("drain_grace", v, reason))?,
+            None => DEFAULT_DRAIN_GRACE,
+        };
         Ok(Timeouts {
             exec,
             read,
             write,
             healthcheck,
+            drain,
         })
     }
 }
@@ -336,6 +351,7 @@ mod tests {
         assert_eq!(c.healthcheck_interval, Duration::from_secs(10));
         assert_eq!(c.bind_address, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(c.max_inflight, 0);
+        assert_eq!(c.drain_grace, Duration::from_secs(30));
         assert!(c.prefix_logs);
         assert!(c.cgi_headers);
         assert!(c.content_type.is_none());
@@ -355,8 +371,10 @@ mod tests {
             ("bind_address", "0.0.0.0"),
             ("prefix_logs", "false"),
             ("content_type", "text/plain"),
+            ("drain_grace", "0"),
         ]))
         .unwrap();
+        assert_eq!(c.drain_grace, Duration::ZERO);
         assert_eq!(c.mode, Mode::Http);
         assert_eq!(c.exec_timeout, None);
         assert_eq!(c.write_timeout, Some(Duration::from_secs(2)));

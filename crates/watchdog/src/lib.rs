@@ -29,6 +29,7 @@ pub mod serializing;
 pub mod server;
 pub mod spawn;
 pub mod streaming;
+mod upgrade;
 pub mod zygote;
 
 pub use config::{Config, ConfigError, Mode};

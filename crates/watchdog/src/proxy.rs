@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -22,7 +23,8 @@ use crate::body::{text, ResponseBody};
 use crate::config::Config;
 use crate::logger::LineLogger;
 use crate::process::{signal_group, FunctionSpec};
-use virga_http::{Attempt, Replayable, HOP_BY_HOP};
+use crate::upgrade::Pending;
+use virga_http::{upgrade, Attempt, Replayable, HOP_BY_HOP};
 
 /// How long a readiness probe result is reused.
 const HEALTH_CACHE: Duration = Duration::from_millis(5);
@@ -253,8 +255,13 @@ impl Proxy {
         self.spec.long_running_command()
     }
 
-    /// Forwards one request to the upstream and streams the answer back.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    /// Forwards one request to the upstream and streams the answer back (a `101` to an
+    /// `Upgrade` carries both connections to splice, for the server to start).
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
         // After a crash the function process is restarted: hold the request until it serves
         // again rather than fail it (bounded by exec_timeout and RESTART_WAIT: a process that
         // keeps crashing or never listens gets a 503).
@@ -264,6 +271,8 @@ impl Proxy {
         if !self.serving() && !self.held(hold).await {
             return self.not_serving(hold);
         }
+        let mut client_upgrade = upgrade::requested(req.version(), req.headers())
+            .then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let path_and_query = parts
             .uri
@@ -284,7 +293,11 @@ impl Proxy {
             }
         };
         parts.version = Version::HTTP_11;
-        strip_hop_headers(&mut parts.headers);
+        if client_upgrade.is_some() {
+            upgrade::keep_upgrade(&mut parts.headers);
+        } else {
+            strip_hop_headers(&mut parts.headers);
+        }
         if let Some(host) = parts.headers.remove(HOST) {
             parts
                 .headers
@@ -320,7 +333,7 @@ impl Proxy {
                     }
                     held = true;
                 }
-                result => return self.answer(result),
+                result => return self.answer(result, client_upgrade.take()),
             }
         }
     }
@@ -358,9 +371,18 @@ impl Proxy {
     fn answer(
         &self,
         result: Result<Result<Response<Incoming>, Duration>, hyper_util::client::legacy::Error>,
+        client_upgrade: Option<OnUpgrade>,
     ) -> Response<ResponseBody> {
         match result {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
+                if let Some(client) = client_upgrade {
+                    if upgrade::switched(resp.status(), resp.headers()) {
+                        let upstream = hyper::upgrade::on(&mut resp);
+                        upgrade::keep_upgrade(resp.headers_mut());
+                        resp.extensions_mut().insert(Pending::new(client, upstream));
+                        return resp.map(|b| b.map_err(Into::into).boxed_unsync());
+                    }
+                }
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_headers(&mut parts.headers);
                 Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())

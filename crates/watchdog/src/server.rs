@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -25,6 +25,7 @@ use crate::config::{Config, Mode};
 use crate::lambda::Lambda;
 use crate::process::ExecSettings;
 use crate::proxy::Proxy;
+use crate::upgrade::{Pending, Upgrades};
 use crate::{serializing, streaming, WatchdogError};
 
 const X_DURATION_SECONDS: HeaderName = HeaderName::from_static(headers::X_DURATION_SECONDS);
@@ -41,6 +42,7 @@ struct State {
     handler: Handler,
     max_inflight: usize,
     inflight: Arc<AtomicUsize>,
+    upgrades: Upgrades,
 }
 
 /// Decrements the in-flight counter when dropped.
@@ -121,6 +123,11 @@ impl State {
         if let Some(id) = call_id {
             parts.headers.entry(X_CALL_ID).or_insert(id);
         }
+        // An upgraded connection is in flight for as long as it is open.
+        if let Some(pending) = parts.extensions.remove::<Pending>().and_then(|p| p.take()) {
+            self.upgrades.start(pending, guard);
+            return Response::from_parts(parts, body);
+        }
         // The guard lives until the (possibly streamed) body is done.
         Response::from_parts(parts, with_guard(body, guard))
     }
@@ -162,6 +169,7 @@ impl Server {
                 handler,
                 max_inflight: config.max_inflight,
                 inflight: Arc::new(AtomicUsize::new(0)),
+                upgrades: Upgrades::new(config.drain_grace),
             }),
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
@@ -192,8 +200,9 @@ impl Server {
         self.addr
     }
 
-    /// Starts the function (http mode) and serves until `shutdown` resolves,
-    /// then drains in-flight requests (bounded by write_timeout) and stops the function.
+    /// Starts the function (http mode) and serves until `shutdown` resolves, then drains
+    /// in-flight requests (bounded by write_timeout) and upgraded connections (bounded by
+    /// drain_grace) and stops the function.
     pub async fn serve<F>(self, shutdown: F) -> Result<(), WatchdogError>
     where
         F: Future<Output = ()>,
@@ -210,8 +219,11 @@ impl Server {
             Handler::Lambda(lambda) => lambda.start()?,
             Handler::Serializing(_) | Handler::Streaming(_) => {}
         }
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
+        // HTTP/1.1 only; the auto builder because its upgradeable connections shut down
+        // gracefully.
+        let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
+        http.http1()
+            .timer(TokioTimer::new())
             .header_read_timeout(read_timeout)
             .keep_alive(true);
         let graceful = GracefulShutdown::new();
@@ -234,7 +246,8 @@ impl Server {
                         let state = Arc::clone(&state);
                         async move { Ok::<_, Infallible>(state.route(req, peer).await) }
                     });
-                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    let conn = graceful.watch(conn.into_owned());
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection error");
@@ -246,13 +259,17 @@ impl Server {
         }
         drop(listener);
         tracing::info!("shutting down: waiting for in-flight requests");
-        let drained = match write_timeout {
-            Some(t) => tokio::time::timeout(t, graceful.shutdown()).await.is_ok(),
-            None => {
-                graceful.shutdown().await;
-                true
+        let requests = async {
+            match write_timeout {
+                Some(t) => tokio::time::timeout(t, graceful.shutdown()).await.is_ok(),
+                None => {
+                    graceful.shutdown().await;
+                    true
+                }
             }
         };
+        // Upgraded connections left hyper's watch when they switched: they drain on their own.
+        let (drained, ()) = tokio::join!(requests, state.upgrades.drain());
         if !drained {
             tracing::warn!("in-flight requests did not finish within write_timeout");
         }
