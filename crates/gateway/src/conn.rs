@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 /// Waiting for (the rest of) a request head.
@@ -29,6 +30,8 @@ const IDLE: u8 = 2;
 const EVICTED: u8 = 3;
 /// The connection has ended (terminal).
 const CLOSED: u8 = 4;
+/// Switched protocols (a WebSocket): its own limits apply, not these (terminal).
+const UPGRADED: u8 = 5;
 
 /// The instant phase times are counted from.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -46,6 +49,8 @@ pub(crate) struct Clock {
     seq: AtomicU32,
     /// The connection's task, woken when it is evicted.
     waker: AtomicWaker,
+    /// Told when the socket is dropped (an upgraded one outlives hyper's connection).
+    released: Notify,
 }
 
 impl Clock {
@@ -56,7 +61,21 @@ impl Clock {
             since: AtomicU64::new(now_nanos()),
             seq: AtomicU32::new(0),
             waker: AtomicWaker::new(),
+            released: Notify::new(),
         })
+    }
+
+    /// The connection switched protocols: no head or idle limit from now on.
+    pub(crate) fn upgraded(&self) {
+        self.phase.store(UPGRADED, Ordering::Release);
+    }
+
+    /// Completes once the socket is dropped, if the connection switched protocols (its
+    /// socket lives on after hyper is done with it); at once otherwise.
+    pub(crate) async fn upgrade_ended(&self) {
+        if self.phase.load(Ordering::Acquire) == UPGRADED {
+            self.released.notified().await;
+        }
     }
 
     /// A request head arrived: its sequence number, or `None` when the connection was evicted
@@ -157,6 +176,7 @@ impl<T> GuardedIo<T> {
         let limit = match phase {
             HEAD => self.limits.head,
             IDLE => self.limits.idle,
+            UPGRADED => return Poll::Pending,
             BUSY => {
                 // No limit while serving, but keep the timer registered: hyper may not read
                 // again when the answer is done, so this is what looks at the idle connection.
@@ -191,6 +211,13 @@ impl<T> GuardedIo<T> {
             self.armed = deadline;
         }
         Poll::Pending
+    }
+}
+
+impl<T> Drop for GuardedIo<T> {
+    fn drop(&mut self) {
+        // A stored permit: the waiter may come after.
+        self.clock.released.notify_one();
     }
 }
 

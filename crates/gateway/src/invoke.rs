@@ -28,7 +28,7 @@ static X_LAMBDA: HeaderName = HeaderName::from_static(headers::X_VIRGA_LAMBDA_IN
 pub(crate) const SANDBOX_ANNOTATION: &str = "virga.http.sandbox";
 
 /// Further attempts on another instance when the picked one refuses the connection.
-const MAX_RETRIES: usize = 2;
+pub(crate) const MAX_RETRIES: usize = 2;
 
 /// `ANY /function/{name}[.{namespace}][/path]`.
 pub(crate) async fn proxy(State(state): State<Arc<AppState>>, mut req: Request) -> Response {
@@ -38,6 +38,9 @@ pub(crate) async fn proxy(State(state): State<Arc<AppState>>, mut req: Request) 
     };
     if let Err(refused) = admit(&state, &target, &mut req) {
         return *refused;
+    }
+    if crate::upgrade::requested(&req) {
+        return crate::upgrade::call(&state, &target, req).await;
     }
     call(&state, &target, req).await
 }
@@ -191,14 +194,14 @@ pub(crate) async fn forward(
 }
 
 /// What an upstream call came to: timed out, failed, or answered.
-type UpstreamResult = Result<
+pub(crate) type UpstreamResult = Result<
     Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
     tokio::time::error::Elapsed,
 >;
 
 /// The instance's answer, or the error a failed call maps to (an OOM kill, a timeout, an
 /// upstream failure).
-fn upstream_answer(
+pub(crate) fn upstream_answer(
     state: &AppState,
     name: &str,
     lease: &virga_provider::Lease,
@@ -230,7 +233,7 @@ fn upstream_answer(
 
 /// `resp` without hop-by-hop headers, with `X-Call-Id` and (unless the function set it)
 /// `X-Duration-Seconds` since `started`.
-fn with_call_headers(
+pub(crate) fn with_call_headers(
     resp: hyper::Response<hyper::body::Incoming>,
     call_id: HeaderValue,
     started: Instant,
@@ -261,7 +264,7 @@ pub(crate) fn declared_length(h: &HeaderMap, limit: usize) -> Result<Option<u64>
 }
 
 /// Drop hop-by-hop headers and add the OpenFaaS call headers; returns the call id.
-fn prepare_headers(h: &mut HeaderMap) -> HeaderValue {
+pub(crate) fn prepare_headers(h: &mut HeaderMap) -> HeaderValue {
     for name in &HOP_BY_HOP {
         h.remove(name);
     }

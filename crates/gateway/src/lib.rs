@@ -3,7 +3,7 @@
 //! `/system/*`, and proxies `/function/*` calls to a ready instance from the provider.
 //!
 //! Follow one request: `listener` (hyper, timeouts, connection cap) → `router` (this file) →
-//! `invoke::proxy` → `Provider::lease` → the instance's watchdog; management calls go
+//! `invoke::proxy` → `Provider::lease` → the instance's watchdog (`upgrade` for a WebSocket); management calls go
 //! `functions` / `secrets` → store → provider; the AWS Lambda API (`/2015-03-31/...`) is
 //! `lambda`, over the same invoke path. The web console has an origin of its own
 //! (`console_router` on a second listener), so no function page shares it.
@@ -34,6 +34,7 @@ mod replay;
 mod secrets;
 mod tokens;
 mod triggers;
+mod upgrade;
 mod whoami;
 
 use std::net::SocketAddr;

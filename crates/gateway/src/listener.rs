@@ -134,8 +134,11 @@ pub(crate) async fn accept_loop(
         let open = open.clone();
         tokio::spawn(async move {
             serve_connection(stream, peer, slot.clock().clone(), once, &shared, stop).await;
-            drop(slot);
             drop(open);
+            // An upgraded connection keeps its slot while it is open (not the shutdown's wait:
+            // its instance going away ends it).
+            slot.clock().upgrade_ended().await;
+            drop(slot);
         });
     }
 }
@@ -167,7 +170,7 @@ async fn serve_connection(
     } else {
         &shared.http
     };
-    let conn = http.serve_connection(io, service);
+    let conn = http.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
@@ -217,11 +220,13 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         if system {
             parts.extensions.insert(ClientAddr(self.peer));
         }
+        let upgrade = virga_http::upgrade::requested(parts.version, &parts.headers);
         let req = Request::from_parts(parts, TimedBody::new(body, self.body_timeout));
         Reply {
             inner: Inner::Route(self.router.clone().call(req)),
             clock: self.clock.clone(),
             seq,
+            upgrade,
         }
     }
 }
@@ -239,6 +244,8 @@ pub(crate) struct Reply {
     inner: Inner,
     clock: Arc<Clock>,
     seq: u32,
+    /// The request asked to switch protocols.
+    upgrade: bool,
 }
 
 enum Inner {
@@ -252,6 +259,7 @@ impl Reply {
             inner: Inner::Now(Some(resp)),
             clock: clock.clone(),
             seq,
+            upgrade: false,
         }
     }
 }
@@ -271,6 +279,9 @@ impl Future for Reply {
                 .take()
                 .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
         };
+        if this.upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            this.clock.upgraded();
+        }
         let (clock, seq) = (this.clock.clone(), this.seq);
         Poll::Ready(Ok(resp.map(|b| Tracked::new(b, clock, seq))))
     }

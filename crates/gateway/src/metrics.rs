@@ -40,6 +40,8 @@ pub(crate) struct CallSettings {
     pub(crate) per_instance: Option<usize>,
     /// Whether calls need an invoker of its namespace (`virga.private: "true"`).
     pub(crate) private: bool,
+    /// Its upgraded connections' idle timeout and lifetime (`virga.connection.*`).
+    pub(crate) connections: virga_types::ConnectionLimits,
 }
 
 /// Annotation that makes a function's calls need credentials.
@@ -64,6 +66,7 @@ impl CallSettings {
             private: ann
                 .and_then(|a| a.get(PRIVATE_ANNOTATION))
                 .is_some_and(|v| v == "true"),
+            connections: virga_types::ConnectionLimits::from_annotations(ann).unwrap_or_default(),
         }
     }
 }

@@ -13,7 +13,10 @@
 //! Hooks for the async queue and warm pools ([`Metrics::set_queue_depth`] and friends) are
 //! registered but empty: a series appears once the hook is first called, never as a fake zero.
 
+mod connections;
 mod connectors;
+
+pub use connections::OpenConnection;
 
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
@@ -161,6 +164,7 @@ pub struct Metrics {
     warm_pool: Family<FnLabels, Gauge>,
     warm_starts: Family<FnLabels, Counter>,
     connectors: connectors::ConnectorMetrics,
+    connections: connections::ConnectionMetrics,
     /// Serialises scrapes: they refill the state gauges before encoding.
     scrape: Mutex<()>,
 }
@@ -200,12 +204,14 @@ impl Metrics {
             warm_pool: Family::default(),
             warm_starts: Family::default(),
             connectors: connectors::ConnectorMetrics::default(),
+            connections: connections::ConnectionMetrics::default(),
             scrape: Mutex::new(()),
         };
         m.register_gateway();
         m.register_instances();
         m.register_queue();
         m.connectors.register(&mut m.registry);
+        m.connections.register(&mut m.registry);
         m
     }
 
@@ -316,6 +322,7 @@ impl Metrics {
         FunctionMetrics {
             started: self.started.get_or_create_owned(&labels),
             timeouts: self.timeouts.get_or_create_owned(&labels),
+            connections: self.connections.function(&labels),
             label: labels.function_name,
             codes: RwLock::new(Vec::new()),
             invocations: self.invocations.clone(),
@@ -450,6 +457,7 @@ pub struct FunctionMetrics {
     label: String,
     started: UntypedCounter,
     timeouts: Counter,
+    connections: connections::FunctionConnections,
     codes: RwLock<Vec<CodeSeries>>,
     invocations: Family<FnCodeLabels, Counter>,
     seconds: HistogramFamily<FnCodeLabels>,
@@ -467,6 +475,11 @@ impl FunctionMetrics {
     /// A call arrived (`gateway_function_invocation_started`).
     pub fn started(&self) {
         self.started.0.inc();
+    }
+
+    /// An upgraded connection (a WebSocket) opened; it counts as open until the handle drops.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections.opened()
     }
 
     /// A call ended with HTTP status `code` after `took`.

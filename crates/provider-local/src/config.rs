@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::isolation::Isolation;
 use crate::process::Processes;
 use crate::sandbox::Runc;
@@ -71,6 +73,8 @@ pub struct ProviderConfig {
 pub(crate) struct Ctx {
     pub(crate) cfg: ProviderConfig,
     pub(crate) isolation: Arc<dyn Isolation>,
+    /// Set when the platform shuts down: draining instances close their connections now.
+    pub(crate) closing: watch::Sender<bool>,
 }
 
 impl Ctx {
@@ -80,6 +84,10 @@ impl Ctx {
             IsolationKind::Process => Arc::new(Processes::new(&cfg.watchdog, &cfg.run_dir)),
             IsolationKind::Runc(rt) => rt.clone(),
         };
-        Ctx { cfg, isolation }
+        Ctx {
+            cfg,
+            isolation,
+            closing: watch::channel(false).0,
+        }
     }
 }

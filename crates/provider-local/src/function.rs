@@ -17,6 +17,8 @@ use crate::spec::InstanceSpec;
 
 /// Instance numbers, unique for the platform's life (sandbox names derive from them).
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+/// How long a drained instance's upgraded connections get to close once told to.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// One function's instances.
 pub(crate) struct Function {
@@ -96,8 +98,9 @@ impl Function {
             tokio::spawn(run(self.clone(), inst));
         }
         if list.len() > want {
-            // Stop the least useful first: not ready, then least busy.
-            list.sort_by_key(|i| (i.is_ready(), usize::MAX - i.inflight()));
+            // Stop the least useful first: not ready, then least busy (the fewest requests
+            // and connections to drain).
+            list.sort_by_key(|i| (i.is_ready(), i.inflight()));
             let surplus = list.len() - want;
             for inst in list.drain(..surplus) {
                 inst.stop();
@@ -193,6 +196,15 @@ async fn start_and_wait(func: &Arc<Function>, inst: &Arc<Instance>) -> Result<bo
         } else {
             why
         }),
-        _ = inst.stop_requested() => { life.stop().await; Ok(true) }
+        _ = inst.stop_requested() => {
+            // Out of rotation now; what it serves gets its grace (a crash ends that too).
+            let hurry = func.ctx.closing.subscribe();
+            tokio::select! {
+                () = inst.drain(spec.drain_grace, CLOSE_WAIT, hurry) => {}
+                _ = life.ended() => return Ok(true),
+            }
+            life.stop().await;
+            Ok(true)
+        }
     }
 }

@@ -1,13 +1,17 @@
 //! One instance as requests see it: whether it is ready, how many requests it has in flight
 //! (within its `max_inflight`), its address, and the lease a request holds on it. Picking
-//! the least busy ready instance is the request path: atomics only, no allocation.
+//! the least busy ready instance is the request path: atomics only, no allocation. A stopped
+//! instance drains: out of rotation at once, it waits for its leases (requests, upgraded
+//! connections) to end within its grace, then tells the upgraded connections to close.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::futures::Notified;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use virga_provider::{Lease, LeaseSlot};
 
 use crate::isolation::Handle;
@@ -22,6 +26,10 @@ pub(crate) struct Instance {
     pid: AtomicU32,
     stopping: AtomicBool,
     stop: Notify,
+    /// Set when a drain's grace is over: upgraded connections close.
+    closing: AtomicBool,
+    /// Woken while it drains, whenever a lease ends or `closing` is set.
+    drain: Notify,
     handle: OnceLock<Arc<dyn Handle>>,
     /// OOM kills already reported, so each is reported once.
     oom_seen: AtomicU64,
@@ -43,6 +51,8 @@ impl Instance {
             pid: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
+            closing: AtomicBool::new(false),
+            drain: Notify::new(),
             handle: OnceLock::new(),
             oom_seen: AtomicU64::new(0),
         }
@@ -91,6 +101,39 @@ impl Instance {
         self.stop.notified()
     }
 
+    /// After a stop: wait for its leases to end, at most `grace` (or until `hurry` says the
+    /// platform shuts down), then tell the upgraded connections left to close and give them
+    /// `close_wait` to go.
+    pub(crate) async fn drain(
+        &self,
+        grace: Duration,
+        close_wait: Duration,
+        mut hurry: watch::Receiver<bool>,
+    ) {
+        tokio::select! {
+            () = self.no_leases() => return,
+            () = tokio::time::sleep(grace) => {}
+            _ = hurry.wait_for(|h| *h) => {}
+        }
+        tracing::info!(instance = %self.id, open = self.inflight(), ?grace, "drain grace over: closing connections");
+        self.closing.store(true, Ordering::SeqCst);
+        self.drain.notify_waiters();
+        let _ = tokio::time::timeout(close_wait, self.no_leases()).await;
+    }
+
+    /// Completes once nothing is in flight (checked whenever a lease ends while it drains).
+    async fn no_leases(&self) {
+        loop {
+            let notified = self.drain.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inflight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// It started (reachable at `addr`, its host process `pid`) and is ready for requests.
     pub(crate) fn set_ready(&self, addr: SocketAddr, handle: Arc<dyn Handle>, pid: Option<u32>) {
         self.pid.store(pid.unwrap_or(0), Ordering::SeqCst);
@@ -123,10 +166,27 @@ impl LeaseSlot for Instance {
     }
 
     fn release(&self) {
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
         if let Some(wake) = &self.wake {
             wake.notify_waiters();
         }
+        if self.stopping.load(Ordering::SeqCst) {
+            self.drain.notify_waiters();
+        }
+    }
+
+    fn closing(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            loop {
+                let notified = self.drain.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.closing.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        })
     }
 
     /// Out of rotation, so a retry goes elsewhere (its task replaces it once the process is

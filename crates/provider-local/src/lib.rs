@@ -299,6 +299,7 @@ impl LocalProvider {
     /// Stop every instance (platform shutdown), wait for them to exit, then remove what
     /// their isolation still holds.
     pub async fn shutdown(&self) {
+        self.ctx.closing.send_replace(true);
         let all: Vec<_> = self.map().drain().map(|(_, f)| f).collect();
         let mut pids = Vec::new();
         for f in &all {

@@ -11,12 +11,14 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use virga_oci::Images;
 use virga_store::Store;
 use virga_types::{
     check_watchdog_env, function_key, namespace_or_default, parse_cpu, parse_memory,
-    BundleManifest, BundleRef, FunctionDeployment, BUNDLE_MANIFEST, DEFAULT_MEMORY_LIMIT,
+    BundleManifest, BundleRef, ConnectionLimits, FunctionDeployment, BUNDLE_MANIFEST,
+    DEFAULT_DRAIN_GRACE, DEFAULT_MEMORY_LIMIT,
 };
 
 /// Annotation that turns off a sandboxed function's outbound network access.
@@ -69,6 +71,9 @@ pub(crate) struct InstanceSpec {
     pub(crate) limits: Limits,
     /// Whether a sandboxed instance may reach beyond the host.
     pub(crate) outbound: bool,
+    /// How long a removed instance waits for its requests and upgraded connections to end
+    /// (`virga.connection.drain-grace`).
+    pub(crate) drain_grace: Duration,
     /// The last reason an instance failed, for error messages.
     pub(crate) last_failure: Mutex<String>,
     /// The template the bundle was built from, when the function runs it unchanged (no
@@ -179,6 +184,10 @@ impl InstanceSpec {
             .as_ref()
             .and_then(|a| a.get(OUTBOUND_ANNOTATION))
             .is_none_or(|v| v != "false");
+        // Checked at deploy; a definition stored before the check existed gets the default.
+        let drain_grace = ConnectionLimits::from_annotations(d.annotations.as_ref())
+            .unwrap_or_default()
+            .drain_grace;
         Ok(InstanceSpec {
             name,
             env,
@@ -186,6 +195,7 @@ impl InstanceSpec {
             secrets_dir,
             limits,
             outbound,
+            drain_grace,
             last_failure: Mutex::new(String::new()),
             template,
             bind_env,
@@ -214,6 +224,7 @@ impl InstanceSpec {
                 tmp: TMP_SIZE,
             },
             outbound: true,
+            drain_grace: DEFAULT_DRAIN_GRACE,
             last_failure: Mutex::new(String::new()),
             template: None,
             bind_env: BTreeMap::new(),

@@ -6,7 +6,9 @@
 //!
 //! A [`Lease`] is one request's claim on one instance: its address, and a [`LeaseSlot`] the
 //! provider implements to learn when the request is done (the lease is dropped), when the
-//! instance refused the connection, and whether it was OOM-killed meanwhile.
+//! instance refused the connection, and whether it was OOM-killed meanwhile; it tells an
+//! upgraded connection holding it when to close ([`Lease::closing`]). A removed instance
+//! waits for its leases to end (its drain grace) before it is stopped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +67,11 @@ pub trait LeaseSlot: Send + Sync {
     fn mark_unreachable(&self);
     /// Whether the instance was OOM-killed since this was last asked.
     fn take_oom_kill(&self) -> bool;
+    /// Completes when the instance is going away and a long-lived use of it (an upgraded
+    /// connection) must end now: its drain grace is over. Never, unless the provider drains.
+    fn closing(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// A claim on one instance for one request; releases its slot when dropped.
@@ -97,6 +104,12 @@ impl Lease {
     /// True when the instance was OOM-killed since the last time this was asked.
     pub fn take_oom_kill(&self) -> bool {
         self.slot.take_oom_kill()
+    }
+
+    /// Completes when a long-lived use of the instance (an upgraded connection) must end:
+    /// the instance is being removed and its drain grace is over.
+    pub fn closing(&self) -> BoxFuture<'_, ()> {
+        self.slot.closing()
     }
 }
 
