@@ -1,12 +1,14 @@
 //! The gateway alone: its routing, auth, error mapping and header handling, served in-process
 //! on an ephemeral port over [`WatchdogProvider`], whose instances are real `virga-watchdog`
-//! processes. No runc, no root, no `virga up`.
+//! processes. No runc, no root, no `virga up`. WebSockets through it (upgrade) use the
+//! `websockets` package from PyPI.
 
 mod auth;
 mod errors;
 mod headers;
 mod lambda;
 mod routing;
+mod upgrade;
 
 use std::sync::Arc;
 
@@ -35,6 +37,11 @@ impl Gateway {
 
     /// A gateway with `cfg`, on a fresh store.
     pub async fn start_with(cfg: GatewayConfig) -> Gateway {
+        Gateway::start_serving(cfg, ServeConfig::default()).await
+    }
+
+    /// A gateway with `cfg` whose listener treats connections as `serve` says.
+    pub async fn start_serving(cfg: GatewayConfig, serve: ServeConfig) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let store =
             virga_store::Store::open(dir.path(), virga_store::SecretsKey::random()).unwrap();
@@ -55,7 +62,7 @@ impl Gateway {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            virga_gateway::serve(listeners, state, &ServeConfig::default(), shutdown).await
+            virga_gateway::serve(listeners, state, &serve, shutdown).await
         });
         Gateway {
             url,
