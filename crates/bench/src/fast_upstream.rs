@@ -31,7 +31,7 @@ pub fn serve() -> Result<()> {
 }
 
 /// The explicit port of an `http://host:port/...` URL.
-fn port_of(url: &str) -> Option<u16> {
+pub fn port_of(url: &str) -> Option<u16> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split('/').next()?;
     authority.rsplit_once(':')?.1.parse().ok()

@@ -10,6 +10,7 @@ mod figures;
 mod platform;
 mod report;
 mod runner;
+mod ws_echo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,10 @@ enum Sub {
     /// Serve `200 ok` on the port of $upstream_url (the fast upstream of the gateway figures).
     #[command(hide = true)]
     FastUpstream,
+    /// Echo every WebSocket message on the port of $upstream_url (the connection figures'
+    /// upstream).
+    #[command(hide = true)]
+    WsEcho,
     /// Proxy every request to TARGET with nothing but the hop (the classic figures' floor).
     #[command(hide = true)]
     BareProxy {
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Sub::FastUpstream) => fast_upstream::serve().map(|()| ExitCode::SUCCESS),
+        Some(Sub::WsEcho) => ws_echo::serve().map(|()| ExitCode::SUCCESS),
         Some(Sub::BareProxy { target }) => bare_proxy::serve(&target).map(|()| ExitCode::SUCCESS),
         None => bench(&cli),
     };

@@ -16,6 +16,8 @@ use crate::runner::Stats;
 pub enum Unit {
     /// Requests per second.
     ReqPerSec,
+    /// Messages per second (WebSocket round trips).
+    MsgPerSec,
     /// Microseconds of latency.
     Micros,
     /// Resident memory in MiB.
@@ -30,6 +32,7 @@ impl Unit {
     fn format(self, v: f64) -> String {
         match self {
             Unit::ReqPerSec => format!("{v:.0} req/s"),
+            Unit::MsgPerSec => format!("{v:.0} msg/s"),
             Unit::Micros => format!("{v:.0} µs"),
             Unit::Mebibytes => format!("{v:.1} MiB"),
             Unit::Millis => format!("{v:.0} ms"),
