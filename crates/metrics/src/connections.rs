@@ -114,10 +114,16 @@ mod tests {
         };
         let l = r#"function_name="ws.openfaas-fn""#;
         let (a, b) = (f.connection_opened(), f.connection_opened());
-        assert_eq!(value(&format!("virga_function_connections_open{{{l}}}")), 2.0);
+        assert_eq!(
+            value(&format!("virga_function_connections_open{{{l}}}")),
+            2.0
+        );
         a.ended("idle");
         drop(b);
-        assert_eq!(value(&format!("virga_function_connections_open{{{l}}}")), 0.0);
+        assert_eq!(
+            value(&format!("virga_function_connections_open{{{l}}}")),
+            0.0
+        );
         let closed = "virga_function_connections_closed_total";
         assert_eq!(value(&format!("{closed}{{{l},reason=\"idle\"}}")), 1.0);
         assert_eq!(value(&format!("{closed}{{{l},reason=\"closed\"}}")), 1.0);

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
+use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -271,8 +271,8 @@ impl Proxy {
         if !self.serving() && !self.held(hold).await {
             return self.not_serving(hold);
         }
-        let mut client_upgrade = upgrade::requested(req.version(), req.headers())
-            .then(|| hyper::upgrade::on(&mut req));
+        let mut client_upgrade =
+            upgrade::requested(req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let path_and_query = parts
             .uri

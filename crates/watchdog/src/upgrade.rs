@@ -54,7 +54,11 @@ impl Upgrades {
     }
 
     /// Splice `pending`'s connections in a task of their own, holding `slot` until it ends.
-    pub(crate) fn start<G: Send + 'static>(&self, (client, upstream): (OnUpgrade, OnUpgrade), slot: G) {
+    pub(crate) fn start<G: Send + 'static>(
+        &self,
+        (client, upstream): (OnUpgrade, OnUpgrade),
+        slot: G,
+    ) {
         let open = self.open.subscribe();
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {

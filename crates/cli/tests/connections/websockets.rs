@@ -196,20 +196,36 @@ asyncio.run(main())
     assert_eq!(r["call_id"].as_str().unwrap().len(), 36, "{r}");
     assert_eq!(
         r["protocol_headers"],
-        json!(["sec-websocket-extensions", "sec-websocket-key", "sec-websocket-version"])
+        json!([
+            "sec-websocket-extensions",
+            "sec-websocket-key",
+            "sec-websocket-version"
+        ])
     );
-    assert!(r["forwarded_host"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(r["forwarded_host"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
     assert_eq!(got[1]["done"], true);
     // The function saw the path and query, and the client's own close code.
     let seen = || std::fs::read_to_string(&events).unwrap_or_default();
-    assert!(p.eventually(Duration::from_secs(5), || seen().contains("closed 4002 client says bye")), "{}", seen());
+    assert!(
+        p.eventually(Duration::from_secs(5), || seen()
+            .contains("closed 4002 client says bye")),
+        "{}",
+        seen()
+    );
     assert!(seen().starts_with("open /chat?room=1\n"), "{}", seen());
     // Two calls answered 101, none open any more.
     let open = series("virga_function_connections_open", "ws", "");
     assert!(p.eventually(Duration::from_secs(5), || metric(&p, &open) == 0.0));
     let upgraded = series("gateway_function_invocation_total", "ws", ",code=\"101\"");
     assert_eq!(metric(&p, &upgraded), 2.0);
-    let closed = series("virga_function_connections_closed_total", "ws", ",reason=\"closed\"");
+    let closed = series(
+        "virga_function_connections_closed_total",
+        "ws",
+        ",reason=\"closed\"",
+    );
     assert_eq!(metric(&p, &closed), 2.0);
     // A plain request to the same function is an ordinary call.
     let r = p.anon(reqwest::Method::GET, "/function/ws").send().unwrap();
@@ -291,7 +307,10 @@ asyncio.run(main())
     .spawn()
     .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("the client opened its sockets").unwrap();
+    let first = lines
+        .next()
+        .expect("the client opened its sockets")
+        .unwrap();
     assert_eq!(first, r#"{"open": 100}"#);
     let open = series("virga_function_connections_open", "ws", "");
     assert_eq!(metric(&p, &open), 100.0);
@@ -374,11 +393,22 @@ asyncio.run(main())
     let (quiet, chatty) = (&got[0]["quiet"], &got[0]["chatty"]);
     let after = |v: &Value| v["after"].as_f64().unwrap();
     assert!((0.9..2.5).contains(&after(quiet)), "idle: {quiet}");
-    assert_eq!(quiet["code"], Value::Null, "closed by the gateway (FIN), not by a frame");
+    assert_eq!(
+        quiet["code"],
+        Value::Null,
+        "closed by the gateway (FIN), not by a frame"
+    );
     assert!((3.8..5.5).contains(&after(chatty)), "lifetime: {chatty}");
-    assert!(chatty["messages"].as_u64().unwrap() >= 8, "traffic kept it from idling: {chatty}");
+    assert!(
+        chatty["messages"].as_u64().unwrap() >= 8,
+        "traffic kept it from idling: {chatty}"
+    );
     let closed = |why: &str| {
-        let s = series("virga_function_connections_closed_total", "short", &format!(",reason=\"{why}\""));
+        let s = series(
+            "virga_function_connections_closed_total",
+            "short",
+            &format!(",reason=\"{why}\""),
+        );
         metric(&p, &s)
     };
     assert_eq!((closed("idle"), closed("lifetime")), (1.0, 1.0));
@@ -413,11 +443,24 @@ asyncio.run(main())
 "#;
 
 fn assert_drained(got: &Value) {
-    assert_eq!(got["echoed"], 8, "the socket worked through the grace: {got}");
-    assert_ne!(got["old_pid"], got["new_pid"], "new sockets go to a new instance");
-    assert_eq!(got["code"], Value::Null, "closed with a FIN after the grace: {got}");
+    assert_eq!(
+        got["echoed"], 8,
+        "the socket worked through the grace: {got}"
+    );
+    assert_ne!(
+        got["old_pid"], got["new_pid"],
+        "new sockets go to a new instance"
+    );
+    assert_eq!(
+        got["code"],
+        Value::Null,
+        "closed with a FIN after the grace: {got}"
+    );
     let after = got["closed_after"].as_f64().unwrap();
-    assert!((3.9..8.0).contains(&after), "closed {after} s after the drain began");
+    assert!(
+        (3.9..8.0).contains(&after),
+        "closed {after} s after the drain began"
+    );
     assert_eq!(got["new_works"], true);
 }
 
@@ -440,7 +483,11 @@ fn a_scale_down_or_a_redeploy_drains_open_sockets_within_the_grace() {
     let got = client(&p, "ws", &format!("ACTION = {redeploy}\n{DRAIN}"));
     assert_eq!(got[0]["status"], 200);
     assert_drained(&got[0]);
-    let drained = series("virga_function_connections_closed_total", "ws", ",reason=\"drained\"");
+    let drained = series(
+        "virga_function_connections_closed_total",
+        "ws",
+        ",reason=\"drained\"",
+    );
     assert_eq!(metric(&p, &drained), 2.0);
 }
 
@@ -476,7 +523,10 @@ asyncio.run(main())
     assert_eq!(got[0]["code"], Value::Null, "{}", got[0]);
     assert!(got[0]["after"].as_f64().unwrap() < 5.0, "{}", got[0]);
     assert_eq!(got[1]["restarted"], true);
-    let r = p.anon(reqwest::Method::GET, &format!("/function/{name}")).send().unwrap();
+    let r = p
+        .anon(reqwest::Method::GET, &format!("/function/{name}"))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 

@@ -70,7 +70,11 @@ async fn a_websocket_outlives_the_listeners_idle_limit() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.trim().len(), 36, "the 101 carries X-Call-Id: {stdout}");
+    assert_eq!(
+        stdout.trim().len(),
+        36,
+        "the 101 carries X-Call-Id: {stdout}"
+    );
 
     let r = g
         .anon(Method::GET, "/function/ws")
@@ -120,12 +124,22 @@ async fn an_open_websocket_keeps_its_connection_slot() {
     let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
     assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("open"));
     // The socket holds the one public slot: another call gets a reserve one, not served.
-    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let call = || client.get(format!("{}/function/ws", g.url)).send();
     let (status, text) = answer(call().await.unwrap()).await;
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("connection limit"), "{text}");
-    holder.stdin.take().unwrap().write_all(b"close\n").await.unwrap();
+    holder
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"close\n")
+        .await
+        .unwrap();
     assert!(holder.wait().await.unwrap().success());
     // Its slot is free once it closed (the echo server answers a plain GET with 426).
     let mut freed = false;

@@ -79,10 +79,26 @@ fn sigterm_lets_upgraded_connections_go_on_for_the_drain_grace() {
     );
     let got: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(got["big"], 1 << 20, "{got}");
-    assert_eq!(got["echoed"], 6, "the socket works through the grace: {got}");
-    assert_eq!(got["refused"], true, "no new connections once stopping: {got}");
-    assert_eq!(got["code"], serde_json::Value::Null, "closed with a FIN: {got}");
+    assert_eq!(
+        got["echoed"], 6,
+        "the socket works through the grace: {got}"
+    );
+    assert_eq!(
+        got["refused"], true,
+        "no new connections once stopping: {got}"
+    );
+    assert_eq!(
+        got["code"],
+        serde_json::Value::Null,
+        "closed with a FIN: {got}"
+    );
     let after = got["closed_after"].as_f64().unwrap();
-    assert!((2.9..5.0).contains(&after), "closed {after} s after SIGTERM");
-    assert!(wd.stop().is_some_and(|s| s.success()), "the watchdog exits cleanly");
+    assert!(
+        (2.9..5.0).contains(&after),
+        "closed {after} s after SIGTERM"
+    );
+    assert!(
+        wd.stop().is_some_and(|s| s.success()),
+        "the watchdog exits cleanly"
+    );
 }
