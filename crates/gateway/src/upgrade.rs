@@ -29,6 +29,8 @@ use crate::metrics::FunctionHandle;
 use crate::{invoke, ApiError, AppState};
 
 static X_CALL_ID: header::HeaderName = header::HeaderName::from_static(headers::X_CALL_ID);
+static X_LAMBDA: header::HeaderName =
+    header::HeaderName::from_static(headers::X_VIRGA_LAMBDA_INVOKE);
 
 /// Whether `req` asks to switch protocols.
 pub(crate) fn requested(req: &Request) -> bool {
@@ -72,6 +74,8 @@ async fn open(
     }
     let client = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
+    // Only the (authenticated) Lambda Invoke API may hand a runtime a raw event.
+    parts.headers.remove(&X_LAMBDA);
     let protocols: Vec<HeaderValue> = parts
         .headers
         .get_all(header::UPGRADE)

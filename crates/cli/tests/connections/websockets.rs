@@ -248,15 +248,20 @@ async def main():
             out(anonymous="upgraded")
     except InvalidStatus as e:
         out(anonymous=e.response.status_code)
-    async with dial(additional_headers={"Authorization": AUTH}) as ws:
+    raw = {"Authorization": AUTH, "X-Virga-Lambda-Invoke": "1"}
+    async with dial(additional_headers=raw) as ws:
         await ws.send("headers")
         headers = json.loads(await ws.recv())
-        out(authorization="authorization" in headers)
+        out(authorization="authorization" in headers, lambda_raw="x-virga-lambda-invoke" in headers)
 asyncio.run(main())
 "#,
     );
     assert_eq!(got[0]["anonymous"], 401);
     assert_eq!(got[1]["authorization"], false, "credentials are taken off");
+    assert_eq!(
+        got[1]["lambda_raw"], false,
+        "only the Lambda API hands raw events"
+    );
 
     for key in [
         "virga.connection.idle-timeout",
