@@ -1,7 +1,7 @@
 //! WebSockets through the real `virga up`, with the `websockets` package from PyPI as the
 //! client and as the function's server (an http-mode function): text, binary and 1 MB
 //! frames, ping/pong and close codes cross the gateway unchanged; an open socket is a call in
-//! flight (`max_inflight`, metrics); idle timeout and lifetime close sockets; a scale-down or
+//! flight (`max_inflight`, metrics, no scale to zero); idle timeout and lifetime close sockets; a scale-down or
 //! a redeploy drains them within the grace; a crash mid-connection closes the client's and
 //! the next call works; the same under runc.
 
@@ -55,8 +55,8 @@ asyncio.run(main())
 
 /// What every client script starts with: `URL` (the function's ws:// URL, argv 1), `API`
 /// (the gateway, argv 2), `out(**fields)` (one JSON line), `dial(path)`, `closed(ws)` (the
-/// close code the client saw, `None` for a connection cut without a close frame) and
-/// `admin(method, path, body)` (a /system call).
+/// close code the client saw, `None` for a connection cut without a close frame),
+/// `admin(method, path, body)` (a /system call) and `get(path)` (a /system GET's JSON).
 const PRELUDE: &str = r#"
 import asyncio, base64, json, os, sys, time, urllib.request
 from websockets.asyncio.client import connect
@@ -77,6 +77,9 @@ def admin(method, path, body):
     req = urllib.request.Request(API + path, method=method, data=json.dumps(body).encode(),
                                  headers={"Authorization": AUTH, "Content-Type": "application/json"})
     return urllib.request.urlopen(req, timeout=30).status
+def get(path):
+    req = urllib.request.Request(API + path, headers={"Authorization": AUTH})
+    return json.load(urllib.request.urlopen(req, timeout=30))
 "#;
 
 /// Deploy the echo server as `name` (an http-mode function from a bundle) with `annotations`
@@ -357,15 +360,24 @@ asyncio.run(main())
 fn idle_timeout_and_max_lifetime_close_sockets() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::start(dir.path());
-    deploy(
-        &p,
-        "short",
+    // Idle after 1 s without calls, but an open socket is a call in flight.
+    let mut fields = definition(
         json!({
             "virga.connection.idle-timeout": "1s",
             "virga.connection.max-lifetime": "4s",
         }),
         json!({}),
         None,
+    );
+    fields["labels"] = json!({
+        "com.openfaas.scale.zero": "true",
+        "com.openfaas.scale.zero-duration": "1s",
+    });
+    p.deploy_bundle(
+        "short",
+        &[("server.py", SERVER)],
+        "python3 server.py",
+        fields,
     );
     let got = client(
         &p,
@@ -380,15 +392,17 @@ async def quiet():
         return {"after": time.monotonic() - t, "code": code}
 async def chatty():
     async with dial() as ws:
-        t, n = time.monotonic(), 0
+        t, n, available = time.monotonic(), 0, None
         try:
             while True:
                 await ws.send(f"m{n}")
                 await ws.recv()
                 n += 1
+                if n == 8:
+                    available = get("/system/function/short")["availableReplicas"]
                 await asyncio.sleep(0.4)
         except ConnectionClosed:
-            return {"after": time.monotonic() - t, "messages": n}
+            return {"after": time.monotonic() - t, "messages": n, "available": available}
 async def main():
     q, c = await asyncio.gather(quiet(), chatty())
     out(quiet=q, chatty=c)
@@ -408,6 +422,10 @@ asyncio.run(main())
         chatty["messages"].as_u64().unwrap() >= 8,
         "traffic kept it from idling: {chatty}"
     );
+    assert_eq!(
+        chatty["available"], 1,
+        "not scaled to zero while a socket is open"
+    );
     let closed = |why: &str| {
         let s = series(
             "virga_function_connections_closed_total",
@@ -417,6 +435,9 @@ asyncio.run(main())
         metric(&p, &s)
     };
     assert_eq!((closed("idle"), closed("lifetime")), (1.0, 1.0));
+    // With its sockets closed, the function does go to zero.
+    let available = || p.get_json("/system/function/short")["availableReplicas"].clone();
+    assert!(p.eventually(Duration::from_secs(15), || available() == 0));
 }
 
 /// Drain test client: a socket keeps working through `ACTION` (a scale-down or a redeploy,
