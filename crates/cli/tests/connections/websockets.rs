@@ -149,16 +149,9 @@ fn series(name: &str, function: &str, extra: &str) -> String {
     format!("{name}{{function_name=\"{function}.openfaas-fn\"{extra}}}")
 }
 
-#[test]
-fn frames_pings_and_close_codes_cross_the_gateway() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = Platform::start(dir.path());
-    let events = dir.path().join("events");
-    deploy(&p, "ws", json!({}), json!({}), Some(&events));
-    let got = client(
-        &p,
-        "ws",
-        r#"
+/// Text, binary and 1 MB frames, a ping, the headers the function got, the function's close
+/// code; then a socket the client closes with its own code.
+const FRAMES: &str = r#"
 async def main():
     async with dial("/chat?room=1") as ws:
         await ws.send("hello")
@@ -186,8 +179,15 @@ async def main():
         await ws.close(4002, "client says bye")
     out(done=True)
 asyncio.run(main())
-"#,
-    );
+"#;
+
+#[test]
+fn frames_pings_and_close_codes_cross_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start(dir.path());
+    let events = dir.path().join("events");
+    deploy(&p, "ws", json!({}), json!({}), Some(&events));
+    let got = client(&p, "ws", FRAMES);
     let r = &got[0];
     assert_eq!(r["text"], "hello");
     assert_eq!(r["binary"], "00ff62696e", "a binary frame stays binary");
@@ -356,33 +356,9 @@ asyncio.run(main())
     assert_eq!(got[1]["third"], "ok");
 }
 
-#[test]
-fn idle_timeout_and_max_lifetime_close_sockets() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = Platform::start(dir.path());
-    // Idle after 1 s without calls, but an open socket is a call in flight.
-    let mut fields = definition(
-        json!({
-            "virga.connection.idle-timeout": "1s",
-            "virga.connection.max-lifetime": "4s",
-        }),
-        json!({}),
-        None,
-    );
-    fields["labels"] = json!({
-        "com.openfaas.scale.zero": "true",
-        "com.openfaas.scale.zero-duration": "1s",
-    });
-    p.deploy_bundle(
-        "short",
-        &[("server.py", SERVER)],
-        "python3 server.py",
-        fields,
-    );
-    let got = client(
-        &p,
-        "short",
-        r#"
+/// A quiet socket (closed by the idle timeout) and a chatty one (closed at its lifetime), side
+/// by side; the chatty one asks mid-way whether the function still has an instance.
+const LIMITS: &str = r#"
 async def quiet():
     async with dial() as ws:
         await ws.send("once")
@@ -407,8 +383,32 @@ async def main():
     q, c = await asyncio.gather(quiet(), chatty())
     out(quiet=q, chatty=c)
 asyncio.run(main())
-"#,
+"#;
+
+#[test]
+fn idle_timeout_and_max_lifetime_close_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start(dir.path());
+    // Idle after 1 s without calls, but an open socket is a call in flight.
+    let mut fields = definition(
+        json!({
+            "virga.connection.idle-timeout": "1s",
+            "virga.connection.max-lifetime": "4s",
+        }),
+        json!({}),
+        None,
     );
+    fields["labels"] = json!({
+        "com.openfaas.scale.zero": "true",
+        "com.openfaas.scale.zero-duration": "1s",
+    });
+    p.deploy_bundle(
+        "short",
+        &[("server.py", SERVER)],
+        "python3 server.py",
+        fields,
+    );
+    let got = client(&p, "short", LIMITS);
     let (quiet, chatty) = (&got[0]["quiet"], &got[0]["chatty"]);
     let after = |v: &Value| v["after"].as_f64().unwrap();
     assert!((0.9..2.5).contains(&after(quiet)), "idle: {quiet}");
