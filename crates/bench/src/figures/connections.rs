@@ -131,10 +131,11 @@ fn echo_figures(
             stats,
         ))
     };
-    let d = run(direct, wd, sockets, tp)?;
-    let g = run(via_gateway, gw, sockets, tp)?;
+    // One socket first: right after 32 sockets, whichever path came next measured slower.
     let dl = run(direct, wd, 1, lat)?;
     let gl = run(via_gateway, gw, 1, lat)?;
+    let d = run(direct, wd, sockets, tp)?;
+    let g = run(via_gateway, gw, sockets, tp)?;
     let fig = |name: String, value: f64, baseline: f64, unit: Unit, target: Target| Figure {
         name,
         value_label: gw.into(),
