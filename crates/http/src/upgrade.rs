@@ -17,8 +17,9 @@ use tokio::time::Instant;
 
 use crate::HOP_BY_HOP;
 
-/// Bytes buffered per direction: the copy's only buffering (a full one waits for the reader).
-const COPY_BUFFER: usize = 32 * 1024;
+/// Bytes buffered per direction: the copy's only buffering (a full one waits for the reader);
+/// small, since every open connection holds two in each proxy.
+const COPY_BUFFER: usize = 8 * 1024;
 /// How long a closing splice waits for each side to take its FIN.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
