@@ -1,0 +1,6 @@
+//! Long-lived connections end to end against the real `virga up`, over real HTTP:
+//! streamed answers and server-sent events, streamed request bodies, calls that outlive the
+//! gateway's timeouts, async calls that outlive the queue's redelivery window, and the calls
+//! in progress (long_calls).
+
+mod long_calls;
