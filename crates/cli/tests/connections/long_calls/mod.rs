@@ -2,5 +2,8 @@
 //! gateway's timeouts and TCP keep-alive (timeouts), async calls that outlive the queue's
 //! redelivery window (queued), and the calls in progress (in_progress).
 
+mod in_progress;
+mod queued;
 mod streaming;
 mod support;
+mod timeouts;
