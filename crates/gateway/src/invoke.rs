@@ -14,7 +14,9 @@ use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use virga_types::{headers, Target};
 
-use crate::replay::{BodyTooLarge, DrainingLimit};
+use crate::calls::{Held, Running};
+use crate::long::CallLimits;
+use crate::replay::BodyTooLarge;
 use crate::{ApiError, AppState, Need};
 use virga_http::{Replayable, HOP_BY_HOP};
 
@@ -140,13 +142,10 @@ pub(crate) async fn forward(
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let name = &target.key;
-    let limit = state.cfg.max_body_bytes;
-    let declared = declared_length(&parts.headers, limit)?;
+    let limits = CallLimits::of(state, name);
+    let body = limits.request_body(&parts, body, state.cfg.max_body_bytes)?;
     let call_id = prepare_headers(&mut parts.headers);
-    let body = match declared {
-        Some(_) => body,
-        None => Body::new(DrainingLimit::new(body, limit)),
-    };
+    let running = state.in_progress.begin(&parts, target, &call_id);
     let body = Replayable::new(body);
     let mut attempt = 0;
     let (lease, result) = loop {
@@ -171,8 +170,9 @@ pub(crate) async fn forward(
         *req.uri_mut() = uri;
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
+        running.on(lease.instance());
         let upstream = state.client.request(req);
-        let result = tokio::time::timeout(state.cfg.upstream_timeout, upstream).await;
+        let result = tokio::time::timeout(limits.answer, upstream).await;
         // A refused connection, or a dead one that never read the (non-empty) body: the
         // instance died after it was picked, so try another (its replacement if it was the
         // only one). A function cannot have seen a request whose body it never got.
@@ -186,8 +186,8 @@ pub(crate) async fn forward(
         }
         break (lease, result);
     };
-    let resp = upstream_answer(state, name, &lease, result)?;
-    Ok(with_call_headers(resp, call_id, started))
+    let resp = upstream_answer(state, name, &lease, result, limits.answer)?;
+    Ok(with_call_headers(resp, call_id, started, (lease, running)))
 }
 
 /// What an upstream call came to: timed out, failed, or answered.
@@ -203,6 +203,7 @@ fn upstream_answer(
     name: &str,
     lease: &virga_provider::Lease,
     result: UpstreamResult,
+    limit: std::time::Duration,
 ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
     // Only a failed call can have been an OOM kill; reading the cgroup costs a file read.
     let failed = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
@@ -215,8 +216,8 @@ fn upstream_answer(
     }
     match result {
         Err(_) => Err(ApiError::Timeout(format!(
-            "function {name:?} did not answer within {:?}",
-            state.cfg.upstream_timeout
+            "function {name:?} did not answer within {limit:?} (virga up --upstream-timeout; \
+             a function that sets a longer exec_timeout may take that long)"
         ))),
         Ok(Err(e)) => Err(upstream_error(
             name,
@@ -229,11 +230,13 @@ fn upstream_answer(
 }
 
 /// `resp` without hop-by-hop headers, with `X-Call-Id` and (unless the function set it)
-/// `X-Duration-Seconds` since `started`.
+/// `X-Duration-Seconds` since `started`; its body holds the lease and the call's place in
+/// the calls in progress until it is done.
 fn with_call_headers(
     resp: hyper::Response<hyper::body::Incoming>,
     call_id: HeaderValue,
     started: Instant,
+    (lease, running): (virga_provider::Lease, Running),
 ) -> Response {
     let (mut parts, body) = resp.into_parts();
     for h in &HOP_BY_HOP {
@@ -246,7 +249,7 @@ fn with_call_headers(
             parts.headers.insert(X_DURATION.clone(), v);
         }
     }
-    Response::from_parts(parts, Body::new(body))
+    Response::from_parts(parts, Body::new(Held::new(body, lease, running)))
 }
 
 /// The request's Content-Length, or 413 when it says the body is over `limit`.

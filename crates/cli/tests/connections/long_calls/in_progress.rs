@@ -33,20 +33,21 @@ fn ids(list: &[Value]) -> Vec<String> {
 
 /// A sync call of `path` with call id `id`, in the background.
 fn call_in_background(f: &Fixture, path: &str, id: &str) -> std::thread::JoinHandle<String> {
-    let rb = f
-        .p
-        .anon(Method::GET, path)
-        .header("X-Call-Id", id)
-        .timeout(Duration::from_secs(30));
+    let rb =
+        f.p.anon(Method::GET, path)
+            .header("X-Call-Id", id)
+            .timeout(Duration::from_secs(30));
     std::thread::spawn(move || rb.send().unwrap().text().unwrap())
 }
 
 #[test]
 fn calls_in_progress_are_listed_while_they_run_and_gone_after() {
     let f = Fixture::start(&[]);
-    let r = f
-        .p
-        .send_json(Method::POST, "/system/namespace/", json!({"name": "team-a"}));
+    let r = f.p.send_json(
+        Method::POST,
+        "/system/namespace/",
+        json!({"name": "team-a"}),
+    );
     assert_eq!(r.status, 201, "{}", r.text);
     f.deploy_http("slow", json!({}), json!({}));
     f.deploy_http("slow", json!({}), json!({"namespace": "team-a"}));
@@ -55,17 +56,14 @@ fn calls_in_progress_are_listed_while_they_run_and_gone_after() {
     // Its answer's head comes at once, its last event after 4 s.
     let stream = call_in_background(&f, "/function/slow/events?n=2&quiet=4", "sync-stream");
     let other = call_in_background(&f, "/function/slow.team-a/sleep?s=4", "sync-team-a");
-    let r = f
-        .p
-        .anon(Method::POST, "/async-function/slow/sleep?s=4")
-        .header("X-Call-Id", "async-1")
-        .send()
-        .unwrap();
+    let r =
+        f.p.anon(Method::POST, "/async-function/slow/sleep?s=4")
+            .header("X-Call-Id", "async-1")
+            .send()
+            .unwrap();
     assert_eq!(r.status(), 202);
     let all = |want: usize| {
-        f.p.eventually(Duration::from_secs(3), || {
-            calls(&f, "", None).len() == want
-        })
+        f.p.eventually(Duration::from_secs(3), || calls(&f, "", None).len() == want)
     };
     assert!(all(3), "{:?}", calls(&f, "", None));
     std::thread::sleep(Duration::from_millis(1200));
@@ -82,10 +80,15 @@ fn calls_in_progress_are_listed_while_they_run_and_gone_after() {
     let elapsed = s["elapsedSeconds"].as_f64().unwrap();
     assert!((1.0..10.0).contains(&elapsed), "{s}");
     let started = chrono::DateTime::parse_from_rfc3339(s["started"].as_str().unwrap()).unwrap();
-    let age = chrono::Utc::now().signed_duration_since(started).num_milliseconds();
+    let age = chrono::Utc::now()
+        .signed_duration_since(started)
+        .num_milliseconds();
     assert!((1000..10_000).contains(&age), "{s}");
     let a = by_id("async-1");
-    assert_eq!((&a["kind"], &a["method"]), (&json!("async"), &json!("POST")));
+    assert_eq!(
+        (&a["kind"], &a["method"]),
+        (&json!("async"), &json!("POST"))
+    );
     assert_eq!(by_id("sync-team-a")["namespace"], "team-a");
 
     // One namespace, by query, by the CLI, and as a reader of team-a only.
@@ -106,12 +109,11 @@ fn calls_in_progress_are_listed_while_they_run_and_gone_after() {
     let token: Value = serde_json::from_str(&r.text).unwrap();
     let token = token["token"].as_str().unwrap();
     assert_eq!(ids(&calls(&f, "", Some(token))), ["sync-team-a"]);
-    let denied = f
-        .p
-        .anon(Method::GET, "/system/virga/calls?namespace=openfaas-fn")
-        .bearer_auth(token)
-        .send()
-        .unwrap();
+    let denied =
+        f.p.anon(Method::GET, "/system/virga/calls?namespace=openfaas-fn")
+            .bearer_auth(token)
+            .send()
+            .unwrap();
     assert_eq!(denied.status(), 403);
     let anonymous = f.p.anon(Method::GET, "/system/virga/calls").send().unwrap();
     assert_eq!(anonymous.status(), 401);

@@ -22,9 +22,8 @@ fn start(backend: &str, extra: &[&str]) -> (Fixture, Option<NatsServer>) {
 
 /// Queue `/sleep?s=SECS` of `name` with call id `id`; asserts 202.
 fn queue_sleep(f: &Fixture, name: &str, id: &str, secs: u32) {
-    let r = f
-        .p
-        .anon(
+    let r =
+        f.p.anon(
             reqwest::Method::POST,
             &format!("/async-function/{name}/sleep?s={secs}"),
         )
