@@ -103,16 +103,16 @@ fn the_sockets_of_a_call_have_tcp_keepalive() {
         assert!(!all.is_empty(), "no socket {what}: {now:#?}");
         assert!(
             all.iter().any(|s| s.keepalive),
-            "no keep-alive on {what}: {all:#?}"
+            "no keep-alive on the socket {what}: {all:#?}"
         );
     };
-    find("of the gateway's accepted from the client", &|s| {
+    find("the gateway accepted from the client", &|s| {
         s.local == gateway && s.peer == mine
     });
     find("from the gateway to the watchdog", &|s| {
         s.process == "virga" && s.peer == watchdog
     });
-    find("of the watchdog's accepted from the gateway", &|s| {
+    find("the watchdog accepted from the gateway", &|s| {
         s.process == "virga-watchdog" && s.local == watchdog
     });
     find("from the watchdog to the function", &|s| {
