@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use axum::body::Body as AxumBody;
 use axum::extract::{Query, State};
 use axum::http::{request::Parts, HeaderValue, Method};
+use axum::response::Response;
 use axum::{Extension, Json};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -183,23 +185,23 @@ pub(crate) async fn list(
     })))
 }
 
-/// An answer's body that holds its call's lease and its place in the calls in progress
-/// until it is done.
-pub(crate) struct Held<B> {
-    inner: B,
-    _lease: Lease,
-    _running: Running,
-}
-
-impl<B> Held<B> {
-    /// `inner`, holding `lease` and `running` until it is dropped.
-    pub(crate) fn new(inner: B, lease: Lease, running: Running) -> Held<B> {
-        Held {
+/// `resp`, its body holding the call's `lease` and its place in the calls in progress
+/// (`running`) until it is done.
+pub(crate) fn hold(resp: Response, lease: Lease, running: Running) -> Response {
+    resp.map(|inner| {
+        AxumBody::new(Held {
             inner,
             _lease: lease,
             _running: running,
-        }
-    }
+        })
+    })
+}
+
+/// An answer's body holding what its call keeps until the body is done.
+struct Held<B> {
+    inner: B,
+    _lease: Lease,
+    _running: Running,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for Held<B> {

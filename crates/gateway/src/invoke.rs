@@ -14,7 +14,6 @@ use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use virga_types::{headers, Target};
 
-use crate::calls::{Held, Running};
 use crate::long::CallLimits;
 use crate::replay::BodyTooLarge;
 use crate::{ApiError, AppState, Need};
@@ -186,8 +185,9 @@ pub(crate) async fn forward(
         }
         break (lease, result);
     };
-    let resp = upstream_answer(state, name, &lease, result, limits.answer)?;
-    Ok(with_call_headers(resp, call_id, started, (lease, running)))
+    let resp = upstream_answer(state, name, &lease, result)?;
+    let resp = with_call_headers(resp, call_id, started);
+    Ok(crate::calls::hold(resp, lease, running))
 }
 
 /// What an upstream call came to: timed out, failed, or answered.
@@ -203,7 +203,6 @@ fn upstream_answer(
     name: &str,
     lease: &virga_provider::Lease,
     result: UpstreamResult,
-    limit: std::time::Duration,
 ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
     // Only a failed call can have been an OOM kill; reading the cgroup costs a file read.
     let failed = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
@@ -216,8 +215,9 @@ fn upstream_answer(
     }
     match result {
         Err(_) => Err(ApiError::Timeout(format!(
-            "function {name:?} did not answer within {limit:?} (virga up --upstream-timeout; \
-             a function that sets a longer exec_timeout may take that long)"
+            "function {name:?} did not answer within {:?} (virga up --upstream-timeout; a \
+             function that sets a longer exec_timeout may take that long)",
+            CallLimits::of(state, name).answer
         ))),
         Ok(Err(e)) => Err(upstream_error(
             name,
@@ -230,13 +230,11 @@ fn upstream_answer(
 }
 
 /// `resp` without hop-by-hop headers, with `X-Call-Id` and (unless the function set it)
-/// `X-Duration-Seconds` since `started`; its body holds the lease and the call's place in
-/// the calls in progress until it is done.
+/// `X-Duration-Seconds` since `started`.
 fn with_call_headers(
     resp: hyper::Response<hyper::body::Incoming>,
     call_id: HeaderValue,
     started: Instant,
-    (lease, running): (virga_provider::Lease, Running),
 ) -> Response {
     let (mut parts, body) = resp.into_parts();
     for h in &HOP_BY_HOP {
@@ -249,7 +247,7 @@ fn with_call_headers(
             parts.headers.insert(X_DURATION.clone(), v);
         }
     }
-    Response::from_parts(parts, Body::new(Held::new(body, lease, running)))
+    Response::from_parts(parts, Body::new(body))
 }
 
 /// The request's Content-Length, or 413 when it says the body is over `limit`.
