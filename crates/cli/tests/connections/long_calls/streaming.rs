@@ -127,8 +127,9 @@ fn a_quiet_stream_is_not_cut_by_an_idle_limit() {
     f.deploy_http("quiet", json!({"exec_timeout": "3s"}), json!({}));
     let events = read_events(&f.p, "/function/quiet/events?n=3&gap=0.1&quiet=5");
     assert_eq!(events.len(), 3, "{events:#?}");
+    // 5 s apart as written (the first may have come a little late).
     assert!(
-        events[1].at - events[0].at >= Duration::from_secs(5),
+        events[1].at - events[0].at >= Duration::from_millis(4500),
         "{events:#?}"
     );
     assert!(events.iter().all(|e| e.lag < 0.5), "{events:#?}");
