@@ -40,6 +40,36 @@ fn call_in_background(f: &Fixture, path: &str, id: &str) -> std::thread::JoinHan
     std::thread::spawn(move || rb.send().unwrap().text().unwrap())
 }
 
+/// While the three calls run: team-a's only, by query, by the CLI, and as a reader of
+/// team-a (who may not ask for another namespace); nothing without credentials.
+fn only_team_a(f: &Fixture) {
+    assert_eq!(ids(&calls(f, "?namespace=team-a", None)), ["sync-team-a"]);
+    let cli = f.p.cli(&f.dir, &["calls"]);
+    for id in ["async-1", "sync-stream", "sync-team-a"] {
+        assert!(cli.contains(id), "{cli}");
+    }
+    let json_out = f.p.cli(&f.dir, &["calls", "-n", "team-a", "--json"]);
+    let parsed: Vec<Value> = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(ids(&parsed), ["sync-team-a"]);
+    let r = f.p.send_json(
+        Method::POST,
+        "/system/virga/tokens",
+        json!({"name": "watcher", "role": "viewer", "namespaces": ["team-a"]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let token: Value = serde_json::from_str(&r.text).unwrap();
+    let token = token["token"].as_str().unwrap();
+    assert_eq!(ids(&calls(f, "", Some(token))), ["sync-team-a"]);
+    let denied =
+        f.p.anon(Method::GET, "/system/virga/calls?namespace=openfaas-fn")
+            .bearer_auth(token)
+            .send()
+            .unwrap();
+    assert_eq!(denied.status(), 403);
+    let anonymous = f.p.anon(Method::GET, "/system/virga/calls").send().unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
 #[test]
 fn calls_in_progress_are_listed_while_they_run_and_gone_after() {
     let f = Fixture::start(&[]);
@@ -91,32 +121,7 @@ fn calls_in_progress_are_listed_while_they_run_and_gone_after() {
     );
     assert_eq!(by_id("sync-team-a")["namespace"], "team-a");
 
-    // One namespace, by query, by the CLI, and as a reader of team-a only.
-    assert_eq!(ids(&calls(&f, "?namespace=team-a", None)), ["sync-team-a"]);
-    let cli = f.p.cli(&f.dir, &["calls"]);
-    for id in ["async-1", "sync-stream", "sync-team-a"] {
-        assert!(cli.contains(id), "{cli}");
-    }
-    let json_out = f.p.cli(&f.dir, &["calls", "-n", "team-a", "--json"]);
-    let parsed: Vec<Value> = serde_json::from_str(&json_out).unwrap();
-    assert_eq!(ids(&parsed), ["sync-team-a"]);
-    let r = f.p.send_json(
-        Method::POST,
-        "/system/virga/tokens",
-        json!({"name": "watcher", "role": "viewer", "namespaces": ["team-a"]}),
-    );
-    assert_eq!(r.status, 201, "{}", r.text);
-    let token: Value = serde_json::from_str(&r.text).unwrap();
-    let token = token["token"].as_str().unwrap();
-    assert_eq!(ids(&calls(&f, "", Some(token))), ["sync-team-a"]);
-    let denied =
-        f.p.anon(Method::GET, "/system/virga/calls?namespace=openfaas-fn")
-            .bearer_auth(token)
-            .send()
-            .unwrap();
-    assert_eq!(denied.status(), 403);
-    let anonymous = f.p.anon(Method::GET, "/system/virga/calls").send().unwrap();
-    assert_eq!(anonymous.status(), 401);
+    only_team_a(&f);
 
     // Gone once they end (the stream only with its last byte).
     assert!(other.join().unwrap().contains("slept"));
