@@ -14,7 +14,8 @@ use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use virga_types::{headers, Target};
 
-use crate::replay::{BodyTooLarge, DrainingLimit};
+use crate::long::CallLimits;
+use crate::replay::BodyTooLarge;
 use crate::{ApiError, AppState, Need};
 use virga_http::{Replayable, HOP_BY_HOP};
 
@@ -143,13 +144,10 @@ pub(crate) async fn forward(
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let name = &target.key;
-    let limit = state.cfg.max_body_bytes;
-    let declared = declared_length(&parts.headers, limit)?;
+    let limits = CallLimits::of(state, name);
+    let body = limits.request_body(&parts, body, state.cfg.max_body_bytes)?;
     let call_id = prepare_headers(&mut parts.headers);
-    let body = match declared {
-        Some(_) => body,
-        None => Body::new(DrainingLimit::new(body, limit)),
-    };
+    let running = state.in_progress.begin(&parts, target, &call_id);
     let body = Replayable::new(body);
     let mut attempt = 0;
     let (lease, result) = loop {
@@ -174,8 +172,9 @@ pub(crate) async fn forward(
         *req.uri_mut() = uri;
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
+        running.on(lease.instance());
         let upstream = state.client.request(req);
-        let result = tokio::time::timeout(state.cfg.upstream_timeout, upstream).await;
+        let result = tokio::time::timeout(limits.answer, upstream).await;
         // A refused connection, or a dead one that never read the (non-empty) body: the
         // instance died after it was picked, so try another (its replacement if it was the
         // only one). A function cannot have seen a request whose body it never got.
@@ -190,7 +189,8 @@ pub(crate) async fn forward(
         break (lease, result);
     };
     let resp = upstream_answer(state, name, &lease, result)?;
-    Ok(with_call_headers(resp, call_id, started))
+    let resp = with_call_headers(resp, call_id, started);
+    Ok(crate::calls::hold(resp, lease, running))
 }
 
 /// What an upstream call came to: timed out, failed, or answered.
@@ -218,8 +218,9 @@ pub(crate) fn upstream_answer(
     }
     match result {
         Err(_) => Err(ApiError::Timeout(format!(
-            "function {name:?} did not answer within {:?}",
-            state.cfg.upstream_timeout
+            "function {name:?} did not answer within {:?} (virga up --upstream-timeout; a \
+             function that sets a longer exec_timeout may take that long)",
+            CallLimits::of(state, name).answer
         ))),
         Ok(Err(e)) => Err(upstream_error(
             name,

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower_service::Service;
 
-use crate::conn::{Clock, GuardedIo, Limits, TimedBody, Tracked};
+use crate::conn::{Clock, GuardedIo, Limits, PauseLimit, TimedBody, Tracked};
 use crate::limit::{Admission, Limiter};
 
 /// How the listeners treat their connections.
@@ -157,6 +157,7 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let _ = virga_http::keep_alive(&stream);
     let io = TokioIo::new(GuardedIo::new(stream, clock.clone(), shared.limits, once));
     let service = ConnService {
         router: shared.router.clone(),
@@ -221,7 +222,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             parts.extensions.insert(ClientAddr(self.peer));
         }
         let upgrade = virga_http::upgrade::requested(parts.version, &parts.headers);
-        let req = Request::from_parts(parts, TimedBody::new(body, self.body_timeout));
+        let pause = PauseLimit::new(self.body_timeout);
+        parts.extensions.insert(pause.clone());
+        let req = Request::from_parts(parts, TimedBody::new(body, pause));
         Reply {
             inner: Inner::Route(self.router.clone().call(req)),
             clock: self.clock.clone(),

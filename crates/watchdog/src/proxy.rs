@@ -61,6 +61,9 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_keepalive(Some(virga_http::KEEPALIVE_IDLE));
+        connector.set_keepalive_interval(Some(virga_http::KEEPALIVE_INTERVAL));
+        connector.set_keepalive_retries(Some(virga_http::KEEPALIVE_RETRIES));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);

@@ -1,4 +1,8 @@
-//! Long-lived connections through the real `virga up` (issue 17): WebSockets and other
-//! HTTP/1.1 upgrades end to end, their limits and their drain (websockets).
+//! Long-lived connections end to end against the real `virga up`, over real HTTP:
+//! streamed answers and server-sent events, streamed request bodies, calls that outlive the
+//! gateway's timeouts, async calls that outlive the queue's redelivery window, and the calls
+//! in progress (long_calls); WebSockets and other HTTP/1.1 upgrades, their limits and their
+//! drain (websockets).
 
+mod long_calls;
 mod websockets;
