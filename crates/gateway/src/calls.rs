@@ -27,7 +27,8 @@ use virga_types::{split_key, Target};
 use crate::namespaces::{resolve, NamespaceQuery};
 use crate::{ApiError, AppState, Need, Principal};
 
-/// How a call came: `sync` answers its caller, `async` is a queued call being delivered.
+/// How a call came: `sync` answers its caller, `async` is a queued call being delivered,
+/// `upgrade` an open WebSocket (or other upgraded connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Kind {
@@ -35,6 +36,8 @@ pub(crate) enum Kind {
     Sync,
     /// A delivery of a queued call (set as a request extension by the async workers).
     Async,
+    /// An upgraded connection (a WebSocket), for as long as it is open.
+    Upgrade,
 }
 
 /// One call in progress.

@@ -5,8 +5,8 @@
 //! ([`virga_http::upgrade::splice`]: bytes both ways, no frame buffering, back-pressure kept).
 //!
 //! An open connection is a call in flight: it holds its instance's lease (so `max_inflight`,
-//! the autoscaler's load and scale-to-zero see it) and counts in
-//! `virga_function_connections_open`. It closes when either side does, after the function's
+//! the autoscaler's load and scale-to-zero see it), is listed in the calls in progress (kind
+//! `upgrade`) and counts in `virga_function_connections_open`. It closes when either side does, after the function's
 //! idle timeout or lifetime (`virga.connection.*`), or when its instance is removed and the
 //! drain grace is over ([`virga_provider::Lease::closing`]). An answer other than `101` goes
 //! back as any call's does.
@@ -25,6 +25,7 @@ use virga_http::upgrade::{self, End, Limits};
 use virga_provider::Lease;
 use virga_types::{headers, Target};
 
+use crate::calls::{Kind, Running};
 use crate::metrics::FunctionHandle;
 use crate::{invoke, ApiError, AppState};
 
@@ -91,10 +92,14 @@ async fn open(
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.extensions.insert(Kind::Upgrade);
+    let running = state.in_progress.begin(&parts, target, &call_id);
     let (lease, result) = send(state, target, &parts).await?;
+    running.on(lease.instance());
     let mut resp = invoke::upstream_answer(state, &target.key, &lease, result)?;
     if !upgrade::switched(resp.status(), resp.headers()) {
-        return Ok(invoke::with_call_headers(resp, call_id, started));
+        let resp = invoke::with_call_headers(resp, call_id, started);
+        return Ok(crate::calls::hold(resp, lease, running));
     }
     let upstream = hyper::upgrade::on(&mut resp);
     let (mut head, _) = resp.into_parts();
@@ -106,7 +111,7 @@ async fn open(
         lifetime: limits.max_lifetime,
     };
     let open = handle.metrics.connection_opened();
-    tokio::spawn(spliced(client, upstream, lease, limits, open));
+    tokio::spawn(spliced(client, upstream, (lease, running), limits, open));
     Ok(Response::from_parts(head, Body::empty()))
 }
 
@@ -147,11 +152,11 @@ async fn send(
 }
 
 /// Splice the client's and the instance's connections once both are handed over, holding
-/// the lease and the open-connection count until it ends.
+/// the lease, the place in the calls in progress and the open-connection count until it ends.
 async fn spliced(
     client: OnUpgrade,
     upstream: OnUpgrade,
-    lease: Lease,
+    (lease, running): (Lease, Running),
     limits: Limits,
     open: virga_metrics::OpenConnection,
 ) {
@@ -181,7 +186,7 @@ async fn spliced(
         End::Stopped => "drained",
     };
     open.ended(reason);
-    drop(lease);
+    drop((lease, running));
 }
 
 /// Whether a request says it has a body.

@@ -322,10 +322,26 @@ asyncio.run(main())
     assert_eq!(first, r#"{"open": 100}"#);
     let open = series("virga_function_connections_open", "ws", "");
     assert_eq!(metric(&p, &open), 100.0);
+    // Each is a call in progress, on the function's instance, until it closes.
+    let calls = p.get_json("/system/virga/calls");
+    let sockets: Vec<&Value> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["function"] == "ws" && c["kind"] == "upgrade")
+        .collect();
+    assert_eq!(sockets.len(), 100, "{calls}");
+    assert!(sockets
+        .iter()
+        .all(|c| c["instance"].as_str().unwrap().starts_with("ws-")));
     writeln!(child.stdin.take().unwrap()).unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), r#"{"done": true}"#);
     assert!(child.wait().unwrap().success());
     assert!(p.eventually(Duration::from_secs(5), || metric(&p, &open) == 0.0));
+    assert!(p.eventually(Duration::from_secs(5), || p
+        .get_json("/system/virga/calls")
+        .as_array()
+        .is_some_and(|c| c.is_empty())));
 
     // With max_inflight 1, an open socket is the instance's one call: a second waits and
     // gets 429, until the first closes.
