@@ -32,6 +32,9 @@ const MAX_RETRIES: usize = 2;
 
 /// `ANY /function/{name}[.{namespace}][/path]`.
 pub(crate) async fn proxy(State(state): State<Arc<AppState>>, mut req: Request) -> Response {
+    if crate::grpc::is_grpc(req.headers()) {
+        return crate::grpc::proxy(&state, req).await;
+    }
     let target = match target_after(&req, "/function/") {
         Ok(target) => target,
         Err(e) => return e.into_response(),
@@ -142,7 +145,10 @@ pub(crate) async fn forward(
     let name = &target.key;
     let limit = state.cfg.max_body_bytes;
     let declared = declared_length(&parts.headers, limit)?;
+    let hop = crate::grpc::Hop::of(parts.version, &parts.headers);
     let call_id = prepare_headers(&mut parts.headers);
+    hop.restore(&mut parts.headers);
+    let wait = hop.wait(state.cfg.upstream_timeout);
     let body = match declared {
         Some(_) => body,
         None => Body::new(DrainingLimit::new(body, limit)),
@@ -169,10 +175,13 @@ pub(crate) async fn forward(
         let mut req = Request::new(Body::new(attempt_body));
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
-        *req.version_mut() = parts.version;
+        *req.version_mut() = hop.version(parts.version);
         *req.headers_mut() = parts.headers.clone();
-        let upstream = state.client.request(req);
-        let result = tokio::time::timeout(state.cfg.upstream_timeout, upstream).await;
+        let upstream = match hop.h2 {
+            true => state.client_h2.request(req),
+            false => state.client.request(req),
+        };
+        let result = tokio::time::timeout(wait, upstream).await;
         // A refused connection, or a dead one that never read the (non-empty) body: the
         // instance died after it was picked, so try another (its replacement if it was the
         // only one). A function cannot have seen a request whose body it never got.
@@ -186,7 +195,7 @@ pub(crate) async fn forward(
         }
         break (lease, result);
     };
-    let resp = upstream_answer(state, name, &lease, result)?;
+    let resp = upstream_answer(state, name, &lease, result, wait)?;
     Ok(with_call_headers(resp, call_id, started))
 }
 
@@ -203,6 +212,7 @@ fn upstream_answer(
     name: &str,
     lease: &virga_provider::Lease,
     result: UpstreamResult,
+    waited: std::time::Duration,
 ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
     // Only a failed call can have been an OOM kill; reading the cgroup costs a file read.
     let failed = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
@@ -215,8 +225,7 @@ fn upstream_answer(
     }
     match result {
         Err(_) => Err(ApiError::Timeout(format!(
-            "function {name:?} did not answer within {:?}",
-            state.cfg.upstream_timeout
+            "function {name:?} did not answer within {waited:?}"
         ))),
         Ok(Err(e)) => Err(upstream_error(
             name,

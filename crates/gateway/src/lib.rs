@@ -18,6 +18,7 @@ mod conn;
 mod console;
 mod error;
 mod functions;
+mod grpc;
 mod images;
 mod invoke;
 mod lambda;
@@ -32,6 +33,7 @@ mod queues;
 mod quota;
 mod replay;
 mod secrets;
+mod tls;
 mod tokens;
 mod triggers;
 mod whoami;
@@ -58,6 +60,7 @@ pub use listener::ServeConfig;
 pub use principal::{Need, Principal, Role};
 pub use pulls::Pulls;
 pub use quota::cap as quota_cap;
+pub use tls::{Tls, TlsError};
 pub use triggers::enable_triggers;
 pub use virga_connectors::TriggersConfig;
 
@@ -94,6 +97,8 @@ pub struct AppState {
     /// Failed sign-ins per client address.
     pub(crate) backoff: backoff::Backoff,
     pub(crate) client: Client<HttpConnector, axum::body::Body>,
+    /// The same over HTTP/2 with prior knowledge (h2c), for gRPC and HTTP/2 calls.
+    pub(crate) client_h2: Client<HttpConnector, axum::body::Body>,
     /// The platform's metrics (shared with the provider).
     pub metrics: Arc<virga_metrics::Metrics>,
     /// The instances' logs (shared with the provider).
@@ -130,6 +135,11 @@ impl AppState {
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector.clone());
+        let client_h2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .http2_only(true)
+            .http2_adaptive_window(true)
             .build(connector);
         Arc::new(AppState {
             cfg,
@@ -137,6 +147,7 @@ impl AppState {
             credentials,
             backoff: backoff::Backoff::new(),
             client,
+            client_h2,
             metrics,
             logs,
             provider,
@@ -241,7 +252,7 @@ pub fn router(state: Arc<AppState>, console: Option<SocketAddr>) -> Router {
         .merge(system_routes(&state))
         .merge(lambda::routes(&state))
         .merge(console::moved(console))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .fallback(grpc::routed)
         .with_state(state)
 }
 
@@ -297,6 +308,8 @@ pub struct Listeners {
     pub api: tokio::net::TcpListener,
     /// The console's own origin, unless it is off.
     pub console: Option<tokio::net::TcpListener>,
+    /// HTTPS on both, when configured (plain HTTP otherwise).
+    pub tls: Option<Tls>,
 }
 
 /// Serve the gateway on `listeners` until `shutdown` completes, then finish the requests in
@@ -317,15 +330,16 @@ pub async fn serve(
     let api = limit::Limiter::new(cfg.max_connections, cfg.reserved_connections);
     let (stop, open) = life.handles();
     let (router, c) = (router(state.clone(), console_addr), cfg.clone());
+    let tls = listeners.tls.clone();
     loops.push(tokio::spawn(async move {
-        listener::accept_loop(listeners.api, router, &c, api, stop, open).await
+        listener::accept_loop(listeners.api, router, &c, tls, api, stop, open).await
     }));
     if let Some(l) = listeners.console {
         let limiter = limit::Limiter::new(cfg.reserved_connections, cfg.reserved_connections);
         let (stop, open) = life.handles();
-        let (router, c) = (console_router(state), cfg.clone());
+        let (router, c, tls) = (console_router(state), cfg.clone(), listeners.tls);
         loops.push(tokio::spawn(async move {
-            listener::accept_loop(l, router, &c, limiter, stop, open).await
+            listener::accept_loop(l, router, &c, tls, limiter, stop, open).await
         }));
     }
     shutdown.await;

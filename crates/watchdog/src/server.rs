@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -210,10 +210,13 @@ impl Server {
             Handler::Lambda(lambda) => lambda.start()?,
             Handler::Serializing(_) | Handler::Streaming(_) => {}
         }
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
+        // HTTP/1.1 and h2c (prior knowledge) on the same port (see `crate::h2`).
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
             .header_read_timeout(read_timeout)
             .keep_alive(true);
+        http.http2().adaptive_window(true);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
@@ -234,7 +237,8 @@ impl Server {
                         let state = Arc::clone(&state);
                         async move { Ok::<_, Infallible>(state.route(req, peer).await) }
                     });
-                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                    let conn = http.serve_connection(TokioIo::new(stream), svc).into_owned();
+                    let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection error");
