@@ -7,6 +7,7 @@
 mod bare_proxy;
 mod fast_upstream;
 mod figures;
+mod grpc;
 mod platform;
 mod report;
 mod runner;
@@ -53,6 +54,9 @@ enum Sub {
     /// Serve `200 ok` on the port of $upstream_url (the fast upstream of the gateway figures).
     #[command(hide = true)]
     FastUpstream,
+    /// Serve a gRPC echo over h2c on the port of $upstream_url (the gRPC figures' upstream).
+    #[command(hide = true)]
+    GrpcUpstream,
     /// Proxy every request to TARGET with nothing but the hop (the classic figures' floor).
     #[command(hide = true)]
     BareProxy {
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Sub::FastUpstream) => fast_upstream::serve().map(|()| ExitCode::SUCCESS),
+        Some(Sub::GrpcUpstream) => grpc::serve_upstream().map(|()| ExitCode::SUCCESS),
         Some(Sub::BareProxy { target }) => bare_proxy::serve(&target).map(|()| ExitCode::SUCCESS),
         None => bench(&cli),
     };

@@ -3,6 +3,7 @@
 //! one report section; adding a group means adding a module and a line to `GROUPS`.
 
 pub mod classic;
+pub mod connections;
 pub mod gateway;
 pub mod images;
 pub mod lambda;
@@ -98,6 +99,12 @@ pub const GROUPS: &[Group] = &[
         title: scaling::TITLE,
         about: scaling::ABOUT,
         run: scaling::run,
+    },
+    Group {
+        name: connections::NAME,
+        title: connections::TITLE,
+        about: connections::ABOUT,
+        run: connections::run,
     },
 ];
 
