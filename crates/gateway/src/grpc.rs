@@ -6,9 +6,13 @@
 //! the metadata `x-virga-function: NAME[.NS]` on `/pkg.Service/Method`. A `grpc-timeout`
 //! shorter than `--upstream-timeout` bounds the gateway's wait too. What the gateway (or a
 //! watchdog) answers itself is turned into a gRPC status with its message, since gRPC clients
-//! only show an HTTP status code.
+//! only show an HTTP status code. `--max-body-bytes` bounds each request message, not the
+//! call's messages together ([`MessageLimit`]): a stream may run for hours.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -16,9 +20,12 @@ use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{StatusCode, Version};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use virga_types::Target;
 
+use crate::replay::BodyTooLarge;
 use crate::{ApiError, AppState};
 
 /// The metadata that names the function of a call made on a bare gRPC path.
@@ -68,6 +75,11 @@ impl Hop {
             (false, Version::HTTP_2) => Version::HTTP_11,
             (false, v) => v,
         }
+    }
+
+    /// Whether the call is gRPC.
+    pub(crate) fn grpc(&self) -> bool {
+        self.grpc
     }
 
     /// Put back what gRPC needs of the hop-by-hop headers: `te: trailers`.
@@ -183,6 +195,106 @@ pub(crate) async fn answer(resp: Response) -> Response {
     Response::from_parts(parts, Body::empty())
 }
 
+/// Whether a [`MessageLimit`] refused a message. Over HTTP/2 a failed request body only
+/// resets the stream, so the call's error does not say why.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Overflow(Arc<AtomicBool>);
+
+impl Overflow {
+    /// `e`, or 413 if a message was over `limit`.
+    pub(crate) fn or(&self, e: ApiError, limit: usize) -> ApiError {
+        if self.0.load(Ordering::Relaxed) {
+            ApiError::TooLarge(limit)
+        } else {
+            e
+        }
+    }
+}
+
+/// A gRPC request body whose messages may each be at most `limit` bytes (it reads the 5-byte
+/// head of each: a flag, then the length); one over fails the body with [`BodyTooLarge`].
+pub(crate) struct MessageLimit {
+    inner: Body,
+    overflow: Overflow,
+    limit: u64,
+    head: [u8; 5],
+    /// Bytes of the current head read so far.
+    have: usize,
+    /// Bytes of the current message still to come.
+    left: u64,
+}
+
+impl MessageLimit {
+    /// Wrap `inner`, allowing messages of up to `limit` bytes; `overflow` tells if one was over.
+    pub(crate) fn new(inner: Body, limit: usize, overflow: &Overflow) -> MessageLimit {
+        MessageLimit {
+            inner,
+            overflow: overflow.clone(),
+            limit: limit as u64,
+            head: [0; 5],
+            have: 0,
+            left: 0,
+        }
+    }
+
+    /// Follow the message framing through `data`; false once a message is over the limit.
+    fn scan(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = data
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                self.left -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = data.len().min(5 - self.have);
+            self.head[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 5 {
+                self.have = 0;
+                let [_, a, b, c, d] = self.head;
+                self.left = u64::from(u32::from_be_bytes([a, b, c, d]));
+                if self.left > self.limit {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+impl http_body::Body for MessageLimit {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => f,
+            other => return other,
+        };
+        if let Some(data) = frame.data_ref() {
+            if !self.scan(data) {
+                self.overflow.0.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(axum::Error::new(BodyTooLarge))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The gRPC status code for an HTTP refusal.
 fn code(status: StatusCode) -> u16 {
     match status.as_u16() {
@@ -225,6 +337,22 @@ mod tests {
         assert_eq!(t("S"), None);
         assert_eq!(t("123456789S"), None, "at most 8 digits");
         assert_eq!(t("5x"), None);
+    }
+
+    #[test]
+    fn each_message_is_held_to_the_limit_across_chunks() {
+        let mut m = MessageLimit::new(Body::empty(), 10, &Overflow::default());
+        // Two 10-byte messages, the second head split across chunks: 30 bytes in all.
+        let mut wire = vec![0, 0, 0, 0, 10];
+        wire.extend_from_slice(&[7; 10]);
+        wire.extend_from_slice(&[0, 0, 0, 0, 10]);
+        wire.extend_from_slice(&[7; 10]);
+        assert!(m.scan(&wire[..7]));
+        assert!(m.scan(&wire[7..17]));
+        assert!(m.scan(&wire[17..]));
+        assert_eq!((m.have, m.left), (0, 0));
+        assert!(m.scan(&[0, 0, 0, 0]));
+        assert!(!m.scan(&[11]), "an 11-byte message is over");
     }
 
     #[test]

@@ -144,13 +144,15 @@ pub(crate) async fn forward(
     let (mut parts, body) = req.into_parts();
     let name = &target.key;
     let limit = state.cfg.max_body_bytes;
-    let declared = declared_length(&parts.headers, limit)?;
     let hop = crate::grpc::Hop::of(parts.version, &parts.headers);
+    let declared = declared_length(&parts.headers, limit)?;
     let call_id = prepare_headers(&mut parts.headers);
     hop.restore(&mut parts.headers);
     let wait = hop.wait(state.cfg.upstream_timeout);
+    let overflow = crate::grpc::Overflow::default();
     let body = match declared {
         Some(_) => body,
+        None if hop.grpc() => Body::new(crate::grpc::MessageLimit::new(body, limit, &overflow)),
         None => Body::new(DrainingLimit::new(body, limit)),
     };
     let body = Replayable::new(body);
@@ -195,7 +197,8 @@ pub(crate) async fn forward(
         }
         break (lease, result);
     };
-    let resp = upstream_answer(state, name, &lease, result, wait)?;
+    let resp =
+        upstream_answer(state, name, &lease, result, wait).map_err(|e| overflow.or(e, limit))?;
     Ok(with_call_headers(resp, call_id, started))
 }
 

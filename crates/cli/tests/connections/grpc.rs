@@ -2,8 +2,8 @@
 //! handlers over bytes) as an http-mode function, called by a Python gRPC client through the
 //! gateway: unary, server-streaming, client-streaming and bidirectional calls (lock-step, so
 //! buffering would stall them), a server error's status and message, trailing metadata, the
-//! deadline, calls by path and by `x-virga-function` metadata, under process isolation and
-//! runc; h2c with prior knowledge and HTTP/1.1 on the same port (curl); HTTPS with HTTP/2 over
+//! deadline, calls by path and by `x-virga-function` metadata, `--max-body-bytes` per
+//! message, under process isolation and runc; h2c with prior knowledge and HTTP/1.1 on the same port (curl); HTTPS with HTTP/2 over
 //! TLS and HTTP/1.1 with a test CA; bad certificate files stop the start.
 
 use std::path::Path;
@@ -154,6 +154,25 @@ fn grpc_calls_of_every_kind_reach_an_h2c_function_by_path_and_by_metadata() {
     );
     assert_calls(&named);
     assert_eq!(named["unary"], "echo:hi");
+}
+
+#[test]
+fn max_body_bytes_bounds_each_message_of_a_stream_not_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start_with(dir.path(), &["--max-body-bytes", "100000"]);
+    deploy_py(&p, dir.path(), "grpc-echo", SERVER);
+    let out = grpc_client(
+        dir.path(),
+        authority(&p.url),
+        &[("PREFIX", "/function/grpc-echo"), ("CHECKS", "limits")],
+    );
+    assert_eq!(out["many_small"], "30:300000", "{out}");
+    assert_eq!(out["one_big"][0], "RESOURCE_EXHAUSTED", "{out}");
+    let msg = out["one_big"][1].as_str().unwrap();
+    assert!(
+        msg.contains("larger than the limit of 100000 bytes"),
+        "{msg}"
+    );
 }
 
 #[test]

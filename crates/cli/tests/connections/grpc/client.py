@@ -88,6 +88,13 @@ if "fail" in checks:
 if "deadline" in checks:
     out["remaining"] = float(channel.unary_unary(method("Remaining"))(b"", metadata=md, timeout=5))
 
+if "limits" in checks:
+    # 30 messages of 10 kB: 300 kB in all, each one under a 100 kB --max-body-bytes.
+    out["many_small"] = channel.stream_unary(method("Count"))(
+        iter([b"x" * 10000] * 30), metadata=md, timeout=30).decode()
+    out["one_big"] = status(lambda: channel.unary_unary(method("Unary"))(
+        b"x" * 200000, metadata=md, timeout=30))
+
 if "missing" in checks:
     out["missing"] = status(lambda: channel.unary_unary(method("Unary", "/function/no-such-fn"))(
         b"x", timeout=30))

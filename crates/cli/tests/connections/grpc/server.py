@@ -23,6 +23,11 @@ def client_stream(requests, ctx):
     return b"%d:" % len(parts) + b"+".join(parts)
 
 
+def count(requests, ctx):
+    sizes = [len(m) for m in requests]
+    return b"%d:%d" % (len(sizes), sum(sizes))
+
+
 def bidi(requests, ctx):
     for m in requests:
         yield m.upper()
@@ -42,6 +47,7 @@ handler = grpc.method_handlers_generic_handler(
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "Count": grpc.stream_unary_rpc_method_handler(count),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Remaining": grpc.unary_unary_rpc_method_handler(remaining),
