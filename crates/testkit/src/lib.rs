@@ -21,10 +21,27 @@ pub use host::{sandbox_leftovers, script};
 pub use platform::{cli, Answer, Platform, PASSWORD};
 pub use provider::WatchdogProvider;
 
-/// A port that was free a moment ago.
+/// A loopback TCP port free right now, for a server the test starts itself. Ports come
+/// from 20000-32767, below the kernel's ephemeral range (32768-60999), so no `bind(0)` of
+/// another test or test suite can take one between this call and the server's bind; each
+/// process walks the range from its own pid-derived offset, so two suites running at once
+/// do not pick the same ports either.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+        assert!(
+            n < 4 * SPAN,
+            "no free loopback port in {LOW}-{}",
+            LOW + SPAN
+        );
+    }
 }

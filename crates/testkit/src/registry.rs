@@ -3,7 +3,7 @@
 //! API: busybox trees, a busybox httpd image (no Virga component inside), a Lambda container
 //! image (an AWS-style entrypoint running a Rust Lambda runtime).
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,11 +35,7 @@ impl Registry {
         }
         // A port free when asked for may be taken before the registry binds: try another.
         for _ in 0..20 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = crate::free_port();
             let config = format!(
                 "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                 dir.path().join("storage").display()

@@ -43,6 +43,29 @@ fn watchdogs(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Six clients making twelve calls each to `name` (a `cat` function) at once; every call
+/// must be answered with its own body.
+fn load_step(p: &Arc<Platform>, name: &'static str) {
+    let workers: Vec<_> = (0..6)
+        .map(|i| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                (0..12)
+                    .map(|j| {
+                        let r = p.invoke(name, &format!("{i}-{j}"));
+                        (r.status().as_u16(), r.text().unwrap())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for (i, w) in workers.into_iter().enumerate() {
+        for (j, (code, body)) in w.join().unwrap().into_iter().enumerate() {
+            assert_eq!((code, body.as_str()), (200, format!("{i}-{j}").as_str()));
+        }
+    }
+}
+
 #[test]
 fn a_load_step_on_a_capacity_function_adds_replicas_and_serves_every_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,24 +98,7 @@ fn a_load_step_on_a_capacity_function_adds_replicas_and_serves_every_request() {
             most
         })
     };
-    let workers: Vec<_> = (0..6)
-        .map(|i| {
-            let p = p.clone();
-            std::thread::spawn(move || {
-                (0..12)
-                    .map(|j| {
-                        let r = p.invoke("busy", &format!("{i}-{j}"));
-                        (r.status().as_u16(), r.text().unwrap())
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    for (i, w) in workers.into_iter().enumerate() {
-        for (j, (code, body)) in w.join().unwrap().into_iter().enumerate() {
-            assert_eq!((code, body.as_str()), (200, format!("{i}-{j}").as_str()));
-        }
-    }
+    load_step(&p, "busy");
     stop.store(true, Ordering::SeqCst);
     let most = watcher.join().unwrap();
     assert!(most > 1, "replicas never rose above 1 (max ready {most})");
@@ -399,23 +405,7 @@ fn the_autoscaler_stops_at_the_namespace_replica_quota() {
             most
         })
     };
-    let workers: Vec<_> = (0..6)
-        .map(|i| {
-            let p = p.clone();
-            std::thread::spawn(move || {
-                (0..12)
-                    .map(|j| {
-                        p.invoke("busy.capped", &format!("{i}-{j}"))
-                            .status()
-                            .as_u16()
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    for w in workers {
-        assert!(w.join().unwrap().iter().all(|&s| s == 200));
-    }
+    load_step(&p, "busy.capped");
     stop.store(true, Ordering::SeqCst);
     let most = watcher.join().unwrap();
     assert_eq!(most, 2, "the autoscaler wanted 4 and the quota allows 2");
