@@ -238,8 +238,8 @@ fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
 }
 
 /// The API's routes (the OpenFaaS gateway's). `/ui` points to the console's own origin at
-/// `console`, if it is on.
-pub fn router(state: Arc<AppState>, console: Option<SocketAddr>) -> Router {
+/// `console` (over HTTPS if `https`), if it is on.
+pub fn router(state: Arc<AppState>, console: Option<SocketAddr>, https: bool) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::scrape))
@@ -251,7 +251,7 @@ pub fn router(state: Arc<AppState>, console: Option<SocketAddr>) -> Router {
         .route("/async-function/{name}/{*rest}", any(asyncfn::accept))
         .merge(system_routes(&state))
         .merge(lambda::routes(&state))
-        .merge(console::moved(console))
+        .merge(console::moved(console, https))
         .fallback(grpc::routed)
         .with_state(state)
 }
@@ -329,8 +329,9 @@ pub async fn serve(
     let mut loops = Vec::new();
     let api = limit::Limiter::new(cfg.max_connections, cfg.reserved_connections);
     let (stop, open) = life.handles();
-    let (router, c) = (router(state.clone(), console_addr), cfg.clone());
     let tls = listeners.tls.clone();
+    let https = tls.is_some();
+    let (router, c) = (router(state.clone(), console_addr, https), cfg.clone());
     loops.push(tokio::spawn(async move {
         listener::accept_loop(listeners.api, router, &c, tls, api, stop, open).await
     }));

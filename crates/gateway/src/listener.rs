@@ -239,13 +239,19 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let Some(busy_conn) = self.clock.begin() else {
             return Reply::now(busy("this connection was closed to make room"), None);
         };
-        if req.version() == hyper::Version::HTTP_2 {
+        let (mut parts, body) = req.into_parts();
+        if parts.version == hyper::Version::HTTP_2 {
             self.clock.set_multiplexed();
             if let Some(served) = &self.once {
                 served.notify_one();
             }
+            // HTTP/2 carries the host as `:authority`: give the routes the header HTTP/1.1 has.
+            if let Some(host) = parts.uri.authority().map(|a| a.as_str()) {
+                if let Ok(v) = HeaderValue::from_str(host) {
+                    parts.headers.entry(header::HOST).or_insert(v);
+                }
+            }
         }
-        let (mut parts, body) = req.into_parts();
         let path = parts.uri.path();
         let system = path == "/system" || path.starts_with("/system/");
         if self.once.is_some() && !system && path != "/healthz" {

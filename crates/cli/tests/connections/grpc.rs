@@ -20,15 +20,16 @@ const CLIENT: &str = include_str!("grpc/client.py");
 /// see the host's /usr) find it too.
 const PYTHON: &str = "/usr/bin/python3";
 
-/// A plain HTTP/1.1 http-mode function: answers the HTTP version it was called with, its path
-/// and its body.
+/// A plain HTTP/1.1 http-mode function: answers the HTTP version it was called with, its path,
+/// its body and the host the client asked for.
 const WEB: &str = r#"
 import http.server, os
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def answer(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        reply = ("%s %s %s" % (self.request_version, self.path, body.decode())).encode()
+        host = self.headers.get("X-Forwarded-Host")
+        reply = ("%s %s %s %s" % (self.request_version, self.path, body.decode(), host)).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(reply)))
         self.end_headers()
@@ -217,16 +218,15 @@ fn http2_with_prior_knowledge_and_http1_share_the_port_and_plain_functions_stay_
     let p = Platform::start(dir.path());
     deploy_py(&p, dir.path(), "web", WEB);
     let url = format!("{}/function/web/a?b=1", p.url);
+    let expected = format!("HTTP/1.1 /a?b=1 hello {}", authority(&p.url));
     let h2 = ["--http2-prior-knowledge"];
     let (body, version) = curl(&[&h2[..], &["--data-binary", "hello", &url]].concat());
     assert_eq!(version, "2");
-    // The function, a plain HTTP/1.1 server, is called over HTTP/1.1 all the same.
-    assert_eq!(body, "HTTP/1.1 /a?b=1 hello");
+    // The function, a plain HTTP/1.1 server, is called over HTTP/1.1 all the same, and learns
+    // the host (HTTP/2's :authority) as over HTTP/1.1.
+    assert_eq!(body, expected);
     let (body, version) = curl(&["--http1.1", "--data-binary", "hello", &url]);
-    assert_eq!(
-        (body.as_str(), version.as_str()),
-        ("HTTP/1.1 /a?b=1 hello", "1.1")
-    );
+    assert_eq!((body, version.as_str()), (expected, "1.1"));
     let (body, version) = curl(&[&h2[..], &[&format!("{}/healthz", p.url)]].concat());
     assert_eq!((body.as_str(), version.as_str()), ("OK", "2"));
     // The API routes over HTTP/2 too, with their auth.
@@ -284,6 +284,25 @@ fn https_serves_grpc_over_http2_and_https_1_1_with_a_test_ca() {
     assert!(console.starts_with("https://"), "{console}");
     let (body, _) = curl(&[&tls[..], &[&format!("{console}/healthz")]].concat());
     assert_eq!(body, "OK");
+    // The API's /ui/ sends browsers to the console's HTTPS origin.
+    let ui = format!("{}/ui/", p.url);
+    let (location, _) = curl(
+        &[
+            &tls[..],
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{redirect_url}\n%{http_version}",
+                &ui,
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        location.starts_with(&format!("{console}/ui/")),
+        "{location}"
+    );
     // Without the CA the certificate is refused; plain HTTP gets no answer.
     let refused = Command::new("curl")
         .args(["-sS", "--max-time", "10", &health])
