@@ -139,7 +139,6 @@ impl AppState {
         let client_h2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .http2_only(true)
-            .http2_adaptive_window(true)
             .build(connector);
         Arc::new(AppState {
             cfg,

@@ -33,7 +33,6 @@ where
     let http2 = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(idle)
         .http2_only(true)
-        .http2_adaptive_window(true)
         .build(connector);
     (http1, http2)
 }

@@ -216,7 +216,6 @@ impl Server {
             .timer(TokioTimer::new())
             .header_read_timeout(read_timeout)
             .keep_alive(true);
-        http.http2().adaptive_window(true);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
