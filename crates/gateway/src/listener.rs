@@ -76,6 +76,10 @@ struct Shared {
     tls: Option<Tls>,
 }
 
+/// Requests one HTTP/2 connection may have in progress at once (so a connection cap of N holds
+/// at most N × this many requests).
+const MAX_STREAMS: u32 = 100;
+
 /// The answer to a connection beyond every slot, written without waiting, before it is closed.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; \
 charset=utf-8\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 58\r\n\r\n\
@@ -96,6 +100,7 @@ pub(crate) async fn accept_loop(
     // The connection's clock enforces the head timeout (hyper's own would also end idle
     // connections at the head timeout).
     http.http1().header_read_timeout(None);
+    http.http2().max_concurrent_streams(MAX_STREAMS);
     let mut http_once = http.clone();
     http_once.http1().keep_alive(false);
     let shared = Arc::new(Shared {
