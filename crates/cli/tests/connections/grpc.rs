@@ -238,6 +238,58 @@ fn http2_with_prior_knowledge_and_http1_share_the_port_and_plain_functions_stay_
     assert_eq!(version, "2", "the console's listener speaks HTTP/2 too");
 }
 
+/// Send one h2c request for `path` to `addr` on a fresh connection; its status, and whether
+/// the server closed the connection within `wait` after answering.
+fn h2_once(addr: &str, path: &str, wait: Duration) -> (u16, bool) {
+    use http_body_util::{BodyExt, Empty};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        let (mut send, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            io,
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::get(format!("http://{addr}{path}"))
+            .body(Empty::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.unwrap();
+        let closed = tokio::time::timeout(wait, conn).await.is_ok();
+        (status, closed)
+    })
+}
+
+#[test]
+fn a_reserve_connection_serves_one_http2_request_then_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start_with(
+        dir.path(),
+        &["--max-connections", "1", "--reserved-connections", "4"],
+    );
+    let addr = authority(&p.url);
+    let wait = Duration::from_secs(2);
+    assert_eq!(
+        h2_once(addr, "/healthz", wait),
+        (200, false),
+        "a public one stays"
+    );
+    // A silent connection holds the only public slot: the next ones get the reserve.
+    let hold = std::net::TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        h2_once(addr, "/healthz", wait),
+        (200, true),
+        "GOAWAY after one request"
+    );
+    assert_eq!(h2_once(addr, "/function/anything", wait), (503, true));
+    drop(hold);
+}
+
 #[test]
 fn https_serves_grpc_over_http2_and_https_1_1_with_a_test_ca() {
     let dir = tempfile::tempdir().unwrap();
