@@ -3,9 +3,9 @@
 //! gateway: unary, server-streaming, client-streaming and bidirectional calls (lock-step, so
 //! buffering would stall them), a server error's status and message, trailing metadata, the
 //! deadline, calls by path and by `x-virga-function` metadata, `--max-body-bytes` per
-//! message, under process isolation and runc; h2c with prior knowledge and HTTP/1.1 on the same port (curl); HTTPS with HTTP/2 over
-//! TLS and HTTP/1.1 with a test CA; bad certificate files stop the start.
-
+//! message, under process isolation and runc; h2c with prior knowledge and HTTP/1.1 on the
+//! same port (curl), the idle timeout and the reserve over HTTP/2 (hyper's client); HTTPS with
+//! HTTP/2 over TLS and HTTP/1.1 with a test CA; bad certificate files stop the start.
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
