@@ -6,6 +6,7 @@
 //! message, under process isolation and runc; h2c with prior knowledge and HTTP/1.1 on the
 //! same port (curl), the idle timeout and the reserve over HTTP/2 (hyper's client); HTTPS with
 //! HTTP/2 over TLS and HTTP/1.1 with a test CA; bad certificate files stop the start.
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
