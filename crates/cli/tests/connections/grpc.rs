@@ -159,10 +159,34 @@ fn grpc_calls_of_every_kind_reach_an_h2c_function_by_path_and_by_metadata() {
 }
 
 #[test]
-fn max_body_bytes_bounds_each_message_of_a_stream_not_the_stream() {
+fn refusals_become_grpc_statuses_with_their_messages() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::start_with(dir.path(), &["--max-body-bytes", "100000"]);
     deploy_py(&p, dir.path(), "grpc-echo", SERVER);
+    let file = dir.path().join("slow.py");
+    std::fs::write(&file, SERVER).unwrap();
+    let mut env = http_mode();
+    env["exec_timeout"] = json!("1s");
+    p.deploy_process(
+        "grpc-slow",
+        &format!("{PYTHON} {}", file.display()),
+        json!({"envVars": env}),
+    );
+    // The watchdog's 504 for exec_timeout.
+    let out = grpc_client(
+        dir.path(),
+        authority(&p.url),
+        &[("PREFIX", "/function/grpc-slow"), ("CHECKS", "slow")],
+    );
+    assert_eq!(out["slow"][0], "DEADLINE_EXCEEDED", "{out}");
+    assert!(
+        out["slow"][1]
+            .as_str()
+            .unwrap()
+            .contains("exec_timeout of 1s"),
+        "{out}"
+    );
+    // `--max-body-bytes` bounds each message of a stream, not the stream.
     let out = grpc_client(
         dir.path(),
         authority(&p.url),

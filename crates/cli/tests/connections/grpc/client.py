@@ -95,6 +95,9 @@ if "limits" in checks:
     out["one_big"] = status(lambda: channel.unary_unary(method("Unary"))(
         b"x" * 200000, metadata=md, timeout=30))
 
+if "slow" in checks:
+    out["slow"] = status(lambda: channel.unary_unary(method("Sleep"))(b"3", metadata=md, timeout=30))
+
 if "missing" in checks:
     out["missing"] = status(lambda: channel.unary_unary(method("Unary", "/function/no-such-fn"))(
         b"x", timeout=30))

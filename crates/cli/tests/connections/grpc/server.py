@@ -37,6 +37,11 @@ def fail(req, ctx):
     ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad input: " + req.decode())
 
 
+def sleep(req, ctx):
+    time.sleep(float(req))
+    return b"slept"
+
+
 def remaining(req, ctx):
     return repr(ctx.time_remaining()).encode()
 
@@ -51,6 +56,7 @@ handler = grpc.method_handlers_generic_handler(
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Remaining": grpc.unary_unary_rpc_method_handler(remaining),
+        "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
     },
 )
 port = int(os.environ["upstream_url"].rsplit(":", 1)[1].split("/")[0])
