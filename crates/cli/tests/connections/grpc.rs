@@ -252,6 +252,11 @@ fn http2_with_prior_knowledge_and_http1_share_the_port_and_plain_functions_stay_
     assert_eq!(body, expected);
     let (body, version) = curl(&["--http1.1", "--data-binary", "hello", &url]);
     assert_eq!((body, version.as_str()), (expected, "1.1"));
+    // A classic function's watchdog takes the call over h2c from the gateway.
+    p.deploy_script("cat", "cat", json!({}));
+    let cat = format!("{}/function/cat", p.url);
+    let (body, version) = curl(&[&h2[..], &["--data-binary", "meow", &cat]].concat());
+    assert_eq!((body.as_str(), version.as_str()), ("meow", "2"));
     let (body, version) = curl(&[&h2[..], &[&format!("{}/healthz", p.url)]].concat());
     assert_eq!((body.as_str(), version.as_str()), ("OK", "2"));
     // The API routes over HTTP/2 too, with their auth.
