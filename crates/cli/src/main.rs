@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod at_rest;
 mod builder;
+mod calls;
 mod client;
 mod config;
 mod deploy;
@@ -79,6 +80,8 @@ enum Command {
     Scale(functions::ScaleArgs),
     /// Print a function's logs; -f follows new lines until Ctrl-C.
     Logs(logs::LogsArgs),
+    /// List the calls in progress (sync calls and async deliveries), the longest-running first.
+    Calls(calls::CallsArgs),
     /// Show the async-call queues: depth, in flight, dead letters.
     Queue(queue::QueueArgs),
     /// List, retry or purge async calls whose attempts are exhausted.
@@ -151,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret { command } => secrets::run(&connect()?, command),
         Command::Namespace { command } => namespaces::run(&connect()?, command),
         Command::Images(args) => image_list::run(&connect()?, args),
+        Command::Calls(args) => calls::show(&connect()?, args),
         Command::Queue(args) => queue::show(&connect()?, args),
         Command::DeadLetters { command } => queue::dead_letters(&connect()?, command),
         Command::Triggers { json } => triggers::show(&connect()?, json),

@@ -27,15 +27,17 @@ pub struct UpArgs {
     /// (default: --listen's host, its port + 1, or a free port when that is 0), or `off`.
     #[arg(long, env = "VIRGA_CONSOLE_LISTEN")]
     pub console_listen: Option<String>,
-    /// Seconds a client may take to send a request's head (request line and headers).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub header_read_timeout: u64,
-    /// Seconds a kept-alive connection may wait for its next request.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
-    pub idle_timeout: u64,
-    /// Seconds a request body may stop arriving before the request gets 408.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-    pub body_read_timeout: u64,
+    /// How long a client may take to send a request's head (request line and headers): a
+    /// duration (`10s`, `1m`, `2h`) or whole seconds, as for every timeout here.
+    #[arg(long, default_value = "10s", value_parser = timeout)]
+    pub header_read_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request.
+    #[arg(long, default_value = "60s", value_parser = timeout)]
+    pub idle_timeout: Duration,
+    /// How long a request body may stop arriving before the request gets 408 (a function
+    /// annotated `virga.http.stream-request` gets its call's own limit instead).
+    #[arg(long, default_value = "30s", value_parser = timeout)]
+    pub body_read_timeout: Duration,
     /// Connections served at once on all routes (lowered to fit the open-file limit).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
@@ -63,12 +65,13 @@ pub struct UpArgs {
     /// Most entries (files, directories, links) one uploaded bundle may hold (413 beyond).
     #[arg(long, default_value_t = 100_000)]
     pub max_bundle_entries: u64,
-    /// Seconds a call may take through the gateway before it gets 504.
-    #[arg(long, default_value_t = 60)]
-    pub upstream_timeout: u64,
-    /// Seconds a request waits for an instance to become ready before it gets 503.
-    #[arg(long, default_value_t = 30)]
-    pub ready_timeout: u64,
+    /// How long a call may wait for its answer to start through the gateway before it gets
+    /// 504; a function whose `exec_timeout` is longer gets that instead (`2h` and more).
+    #[arg(long, default_value = "60s", value_parser = timeout)]
+    pub upstream_timeout: Duration,
+    /// How long a request waits for an instance to become ready before it gets 503.
+    #[arg(long, default_value = "30s", value_parser = timeout)]
+    pub ready_timeout: Duration,
     /// Milliseconds a call waits for a free slot when every instance is at max_inflight (429 beyond).
     #[arg(long, default_value_t = 1000)]
     pub queue_timeout_ms: u64,
@@ -112,6 +115,15 @@ pub struct UpArgs {
     /// Log format of the platform's own logs.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// A timeout option: the platform's duration syntax (`30s`, `1m30s`, `2h`, whole seconds),
+/// more than zero.
+fn timeout(s: &str) -> Result<Duration, String> {
+    match virga_types::duration::parse(s)? {
+        Duration::ZERO => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
 }
 
 /// Isolation of function instances.
@@ -291,7 +303,7 @@ fn start_provider(
             watchdog,
             run_dir: args.data_dir.join("run"),
             secrets_dir: secrets_dir.to_path_buf(),
-            ready_timeout: Duration::from_secs(args.ready_timeout),
+            ready_timeout: args.ready_timeout,
             queue_timeout: Duration::from_millis(args.queue_timeout_ms),
             isolation,
             warm_pool: args.warm_pool,
@@ -317,7 +329,7 @@ fn gateway_config(args: &UpArgs) -> GatewayConfig {
             max_bytes: args.max_bundle_unpacked_bytes,
             max_entries: args.max_bundle_entries,
         },
-        upstream_timeout: Duration::from_secs(args.upstream_timeout),
+        upstream_timeout: args.upstream_timeout,
         ..GatewayConfig::default()
     }
 }
@@ -348,9 +360,9 @@ fn serve_config(args: &UpArgs) -> Result<ServeConfig> {
         max = budget;
     }
     Ok(ServeConfig {
-        header_read_timeout: Duration::from_secs(args.header_read_timeout),
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        body_read_timeout: Duration::from_secs(args.body_read_timeout),
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        body_read_timeout: args.body_read_timeout,
         max_connections: max as usize,
         reserved_connections: reserved as usize,
     })

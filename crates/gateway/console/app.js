@@ -7,6 +7,7 @@ import {
   $, st, el, api, can, clock, errorText, fmtMs, fnKey, nsQuery, parsePairs, onUnauthorized,
   refusedText, FormErrors, HttpError, DEFAULT_NS,
 } from './core.js';
+import { loadCalls, renderCalls } from './calls.js';
 import { sample, sampleMetrics, renderChart } from './chart.js';
 import { initEdit, openEdit, showEditReplicas } from './edit.js';
 import { initLogin, forgetLogin, showLogin } from './login.js';
@@ -93,6 +94,7 @@ function resetView() {
   $('fn-empty').hidden = true;
   $('fn-summary').textContent = '';
   $('fn-error').hidden = true;
+  renderCalls([]);
   for (const id of ['invoke-result', 'deploy-ok', 'deploy-error']) $(id).hidden = true;
   $('l-out').replaceChildren();
   setLogStatus('Pick a function to follow what it writes to stdout and stderr.');
@@ -120,6 +122,7 @@ async function refresh() {
     if (!r.ok) throw new HttpError(r.status, await errorText(r));
     const list = await r.json();
     const triggers = await loadTriggers();
+    const calls = await loadCalls();
     if (seq !== st.seq) return;
     list.sort((a, b) => a.name.localeCompare(b.name));
     st.functions = list;
@@ -128,6 +131,7 @@ async function refresh() {
     await sampleMetrics();
     if (seq !== st.seq) return;
     renderFunctions();
+    renderCalls(calls);
     renderChart();
     $('fn-error').hidden = true;
     $('refresh-state').textContent = 'Updated ' + clock(new Date());

@@ -402,6 +402,7 @@ impl Deliver for GatewayDeliver {
 /// One attempt at `call` through the invoke path.
 async fn deliver_once(state: &AppState, call: &Call, max_answer: usize) -> Outcome {
     let mut req = Request::new(Body::from(call.body.clone()));
+    req.extensions_mut().insert(crate::calls::Kind::Async);
     *req.method_mut() = match call.method.parse() {
         Ok(m) => m,
         Err(_) => return failure(400, format!("bad method {:?}", call.method), false),

@@ -2,6 +2,7 @@
 //! `virga build`. The body streams to a temporary file; the store checks its hash, keeps it and
 //! unpacks it. Deployments then refer to it as `virga.local/NAME@sha256:HEX`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -10,9 +11,12 @@ use axum::http::StatusCode;
 use axum::Json;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use virga_types::{is_sha256_hex, BundleRef, BundleUploaded};
+use virga_types::{is_sha256_hex, BundleManifest, BundleRef, BundleUploaded, BUNDLE_MANIFEST};
 
 use crate::{ApiError, AppState};
+
+/// Most bytes of a bundle manifest read.
+const MANIFEST_LIMIT: u64 = 1 << 20;
 
 fn digest_hex(digest: &str) -> Result<&str, ApiError> {
     digest
@@ -108,4 +112,20 @@ async fn write_body(path: &std::path::Path, body: Body, limit: usize) -> Result<
         file.write_all(&chunk).await.map_err(io)?;
     }
     file.flush().await.map_err(io)
+}
+
+/// The environment a bundle's manifest sets (empty for images and unreadable manifests).
+pub(crate) fn manifest_env(state: &AppState, image: &str) -> BTreeMap<String, String> {
+    let Some(bundle) = BundleRef::parse(image) else {
+        return BTreeMap::new();
+    };
+    let Some(dir) = state.store.bundles().path(&bundle.digest) else {
+        return BTreeMap::new();
+    };
+    virga_store::read_beneath(&dir, BUNDLE_MANIFEST, MANIFEST_LIMIT)
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<BundleManifest>(&b).ok())
+        .map(|m| m.env)
+        .unwrap_or_default()
 }

@@ -331,11 +331,33 @@ impl std::fmt::Display for BodyTimeout {
 
 impl std::error::Error for BodyTimeout {}
 
+/// The longest pause in one request body: `--body-read-timeout`, which the invoke path raises
+/// for a function that takes streamed bodies (shared with the request as an extension).
+#[derive(Clone)]
+pub(crate) struct PauseLimit(Arc<AtomicU64>);
+
+impl PauseLimit {
+    /// A limit of `d`.
+    pub(crate) fn new(d: Duration) -> PauseLimit {
+        PauseLimit(Arc::new(AtomicU64::new(d.as_nanos() as u64)))
+    }
+
+    /// Allow pauses of up to `d`, if that is longer.
+    pub(crate) fn raise_to(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
 /// A request body that fails with [`BodyTimeout`] when no data arrives within its limit.
 /// The timer is made only if the body ever has to be waited for.
 pub(crate) struct TimedBody<B> {
     inner: B,
-    limit: Duration,
+    limit: PauseLimit,
     sleep: Option<Pin<Box<Sleep>>>,
     /// Data arrived since the timer was last set.
     progressed: bool,
@@ -343,7 +365,7 @@ pub(crate) struct TimedBody<B> {
 
 impl<B> TimedBody<B> {
     /// `inner`, cut off after `limit` without data.
-    pub(crate) fn new(inner: B, limit: Duration) -> TimedBody<B> {
+    pub(crate) fn new(inner: B, limit: PauseLimit) -> TimedBody<B> {
         TimedBody {
             inner,
             limit,
@@ -372,7 +394,7 @@ where
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
             Poll::Pending => {
-                let limit = this.limit;
+                let limit = this.limit.get();
                 let sleep = this
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));

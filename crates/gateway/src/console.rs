@@ -198,6 +198,7 @@ mod tests {
         for f in [
             "index.html",
             "app.js",
+            "calls.js",
             "core.js",
             "chart.js",
             "edit.js",

@@ -25,6 +25,8 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use virga_types::Target;
 
+use crate::conn::PauseLimit;
+use crate::long::CallLimits;
 use crate::replay::BodyTooLarge;
 use crate::{ApiError, AppState};
 
@@ -93,6 +95,23 @@ impl Hop {
     pub(crate) fn wait(&self, limit: Duration) -> Duration {
         self.deadline.map_or(limit, |d| d.min(limit))
     }
+}
+
+/// The request body of gRPC call `hop`: each message within `max` bytes, and pauses between
+/// messages as long as the call may take (the answer's limit, or the client's deadline if
+/// longer), since the client of a bidirectional stream may be quiet while it reads.
+pub(crate) fn request_body(
+    hop: &Hop,
+    parts: &axum::http::request::Parts,
+    body: Body,
+    limits: &CallLimits,
+    max: usize,
+    overflow: &Overflow,
+) -> Body {
+    if let Some(pause) = parts.extensions.get::<PauseLimit>() {
+        pause.raise_to(limits.answer.max(hop.deadline.unwrap_or_default()));
+    }
+    Body::new(MessageLimit::new(body, max, overflow))
 }
 
 /// A `grpc-timeout` value (`1*8DIGIT` then H, M, S, m, u or n).

@@ -14,7 +14,8 @@ use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use virga_types::{headers, Target};
 
-use crate::replay::{BodyTooLarge, DrainingLimit};
+use crate::long::CallLimits;
+use crate::replay::BodyTooLarge;
 use crate::{ApiError, AppState, Need};
 use virga_http::{Replayable, HOP_BY_HOP};
 
@@ -143,18 +144,18 @@ pub(crate) async fn forward(
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let name = &target.key;
-    let limit = state.cfg.max_body_bytes;
+    let limits = CallLimits::of(state, name);
     let hop = crate::grpc::Hop::of(parts.version, &parts.headers);
-    let declared = declared_length(&parts.headers, limit)?;
+    let overflow = crate::grpc::Overflow::default();
+    let max = state.cfg.max_body_bytes;
+    let body = match hop.grpc() {
+        true => crate::grpc::request_body(&hop, &parts, body, &limits, max, &overflow),
+        false => limits.request_body(&parts, body, max)?,
+    };
     let call_id = prepare_headers(&mut parts.headers);
     hop.restore(&mut parts.headers);
-    let wait = hop.wait(state.cfg.upstream_timeout);
-    let overflow = crate::grpc::Overflow::default();
-    let body = match declared {
-        Some(_) => body,
-        None if hop.grpc() => Body::new(crate::grpc::MessageLimit::new(body, limit, &overflow)),
-        None => Body::new(DrainingLimit::new(body, limit)),
-    };
+    let wait = hop.wait(limits.answer);
+    let running = state.in_progress.begin(&parts, target, &call_id);
     let body = Replayable::new(body);
     let mut attempt = 0;
     let (lease, result) = loop {
@@ -179,6 +180,7 @@ pub(crate) async fn forward(
         *req.uri_mut() = uri;
         *req.version_mut() = hop.version(parts.version);
         *req.headers_mut() = parts.headers.clone();
+        running.on(lease.instance());
         let upstream = match hop.h2 {
             true => state.client_h2.request(req),
             false => state.client.request(req),
@@ -198,8 +200,9 @@ pub(crate) async fn forward(
         break (lease, result);
     };
     let resp =
-        upstream_answer(state, name, &lease, result, wait).map_err(|e| overflow.or(e, limit))?;
-    Ok(with_call_headers(resp, call_id, started))
+        upstream_answer(state, name, &lease, result, wait).map_err(|e| overflow.or(e, max))?;
+    let resp = with_call_headers(resp, call_id, started);
+    Ok(crate::calls::hold(resp, lease, running))
 }
 
 /// What an upstream call came to: timed out, failed, or answered.
@@ -228,7 +231,8 @@ fn upstream_answer(
     }
     match result {
         Err(_) => Err(ApiError::Timeout(format!(
-            "function {name:?} did not answer within {waited:?}"
+            "function {name:?} did not answer within {waited:?} (virga up --upstream-timeout; \
+             a function that sets a longer exec_timeout may take that long)"
         ))),
         Ok(Err(e)) => Err(upstream_error(
             name,

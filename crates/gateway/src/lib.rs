@@ -14,6 +14,7 @@ mod audit;
 mod auth;
 mod backoff;
 mod bundles;
+mod calls;
 mod conn;
 mod console;
 mod error;
@@ -25,6 +26,7 @@ mod lambda;
 mod limit;
 mod listener;
 mod logs;
+mod long;
 mod metrics;
 mod namespaces;
 mod principal;
@@ -118,6 +120,8 @@ pub struct AppState {
     pub(crate) lambda_unverified: tokio::sync::Semaphore,
     /// The event connectors, once enabled.
     pub(crate) triggers: std::sync::OnceLock<virga_connectors::Triggers>,
+    /// The calls in progress.
+    pub(crate) in_progress: Arc<calls::InProgress>,
 }
 
 impl AppState {
@@ -133,6 +137,11 @@ impl AppState {
     ) -> Arc<AppState> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        // A call may be quiet for hours: keep-alive keeps its connection known to whatever
+        // lies between the gateway and the instance.
+        connector.set_keepalive(Some(virga_http::KEEPALIVE_IDLE));
+        connector.set_keepalive_interval(Some(virga_http::KEEPALIVE_INTERVAL));
+        connector.set_keepalive_retries(Some(virga_http::KEEPALIVE_RETRIES));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector.clone());
@@ -157,6 +166,7 @@ impl AppState {
             images: std::sync::OnceLock::new(),
             lambda_unverified: tokio::sync::Semaphore::new(lambda::UNVERIFIED_KIB),
             triggers: std::sync::OnceLock::new(),
+            in_progress: Arc::default(),
         })
     }
 
@@ -215,6 +225,7 @@ fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             post(queues::retry_dead),
         )
         .route("/system/virga/triggers", get(triggers::list))
+        .route("/system/virga/calls", get(calls::list))
         .route("/system/virga/whoami", get(whoami::get))
         .route("/system/virga/images", get(images::list))
         .route("/system/virga/images/prune", post(images::prune))

@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tower_service::Service;
 
-use crate::conn::{Busy, Clock, GuardedIo, Limits, TimedBody, Tracked};
+use crate::conn::{Busy, Clock, GuardedIo, Limits, PauseLimit, TimedBody, Tracked};
 use crate::limit::{Admission, Limiter};
 use crate::tls::Tls;
 
@@ -170,6 +170,7 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let _ = virga_http::keep_alive(&stream);
     let io = GuardedIo::new(stream, clock.clone(), shared.limits, once);
     match &shared.tls {
         None => serve_io(io, peer, clock, once, shared, stop).await,
@@ -269,7 +270,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         if system {
             parts.extensions.insert(ClientAddr(self.peer));
         }
-        let req = Request::from_parts(parts, TimedBody::new(body, self.body_timeout));
+        let pause = PauseLimit::new(self.body_timeout);
+        parts.extensions.insert(pause.clone());
+        let req = Request::from_parts(parts, TimedBody::new(body, pause));
         Reply {
             inner: Inner::Route(self.router.clone().call(req)),
             busy: Some(busy_conn),

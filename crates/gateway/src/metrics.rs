@@ -40,6 +40,10 @@ pub(crate) struct CallSettings {
     pub(crate) per_instance: Option<usize>,
     /// Whether calls need an invoker of its namespace (`virga.private: "true"`).
     pub(crate) private: bool,
+    /// Its instances' `exec_timeout`, if it sets one (see `long`).
+    pub(crate) exec_timeout: Option<std::time::Duration>,
+    /// Whether it takes streamed request bodies without limits (see `long`).
+    pub(crate) stream_request: bool,
 }
 
 /// Annotation that makes a function's calls need credentials.
@@ -49,7 +53,7 @@ pub(crate) const PRIVATE_ANNOTATION: &str = "virga.private";
 const LAMBDA_ATTEMPTS: u32 = 3;
 
 impl CallSettings {
-    fn of(d: &FunctionDeployment) -> CallSettings {
+    fn of(d: &FunctionDeployment, exec_timeout: Option<std::time::Duration>) -> CallSettings {
         // Checked at deploy; a definition stored before a check existed gets the defaults.
         let policy = FunctionPolicy::from_annotations(d.annotations.as_ref()).unwrap_or_default();
         let mut lambda_policy = policy.clone();
@@ -64,18 +68,27 @@ impl CallSettings {
             private: ann
                 .and_then(|a| a.get(PRIVATE_ANNOTATION))
                 .is_some_and(|v| v == "true"),
+            exec_timeout,
+            stream_request: crate::long::streams_requests(ann),
         }
     }
 }
 
 impl FunctionHandle {
-    fn new(metrics: FunctionMetrics, d: Option<&FunctionDeployment>) -> FunctionHandle {
+    fn new(
+        metrics: FunctionMetrics,
+        d: Option<&FunctionDeployment>,
+        exec_timeout: Option<std::time::Duration>,
+    ) -> FunctionHandle {
         FunctionHandle {
             metrics,
             sandbox: AtomicBool::new(
                 d.is_none_or(|d| crate::invoke::sandboxed(d.annotations.as_ref())),
             ),
-            calls: RwLock::new(Arc::new(d.map(CallSettings::of).unwrap_or_default())),
+            calls: RwLock::new(Arc::new(
+                d.map(|d| CallSettings::of(d, exec_timeout))
+                    .unwrap_or_default(),
+            )),
         }
     }
 
@@ -89,12 +102,13 @@ impl FunctionHandle {
         self.calls.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn refresh(&self, d: &FunctionDeployment) {
+    fn refresh(&self, d: &FunctionDeployment, exec_timeout: Option<std::time::Duration>) {
         self.sandbox.store(
             crate::invoke::sandboxed(d.annotations.as_ref()),
             Ordering::Relaxed,
         );
-        *self.calls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(CallSettings::of(d));
+        *self.calls.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(CallSettings::of(d, exec_timeout));
     }
 }
 
@@ -135,6 +149,9 @@ impl AppState {
         // Once per function (after a restart): its definition, from the store (sandboxed, with
         // default settings, if unreadable).
         let stored = self.store.function(name).ok().flatten();
+        let exec_timeout = stored
+            .as_ref()
+            .and_then(|f| crate::long::exec_timeout_of(self, &f.deployment));
         let mut map = self
             .fn_metrics
             .map
@@ -144,7 +161,11 @@ impl AppState {
             map.entry(name.to_string())
                 .or_insert_with(|| {
                     let d = stored.as_ref().map(|f| &f.deployment);
-                    Arc::new(FunctionHandle::new(self.metrics.function(name), d))
+                    Arc::new(FunctionHandle::new(
+                        self.metrics.function(name),
+                        d,
+                        exec_timeout,
+                    ))
                 })
                 .clone(),
         )
@@ -156,7 +177,7 @@ impl AppState {
             .fn_metrics
             .get(&virga_types::function_key(&d.service, &d.namespace))
         {
-            h.refresh(d);
+            h.refresh(d, crate::long::exec_timeout_of(self, d));
         }
     }
 }

@@ -1,10 +1,13 @@
 //! HTTP pieces the gateway and the watchdog share, both of them proxies: [`Replayable`], a
 //! request body that can be sent again while nothing has read it (so a request whose upstream
-//! died before reading it goes to another instance, or to the restarted process), and
-//! [`HOP_BY_HOP`], the headers that belong to one connection and are never forwarded.
+//! died before reading it goes to another instance, or to the restarted process),
+//! [`HOP_BY_HOP`], the headers that belong to one connection and are never forwarded, and
+//! [`keep_alive`], TCP keep-alive for the sockets of calls that may be quiet for hours.
 
+mod keepalive;
 mod replay;
 
+pub use keepalive::{keep_alive, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES};
 pub use replay::{Attempt, Replayable};
 
 use http::header::{self, HeaderName};

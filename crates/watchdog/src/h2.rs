@@ -27,6 +27,9 @@ where
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_keepalive(Some(virga_http::KEEPALIVE_IDLE));
+    connector.set_keepalive_interval(Some(virga_http::KEEPALIVE_INTERVAL));
+    connector.set_keepalive_retries(Some(virga_http::KEEPALIVE_RETRIES));
     let http1 = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(idle)
         .build(connector.clone());

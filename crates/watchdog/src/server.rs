@@ -231,6 +231,7 @@ impl Server {
                         }
                     };
                     let _ = stream.set_nodelay(true);
+                    let _ = virga_http::keep_alive(&stream);
                     let state = Arc::clone(&state);
                     let svc = service_fn(move |req| {
                         let state = Arc::clone(&state);

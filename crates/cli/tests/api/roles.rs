@@ -76,6 +76,12 @@ fn routes(ns: &str, n: usize) -> Vec<(Method, String, Option<Value>, Need)> {
         ),
         (
             Method::GET,
+            format!("/system/virga/calls?namespace={ns}"),
+            None,
+            Need::Read,
+        ),
+        (
+            Method::GET,
             format!("/system/virga/dead-letters?namespace={ns}"),
             None,
             Need::Read,
@@ -143,6 +149,7 @@ fn global_routes(n: usize) -> Vec<(Method, String, Option<Value>, Need)> {
         (Method::GET, "/system/info".into(), None, Need::Read),
         (Method::GET, "/system/namespaces".into(), None, Need::Read),
         (Method::GET, "/system/virga/queues".into(), None, Need::Read),
+        (Method::GET, "/system/virga/calls".into(), None, Need::Read),
         (Method::GET, "/system/virga/tokens".into(), None, Need::Read),
         (
             Method::POST,

@@ -161,7 +161,10 @@ fn grpc_calls_of_every_kind_reach_an_h2c_function_by_path_and_by_metadata() {
 #[test]
 fn refusals_become_grpc_statuses_with_their_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Platform::start_with(dir.path(), &["--max-body-bytes", "100000"]);
+    let p = Platform::start_with(
+        dir.path(),
+        &["--max-body-bytes", "100000", "--body-read-timeout", "1"],
+    );
     deploy_py(&p, dir.path(), "grpc-echo", SERVER);
     let file = dir.path().join("slow.py");
     std::fs::write(&file, SERVER).unwrap();
@@ -190,9 +193,14 @@ fn refusals_become_grpc_statuses_with_their_messages() {
     let out = grpc_client(
         dir.path(),
         authority(&p.url),
-        &[("PREFIX", "/function/grpc-echo"), ("CHECKS", "limits")],
+        &[
+            ("PREFIX", "/function/grpc-echo"),
+            ("CHECKS", "limits,pause"),
+        ],
     );
     assert_eq!(out["many_small"], "30:300000", "{out}");
+    // A client stream may pause beyond --body-read-timeout.
+    assert_eq!(out["paused"], json!(["A", "B"]), "{out}");
     assert_eq!(out["one_big"][0], "RESOURCE_EXHAUSTED", "{out}");
     let msg = out["one_big"][1].as_str().unwrap();
     assert!(

@@ -4,7 +4,6 @@
 //! fields Virga has: a bundle's manifest environment counts for the handler and timeout, the
 //! environment shown is the function's `envVars` only (never its secrets).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Extension, Path, Query, State};
@@ -14,7 +13,7 @@ use virga_store::StoredFunction;
 use virga_types::lambda::{
     Environment, FunctionCode, FunctionConfiguration, GetFunctionResponse, ListFunctionsResponse,
 };
-use virga_types::{BundleManifest, BundleRef, BUNDLE_MANIFEST};
+use virga_types::BundleRef;
 
 use super::{resolve, Caller, LambdaError};
 use crate::{AppState, Need};
@@ -27,8 +26,6 @@ const MAX_PAGE: usize = 10_000;
 const DEFAULT_MEMORY_MB: u64 = 256;
 /// `exec_timeout` of a function that sets none (the watchdog's default), seconds.
 const DEFAULT_TIMEOUT_S: u64 = 10;
-/// Most bytes of a bundle manifest read.
-const MANIFEST_LIMIT: u64 = 1 << 20;
 
 /// `?Marker=&MaxItems=` of `ListFunctions`.
 #[derive(Deserialize)]
@@ -145,7 +142,7 @@ fn configuration(state: &AppState, f: &StoredFunction, caller: &Caller) -> Funct
     let d = &f.deployment;
     let image = f.image_ref.is_some();
     // What the watchdog runs with: the bundle's manifest, then the function's envVars.
-    let mut env = manifest_env(state, &d.image);
+    let mut env = crate::bundles::manifest_env(state, &d.image);
     env.extend(d.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
     let lambda_mode = env.get("mode").is_some_and(|m| m.trim() == "lambda");
     let handler = match env.get("_HANDLER") {
@@ -177,22 +174,6 @@ fn configuration(state: &AppState, f: &StoredFunction, caller: &Caller) -> Funct
             other => other.into(),
         }],
     }
-}
-
-/// The environment a bundle's manifest sets (empty for images and unreadable manifests).
-fn manifest_env(state: &AppState, image: &str) -> BTreeMap<String, String> {
-    let Some(bundle) = BundleRef::parse(image) else {
-        return BTreeMap::new();
-    };
-    let Some(dir) = state.store.bundles().path(&bundle.digest) else {
-        return BTreeMap::new();
-    };
-    virga_store::read_beneath(&dir, BUNDLE_MANIFEST, MANIFEST_LIMIT)
-        .ok()
-        .flatten()
-        .and_then(|b| serde_json::from_slice::<BundleManifest>(&b).ok())
-        .map(|m| m.env)
-        .unwrap_or_default()
 }
 
 /// Whole seconds of `exec_timeout` (rounded up; 0 is no limit).

@@ -195,7 +195,7 @@ async fn request_response(
     }
     let mut resp = match result {
         Ok(r) => answer(r).await,
-        Err(e) => failed_call(state, e, caller),
+        Err(e) => failed_call(state, name, e, caller),
     };
     let h = resp.headers_mut();
     h.insert(
@@ -235,14 +235,16 @@ async fn answer(r: Response) -> Response {
 
 /// A call that failed in the platform: a timeout or an out-of-memory kill is a function error
 /// (as on Lambda), anything else a Lambda API error.
-fn failed_call(state: &AppState, e: ApiError, caller: &Caller) -> Response {
+fn failed_call(state: &AppState, name: &str, e: ApiError, caller: &Caller) -> Response {
     let id = &caller.request_id;
     match e {
         ApiError::Timeout(_) => function_error(
             "Sandbox.Timedout",
             &format!(
                 "RequestId: {id} Error: Task timed out after {:.2} seconds",
-                state.cfg.upstream_timeout.as_secs_f64()
+                crate::long::CallLimits::of(state, name)
+                    .answer
+                    .as_secs_f64()
             ),
         ),
         ApiError::FunctionFailed(m) => function_error(

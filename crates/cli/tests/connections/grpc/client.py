@@ -95,6 +95,23 @@ if "limits" in checks:
     out["one_big"] = status(lambda: channel.unary_unary(method("Unary"))(
         b"x" * 200000, metadata=md, timeout=30))
 
+if "pause" in checks:
+    # The client stream is quiet for 2.5 s between its two messages.
+    q = queue.Queue()
+
+    def quiet():
+        while (m := q.get()) is not None:
+            yield m
+
+    q.put(b"a")
+    paused = []
+    for r in channel.stream_stream(method("Bidi"))(quiet(), metadata=md, timeout=30):
+        paused.append(r.decode())
+        if len(paused) == 1:
+            time.sleep(2.5)
+        q.put(b"b" if len(paused) == 1 else None)
+    out["paused"] = paused
+
 if "slow" in checks:
     out["slow"] = status(lambda: channel.unary_unary(method("Sleep"))(b"3", metadata=md, timeout=30))
 
