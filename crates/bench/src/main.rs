@@ -7,6 +7,7 @@
 mod bare_proxy;
 mod fast_upstream;
 mod figures;
+mod grpc;
 mod platform;
 mod report;
 mod runner;
@@ -54,6 +55,9 @@ enum Sub {
     /// Serve `200 ok` on the port of $upstream_url (the fast upstream of the gateway figures).
     #[command(hide = true)]
     FastUpstream,
+    /// Serve a gRPC echo over h2c on the port of $upstream_url (the gRPC figures' upstream).
+    #[command(hide = true)]
+    GrpcUpstream,
     /// Echo every WebSocket message on the port of $upstream_url (the connection figures'
     /// upstream).
     #[command(hide = true)]
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Sub::FastUpstream) => fast_upstream::serve().map(|()| ExitCode::SUCCESS),
+        Some(Sub::GrpcUpstream) => grpc::serve_upstream().map(|()| ExitCode::SUCCESS),
         Some(Sub::WsEcho) => ws_echo::serve().map(|()| ExitCode::SUCCESS),
         Some(Sub::BareProxy { target }) => bare_proxy::serve(&target).map(|()| ExitCode::SUCCESS),
         None => bench(&cli),

@@ -105,6 +105,13 @@ pub struct UpArgs {
     /// Registry images: insecure registries, credentials, limits.
     #[command(flatten)]
     pub images: crate::up_images::ImageArgs,
+    /// Serve HTTPS (and HTTP/2 over TLS) on both listeners with this certificate chain
+    /// (PEM, the server's certificate first); needs --tls-key. Plain HTTP without it.
+    #[arg(long, requires = "tls_key", env = "VIRGA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert", env = "VIRGA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Log format of the platform's own logs.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -180,6 +187,12 @@ fn init_logs(format: LogFormat) {
 
 async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
     let edge = serve_config(&args)?;
+    // Before anything starts: a bad certificate or key stops `virga up` at once.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(virga_gateway::Tls::load(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (store, key_origin) =
         at_rest::open_store(&args.data_dir, env_key, args.secrets_key_file.as_deref())?;
     let store = Arc::new(store);
@@ -227,10 +240,11 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
     crate::up_images::enable(&state, images, registry_config, pulls, isolation);
     crate::queue::start(&state, &args.queue, &args.data_dir, &args.async_calls).await?;
     let connectors = crate::up_triggers::start(&state, &args.triggers).await?;
-    let listeners = bind(&args).await?;
+    let listeners = bind(&args, tls).await?;
     let addr = listeners.api.local_addr()?;
     let console_addr = listeners.console.as_ref().map(|l| l.local_addr());
     announce(
+        scheme,
         addr,
         console_addr.transpose()?,
         &args.data_dir,
@@ -251,7 +265,7 @@ async fn serve(mut args: UpArgs, env_key: Option<SecretsKey>) -> Result<()> {
         secrets_tmpfs.describe()
     );
     if args.with_examples {
-        let url = format!("http://{addr}");
+        let url = format!("{scheme}://{addr}");
         let dir = args.data_dir.clone();
         tokio::task::spawn_blocking(move || crate::examples::deploy(&url, &password, &dir));
     }
@@ -354,8 +368,8 @@ fn serve_config(args: &UpArgs) -> Result<ServeConfig> {
     })
 }
 
-/// Bind the API's listener, then the console's.
-async fn bind(args: &UpArgs) -> Result<Listeners> {
+/// Bind the API's listener, then the console's, both over `tls` if given.
+async fn bind(args: &UpArgs, tls: Option<virga_gateway::Tls>) -> Result<Listeners> {
     let api = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| {
@@ -366,7 +380,7 @@ async fn bind(args: &UpArgs) -> Result<Listeners> {
         })?;
     let addr = api.local_addr()?;
     let console = bind_console(args.console_listen.as_deref(), &args.listen, addr).await?;
-    Ok(Listeners { api, console })
+    Ok(Listeners { api, console, tls })
 }
 
 /// The connection limits, as `virga up` prints them.
@@ -418,6 +432,7 @@ async fn bind_console(
 }
 
 fn announce(
+    scheme: &str,
     addr: SocketAddr,
     console: Option<SocketAddr>,
     data_dir: &Path,
@@ -425,9 +440,9 @@ fn announce(
     isolation: &str,
 ) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "Virga gateway listening on http://{addr}");
+    let _ = writeln!(out, "Virga gateway listening on {scheme}://{addr}");
     match console {
-        Some(c) => writeln!(out, "  console: http://{c}/ui/ (user admin)"),
+        Some(c) => writeln!(out, "  console: {scheme}://{c}/ui/ (user admin)"),
         None => writeln!(out, "  console: off (--console-listen off)"),
     }
     .ok();

@@ -4,11 +4,13 @@
 //! limits where the connection waits anyway (a read that found no data), with one timer per
 //! connection that is re-armed only when a limit draws nearer; [`TimedBody`] cuts off a request
 //! body that stops arriving. The per-request cost is two clock reads and a few atomic stores.
+//! An HTTP/2 connection serves requests side by side: it is busy while any is, and idle from
+//! the end of its last one (its pings and window updates never count as a new request).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -45,8 +47,12 @@ pub(crate) struct Clock {
     phase: AtomicU8,
     /// When the phase began, in nanoseconds since [`EPOCH`].
     since: AtomicU64,
-    /// Requests begun, so a late end of an older answer cannot mark a newer request idle.
+    /// Requests begun (a connection with none can be evicted).
     seq: AtomicU32,
+    /// Requests begun and not yet answered in full.
+    active: AtomicU32,
+    /// HTTP/2: requests overlap, and bytes between them are frames of the connection.
+    multiplexed: AtomicBool,
     /// The connection's task, woken when it is evicted.
     waker: AtomicWaker,
     /// Told when the socket is dropped (an upgraded one outlives hyper's connection).
@@ -60,6 +66,8 @@ impl Clock {
             phase: AtomicU8::new(HEAD),
             since: AtomicU64::new(now_nanos()),
             seq: AtomicU32::new(0),
+            active: AtomicU32::new(0),
+            multiplexed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             released: Notify::new(),
         })
@@ -78,28 +86,47 @@ impl Clock {
         }
     }
 
-    /// A request head arrived: its sequence number, or `None` when the connection was evicted
-    /// first.
-    pub(crate) fn begin(&self) -> Option<u32> {
+    /// A request head arrived: the connection is busy until the returned guard drops, or
+    /// `None` when the connection was evicted first.
+    pub(crate) fn begin(self: &Arc<Self>) -> Option<Busy> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let busy = Busy(self.clone());
         self.phase
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
                 (p != EVICTED && p != CLOSED).then_some(BUSY)
             })
             .ok()?;
-        Some(self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1))
+        self.seq.fetch_add(1, Ordering::Relaxed);
+        Some(busy)
     }
 
-    /// The answer to request `seq` is done: the connection idles until its next request.
-    fn end(&self, seq: u32) {
-        if self.seq.load(Ordering::Relaxed) == seq && self.phase.load(Ordering::Relaxed) == BUSY {
-            self.since.store(now_nanos(), Ordering::Relaxed);
-            self.phase.store(IDLE, Ordering::Release);
+    /// The connection speaks HTTP/2.
+    pub(crate) fn set_multiplexed(&self) {
+        self.multiplexed.store(true, Ordering::Relaxed);
+    }
+
+    /// A request is answered: with none left, the connection idles until its next request.
+    fn end(&self) {
+        if self.active.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        self.since.store(now_nanos(), Ordering::Relaxed);
+        if self
+            .phase
+            .compare_exchange(BUSY, IDLE, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+            && self.active.load(Ordering::SeqCst) > 0
+        {
+            // A request began meanwhile (HTTP/2): it is busy after all.
+            let _ = self
+                .phase
+                .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst);
         }
     }
 
-    /// Bytes arrived: an idle connection starts sending its next request head.
+    /// Bytes arrived: an idle HTTP/1 connection starts sending its next request head.
     fn bytes_arrived(&self) {
-        if self.phase.load(Ordering::Relaxed) == IDLE {
+        if self.phase.load(Ordering::Relaxed) == IDLE && !self.multiplexed.load(Ordering::Relaxed) {
             self.since.store(now_nanos(), Ordering::Relaxed);
             self.phase.store(HEAD, Ordering::Release);
         }
@@ -128,6 +155,22 @@ impl Clock {
     /// The connection ended; false if it had been evicted (its slot went to another).
     pub(crate) fn close(&self) -> bool {
         self.phase.swap(CLOSED, Ordering::AcqRel) != EVICTED
+    }
+}
+
+/// One request in progress on a connection; it ends when this drops.
+pub(crate) struct Busy(Arc<Clock>);
+
+impl Busy {
+    /// Its connection switched protocols (the answer to this request was a `101`).
+    pub(crate) fn upgraded(&self) {
+        self.0.upgraded();
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
@@ -272,23 +315,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     }
 }
 
-/// An answer's body that marks its connection idle once hyper is done with it.
+/// An answer's body that ends its request once hyper is done with it.
 pub(crate) struct Tracked<B> {
     inner: B,
-    clock: Arc<Clock>,
-    seq: u32,
+    _busy: Option<Busy>,
 }
 
 impl<B> Tracked<B> {
-    /// Track `inner`, the answer to request `seq` of `clock`'s connection.
-    pub(crate) fn new(inner: B, clock: Arc<Clock>, seq: u32) -> Tracked<B> {
-        Tracked { inner, clock, seq }
-    }
-}
-
-impl<B> Drop for Tracked<B> {
-    fn drop(&mut self) {
-        self.clock.end(self.seq);
+    /// Track `inner`, the answer to the request `busy` stands for.
+    pub(crate) fn new(inner: B, busy: Option<Busy>) -> Tracked<B> {
+        Tracked { inner, _busy: busy }
     }
 }
 
@@ -424,9 +460,9 @@ mod tests {
     fn eviction_takes_only_connections_without_a_request() {
         let c = Clock::new();
         assert!(c.awaiting_first_request());
-        let seq = c.begin().unwrap();
+        let busy = c.begin().unwrap();
         assert!(!c.evict(), "a served connection is not evicted");
-        c.end(seq);
+        drop(busy);
         assert!(!c.awaiting_first_request());
         assert!(c.close());
 
@@ -440,11 +476,28 @@ mod tests {
     }
 
     #[test]
-    fn a_late_end_does_not_idle_a_newer_request() {
+    fn a_connection_idles_only_once_every_request_ended() {
         let c = Clock::new();
         let first = c.begin().unwrap();
-        let _second = c.begin().unwrap();
-        c.end(first);
+        let second = c.begin().unwrap();
+        drop(first);
         assert_eq!(c.phase.load(Ordering::Relaxed), BUSY);
+        drop(second);
+        assert_eq!(c.phase.load(Ordering::Relaxed), IDLE);
+        c.bytes_arrived();
+        assert_eq!(
+            c.phase.load(Ordering::Relaxed),
+            HEAD,
+            "HTTP/1: a new request head"
+        );
+        let c = Clock::new();
+        c.set_multiplexed();
+        drop(c.begin().unwrap());
+        c.bytes_arrived();
+        assert_eq!(
+            c.phase.load(Ordering::Relaxed),
+            IDLE,
+            "HTTP/2: a ping is no request"
+        );
     }
 }

@@ -49,17 +49,21 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         )
 }
 
-/// The API listener's `/ui` routes: a redirect to the console's own origin, or 404 when the
-/// console is off.
-pub(crate) fn moved<S: Clone + Send + Sync + 'static>(console: Option<SocketAddr>) -> Router<S> {
-    let to = move |headers: HeaderMap| async move { moved_to(console, &headers) };
+/// The API listener's `/ui` routes: a redirect to the console's own origin (`https://` when
+/// the listeners serve TLS), or 404 when the console is off.
+pub(crate) fn moved<S: Clone + Send + Sync + 'static>(
+    console: Option<SocketAddr>,
+    https: bool,
+) -> Router<S> {
+    let scheme = if https { "https" } else { "http" };
+    let to = move |headers: HeaderMap| async move { moved_to(console, scheme, &headers) };
     Router::new()
         .route("/ui", get(to))
         .route("/ui/", get(to))
         .route("/ui/{*path}", get(to))
 }
 
-fn moved_to(console: Option<SocketAddr>, headers: &HeaderMap) -> Response {
+fn moved_to(console: Option<SocketAddr>, scheme: &str, headers: &HeaderMap) -> Response {
     let Some(addr) = console else {
         return ApiError::NotFound(
             "the web console is off (virga up --console-listen off): start it with \
@@ -74,9 +78,9 @@ fn moved_to(console: Option<SocketAddr>, headers: &HeaderMap) -> Response {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .map_or("127.0.0.1", strip_port);
-        format!("http://{host}:{}/ui/", addr.port())
+        format!("{scheme}://{host}:{}/ui/", addr.port())
     } else {
-        format!("http://{addr}/ui/")
+        format!("{scheme}://{addr}/ui/")
     };
     match HeaderValue::from_str(&url) {
         Ok(v) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, v)]).into_response(),

@@ -33,6 +33,9 @@ pub(crate) const MAX_RETRIES: usize = 2;
 
 /// `ANY /function/{name}[.{namespace}][/path]`.
 pub(crate) async fn proxy(State(state): State<Arc<AppState>>, mut req: Request) -> Response {
+    if crate::grpc::is_grpc(req.headers()) {
+        return crate::grpc::proxy(&state, req).await;
+    }
     let target = match target_after(&req, "/function/") {
         Ok(target) => target,
         Err(e) => return e.into_response(),
@@ -145,8 +148,16 @@ pub(crate) async fn forward(
     let (mut parts, body) = req.into_parts();
     let name = &target.key;
     let limits = CallLimits::of(state, name);
-    let body = limits.request_body(&parts, body, state.cfg.max_body_bytes)?;
+    let hop = crate::grpc::Hop::of(parts.version, &parts.headers);
+    let overflow = crate::grpc::Overflow::default();
+    let max = state.cfg.max_body_bytes;
+    let body = match hop.grpc() {
+        true => crate::grpc::request_body(&hop, &parts, body, &limits, max, &overflow),
+        false => limits.request_body(&parts, body, max)?,
+    };
     let call_id = prepare_headers(&mut parts.headers);
+    hop.restore(&mut parts.headers);
+    let wait = hop.wait(limits.answer);
     let running = state.in_progress.begin(&parts, target, &call_id);
     let body = Replayable::new(body);
     let mut attempt = 0;
@@ -170,11 +181,14 @@ pub(crate) async fn forward(
         let mut req = Request::new(Body::new(attempt_body));
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
-        *req.version_mut() = parts.version;
+        *req.version_mut() = hop.version(parts.version);
         *req.headers_mut() = parts.headers.clone();
         running.on(lease.instance());
-        let upstream = state.client.request(req);
-        let result = tokio::time::timeout(limits.answer, upstream).await;
+        let upstream = match hop.h2 {
+            true => state.client_h2.request(req),
+            false => state.client.request(req),
+        };
+        let result = tokio::time::timeout(wait, upstream).await;
         // A refused connection, or a dead one that never read the (non-empty) body: the
         // instance died after it was picked, so try another (its replacement if it was the
         // only one). A function cannot have seen a request whose body it never got.
@@ -188,7 +202,8 @@ pub(crate) async fn forward(
         }
         break (lease, result);
     };
-    let resp = upstream_answer(state, name, &lease, result)?;
+    let resp =
+        upstream_answer(state, name, &lease, result, wait).map_err(|e| overflow.or(e, max))?;
     let resp = with_call_headers(resp, call_id, started);
     Ok(crate::calls::hold(resp, lease, running))
 }
@@ -206,6 +221,7 @@ pub(crate) fn upstream_answer(
     name: &str,
     lease: &virga_provider::Lease,
     result: UpstreamResult,
+    waited: std::time::Duration,
 ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
     // Only a failed call can have been an OOM kill; reading the cgroup costs a file read.
     let failed = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
@@ -218,9 +234,8 @@ pub(crate) fn upstream_answer(
     }
     match result {
         Err(_) => Err(ApiError::Timeout(format!(
-            "function {name:?} did not answer within {:?} (virga up --upstream-timeout; a \
-             function that sets a longer exec_timeout may take that long)",
-            CallLimits::of(state, name).answer
+            "function {name:?} did not answer within {waited:?} (virga up --upstream-timeout; \
+             a function that sets a longer exec_timeout may take that long)"
         ))),
         Ok(Err(e)) => Err(upstream_error(
             name,

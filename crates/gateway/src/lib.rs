@@ -19,6 +19,7 @@ mod conn;
 mod console;
 mod error;
 mod functions;
+mod grpc;
 mod images;
 mod invoke;
 mod lambda;
@@ -34,6 +35,7 @@ mod queues;
 mod quota;
 mod replay;
 mod secrets;
+mod tls;
 mod tokens;
 mod triggers;
 mod upgrade;
@@ -61,6 +63,7 @@ pub use listener::ServeConfig;
 pub use principal::{Need, Principal, Role};
 pub use pulls::Pulls;
 pub use quota::cap as quota_cap;
+pub use tls::{Tls, TlsError};
 pub use triggers::enable_triggers;
 pub use virga_connectors::TriggersConfig;
 
@@ -97,6 +100,8 @@ pub struct AppState {
     /// Failed sign-ins per client address.
     pub(crate) backoff: backoff::Backoff,
     pub(crate) client: Client<HttpConnector, axum::body::Body>,
+    /// The same over HTTP/2 with prior knowledge (h2c), for gRPC and HTTP/2 calls.
+    pub(crate) client_h2: Client<HttpConnector, axum::body::Body>,
     /// The platform's metrics (shared with the provider).
     pub metrics: Arc<virga_metrics::Metrics>,
     /// The instances' logs (shared with the provider).
@@ -140,6 +145,10 @@ impl AppState {
         connector.set_keepalive_retries(Some(virga_http::KEEPALIVE_RETRIES));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector.clone());
+        let client_h2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .http2_only(true)
             .build(connector);
         Arc::new(AppState {
             cfg,
@@ -147,6 +156,7 @@ impl AppState {
             credentials,
             backoff: backoff::Backoff::new(),
             client,
+            client_h2,
             metrics,
             logs,
             provider,
@@ -239,8 +249,8 @@ fn system_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
 }
 
 /// The API's routes (the OpenFaaS gateway's). `/ui` points to the console's own origin at
-/// `console`, if it is on.
-pub fn router(state: Arc<AppState>, console: Option<SocketAddr>) -> Router {
+/// `console` (over HTTPS if `https`), if it is on.
+pub fn router(state: Arc<AppState>, console: Option<SocketAddr>, https: bool) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::scrape))
@@ -252,8 +262,8 @@ pub fn router(state: Arc<AppState>, console: Option<SocketAddr>) -> Router {
         .route("/async-function/{name}/{*rest}", any(asyncfn::accept))
         .merge(system_routes(&state))
         .merge(lambda::routes(&state))
-        .merge(console::moved(console))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .merge(console::moved(console, https))
+        .fallback(grpc::routed)
         .with_state(state)
 }
 
@@ -309,6 +319,8 @@ pub struct Listeners {
     pub api: tokio::net::TcpListener,
     /// The console's own origin, unless it is off.
     pub console: Option<tokio::net::TcpListener>,
+    /// HTTPS on both, when configured (plain HTTP otherwise).
+    pub tls: Option<Tls>,
 }
 
 /// Serve the gateway on `listeners` until `shutdown` completes, then finish the requests in
@@ -328,16 +340,18 @@ pub async fn serve(
     let mut loops = Vec::new();
     let api = limit::Limiter::new(cfg.max_connections, cfg.reserved_connections);
     let (stop, open) = life.handles();
-    let (router, c) = (router(state.clone(), console_addr), cfg.clone());
+    let tls = listeners.tls.clone();
+    let https = tls.is_some();
+    let (router, c) = (router(state.clone(), console_addr, https), cfg.clone());
     loops.push(tokio::spawn(async move {
-        listener::accept_loop(listeners.api, router, &c, api, stop, open).await
+        listener::accept_loop(listeners.api, router, &c, tls, api, stop, open).await
     }));
     if let Some(l) = listeners.console {
         let limiter = limit::Limiter::new(cfg.reserved_connections, cfg.reserved_connections);
         let (stop, open) = life.handles();
-        let (router, c) = (console_router(state), cfg.clone());
+        let (router, c, tls) = (console_router(state), cfg.clone(), listeners.tls);
         loops.push(tokio::spawn(async move {
-            listener::accept_loop(l, router, &c, limiter, stop, open).await
+            listener::accept_loop(l, router, &c, tls, limiter, stop, open).await
         }));
     }
     shutdown.await;

@@ -1,4 +1,5 @@
-//! The gateway's listeners, served with hyper directly (HTTP/1.1) so that no client can hold
+//! The gateway's listeners, served with hyper directly (HTTP/1.1 and HTTP/2 on the same port:
+//! h2c with prior knowledge, or ALPN `h2` over TLS, see [`crate::tls`]) so that no client can hold
 //! the platform with slow or idle connections: a request head must arrive within
 //! `header_read_timeout`, a kept-alive connection may idle for `idle_timeout`, a request body
 //! may pause for `body_read_timeout`, and each listener caps its connections with a reserve for
@@ -18,14 +19,17 @@ use axum::http::{header, HeaderValue, Request, Response, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tower_service::Service;
 
-use crate::conn::{Clock, GuardedIo, Limits, PauseLimit, TimedBody, Tracked};
+use crate::conn::{Busy, Clock, GuardedIo, Limits, PauseLimit, TimedBody, Tracked};
 use crate::limit::{Admission, Limiter};
+use crate::tls::Tls;
 
 /// How the listeners treat their connections.
 #[derive(Debug, Clone)]
@@ -65,32 +69,40 @@ struct Shared {
     router: Router,
     limits: Limits,
     body_timeout: Duration,
-    http: http1::Builder,
+    http: auto::Builder<TokioExecutor>,
     /// Reserve connections serve one request each.
-    http_once: http1::Builder,
+    http_once: auto::Builder<TokioExecutor>,
+    /// HTTPS, when configured.
+    tls: Option<Tls>,
 }
+
+/// Requests one HTTP/2 connection may have in progress at once (so a connection cap of N holds
+/// at most N × this many requests).
+const MAX_STREAMS: u32 = 100;
 
 /// The answer to a connection beyond every slot, written without waiting, before it is closed.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; \
 charset=utf-8\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 58\r\n\r\n\
 the gateway is at its connection limit: retry in a moment\n";
 
-/// Serve `router` on `listener` under `limiter` until `stop` says so; connection tasks hold
-/// `open` until they end.
+/// Serve `router` on `listener` (over `tls` if given) under `limiter` until `stop` says so;
+/// connection tasks hold `open` until they end.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     router: Router,
     cfg: &ServeConfig,
+    tls: Option<Tls>,
     limiter: Arc<Limiter>,
     mut stop: watch::Receiver<bool>,
     open: watch::Receiver<()>,
 ) {
-    let mut http = http1::Builder::new();
+    let mut http = auto::Builder::new(TokioExecutor::new());
     // The connection's clock enforces the head timeout (hyper's own would also end idle
     // connections at the head timeout).
-    http.header_read_timeout(None);
+    http.http1().header_read_timeout(None);
+    http.http2().max_concurrent_streams(MAX_STREAMS);
     let mut http_once = http.clone();
-    http_once.keep_alive(false);
+    http_once.http1().keep_alive(false);
     let shared = Arc::new(Shared {
         router,
         limits: Limits {
@@ -100,6 +112,7 @@ pub(crate) async fn accept_loop(
         body_timeout: cfg.body_read_timeout,
         http,
         http_once,
+        tls,
     });
     loop {
         let accepted = tokio::select! {
@@ -125,7 +138,10 @@ pub(crate) async fn accept_loop(
             Admission::Public(slot) => (slot, false),
             Admission::Reserve(slot) => (slot, true),
             Admission::Refused => {
-                let _ = stream.try_write(REFUSED);
+                // Over TLS the plain answer would be noise: the client sees a closed connection.
+                if shared.tls.is_none() {
+                    let _ = stream.try_write(REFUSED);
+                }
                 continue;
             }
         };
@@ -154,16 +170,39 @@ async fn serve_connection(
     clock: Arc<Clock>,
     once: bool,
     shared: &Shared,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let _ = virga_http::keep_alive(&stream);
-    let io = TokioIo::new(GuardedIo::new(stream, clock.clone(), shared.limits, once));
+    let io = GuardedIo::new(stream, clock.clone(), shared.limits, once);
+    match &shared.tls {
+        None => serve_io(io, peer, clock, once, shared, stop).await,
+        // The handshake's reads are held to the request head's limit, as a head's are.
+        Some(tls) => match tls.accept(io).await {
+            Ok(io) => serve_io(io, peer, clock, once, shared, stop).await,
+            Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+        },
+    }
+}
+
+/// Serve HTTP/1.1 or HTTP/2 (whichever the client speaks) on `io` until it ends, or
+/// gracefully once told to stop.
+async fn serve_io<I>(
+    io: I,
+    peer: SocketAddr,
+    clock: Arc<Clock>,
+    once: bool,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let served = Arc::new(Notify::new());
     let service = ConnService {
         router: shared.router.clone(),
         clock,
         peer: peer.ip(),
-        once,
+        once: once.then(|| served.clone()),
         body_timeout: shared.body_timeout,
     };
     let http = if once {
@@ -171,18 +210,23 @@ async fn serve_connection(
     } else {
         &shared.http
     };
-    let conn = http.serve_connection(io, service).with_upgrades();
+    let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
+        _ = stopped(&mut stop) => shut_down(conn).await,
+        // A reserve connection over HTTP/2 ends after its first request, as over HTTP/1.1.
+        _ = served.notified() => shut_down(conn).await,
     };
     if let Err(e) = result {
         tracing::debug!(%peer, "connection ended: {e}");
     }
+}
+
+/// Finish the requests in progress on `conn`, take no more, and wait for it to end.
+async fn shut_down<C: GracefulConnection>(mut conn: Pin<&mut C>) -> Result<(), C::Error> {
+    conn.as_mut().graceful_shutdown();
+    conn.await
 }
 
 /// Serves the requests of one connection through the router.
@@ -190,8 +234,8 @@ struct ConnService {
     router: Router,
     clock: Arc<Clock>,
     peer: IpAddr,
-    /// A reserve connection: only `/system/*` and `/healthz`.
-    once: bool,
+    /// A reserve connection (only `/system/*` and `/healthz`), told when its request began.
+    once: Option<Arc<Notify>>,
     body_timeout: Duration,
 }
 
@@ -201,22 +245,30 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Reply;
 
     fn call(&self, req: Request<Incoming>) -> Reply {
-        let Some(seq) = self.clock.begin() else {
-            return Reply::now(
-                busy("this connection was closed to make room"),
-                &self.clock,
-                0,
-            );
+        let Some(busy_conn) = self.clock.begin() else {
+            return Reply::now(busy("this connection was closed to make room"), None);
         };
         let (mut parts, body) = req.into_parts();
+        if parts.version == hyper::Version::HTTP_2 {
+            self.clock.set_multiplexed();
+            if let Some(served) = &self.once {
+                served.notify_one();
+            }
+            // HTTP/2 carries the host as `:authority`: give the routes the header HTTP/1.1 has.
+            if let Some(host) = parts.uri.authority().map(|a| a.as_str()) {
+                if let Ok(v) = HeaderValue::from_str(host) {
+                    parts.headers.entry(header::HOST).or_insert(v);
+                }
+            }
+        }
         let path = parts.uri.path();
         let system = path == "/system" || path.starts_with("/system/");
-        if self.once && !system && path != "/healthz" {
+        if self.once.is_some() && !system && path != "/healthz" {
             let resp = busy(
                 "the gateway is at its connection limit: only /system and /healthz are served \
                  on this connection; retry in a moment",
             );
-            return Reply::now(resp, &self.clock, seq);
+            return Reply::now(resp, Some(busy_conn));
         }
         if system {
             parts.extensions.insert(ClientAddr(self.peer));
@@ -227,8 +279,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let req = Request::from_parts(parts, TimedBody::new(body, pause));
         Reply {
             inner: Inner::Route(self.router.clone().call(req)),
-            clock: self.clock.clone(),
-            seq,
+            busy: Some(busy_conn),
             upgrade,
         }
     }
@@ -242,11 +293,11 @@ fn busy(message: &str) -> Response<Body> {
     resp
 }
 
-/// The answer to one request, its body tracked so the connection's clock knows when it is done.
+/// The answer to one request, its body tracked so the connection's clock knows when it is done
+/// (or the request's end, if it is dropped unanswered: a reset HTTP/2 stream).
 pub(crate) struct Reply {
     inner: Inner,
-    clock: Arc<Clock>,
-    seq: u32,
+    busy: Option<Busy>,
     /// The request asked to switch protocols.
     upgrade: bool,
 }
@@ -257,11 +308,10 @@ enum Inner {
 }
 
 impl Reply {
-    fn now(resp: Response<Body>, clock: &Arc<Clock>, seq: u32) -> Reply {
+    fn now(resp: Response<Body>, busy: Option<Busy>) -> Reply {
         Reply {
             inner: Inner::Now(Some(resp)),
-            clock: clock.clone(),
-            seq,
+            busy,
             upgrade: false,
         }
     }
@@ -282,11 +332,13 @@ impl Future for Reply {
                 .take()
                 .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
         };
+        let busy = this.busy.take();
         if this.upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            this.clock.upgraded();
+            if let Some(b) = &busy {
+                b.upgraded();
+            }
         }
-        let (clock, seq) = (this.clock.clone(), this.seq);
-        Poll::Ready(Ok(resp.map(|b| Tracked::new(b, clock, seq))))
+        Poll::Ready(Ok(resp.map(|b| Tracked::new(b, busy))))
     }
 }
 

@@ -96,7 +96,8 @@ async fn open(
     let running = state.in_progress.begin(&parts, target, &call_id);
     let (lease, result) = send(state, target, &parts).await?;
     running.on(lease.instance());
-    let mut resp = invoke::upstream_answer(state, &target.key, &lease, result)?;
+    let waited = state.cfg.upstream_timeout;
+    let mut resp = invoke::upstream_answer(state, &target.key, &lease, result, waited)?;
     if !upgrade::switched(resp.status(), resp.headers()) {
         let resp = invoke::with_call_headers(resp, call_id, started);
         return Ok(crate::calls::hold(resp, lease, running));

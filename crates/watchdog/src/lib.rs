@@ -20,6 +20,7 @@
 pub mod body;
 pub mod cgi;
 pub mod config;
+pub mod h2;
 pub mod init;
 pub mod lambda;
 pub mod logger;

@@ -10,10 +10,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
 use hyper::upgrade::OnUpgrade;
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -44,6 +43,8 @@ const RESTART_WAIT: Duration = Duration::from_secs(10);
 pub struct Proxy {
     spec: FunctionSpec,
     client: Client<HttpConnector, Attempt<Incoming>>,
+    /// The same over h2c, for gRPC calls.
+    client_h2: Client<HttpConnector, Attempt<Incoming>>,
     scheme_authority: String,
     base_path: String,
     upstream_addr: String,
@@ -58,15 +59,7 @@ pub struct Proxy {
 impl Proxy {
     /// Creates the proxy (the function process is started by [`Proxy::start`]).
     pub fn new(config: &Config, upstream: &Uri) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_keepalive(Some(virga_http::KEEPALIVE_IDLE));
-        connector.set_keepalive_interval(Some(virga_http::KEEPALIVE_INTERVAL));
-        connector.set_keepalive_retries(Some(virga_http::KEEPALIVE_RETRIES));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let (client, client_h2) = crate::h2::clients(Duration::from_secs(60));
         let authority = upstream.authority().map(|a| a.as_str()).unwrap_or_default();
         let host = upstream.host().unwrap_or("127.0.0.1");
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -79,6 +72,7 @@ impl Proxy {
         Arc::new(Proxy {
             spec: FunctionSpec::from_config(config),
             client,
+            client_h2,
             scheme_authority: format!("http://{authority}"),
             base_path: upstream.path().trim_end_matches('/').to_owned(),
             upstream_addr,
@@ -295,12 +289,13 @@ impl Proxy {
                 )
             }
         };
-        parts.version = Version::HTTP_11;
         if client_upgrade.is_some() {
             upgrade::keep_upgrade(&mut parts.headers);
         } else {
             strip_hop_headers(&mut parts.headers);
         }
+        let (version, h2) = crate::h2::upstream_version(&mut parts.headers);
+        parts.version = version;
         if let Some(host) = parts.headers.remove(HOST) {
             parts
                 .headers
@@ -326,7 +321,7 @@ impl Proxy {
             *req.uri_mut() = parts.uri.clone();
             *req.version_mut() = parts.version;
             *req.headers_mut() = parts.headers.clone();
-            match self.send(req).await {
+            match self.send(req, h2).await {
                 // The process died a moment ago and the request reached nothing: send it again
                 // (once) when the restarted process serves.
                 Err(e) if never_read(&e) && !held && body.unread() => {
@@ -356,12 +351,15 @@ impl Proxy {
         )
     }
 
-    /// Send one attempt, within exec_timeout (`Ok(Err(..))` when it took longer).
+    /// Send one attempt (over h2c if `h2`), within exec_timeout (`Ok(Err(..))` when it took
+    /// longer).
     async fn send(
         &self,
         req: Request<Attempt<Incoming>>,
+        h2: bool,
     ) -> Result<Result<Response<Incoming>, Duration>, hyper_util::client::legacy::Error> {
-        let fut = self.client.request(req);
+        let client = if h2 { &self.client_h2 } else { &self.client };
+        let fut = client.request(req);
         match self.exec_timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {
                 Ok(r) => r.map(Ok),

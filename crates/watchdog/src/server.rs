@@ -219,9 +219,9 @@ impl Server {
             Handler::Lambda(lambda) => lambda.start()?,
             Handler::Serializing(_) | Handler::Streaming(_) => {}
         }
-        // HTTP/1.1 only; the auto builder because its upgradeable connections shut down
-        // gracefully.
-        let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
+        // HTTP/1.1 and h2c (prior knowledge) on the same port (see `crate::h2`); HTTP/1.1
+        // upgrades too (see `crate::upgrade`).
+        let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(read_timeout)

@@ -57,7 +57,11 @@ impl Gateway {
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", api.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let listeners = Listeners { api, console: None };
+        let listeners = Listeners {
+            api,
+            console: None,
+            tls: None,
+        };
         tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
