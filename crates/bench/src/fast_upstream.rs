@@ -16,18 +16,28 @@ const RESPONSE: &[u8] =
 
 /// Serves until killed.
 pub fn serve() -> Result<()> {
-    let upstream = std::env::var("upstream_url").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
-    let port =
-        port_of(&upstream).with_context(|| format!("no port in upstream_url {upstream:?}"))?;
+    serve_each(|conn| {
+        let _ = handle(conn);
+    })
+}
+
+/// Listen on the port of `upstream_url` (as template runtimes do) and run `each` on every
+/// connection in a thread of its own, until killed.
+pub fn serve_each(each: fn(TcpStream)) -> Result<()> {
+    let port = upstream_port()?;
     let listener = TcpListener::bind(("127.0.0.1", port))
         .with_context(|| format!("listen on 127.0.0.1:{port}"))?;
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        thread::spawn(move || {
-            let _ = handle(conn);
-        });
+        thread::spawn(move || each(conn));
     }
     Ok(())
+}
+
+/// The port of the `upstream_url` environment variable (`http://127.0.0.1:5000` if unset).
+pub fn upstream_port() -> Result<u16> {
+    let upstream = std::env::var("upstream_url").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
+    port_of(&upstream).with_context(|| format!("no port in upstream_url {upstream:?}"))
 }
 
 /// The explicit port of an `http://host:port/...` URL.

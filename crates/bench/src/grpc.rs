@@ -23,11 +23,7 @@ const MESSAGE: &[u8] = b"\0\0\0\0\x05hello";
 
 /// Serves the echo until killed.
 pub fn serve_upstream() -> Result<()> {
-    let upstream = std::env::var("upstream_url").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
-    let port = upstream
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.split('/').next()?.parse::<u16>().ok())
-        .with_context(|| format!("no port in upstream_url {upstream:?}"))?;
+    let port = crate::fast_upstream::upstream_port()?;
     let rt = tokio::runtime::Runtime::new().context("start the runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

@@ -256,6 +256,26 @@ impl Server {
         Ok(Server { _proc: proc, url })
     }
 
+    /// Starts the watchdog in http mode over `fprocess`, whose server listens on the port of
+    /// `upstream_url` (a free one is chosen), in `cwd`, logging to `log`.
+    pub fn http_mode(
+        bins: &Bins,
+        fprocess: &str,
+        upstream_url: &str,
+        cwd: &Path,
+        log: &Path,
+    ) -> Result<Server> {
+        let env: BTreeMap<String, String> = [
+            ("fprocess", fprocess),
+            ("mode", "http"),
+            ("upstream_url", upstream_url),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Server::start(bins, &env, cwd, log)
+    }
+
     /// Starts `virga-bench bare-proxy` in front of `target`, logging to `log`.
     pub fn bare_proxy(bins: &Bins, target: &str, log: &Path) -> Result<Server> {
         let mut cmd = Command::new(&bins.bench);

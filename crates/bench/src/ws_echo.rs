@@ -4,28 +4,18 @@
 //! template runtimes do, takes any upgrade (one thread per connection) and sends every
 //! message back as it came.
 
-use std::net::{TcpListener, TcpStream};
-use std::thread;
+use std::net::TcpStream;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tungstenite::Message;
 
-use crate::fast_upstream::port_of;
+use crate::fast_upstream::serve_each;
 
 /// Serves until killed.
 pub fn serve() -> Result<()> {
-    let upstream = std::env::var("upstream_url").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
-    let port =
-        port_of(&upstream).with_context(|| format!("no port in upstream_url {upstream:?}"))?;
-    let listener = TcpListener::bind(("127.0.0.1", port))
-        .with_context(|| format!("listen on 127.0.0.1:{port}"))?;
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        thread::spawn(move || {
-            let _ = echo(conn);
-        });
-    }
-    Ok(())
+    serve_each(|conn| {
+        let _ = echo(conn);
+    })
 }
 
 fn echo(conn: TcpStream) -> Result<()> {

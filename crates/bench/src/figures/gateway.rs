@@ -4,7 +4,6 @@
 //! (what a user deploys), then with a trivially fast upstream (`virga-bench
 //! fast-upstream`) so the gateway's own cost is not hidden behind Python's.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -90,15 +89,13 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         Ok(answer) => answer,
         Err(e) => return Err(platform.explain(e)),
     };
-    let env: BTreeMap<String, String> = [
-        ("fprocess", fprocess.as_str()),
-        ("mode", "http"),
-        ("upstream_url", upstream),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let direct = Server::start(&ctx.bins, &env, &work, &work.join("watchdog-fast.log"))?;
+    let direct = Server::http_mode(
+        &ctx.bins,
+        &fprocess,
+        upstream,
+        &work,
+        &work.join("watchdog-fast.log"),
+    )?;
     same_answer(
         &answer,
         &wait_ok(&direct.url, BODY, Duration::from_secs(30))?,

@@ -3,7 +3,6 @@
 //! directly on a standalone `virga-watchdog` (h2c), both in http mode in front of the same
 //! trivially fast h2c gRPC upstream (`virga-bench grpc-upstream`).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -37,15 +36,13 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
     if let Err(e) = grpc::wait_ok(&via_gateway, Duration::from_secs(30)) {
         return Err(platform.explain(e));
     }
-    let env: BTreeMap<String, String> = [
-        ("fprocess", fprocess.as_str()),
-        ("mode", "http"),
-        ("upstream_url", upstream),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let server = Server::start(&ctx.bins, &env, &work, &work.join("watchdog-grpc.log"))?;
+    let server = Server::http_mode(
+        &ctx.bins,
+        &fprocess,
+        upstream,
+        &work,
+        &work.join("watchdog-grpc.log"),
+    )?;
     let direct = format!("{}{PATH}", server.url);
     grpc::wait_ok(&direct, Duration::from_secs(30))?;
     compare(ctx, s, &via_gateway, &direct)

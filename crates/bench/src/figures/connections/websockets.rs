@@ -3,7 +3,6 @@
 //! what a user deploys) and a trivially fast one (`virga-bench ws-echo`), so the platform's
 //! own cost is not hidden behind Python's.
 
-use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -67,16 +66,8 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> Result<()> {
         if let Err(e) = wait_echo(&via_gateway) {
             return Err(platform.explain(e));
         }
-        let env: BTreeMap<String, String> = [
-            ("fprocess", fprocess.as_str()),
-            ("mode", "http"),
-            ("upstream_url", upstream),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
         let log = work.join(format!("watchdog-{name}.log"));
-        let direct = Server::start(&ctx.bins, &env, &work, &log)?;
+        let direct = Server::http_mode(&ctx.bins, &fprocess, upstream, &work, &log)?;
         wait_echo(&direct.url)?;
         echo_figures(ctx, s, what, &via_gateway, &direct.url, throughput)?;
     }
