@@ -22,6 +22,7 @@ use virga_queue::{
 };
 use virga_types::{headers, Target};
 
+use crate::metrics::FunctionHandle;
 use crate::replay::DrainingLimit;
 use crate::{ApiError, AppState};
 
@@ -144,10 +145,13 @@ pub(crate) async fn accept(State(state): State<Arc<AppState>>, mut req: Request)
         Ok(target) => target,
         Err(e) => return e.into_response(),
     };
-    if let Err(refused) = crate::invoke::admit(&state, &target, &mut req) {
+    let Some(handle) = state.function_handle(&target.key) else {
+        return crate::invoke::not_found(&state, &target).into_response();
+    };
+    if let Err(refused) = crate::invoke::admit(&state, &target, Some(&handle), &mut req) {
         return *refused;
     }
-    match accept_call(&state, target, req).await {
+    match accept_call(&state, target, &handle, req).await {
         Ok(id) => {
             let mut resp = StatusCode::ACCEPTED.into_response();
             resp.headers_mut().insert(X_CALL_ID.clone(), id);
@@ -192,11 +196,9 @@ fn too_large(limit: usize) -> Refused {
 async fn accept_call(
     state: &AppState,
     target: Target,
+    handle: &FunctionHandle,
     req: Request,
 ) -> Result<HeaderValue, Refused> {
-    let handle = state
-        .function_handle(&target.key)
-        .ok_or_else(|| crate::invoke::not_found(state, &target))?;
     let settings = handle.calls();
     let policy = &settings.policy;
     let (parts, body) = req.into_parts();

@@ -167,10 +167,11 @@ async fn call(state: &AppState, target: Result<Target, ApiError>, mut req: Reque
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    if let Err(refused) = crate::invoke::admit(state, &target, &mut req) {
+    let handle = state.function_handle(&target.key);
+    if let Err(refused) = crate::invoke::admit(state, &target, handle.as_deref(), &mut req) {
         return *refused;
     }
-    crate::invoke::call(state, &target, req).await
+    crate::invoke::call_with(state, &target, handle, req).await
 }
 
 /// `resp` as a gRPC answer: a gRPC one as it is, anything else (the gateway's or a watchdog's

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use virga_types::{headers, Target};
 
 use crate::long::CallLimits;
+use crate::metrics::FunctionHandle;
 use crate::replay::BodyTooLarge;
 use crate::{ApiError, AppState, Need};
 use virga_http::{Replayable, HOP_BY_HOP};
@@ -40,27 +41,27 @@ pub(crate) async fn proxy(State(state): State<Arc<AppState>>, mut req: Request) 
         Ok(target) => target,
         Err(e) => return e.into_response(),
     };
-    if let Err(refused) = admit(&state, &target, &mut req) {
+    let handle = state.function_handle(&target.key);
+    if let Err(refused) = admit(&state, &target, handle.as_deref(), &mut req) {
         return *refused;
     }
     if crate::upgrade::requested(&req) {
         return crate::upgrade::call(&state, &target, req).await;
     }
-    call(&state, &target, req).await
+    call_with(&state, &target, handle, req).await
 }
 
 /// Let a public call to `target` through: any call to a public function; to a private one
 /// (`virga.private: "true"`), only a caller who may invoke in its namespace, whose
-/// credentials are then taken off the request (the function never sees them).
+/// credentials are then taken off the request (the function never sees them). `handle` is
+/// the function's, looked up once by the caller.
 pub(crate) fn admit(
     state: &AppState,
     target: &Target,
+    handle: Option<&FunctionHandle>,
     req: &mut Request,
 ) -> Result<(), Box<Response>> {
-    let private = state
-        .function_handle(&target.key)
-        .is_some_and(|h| h.calls().private);
-    if !private {
+    if !handle.is_some_and(|h| h.calls().private) {
         return Ok(());
     }
     let (who, _) = crate::auth::identify(state, req)?;
@@ -78,11 +79,20 @@ pub(crate) fn target_after(req: &Request, prefix: &str) -> Result<Target, ApiErr
 }
 
 /// Make one call to `target`, recording it in the function's metrics.
-pub(crate) async fn call(state: &AppState, target: &Target, mut req: Request) -> Response {
+pub(crate) async fn call(state: &AppState, target: &Target, req: Request) -> Response {
+    call_with(state, target, state.function_handle(&target.key), req).await
+}
+
+/// [`call`] with the function's handle already looked up.
+pub(crate) async fn call_with(
+    state: &AppState,
+    target: &Target,
+    handle: Option<Arc<FunctionHandle>>,
+    mut req: Request,
+) -> Response {
     // Only the (authenticated) Lambda Invoke API may hand a runtime a raw event.
     req.headers_mut().remove(&X_LAMBDA);
     let started = Instant::now();
-    let handle = state.function_handle(&target.key);
     if let Some(h) = &handle {
         h.metrics.started();
     }
