@@ -203,7 +203,9 @@ impl Receiver {
 
     /// A receiver answering every request with the raw HTTP response `answer`.
     pub fn answering(answer: &'static str) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Not bind(0): a receiver that stops and resumes binds its port again, and a port of
+        // the kernel's ephemeral range may be taken by then.
+        let listener = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut r = Receiver {
             url: format!("http://{addr}/cb"),
