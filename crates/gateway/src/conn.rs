@@ -55,8 +55,13 @@ pub(crate) struct Clock {
     multiplexed: AtomicBool,
     /// The connection's task, woken when it is evicted.
     waker: AtomicWaker,
-    /// Told when the socket is dropped (an upgraded one outlives hyper's connection).
+    /// Told when the socket is dropped (an upgraded one outlives hyper's connection) and
+    /// when the last [`Kept`] goes.
     released: Notify,
+    /// The socket was dropped.
+    dropped: AtomicBool,
+    /// [`Kept`] guards alive: the connection lives on elsewhere (handed to a watchdog).
+    kept: AtomicU32,
 }
 
 impl Clock {
@@ -70,6 +75,8 @@ impl Clock {
             multiplexed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             released: Notify::new(),
+            dropped: AtomicBool::new(false),
+            kept: AtomicU32::new(0),
         })
     }
 
@@ -78,12 +85,28 @@ impl Clock {
         self.phase.store(UPGRADED, Ordering::Release);
     }
 
-    /// Completes once the socket is dropped, if the connection switched protocols (its
-    /// socket lives on after hyper is done with it); at once otherwise.
+    /// Completes once the socket is dropped and nothing keeps the connection, if it switched
+    /// protocols (its socket lives on after hyper is done with it); at once otherwise.
     pub(crate) async fn upgrade_ended(&self) {
-        if self.phase.load(Ordering::Acquire) == UPGRADED {
-            self.released.notified().await;
+        if self.phase.load(Ordering::Acquire) != UPGRADED {
+            return;
         }
+        loop {
+            let notified = self.released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.dropped.load(Ordering::SeqCst) && self.kept.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Keep the connection's slot after its socket here is dropped (it was handed over),
+    /// until the guard drops.
+    pub(crate) fn keep(self: &Arc<Self>) -> Kept {
+        self.kept.fetch_add(1, Ordering::SeqCst);
+        Kept(self.clone())
     }
 
     /// A request head arrived: the connection is busy until the returned guard drops, or
@@ -155,6 +178,16 @@ impl Clock {
     /// The connection ended; false if it had been evicted (its slot went to another).
     pub(crate) fn close(&self) -> bool {
         self.phase.swap(CLOSED, Ordering::AcqRel) != EVICTED
+    }
+}
+
+/// Holds a connection's slot while the connection lives on without its socket here.
+pub(crate) struct Kept(Arc<Clock>);
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.0.kept.fetch_sub(1, Ordering::SeqCst);
+        self.0.released.notify_waiters();
     }
 }
 
@@ -259,8 +292,8 @@ impl<T> GuardedIo<T> {
 
 impl<T> Drop for GuardedIo<T> {
     fn drop(&mut self) {
-        // A stored permit: the waiter may come after.
-        self.clock.released.notify_one();
+        self.clock.dropped.store(true, Ordering::SeqCst);
+        self.clock.released.notify_waiters();
     }
 }
 

@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,6 +31,7 @@ use tower_service::Service;
 use crate::conn::{Busy, Clock, GuardedIo, Limits, PauseLimit, TimedBody, Tracked};
 use crate::limit::{Admission, Limiter};
 use crate::tls::Tls;
+use crate::upgrade::ClientSocket;
 
 /// How the listeners treat their connections.
 #[derive(Debug, Clone)]
@@ -174,12 +176,17 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let _ = virga_http::keep_alive(&stream);
+    let socket = ClientSocket {
+        fd: stream.as_raw_fd(),
+        clock: clock.clone(),
+    };
     let io = GuardedIo::new(stream, clock.clone(), shared.limits, once);
+    let conn = Conn { peer, clock, once };
     match &shared.tls {
-        None => serve_io(io, peer, clock, once, shared, stop).await,
+        None => serve_io(io, conn, Some(socket), shared, stop).await,
         // The handshake's reads are held to the request head's limit, as a head's are.
         Some(tls) => match tls.accept(io).await {
-            Ok(io) => serve_io(io, peer, clock, once, shared, stop).await,
+            Ok(io) => serve_io(io, conn, None, shared, stop).await,
             Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
         },
     }
@@ -189,9 +196,8 @@ async fn serve_connection(
 /// gracefully once told to stop.
 async fn serve_io<I>(
     io: I,
-    peer: SocketAddr,
-    clock: Arc<Clock>,
-    once: bool,
+    Conn { peer, clock, once }: Conn,
+    socket: Option<ClientSocket>,
     shared: &Shared,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -201,6 +207,7 @@ async fn serve_io<I>(
     let service = ConnService {
         router: shared.router.clone(),
         clock,
+        socket,
         peer: peer.ip(),
         once: once.then(|| served.clone()),
         body_timeout: shared.body_timeout,
@@ -229,10 +236,20 @@ async fn shut_down<C: GracefulConnection>(mut conn: Pin<&mut C>) -> Result<(), C
     conn.await
 }
 
+/// One accepted connection.
+struct Conn {
+    peer: SocketAddr,
+    clock: Arc<Clock>,
+    /// A reserve connection (one request).
+    once: bool,
+}
+
 /// Serves the requests of one connection through the router.
 struct ConnService {
     router: Router,
     clock: Arc<Clock>,
+    /// The client's plain TCP socket (not over TLS), for an upgrade's hand-off.
+    socket: Option<ClientSocket>,
     peer: IpAddr,
     /// A reserve connection (only `/system/*` and `/healthz`), told when its request began.
     once: Option<Arc<Notify>>,
@@ -274,6 +291,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             parts.extensions.insert(ClientAddr(self.peer));
         }
         let upgrade = virga_http::upgrade::requested(parts.version, &parts.headers);
+        if let (true, Some(socket)) = (upgrade, &self.socket) {
+            parts.extensions.insert(socket.clone());
+        }
         let pause = PauseLimit::new(self.body_timeout);
         parts.extensions.insert(pause.clone());
         let req = Request::from_parts(parts, TimedBody::new(body, pause));

@@ -3,15 +3,23 @@
 //! `Connection: upgrade`, `Sec-WebSocket-*`), and when the function answers `101 Switching
 //! Protocols` the client gets the `101` and both upgraded connections are spliced
 //! ([`virga_http::upgrade::splice`]: bytes both ways, no frame buffering, back-pressure kept).
+//! Where the instance's watchdog takes it (process instances) and the client came over plain
+//! TCP, the client's socket is handed to the watchdog instead ([`virga_http::handoff`]), so
+//! only the watchdog splices; the handshake's connection to it stays as the lifeline that
+//! says why the connection ended, and that the gateway closes to drain it.
 //!
 //! An open connection is a call in flight: it holds its instance's lease (so `max_inflight`,
 //! the autoscaler's load and scale-to-zero see it), is listed in the calls in progress (kind
-//! `upgrade`) and counts in `virga_function_connections_open`. It closes when either side does, after the function's
-//! idle timeout or lifetime (`virga.connection.*`), or when its instance is removed and the
+//! `upgrade`) and counts in `virga_function_connections_open`. It closes when either side
+//! does, after the function's idle timeout or lifetime (`virga.connection.*`), or when its instance is removed and the
 //! drain grace is over ([`virga_provider::Lease::closing`]). An answer other than `101` goes
 //! back as any call's does.
 
+use std::os::fd::{BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -19,13 +27,16 @@ use axum::extract::Request;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use virga_http::handoff;
 use virga_http::upgrade::{self, End, Limits};
 use virga_provider::Lease;
 use virga_types::{headers, Target};
 
 use crate::calls::{Kind, Running};
+use crate::conn::Clock;
 use crate::metrics::FunctionHandle;
 use crate::{invoke, ApiError, AppState};
 
@@ -75,8 +86,11 @@ async fn open(
     }
     let client = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
-    // Only the (authenticated) Lambda Invoke API may hand a runtime a raw event.
+    // Only the (authenticated) Lambda Invoke API may hand a runtime a raw event, and only
+    // the gateway offers a hand-off.
     parts.headers.remove(&X_LAMBDA);
+    parts.headers.remove(handoff::HEADER);
+    let socket = parts.extensions.get::<ClientSocket>().cloned();
     let protocols: Vec<HeaderValue> = parts
         .headers
         .get_all(header::UPGRADE)
@@ -94,10 +108,11 @@ async fn open(
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     parts.extensions.insert(Kind::Upgrade);
     let running = state.in_progress.begin(&parts, target, &call_id);
-    let (lease, result) = send(state, target, &parts).await?;
+    let (lease, result, offered) = send(state, target, &parts, socket.is_some()).await?;
     running.on(lease.instance());
     let waited = state.cfg.upstream_timeout;
     let mut resp = invoke::upstream_answer(state, &target.key, &lease, result, waited)?;
+    let accepted = resp.headers_mut().remove(handoff::HEADER);
     if !upgrade::switched(resp.status(), resp.headers()) {
         let resp = invoke::with_call_headers(resp, call_id, started);
         return Ok(crate::calls::hold(resp, lease, running));
@@ -112,17 +127,28 @@ async fn open(
         lifetime: limits.max_lifetime,
     };
     let open = handle.metrics.connection_opened();
-    tokio::spawn(spliced(client, upstream, (lease, running), limits, open));
+    let handoff = match (offered, socket, accepted) {
+        (Some(id), Some(socket), Some(v)) if v == handoff::ACCEPTED => Some((id, socket)),
+        _ => None,
+    };
+    let ends = Ends {
+        client,
+        upstream,
+        handoff,
+    };
+    tokio::spawn(spliced(ends, (lease, running), limits, open));
     Ok(Response::from_parts(head, Body::empty()))
 }
 
 /// Send the handshake to an instance, on another one if the picked one refuses the
-/// connection; the lease and what came of it.
+/// connection, offering a hand-off of the client's socket (if it `can_hand_off`) where the
+/// instance takes one; the lease, what came of it and the offer's id.
 async fn send(
     state: &AppState,
     target: &Target,
     parts: &axum::http::request::Parts,
-) -> Result<(Lease, invoke::UpstreamResult), ApiError> {
+    can_hand_off: bool,
+) -> Result<(Lease, invoke::UpstreamResult, Option<String>), ApiError> {
     let name = &target.key;
     let mut attempt = 0;
     loop {
@@ -140,6 +166,14 @@ async fn send(
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
         *req.headers_mut() = parts.headers.clone();
+        let offer = (can_hand_off && lease.handoff().is_some())
+            .then(|| uuid::Uuid::new_v4().simple().to_string());
+        if let Some(id) = offer
+            .as_deref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            req.headers_mut().insert(handoff::HEADER, id);
+        }
         let result =
             tokio::time::timeout(state.cfg.upstream_timeout, state.client.request(req)).await;
         // Refused: the instance died after it was picked; a handshake is safe to send again.
@@ -148,20 +182,35 @@ async fn send(
             lease.mark_unreachable();
             continue;
         }
-        return Ok((lease, result));
+        return Ok((lease, result, offer));
     }
 }
 
-/// Splice the client's and the instance's connections once both are handed over, holding
-/// the lease, the place in the calls in progress and the open-connection count until it ends.
-async fn spliced(
+/// The client's plain TCP socket and its connection's clock, recorded on upgrade requests
+/// for a hand-off.
+#[derive(Clone)]
+pub(crate) struct ClientSocket {
+    pub(crate) fd: RawFd,
+    pub(crate) clock: Arc<Clock>,
+}
+
+/// Both ends of an upgraded call, and the accepted hand-off's id and client socket, if any.
+struct Ends {
     client: OnUpgrade,
     upstream: OnUpgrade,
+    handoff: Option<(String, ClientSocket)>,
+}
+
+/// Splice the client's and the instance's connections once both are handed over (or hand
+/// the client's to the instance), holding the lease, the place in the calls in progress and
+/// the open-connection count until it ends.
+async fn spliced(
+    ends: Ends,
     (lease, running): (Lease, Running),
     limits: Limits,
     open: virga_metrics::OpenConnection,
 ) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
+    let (client, upstream) = match tokio::try_join!(ends.client, ends.upstream) {
         Ok(both) => both,
         Err(e) => {
             tracing::debug!(instance = %lease.instance(), "upgrade was not completed: {e}");
@@ -169,14 +218,25 @@ async fn spliced(
             return;
         }
     };
-    let end = upgrade::splice(
-        TokioIo::new(client),
-        TokioIo::new(upstream),
-        limits,
-        lease.closing(),
-    )
-    .await;
-    let reason = match end {
+    let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    let path = lease.handoff().map(Path::to_path_buf);
+    let reason = match (ends.handoff, path) {
+        (Some((id, socket)), Some(path)) => {
+            let offer = Offer { id, socket, path };
+            handed(client, upstream, offer, limits, &lease).await
+        }
+        _ => {
+            let end = upgrade::splice(client, upstream, limits, lease.closing()).await;
+            reason(&lease, end)
+        }
+    };
+    open.ended(reason);
+    drop((lease, running));
+}
+
+/// Why a splice ended, as the metrics say it.
+fn reason(lease: &Lease, end: End) -> &'static str {
+    match end {
         End::Closed(..) => "closed",
         End::Failed(e) => {
             tracing::debug!(instance = %lease.instance(), "upgraded connection failed: {e}");
@@ -185,9 +245,99 @@ async fn spliced(
         End::Idle => "idle",
         End::Lifetime => "lifetime",
         End::Stopped => "drained",
+    }
+}
+
+/// An accepted hand-off: its id, the client's socket and the watchdog's hand-off socket.
+struct Offer {
+    id: String,
+    socket: ClientSocket,
+    path: PathBuf,
+}
+
+/// Hand the client's connection to the instance's watchdog and wait on the `lifeline` (the
+/// handshake's connection) for why it ended; closing the lifeline is the drain. Refused, it
+/// is spliced here after all.
+async fn handed(
+    mut client: TokioIo<Upgraded>,
+    mut lifeline: TokioIo<Upgraded>,
+    offer: Offer,
+    limits: Limits,
+    lease: &Lease,
+) -> &'static str {
+    let pending = match buffered(&mut client) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(instance = %lease.instance(), "upgraded client failed: {e}");
+            return "failed";
+        }
     };
-    open.ended(reason);
-    drop((lease, running));
+    // SAFETY: `client` is this connection's IO and owns the socket `offer.socket` names (it
+    // was recorded when the connection was accepted), so the descriptor stays open for as
+    // long as `client` lives, past this borrow's last use in `give`.
+    let fd = unsafe { BorrowedFd::borrow_raw(offer.socket.fd) };
+    let given = handoff::give(&offer.path, &offer.id, fd, &pending, limits).await;
+    if !matches!(given, Ok(handoff::Given::Taken)) {
+        if let Err(e) = &given {
+            tracing::warn!(instance = %lease.instance(), "hand-off failed, splicing here: {e}");
+        }
+        if let Err(e) = lifeline.write_all(&pending).await {
+            return reason(lease, End::Failed(e));
+        }
+        let end = upgrade::splice(client, lifeline, limits, lease.closing()).await;
+        return reason(lease, end);
+    }
+    // The watchdog has the socket: let go of ours without a shutdown, keeping the
+    // connection's slot at the listener until it ends.
+    let _kept = offer.socket.clock.keep();
+    drop(client);
+    let mut why = [0u8; 16];
+    let read = tokio::select! {
+        r = read_all(&mut lifeline, &mut why) => r,
+        () = lease.closing() => return "drained",
+    };
+    match read.ok().and_then(|n| std::str::from_utf8(&why[..n]).ok()) {
+        Some("closed") => "closed",
+        Some("idle") => "idle",
+        Some("lifetime") => "lifetime",
+        Some("drained") => "drained",
+        _ => "failed",
+    }
+}
+
+/// Read into `buf` until EOF or it is full; how much.
+async fn read_all<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]).await? {
+            0 => break,
+            m => n += m,
+        }
+    }
+    Ok(n)
+}
+
+/// What the client sent after its handshake that can be read without waiting (hyper's
+/// read-ahead first): it travels with the hand-off, the rest stays in the socket.
+fn buffered(client: &mut TokioIo<Upgraded>) -> std::io::Result<Vec<u8>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while out.len() < handoff::MAX_PENDING - chunk.len() {
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut *client).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the client closed its connection",
+                ))
+            }
+            Poll::Ready(Ok(())) => out.extend_from_slice(buf.filled()),
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
+        }
+    }
+    Ok(out)
 }
 
 /// Whether a request says it has a body.

@@ -4,8 +4,10 @@
 //! [`HOP_BY_HOP`], the headers that belong to one connection and are never forwarded, and
 //! [`keep_alive`], TCP keep-alive for the sockets of calls that may be quiet for hours, and
 //! [`upgrade`], carrying an HTTP/1.1 `Upgrade` (a WebSocket) across a hop and splicing the
-//! two upgraded connections.
+//! two upgraded connections, and [`handoff`], the gateway handing such a client connection
+//! to the instance's watchdog so one proxy splices it, not two.
 
+pub mod handoff;
 mod keepalive;
 mod replay;
 pub mod upgrade;

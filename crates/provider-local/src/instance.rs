@@ -189,6 +189,10 @@ impl LeaseSlot for Instance {
         })
     }
 
+    fn handoff(&self) -> Option<&std::path::Path> {
+        self.handle.get().and_then(|h| h.handoff())
+    }
+
     /// Out of rotation, so a retry goes elsewhere (its task replaces it once the process is
     /// seen gone).
     fn mark_unreachable(&self) {

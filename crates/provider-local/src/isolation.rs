@@ -90,6 +90,11 @@ pub(crate) trait Handle: Send + Sync {
     /// CPU seconds its processes used so far.
     fn cpu_seconds(&self) -> f64;
 
+    /// The Unix socket its watchdog takes handed-over client connections on, if any.
+    fn handoff(&self) -> Option<&std::path::Path> {
+        None
+    }
+
     /// Give a pooled instance the function of `spec`'s code and secrets: returns the
     /// directory the runtime loads the code from, and adjusts the bind's `env` to how the
     /// instance sees them.

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,17 +19,40 @@ pub(crate) struct Processes {
     watchdog: PathBuf,
     /// PATH of every instance: the platform's, then the run directory's `bin/`.
     path: String,
+    /// Where the instances' watchdogs listen for handed-over connections (owner-only).
+    handoffs: Option<PathBuf>,
 }
+
+/// The longest Unix socket path (`sun_path` holds 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 impl Processes {
     /// Instances of `watchdog`, with `python` provided under `run_dir` if the host has none.
     pub(crate) fn new(watchdog: &Path, run_dir: &Path) -> Processes {
         provide_python(run_dir);
         let host = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        let handoffs = run_dir.join("handoff");
+        let made = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&handoffs);
+        if let Err(e) = made {
+            tracing::warn!(
+                "no {} ({e}): WebSockets are spliced twice",
+                handoffs.display()
+            );
+        }
         Processes {
             watchdog: watchdog.to_path_buf(),
             path: format!("{host}:{}", run_dir.join("bin").display()),
+            handoffs: handoffs.is_dir().then_some(handoffs),
         }
+    }
+
+    /// The hand-off socket of instance `id`, if its path fits a socket address.
+    fn handoff_socket(&self, id: &str) -> Option<PathBuf> {
+        let path = self.handoffs.as_ref()?.join(format!("{id}.sock"));
+        (path.as_os_str().len() <= MAX_SOCKET_PATH).then_some(path)
     }
 
     fn spawn(&self, s: &Start) -> Result<Started, String> {
@@ -53,11 +77,15 @@ impl Processes {
                 cmd.env("fprocess", format!("{wd} --zygote {sock} {fprocess}"));
             }
         }
+        let handoff = self.handoff_socket(&s.id);
+        if let Some(socket) = &handoff {
+            cmd.env("handoff_socket", socket);
+        }
         let (life, stdout, stderr) = child::spawn(cmd)?;
         let pgid = life.pid().unwrap_or(0);
         Ok(Started {
             life: Box::new(life),
-            handle: Arc::new(Process { pgid }),
+            handle: Arc::new(Process { pgid, handoff }),
             stdout,
             stderr,
         })
@@ -94,6 +122,16 @@ impl Isolation for Processes {
 /// A running instance: the process group its watchdog leads.
 struct Process {
     pgid: u32,
+    handoff: Option<PathBuf>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // The watchdog removes it when it exits normally; not when it is killed.
+        if let Some(socket) = &self.handoff {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
 }
 
 impl Handle for Process {
@@ -107,6 +145,10 @@ impl Handle for Process {
 
     fn cpu_seconds(&self) -> f64 {
         group_cpu_seconds(self.pgid)
+    }
+
+    fn handoff(&self) -> Option<&Path> {
+        self.handoff.as_deref()
     }
 
     fn attach(

@@ -11,6 +11,7 @@
 //! waits for its leases to end (its drain grace) before it is stopped.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,11 @@ pub trait LeaseSlot: Send + Sync {
     fn closing(&self) -> BoxFuture<'_, ()> {
         Box::pin(std::future::pending())
     }
+    /// The Unix socket on which the instance's watchdog takes upgraded client connections
+    /// handed over by the gateway (`virga_http::handoff`), where it can.
+    fn handoff(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// A claim on one instance for one request; releases its slot when dropped.
@@ -110,6 +116,11 @@ impl Lease {
     /// the instance is being removed and its drain grace is over.
     pub fn closing(&self) -> BoxFuture<'_, ()> {
         self.slot.closing()
+    }
+
+    /// Where the instance's watchdog takes handed-over client connections, if it does.
+    pub fn handoff(&self) -> Option<&Path> {
+        self.slot.handoff()
     }
 }
 

@@ -19,7 +19,7 @@ const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_LOG_BUFFER_SIZE: usize = 64 * 1024;
 
 /// Every environment variable the watchdog reads: its settings, fixed when it starts.
-pub const ENV_KEYS: [&str; 17] = [
+pub const ENV_KEYS: [&str; 18] = [
     "fprocess",
     "function_process",
     "mode",
@@ -37,6 +37,7 @@ pub const ENV_KEYS: [&str; 17] = [
     "suppress_lock",
     "cgi_headers",
     "drain_grace",
+    "handoff_socket",
 ];
 
 /// An invalid or missing configuration value.
@@ -133,6 +134,9 @@ pub struct Config {
     /// How long open upgraded connections (WebSockets) may go on after SIGTERM before they
     /// are closed (`drain_grace`, http mode).
     pub drain_grace: Duration,
+    /// Where an http-mode watchdog takes upgraded client connections handed over by the
+    /// gateway (`handoff_socket`, set by the platform; see `virga_http::handoff`).
+    pub handoff_socket: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -196,6 +200,7 @@ impl Config {
             log_buffer_size,
             cgi_headers: parse_bool("cgi_headers", get("cgi_headers"), true)?,
             drain_grace: timeouts.drain,
+            handoff_socket: get("handoff_socket").map(std::path::PathBuf::from),
         })
     }
 }

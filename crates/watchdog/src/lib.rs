@@ -50,6 +50,14 @@ pub enum WatchdogError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// The hand-off socket could not be bound.
+    #[error("failed to listen for hand-offs on {path}: {source}")]
+    Handoff {
+        /// `handoff_socket`.
+        path: std::path::PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
     /// Other I/O failure.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

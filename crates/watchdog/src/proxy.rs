@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::logger::LineLogger;
 use crate::process::{signal_group, FunctionSpec};
 use crate::upgrade::Pending;
-use virga_http::{upgrade, Attempt, Replayable, HOP_BY_HOP};
+use virga_http::{handoff, upgrade, Attempt, Replayable, HOP_BY_HOP};
 
 /// How long a readiness probe result is reused.
 const HEALTH_CACHE: Duration = Duration::from_millis(5);
@@ -268,8 +268,12 @@ impl Proxy {
         if !self.serving() && !self.held(hold).await {
             return self.not_serving(hold);
         }
-        let mut client_upgrade =
-            upgrade::requested(req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
+        // Only the gateway's handshake may ask for a hand-off; the function never sees it.
+        let handoff = req.headers_mut().remove(handoff::HEADER);
+        let mut client_upgrade = upgrade::requested(req.version(), req.headers()).then(|| {
+            let id = handoff.and_then(|v| v.to_str().ok().map(str::to_owned));
+            (hyper::upgrade::on(&mut req), id)
+        });
         let (mut parts, body) = req.into_parts();
         let path_and_query = parts
             .uri
@@ -372,15 +376,17 @@ impl Proxy {
     fn answer(
         &self,
         result: Result<Result<Response<Incoming>, Duration>, hyper_util::client::legacy::Error>,
-        client_upgrade: Option<OnUpgrade>,
+        client_upgrade: Option<(OnUpgrade, Option<String>)>,
     ) -> Response<ResponseBody> {
         match result {
             Ok(Ok(mut resp)) => {
-                if let Some(client) = client_upgrade {
+                resp.headers_mut().remove(handoff::HEADER);
+                if let Some((client, handoff)) = client_upgrade {
                     if upgrade::switched(resp.status(), resp.headers()) {
                         let upstream = hyper::upgrade::on(&mut resp);
                         upgrade::keep_upgrade(resp.headers_mut());
-                        resp.extensions_mut().insert(Pending::new(client, upstream));
+                        let pending = Pending::new(client, upstream, handoff);
+                        resp.extensions_mut().insert(pending);
                         return resp.map(|b| b.map_err(Into::into).boxed_unsync());
                     }
                 }

@@ -18,6 +18,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use virga_http::handoff;
 use virga_types::headers;
 
 use crate::body::{text, with_guard, ResponseBody};
@@ -125,11 +126,30 @@ impl State {
         }
         // An upgraded connection is in flight for as long as it is open.
         if let Some(pending) = parts.extensions.remove::<Pending>().and_then(|p| p.take()) {
-            self.upgrades.start(pending, guard);
+            if self.upgrades.start(pending, guard) {
+                parts
+                    .headers
+                    .insert(handoff::HEADER, HeaderValue::from_static(handoff::ACCEPTED));
+            }
             return Response::from_parts(parts, body);
         }
         // The guard lives until the (possibly streamed) body is done.
         Response::from_parts(parts, with_guard(body, guard))
+    }
+}
+
+/// The hand-off socket of an http-mode watchdog given `handoff_socket`.
+fn handoffs(config: &Config) -> Result<Option<Arc<handoff::Handoffs>>, WatchdogError> {
+    match (&config.handoff_socket, config.mode) {
+        (Some(path), Mode::Http) => {
+            handoff::Handoffs::bind(path)
+                .map(Some)
+                .map_err(|source| WatchdogError::Handoff {
+                    path: path.clone(),
+                    source,
+                })
+        }
+        _ => Ok(None),
     }
 }
 
@@ -169,7 +189,7 @@ impl Server {
                 handler,
                 max_inflight: config.max_inflight,
                 inflight: Arc::new(AtomicUsize::new(0)),
-                upgrades: Upgrades::new(config.drain_grace),
+                upgrades: Upgrades::new(config.drain_grace, handoffs(&config)?),
             }),
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,

@@ -210,6 +210,8 @@ fn frames_pings_and_close_codes_cross_the_gateway() {
         .unwrap()
         .starts_with("127.0.0.1:"));
     assert_eq!(got[1]["done"], true);
+    let early = client(&p, "ws", EARLY_FRAME);
+    assert_eq!(early[0], json!({"status": "101", "echoed": true}));
     // The function saw the path and query, and the client's own close code.
     let seen = || std::fs::read_to_string(&events).unwrap_or_default();
     assert!(
@@ -223,13 +225,13 @@ fn frames_pings_and_close_codes_cross_the_gateway() {
     let open = series("virga_function_connections_open", "ws", "");
     assert!(p.eventually(Duration::from_secs(5), || metric(&p, &open) == 0.0));
     let upgraded = series("gateway_function_invocation_total", "ws", ",code=\"101\"");
-    assert_eq!(metric(&p, &upgraded), 2.0);
+    assert_eq!(metric(&p, &upgraded), 3.0);
     let closed = series(
         "virga_function_connections_closed_total",
         "ws",
         ",reason=\"closed\"",
     );
-    assert_eq!(metric(&p, &closed), 2.0);
+    assert!(p.eventually(Duration::from_secs(5), || metric(&p, &closed) == 3.0));
     // A plain request to the same function is an ordinary call.
     let r = p.anon(reqwest::Method::GET, "/function/ws").send().unwrap();
     assert_eq!(r.status(), 200);
@@ -251,11 +253,12 @@ async def main():
             out(anonymous="upgraded")
     except InvalidStatus as e:
         out(anonymous=e.response.status_code)
-    raw = {"Authorization": AUTH, "X-Virga-Lambda-Invoke": "1"}
+    raw = {"Authorization": AUTH, "X-Virga-Lambda-Invoke": "1", "X-Virga-Handoff": "forged"}
     async with dial(additional_headers=raw) as ws:
         await ws.send("headers")
         headers = json.loads(await ws.recv())
-        out(authorization="authorization" in headers, lambda_raw="x-virga-lambda-invoke" in headers)
+        out(authorization="authorization" in headers, lambda_raw="x-virga-lambda-invoke" in headers,
+            handoff="x-virga-handoff" in headers or "x-virga-handoff" in ws.response.headers)
 asyncio.run(main())
 "#,
     );
@@ -264,6 +267,10 @@ asyncio.run(main())
     assert_eq!(
         got[1]["lambda_raw"], false,
         "only the Lambda API hands raw events"
+    );
+    assert_eq!(
+        got[1]["handoff"], false,
+        "the hand-off header is the platform's: neither the function nor the client sees it"
     );
 
     for key in [
@@ -334,6 +341,9 @@ asyncio.run(main())
     assert!(sockets
         .iter()
         .all(|c| c["instance"].as_str().unwrap().starts_with("ws-")));
+    // The gateway handed each client socket to the instance's watchdog: one proxy splices
+    // the frames, not two.
+    assert_eq!(client_sockets_held_by(&p, "virga-watchdog"), 100);
     writeln!(child.stdin.take().unwrap()).unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), r#"{"done": true}"#);
     assert!(child.wait().unwrap().success());
@@ -371,6 +381,47 @@ asyncio.run(main())
     assert!(why.contains("at capacity"), "{why}");
     assert_eq!(got[1]["third"], "ok");
 }
+
+/// How many of the clients' connections to the gateway's port a process named `holder`
+/// holds (`ss` shows each socket's owner).
+fn client_sockets_held_by(p: &Platform, holder: &str) -> usize {
+    let port = p.url.rsplit(':').next().unwrap().trim_end_matches('/');
+    let out = Command::new("ss")
+        .args(["-tnpH", "state", "established"])
+        .arg(format!("( sport = :{port} )"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("((\"{holder}\"")))
+        .count()
+}
+
+/// A handshake and a first frame written at once (before the `101` came back): the frame
+/// reaches the function even though the gateway read it along with the handshake.
+const EARLY_FRAME: &str = r#"
+import socket
+host, port = API.split("//")[1].split(":")
+s = socket.create_connection((host, int(port)))
+key = base64.b64encode(os.urandom(16)).decode()
+head = (f"GET /function/ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+payload, mask = b"early bird", os.urandom(4)
+frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+s.sendall(head.encode() + frame)
+got = b""
+while b"early bird" not in got:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
+out(status=got.split(b" ")[1].decode(), echoed=b"early bird" in got)
+"#;
 
 /// A quiet socket (closed by the idle timeout) and a chatty one (closed at its lifetime), side
 /// by side; the chatty one asks mid-way whether the function still has an instance.
