@@ -33,7 +33,8 @@ queue is empty). *NATS messages/s*: that many messages published on NATS core (o
 connection, never more than 4,000 ahead of the completed calls: NATS core has no flow \
 control, a publisher that outruns the subscriber loses messages), completed per second from \
 the first publish until the last invocation answered (target ≥ 0.8× the baseline); *MQTT messages/s*: the same with `mosquitto_pub -q 1 \
--l` (each message acked to the broker only once queued). *Publish → answer*: one NATS \
+-l` (each message acked to the broker only once queued; mosquitto's in-flight window, \
+`max_inflight_messages`, at 256, the receive maximum Virga asks for over MQTT 5). *Publish → answer*: one NATS \
 request at a time on `bench-in`, the time until the function's answer arrives on the reply \
 subject (durable queueing, delivery, invocation, publishing the reply), against one \
 synchronous `/function/` call at a time.";
@@ -302,7 +303,8 @@ impl NatsConn {
     }
 }
 
-/// A local mosquitto (no cap on queued messages), killed on drop.
+/// A local mosquitto (no cap on queued messages, 256 unacked messages in flight to a client),
+/// killed on drop.
 struct Mosquitto {
     child: Child,
     url: String,
@@ -315,7 +317,7 @@ impl Mosquitto {
         let conf = work.join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 100\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 256\n"),
         )?;
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
