@@ -3,7 +3,7 @@
 //! `Connection: upgrade`, `Sec-WebSocket-*`), and when the function answers `101 Switching
 //! Protocols` the client gets the `101` and both upgraded connections are spliced
 //! ([`virga_http::upgrade::splice`]: bytes both ways, no frame buffering, back-pressure kept).
-//! Where the instance's watchdog takes it (process instances) and the client came over plain
+//! Where the instance's watchdog takes it (process and runc instances) and the client came over plain
 //! TCP, the client's socket is handed to the watchdog instead ([`virga_http::handoff`]), so
 //! only the watchdog splices; the handshake's connection to it stays as the lifeline that
 //! says why the connection ended, and that the gateway closes to drain it.

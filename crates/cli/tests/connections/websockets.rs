@@ -647,5 +647,30 @@ asyncio.run(main())
 "#,
     );
     assert_eq!(got[0], json!({"text": "hello", "same": true, "code": 4003}));
+    // Inside the sandbox too, the watchdog (`/virga/watchdog`) holds the client's socket.
+    let mut child = python(
+        &p,
+        "ws",
+        r#"
+async def main():
+    async with dial() as ws:
+        await ws.send("hello")
+        out(echo=await ws.recv())
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await ws.send("again")
+        out(echo=await ws.recv())
+asyncio.run(main())
+"#,
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), r#"{"echo": "hello"}"#);
+    assert_eq!(client_sockets_held_by(&p, "watchdog"), 1);
+    writeln!(child.stdin.take().unwrap()).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), r#"{"echo": "again"}"#);
+    assert!(child.wait().unwrap().success());
     crash_then_serve(&p, "ws");
 }

@@ -86,6 +86,10 @@ impl Handle for Contained {
         cgroup::cpu_seconds(&self.rt.key, &self.sb.id)
     }
 
+    fn handoff(&self) -> Option<&std::path::Path> {
+        self.sb.handoff.as_deref()
+    }
+
     fn attach(
         &self,
         spec: &InstanceSpec,

@@ -67,6 +67,8 @@ struct Sandbox {
     net: net::NetLease,
     /// A pooled sandbox's host slots (`code`, `secrets`), bound to a function later.
     slots: Option<PathBuf>,
+    /// Where its watchdog takes handed-over client connections, as the host sees it.
+    handoff: Option<PathBuf>,
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -170,11 +172,17 @@ impl Runc {
             }
         };
         let slots = spec.unbound.then(|| self.slots.join(&cid));
+        // Only the platform's own watchdog takes hand-offs (not an image's process).
+        let handoff = match spec.rootfs {
+            Rootfs::Host => handoff_socket(&bundle),
+            Rootfs::Image(_) => None,
+        };
         let sandbox = Sandbox {
             id: cid,
             bundle,
             net,
             slots,
+            handoff,
         };
         let made = match &sandbox.slots {
             Some(dir) => mounts::make_shared_slot(&dir.join("code"))
@@ -253,6 +261,10 @@ impl Runc {
                 None,
             ),
         };
+        let handoff = sb.handoff.as_ref().and_then(|socket| socket.parent());
+        if handoff.is_some() {
+            env.insert("handoff_socket".into(), oci::HANDOFF_SOCKET.into());
+        }
         let layout = Layout {
             rootfs: &self.rootfs,
             watchdog: &self.watchdog,
@@ -261,6 +273,7 @@ impl Runc {
             netns: &sb.net.netns,
             cgroups_path: &format!("/virga-{}/{}", self.key, sb.id),
             runtime: runtime.as_deref(),
+            handoff,
         };
         write_spec(sb, &oci::build(&env, &layout, spec.limits)?)
     }
@@ -361,10 +374,43 @@ const ROOTFS: &str = "rootfs";
 
 /// Unmount a sandbox's views (and an image sandbox's root) and remove its bundle directory.
 fn remove_bundle(bundle: &Path) {
-    for v in VIEWS.into_iter().chain([ROOTFS]) {
+    for v in VIEWS.into_iter().chain([ROOTFS, HANDOFF]) {
         mounts::release_slot(&bundle.join(v));
     }
     let _ = fs::remove_dir_all(bundle);
+}
+
+/// A bundle's directory for its watchdog's hand-off socket: a tiny tmpfs of the sandbox's
+/// user (nothing of it reaches the host's disk), bind-mounted at `/virga/handoff`.
+const HANDOFF: &str = "handoff";
+
+/// The longest Unix socket path (`sun_path` holds 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Make `bundle`'s hand-off directory; the socket's host path, if it fits a socket address.
+fn handoff_socket(bundle: &Path) -> Option<PathBuf> {
+    let dir = bundle.join(HANDOFF);
+    let socket = dir.join(Path::new(oci::HANDOFF_SOCKET).file_name()?);
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return None;
+    }
+    let options = std::ffi::CString::new(format!(
+        "size=4k,nr_inodes=4,mode=700,uid={},gid={}",
+        oci::APP_UID,
+        oci::APP_UID
+    ))
+    .ok()?;
+    let made = fs::create_dir(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| mounts::mount_tmpfs(&dir, libc::MS_NOEXEC, &options));
+    match made {
+        Ok(()) => Some(socket),
+        Err(e) => {
+            tracing::warn!("no hand-off directory ({e}): WebSockets are spliced twice");
+            mounts::release_slot(&dir);
+            None
+        }
+    }
 }
 
 /// Create `dir` (and missing parents) readable by root only.

@@ -63,7 +63,14 @@ pub(crate) struct Layout<'a> {
     /// For a pooled sandbox: the template runtime to run from /virga/runtime; its code and
     /// secrets mounts then follow host mounts made later (`rslave`).
     pub(crate) runtime: Option<&'a Path>,
+    /// The host directory mounted writable at [`HANDOFF_DIR`], for the hand-off socket.
+    pub(crate) handoff: Option<&'a Path>,
 }
+
+/// Where the watchdog's hand-off socket's directory appears.
+pub(crate) const HANDOFF_DIR: &str = "/virga/handoff";
+/// The watchdog's hand-off socket, as the sandbox sees it.
+pub(crate) const HANDOFF_SOCKET: &str = "/virga/handoff/h.sock";
 
 /// Where a pooled sandbox's template runtime appears.
 pub(crate) const RUNTIME_PATH: &str = "/virga/runtime";
@@ -73,7 +80,13 @@ fn bind(dest: &str, src: &Path) -> Result<Mount, String> {
 }
 
 fn bind_with(dest: &str, src: &Path, extra: &[&str]) -> Result<Mount, String> {
-    let mut options: Vec<String> = ["bind", "ro", "nosuid", "nodev"].map(String::from).to_vec();
+    bind_options(dest, src, &[&["ro"], extra].concat())
+}
+
+/// A bind mount of `src` at `dest`, nosuid and nodev, with `extra` options (writable
+/// unless they say `ro`).
+fn bind_options(dest: &str, src: &Path, extra: &[&str]) -> Result<Mount, String> {
+    let mut options: Vec<String> = ["bind", "nosuid", "nodev"].map(String::from).to_vec();
     options.extend(extra.iter().map(|o| o.to_string()));
     MountBuilder::default()
         .destination(dest)
@@ -297,6 +310,9 @@ fn mounts(layout: &Layout<'_>, limits: Limits) -> Result<Vec<Mount>, String> {
     )?);
     if let Some(runtime) = layout.runtime {
         mounts.push(bind(RUNTIME_PATH, runtime)?);
+    }
+    if let Some(dir) = layout.handoff {
+        mounts.push(bind_options(HANDOFF_DIR, dir, &["noexec"])?);
     }
     mounts.push(tmpfs("/tmp", limits.tmp - shm_size(limits), "1777", &[])?);
     Ok(mounts)

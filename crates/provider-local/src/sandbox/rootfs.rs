@@ -27,6 +27,7 @@ pub(super) fn make(root: &Path) -> Result<(), String> {
         "home/app",
         "var/openfaas/secrets",
         "virga/bin",
+        "virga/handoff",
         "etc",
     ] {
         fs::create_dir_all(root.join(d)).map_err(io("create rootfs"))?;
