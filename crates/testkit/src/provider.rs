@@ -3,10 +3,12 @@
 //! `envProcess` is the watchdog's `fprocess` and its `envVars` are the watchdog's environment
 //! (`mode`, `upstream_url`, `max_inflight`, ...). Wanted instances start on deploy and scale;
 //! a lease picks the least busy reachable instance, starting a replacement when every
-//! instance was marked unreachable.
+//! instance was marked unreachable. Each watchdog takes WebSocket hand-offs on a socket of its
+//! own (`handoff_socket`, in the temporary directory unless the deployment sets it).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -43,6 +45,8 @@ struct Instance {
     inflight: AtomicUsize,
     unreachable: AtomicBool,
     oom_killed: Arc<AtomicBool>,
+    /// The watchdog's hand-off socket.
+    handoff: PathBuf,
 }
 
 impl LeaseSlot for Instance {
@@ -57,6 +61,9 @@ impl LeaseSlot for Instance {
     }
     fn take_oom_kill(&self) -> bool {
         self.oom_killed.swap(false, Ordering::SeqCst)
+    }
+    fn handoff(&self) -> Option<&Path> {
+        Some(&self.handoff)
     }
 }
 
@@ -110,14 +117,24 @@ impl WatchdogProvider {
 
     fn start_instance(&self, f: &Function) -> Result<Arc<Instance>, ProviderError> {
         let d = &f.deployment;
-        let mut env: Vec<(&str, &str)> = vec![("fprocess", d.env_process.as_str())];
+        let n = self.next_id.fetch_add(1, Ordering::SeqCst);
+        // Hand-offs as the platform's provider sets them up, unless the deployment names the
+        // socket itself.
+        let handoff = d.env_vars.get("handoff_socket").map_or_else(
+            || std::env::temp_dir().join(format!("virga-tk-{}-{n}.sock", std::process::id())),
+            PathBuf::from,
+        );
+        let handoff_var = handoff.to_string_lossy().into_owned();
+        let mut env: Vec<(&str, &str)> = vec![
+            ("fprocess", d.env_process.as_str()),
+            ("handoff_socket", &handoff_var),
+        ];
         env.extend(d.env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let watchdog = Watchdog::start(&env);
         let addr = watchdog.addr.parse().map_err(|e| ProviderError::Prepare {
             name: d.service.clone(),
             reason: format!("watchdog address {:?}: {e}", watchdog.addr),
         })?;
-        let n = self.next_id.fetch_add(1, Ordering::SeqCst);
         Ok(Arc::new(Instance {
             id: format!("{}-{n}", d.service),
             addr,
@@ -125,6 +142,7 @@ impl WatchdogProvider {
             inflight: AtomicUsize::new(0),
             unreachable: AtomicBool::new(false),
             oom_killed: f.oom_killed.clone(),
+            handoff,
         }))
     }
 

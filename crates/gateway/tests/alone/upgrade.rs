@@ -1,6 +1,8 @@
 //! WebSockets through the gateway alone (the `websockets` package from PyPI on both sides):
 //! the handshake and frames cross it, the listener's idle limit does not apply to an upgraded
-//! connection but its connection cap does, and an upgrade request with a body is refused.
+//! connection but its connection cap does (the client's socket handed to the watchdog, its
+//! slot kept), an upgrade request with a body is refused, and a refused hand-off is spliced
+//! by the gateway instead.
 
 use std::time::Duration;
 
@@ -151,4 +153,51 @@ async fn an_open_websocket_keeps_its_connection_slot() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(freed, "the closed socket's slot was not freed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_hand_off_is_spliced_by_the_gateway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_serving(GatewayConfig::default(), ServeConfig::default()).await;
+    let server = script(dir.path(), "server.py", SERVER);
+    let port = free_port();
+    let socket = dir.path().join("h.sock");
+    let env = json!({
+        "mode": "http",
+        "upstream_url": format!("http://127.0.0.1:{port}"),
+        "handoff_socket": socket,
+    });
+    let process = format!("python3 {} {port}", server.display());
+    g.deploy("ws", &process, json!({"envVars": env})).await;
+    // Something else answers on the watchdog's hand-off path now, and refuses the offer.
+    std::fs::remove_file(&socket).unwrap();
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let offers = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut line = vec![0u8; 128];
+        let n = s.read(&mut line).await.unwrap();
+        s.write_all(b"0").await.unwrap();
+        String::from_utf8_lossy(&line[..n]).into_owned()
+    });
+    let url = format!("{}/function/ws", g.url.replacen("http://", "ws://", 1));
+    let out = tokio::process::Command::new("timeout")
+        .args(["60", "python3", "-c", CLIENT, &url])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "frames cross the gateway's own splice: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offer = tokio::time::timeout(Duration::from_secs(5), offers)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        offer.split(' ').count(),
+        4,
+        "ID IDLE LIFETIME PENDING: {offer:?}"
+    );
 }
