@@ -20,19 +20,18 @@ pub const TITLE: &str = "Long-lived connections: WebSockets and gRPC";
 /// What the figures mean.
 pub const ABOUT: &str = "\
 A WebSocket echo server is an http-mode function (one instance: `com.openfaas.scale.max: \
-1`), reached through the gateway (`ws://…/function/NAME`: the gateway and the watchdog each \
-splice the upgraded connection) and, as the baseline, directly on a standalone \
-`virga-watchdog` in front of the same server. Each socket sends a 5-byte text message and \
+1`), reached through the gateway (`ws://…/function/NAME`: the gateway hands the client's \
+socket to the instance's watchdog, which splices it with the server's) and, as the baseline, \
+directly on a standalone `virga-watchdog` in front of the same server. Each socket sends a 5-byte text message and \
 waits for its echo, over and over. *Messages/s*: round trips completed per second on 32 \
 sockets at once; *p50 and p99 round trip*: one socket, one message at a time. The *Python* \
 rows run an echo server on the `websockets` package (PyPI; `scripts/setup --bench` installs \
 it), what a user deploys: there the gateway must keep ≥ 0.8× of the throughput and add \
 ≤ 100 µs at p50. The *fast echo* rows repeat this in front of `virga-bench ws-echo` \
 (tungstenite, a thread per socket), so the echo costs next to nothing and the difference is \
-the platform's own: only the added p50 has a target there, since a near-free upstream makes \
-the gateway's extra hop (one more process on every round trip, on the same two cores) a \
-large share of the work. The client is tungstenite, a thread per socket, in the \
-benchmark's process.\n\n\
+the platform's own (the handshake aside, nothing: after the hand-off the frames take the \
+baseline's path); only the added p50 has a target there. The client is tungstenite, a \
+thread per socket, in the benchmark's process.\n\n\
 gRPC unary calls (a 10-byte message, echoed, `grpc-status: 0` checked in every answer's \
 trailers) over HTTP/2 with prior knowledge (h2c), made by virga-bench's own client (hyper; \
 2 connections with 16 calls in flight on each for throughput, one call at a time for \
