@@ -140,6 +140,41 @@ fn python(p: &Platform, name: &str, script: &str) -> Command {
     cmd
 }
 
+/// A client script that waits for a line on its stdin (`go`) between its outputs.
+struct Interactive {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Interactive {
+    fn start(p: &Platform, name: &str, script: &str) -> Interactive {
+        let mut child = python(p, name, script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Interactive { child, lines }
+    }
+
+    /// Its next output line.
+    fn line(&mut self) -> String {
+        self.lines.next().expect("the client ended").unwrap()
+    }
+
+    /// Let it go on; its next line.
+    fn go(&mut self) -> String {
+        writeln!(self.child.stdin.as_mut().unwrap()).unwrap();
+        self.line()
+    }
+
+    /// Wait for it to end, successfully.
+    fn finish(mut self) {
+        drop(self.child.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
 /// The series `name{function_name="FN.openfaas-fn"...}` on /metrics (0 when absent).
 fn metric(p: &Platform, series: &str) -> f64 {
     p.metric(series).unwrap_or(0.0)
@@ -291,7 +326,7 @@ fn a_hundred_open_sockets_are_calls_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::start(dir.path());
     deploy(&p, "ws", json!({}), json!({}), None);
-    let mut child = python(
+    let mut holder = Interactive::start(
         &p,
         "ws",
         r#"
@@ -316,17 +351,12 @@ async def main():
     out(done=True)
 asyncio.run(main())
 "#,
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines
-        .next()
-        .expect("the client opened its sockets")
-        .unwrap();
-    assert_eq!(first, r#"{"open": 100}"#);
+    );
+    assert_eq!(
+        holder.line(),
+        r#"{"open": 100}"#,
+        "the client opened its sockets"
+    );
     let open = series("virga_function_connections_open", "ws", "");
     assert_eq!(metric(&p, &open), 100.0);
     // Each is a call in progress, on the function's instance, until it closes.
@@ -344,9 +374,8 @@ asyncio.run(main())
     // The gateway handed each client socket to the instance's watchdog: one proxy splices
     // the frames, not two.
     assert_eq!(client_sockets_held_by(&p, "virga-watchdog"), 100);
-    writeln!(child.stdin.take().unwrap()).unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), r#"{"done": true}"#);
-    assert!(child.wait().unwrap().success());
+    assert_eq!(holder.go(), r#"{"done": true}"#);
+    holder.finish();
     assert!(p.eventually(Duration::from_secs(5), || metric(&p, &open) == 0.0));
     assert!(p.eventually(Duration::from_secs(5), || p
         .get_json("/system/virga/calls")
@@ -648,7 +677,7 @@ asyncio.run(main())
     );
     assert_eq!(got[0], json!({"text": "hello", "same": true, "code": 4003}));
     // Inside the sandbox too, the watchdog (`/virga/watchdog`) holds the client's socket.
-    let mut child = python(
+    let mut held = Interactive::start(
         &p,
         "ws",
         r#"
@@ -661,16 +690,10 @@ async def main():
         out(echo=await ws.recv())
 asyncio.run(main())
 "#,
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), r#"{"echo": "hello"}"#);
+    );
+    assert_eq!(held.line(), r#"{"echo": "hello"}"#);
     assert_eq!(client_sockets_held_by(&p, "watchdog"), 1);
-    writeln!(child.stdin.take().unwrap()).unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), r#"{"echo": "again"}"#);
-    assert!(child.wait().unwrap().success());
+    assert_eq!(held.go(), r#"{"echo": "again"}"#);
+    held.finish();
     crash_then_serve(&p, "ws");
 }
