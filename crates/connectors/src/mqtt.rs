@@ -8,7 +8,7 @@
 //! retried with backoff (a log line, the metric). `mqtts://` speaks TLS ([`crate::tls`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -152,6 +152,7 @@ pub(crate) fn start(core: Arc<Core>, cfg: MqttConfig) -> Result<Arc<dyn Connecto
         client: client.clone(),
         routes: routes.clone(),
         in_flight: Arc::new(AtomicUsize::new(0)),
+        link: Arc::new(AtomicU64::new(0)),
     };
     tokio::spawn(poll(job, events, cfg.url));
     tokio::spawn(reconcile(core, client.clone(), routes));
@@ -166,7 +167,7 @@ async fn poll(job: Job, mut events: EventLoop, url: String) {
         match events.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => job.take(p),
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                link.connected(&job.core);
+                link.connected(&job.core, &job.link);
                 let filters: Vec<String> = read(&job.routes).keys().cloned().collect();
                 let client = job.client.clone();
                 tokio::spawn(async move {
@@ -181,14 +182,17 @@ async fn poll(job: Job, mut events: EventLoop, url: String) {
                     rumqttc::ConnectionError::ConnectionRefused(code) => Some(format!("{code:?}")),
                     _ => None,
                 };
-                link.failed(&job.core, refused, &e).await;
+                link.failed(&job.core, &job.link, refused, &e).await;
             }
         }
     }
 }
 
 /// One broker connection's state, for both MQTT versions: what the logs say, the
-/// `connected` metric and the reconnect backoff.
+/// `connected` metric and the reconnect backoff. Each connect and each loss also moves the
+/// connection's number on: a PUBACK is sent only on the connection its message came on,
+/// since packet ids are per connection (a late one on the next connection could ack another
+/// message the broker sent there, before it is queued). An unacked message comes again.
 pub(crate) struct Link {
     url: String,
     /// Appended to the connected line (` (MQTT 5)`).
@@ -210,8 +214,9 @@ impl Link {
         }
     }
 
-    /// The broker accepted the connection.
-    pub(crate) fn connected(&mut self, core: &Core) {
+    /// The broker accepted the connection (number `link` moves on).
+    pub(crate) fn connected(&mut self, core: &Core, link: &AtomicU64) {
+        link.fetch_add(1, Ordering::SeqCst);
         tracing::info!("mqtt connector: connected to {}{}", self.url, self.version);
         core.metrics.connector_connected(NAME, true);
         (self.up, self.wait) = (true, Self::FIRST_WAIT);
@@ -222,9 +227,11 @@ impl Link {
     pub(crate) async fn failed(
         &mut self,
         core: &Core,
+        link: &AtomicU64,
         refusal: Option<String>,
         e: &(dyn std::fmt::Display + Sync),
     ) {
+        link.fetch_add(1, Ordering::SeqCst);
         let (url, wait) = (&self.url, self.wait);
         if let Some(code) = refusal {
             tracing::error!(
@@ -259,6 +266,8 @@ struct Job {
     routes: Routes,
     /// Messages taken and not acked yet.
     in_flight: Arc<AtomicUsize>,
+    /// The broker connection's number (see [`Link`]).
+    link: Arc<AtomicU64>,
 }
 
 /// The functions (with the matching filter) a message on `topic` goes to: one call per
@@ -269,6 +278,16 @@ pub(crate) fn matching(routes: &Routes, topic: &str) -> BTreeMap<String, String>
         .filter(|(filter, _)| rumqttc::matches(topic, filter))
         .flat_map(|(filter, fns)| fns.iter().map(|f| (f.clone(), filter.clone())))
         .collect()
+}
+
+/// Whether the broker connection is still number `on` (the one a message came on); if not,
+/// its PUBACK is left out and the broker sends it again.
+pub(crate) fn still_on(link: &AtomicU64, on: u64) -> bool {
+    let same = link.load(Ordering::SeqCst) == on;
+    if !same {
+        tracing::debug!("mqtt connector: a message queued after its connection ended: not acked");
+    }
+    same
 }
 
 /// Count a message taken; warn once when too many are unacked.
@@ -315,6 +334,7 @@ impl Job {
     fn take(&self, p: Publish) {
         let functions = matching(&self.routes, &p.topic);
         took_one(&self.in_flight);
+        let on = self.link.load(Ordering::SeqCst);
         let job = self.clone();
         tokio::spawn(async move {
             let msg = Message {
@@ -324,7 +344,7 @@ impl Job {
                 reply: None,
                 headers: Vec::new(),
             };
-            if queue_all(&job.core, &functions, &msg).await {
+            if queue_all(&job.core, &functions, &msg).await && still_on(&job.link, on) {
                 if let Err(e) = job.client.ack(&p).await {
                     tracing::warn!("mqtt connector: PUBACK: {e} (the broker sends it again)");
                 }

@@ -4,7 +4,7 @@
 //! unacked messages it may hold), user properties become headers, and a message's response
 //! topic is where its answer is published.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -15,7 +15,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 
 use crate::mqtt::{
-    endpoint, matching, queue_all, read, took_one, wanted, Endpoint, Link, MqttConfig, Routes, NAME,
+    endpoint, matching, queue_all, read, still_on, took_one, wanted, Endpoint, Link, MqttConfig,
+    Routes, NAME,
 };
 use crate::{Connector, Core, Message};
 
@@ -78,6 +79,7 @@ pub(crate) fn start(core: Arc<Core>, cfg: MqttConfig) -> Result<Arc<dyn Connecto
         client: client.clone(),
         routes: routes.clone(),
         in_flight: Arc::new(AtomicUsize::new(0)),
+        link: Arc::new(AtomicU64::new(0)),
     };
     tokio::spawn(poll(job, events, cfg.url));
     tokio::spawn(reconcile(core, client.clone(), routes));
@@ -91,7 +93,7 @@ async fn poll(job: Job, mut events: EventLoop, url: String) {
         match events.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => job.take(p),
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                link.connected(&job.core);
+                link.connected(&job.core, &job.link);
                 let filters: Vec<String> = read(&job.routes).keys().cloned().collect();
                 let client = job.client.clone();
                 tokio::spawn(async move {
@@ -108,7 +110,7 @@ async fn poll(job: Job, mut events: EventLoop, url: String) {
                     }
                     _ => None,
                 };
-                link.failed(&job.core, refused, &e).await;
+                link.failed(&job.core, &job.link, refused, &e).await;
             }
         }
     }
@@ -121,6 +123,8 @@ struct Job {
     client: AsyncClient,
     routes: Routes,
     in_flight: Arc<AtomicUsize>,
+    /// The broker connection's number (see [`Link`]).
+    link: Arc<AtomicU64>,
 }
 
 impl Job {
@@ -129,6 +133,7 @@ impl Job {
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         let functions = matching(&self.routes, &topic);
         took_one(&self.in_flight);
+        let on = self.link.load(Ordering::SeqCst);
         let job = self.clone();
         tokio::spawn(async move {
             let props = p.properties.as_ref();
@@ -150,7 +155,7 @@ impl Job {
                 reply: props.and_then(|pr| pr.response_topic.clone()),
                 headers,
             };
-            if queue_all(&job.core, &functions, &msg).await {
+            if queue_all(&job.core, &functions, &msg).await && still_on(&job.link, on) {
                 if let Err(e) = job.client.ack(&p).await {
                     tracing::warn!("mqtt connector: PUBACK: {e} (the broker sends it again)");
                 }
