@@ -368,7 +368,9 @@ async function onInvoke(ev) {
     };
     if (method !== 'GET' && method !== 'HEAD') init.body = body;
     const r = await fetch('/system/virga/invoke/' + encodeURIComponent(name) + '.' + st.ns, init);
-    if (r.status === 401) {
+    // The gateway's 401 ends the session; a function's own 401 (it carries the call's
+    // X-Call-Id) is just its answer.
+    if (r.status === 401 && !r.headers.has('X-Call-Id')) {
       signOut(await refusedText(r));
       return;
     }

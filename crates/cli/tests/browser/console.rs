@@ -93,6 +93,24 @@ fn console_files_are_served_with_types_and_no_data() {
     assert_eq!(r.status(), 401);
 }
 
+/// An http-mode function that answers every POST with its own 401.
+const DENY: &str = r#"
+import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+PORT = int(os.environ["upstream_url"].rsplit(":", 1)[1])
+class Deny(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"who are you?\n"
+        self.send_response(401)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", PORT), Deny).serve_forever()
+"#;
+
 #[test]
 fn console_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
@@ -246,6 +264,44 @@ fn console_in_a_real_browser() {
         b.text("#i-headers").contains("x-duration-seconds"),
         "response headers are listed"
     );
+
+    // A function that answers 401 itself: its answer is shown, the session goes on.
+    let upstream = format!("http://127.0.0.1:{}", virga_testkit::free_port());
+    p.deploy_bundle(
+        "deny",
+        &[("deny.py", DENY)],
+        "python3 deny.py",
+        serde_json::json!({"envVars": {"mode": "http", "upstream_url": upstream}}),
+    );
+    b.wait_for(
+        "the deny row",
+        "document.querySelector('tr[data-name=\"deny\"] button[data-action=\"invoke\"]') !== null",
+        long,
+    );
+    b.click("tr[data-name=\"deny\"] button[data-action=\"invoke\"]");
+    b.wait_for(
+        "the invoke form to pick deny",
+        "document.getElementById('i-fn').value === 'deny'",
+        long,
+    );
+    b.click("#invoke-submit");
+    b.wait_for(
+        "the function's 401",
+        "document.getElementById('i-status').textContent.startsWith('401')",
+        long,
+    );
+    assert_eq!(b.text("#i-output").trim(), "who are you?");
+    assert_eq!(
+        b.eval("document.getElementById('login').hidden"),
+        serde_json::json!(true),
+        "still signed in"
+    );
+    let gone = p.send_json(
+        reqwest::Method::DELETE,
+        "/system/functions",
+        serde_json::json!({"functionName": "deny"}),
+    );
+    assert_eq!(gone.status, 200, "{}", gone.text);
 
     if has_logs_route(&p, "echo-log") {
         b.wait_for(
