@@ -42,6 +42,32 @@ PORT = int(os.environ["upstream_url"].rsplit(":", 1)[1].split("/")[0])
 http.server.ThreadingHTTPServer(("127.0.0.1", PORT), H).serve_forever()
 "#;
 
+/// A WebSocket echo server (the `websockets` package) on the port of `upstream_url`.
+const WS_ECHO: &str = r#"
+import asyncio, os
+from websockets.asyncio.server import serve
+PORT = int(os.environ["upstream_url"].rsplit(":", 1)[1].split("/")[0])
+async def echo(ws):
+    async for m in ws:
+        await ws.send(m)
+async def main():
+    async with serve(echo, "127.0.0.1", PORT) as s:
+        await s.serve_forever()
+asyncio.run(main())
+"#;
+
+/// Dials `wss://` URL argv 1 trusting CA file argv 2; prints the echo of one message.
+const WS_CLIENT: &str = r#"
+import asyncio, ssl, sys
+from websockets.asyncio.client import connect
+async def main():
+    ctx = ssl.create_default_context(cafile=sys.argv[2])
+    async with connect(sys.argv[1], ssl=ctx, open_timeout=30) as ws:
+        await ws.send("over tls")
+        print(await ws.recv())
+asyncio.run(main())
+"#;
+
 /// The http-mode settings of a function listening on a free port.
 fn http_mode() -> Value {
     json!({"mode": "http", "upstream_url": format!("http://127.0.0.1:{}", free_port())})
@@ -405,6 +431,24 @@ fn https_serves_grpc_over_http2_and_https_1_1_with_a_test_ca() {
         .output()
         .unwrap();
     assert!(!plain.status.success());
+
+    // WebSockets over TLS (wss://): the gateway splices them itself (a TLS client's socket
+    // cannot be handed over).
+    deploy_py(&p, dir.path(), "wss-echo", WS_ECHO);
+    let wss = format!(
+        "{}/function/wss-echo",
+        p.url.replacen("https://", "wss://", 1)
+    );
+    let out = Command::new("timeout")
+        .args(["60", PYTHON, "-c", WS_CLIENT, &wss, ca_path])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
 
     // The CLI talks HTTPS, trusting the CA through SSL_CERT_FILE.
     let env = [
