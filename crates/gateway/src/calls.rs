@@ -189,13 +189,23 @@ pub(crate) async fn list(
 }
 
 /// `resp`, its body holding the call's `lease` and its place in the calls in progress
-/// (`running`) until it is done.
+/// (`running`) until it is done. When the instance is drained (its grace is over) while the
+/// answer still streams, the answer ends between two of its frames: a plain stream ends as
+/// a complete one (an SSE client reconnects), a gRPC one with `UNAVAILABLE` trailers (a
+/// client retries), not cut when the instance stops.
 pub(crate) fn hold(resp: Response, lease: Lease, running: Running) -> Response {
+    let grpc = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     resp.map(|inner| {
         AxumBody::new(Held {
             inner,
-            _lease: lease,
+            lease,
             _running: running,
+            closing: None,
+            grpc,
+            drained: false,
         })
     })
 }
@@ -203,8 +213,12 @@ pub(crate) fn hold(resp: Response, lease: Lease, running: Running) -> Response {
 /// An answer's body holding what its call keeps until the body is done.
 struct Held<B> {
     inner: B,
-    _lease: Lease,
+    lease: Lease,
     _running: Running,
+    /// The lease's drain signal, made the first time the answer waits for the function.
+    closing: Option<futures_util::future::BoxFuture<'static, ()>>,
+    grpc: bool,
+    drained: bool,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for Held<B> {
@@ -215,14 +229,42 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Held<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        if this.drained {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        // Only a body of unknown length can end early and still be whole.
+        if this.inner.size_hint().exact().is_some() {
+            return Poll::Pending;
+        }
+        let lease = &this.lease;
+        let closing = this.closing.get_or_insert_with(|| lease.closing_owned());
+        if closing.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        this.drained = true;
+        Poll::Ready(this.grpc.then(|| Ok(Frame::trailers(unavailable()))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.drained || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The trailers of a gRPC answer ended by a drain: `UNAVAILABLE`, which clients retry.
+fn unavailable() -> axum::http::HeaderMap {
+    let mut t = axum::http::HeaderMap::new();
+    t.insert("grpc-status", HeaderValue::from_static("14"));
+    t.insert(
+        "grpc-message",
+        HeaderValue::from_static("the function's instance is going away: retry the call"),
+    );
+    t
 }

@@ -118,6 +118,12 @@ impl Lease {
         self.slot.closing()
     }
 
+    /// [`Lease::closing`], owning what it needs (for a body that holds the lease).
+    pub fn closing_owned(&self) -> BoxFuture<'static, ()> {
+        let slot = self.slot.clone();
+        Box::pin(async move { slot.closing().await })
+    }
+
     /// Where the instance's watchdog takes handed-over client connections, if it does.
     pub fn handoff(&self) -> Option<&Path> {
         self.slot.handoff()

@@ -461,6 +461,37 @@ fn https_serves_grpc_over_http2_and_https_1_1_with_a_test_ca() {
 }
 
 #[test]
+fn a_stream_of_a_drained_instance_ends_with_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start(dir.path());
+    let file = dir.path().join("server.py");
+    std::fs::write(&file, SERVER).unwrap();
+    let grace = json!({"virga.connection.drain-grace": "1s"});
+    p.deploy_process(
+        "grpc-echo",
+        &format!("{PYTHON} {}", file.display()),
+        json!({"envVars": http_mode(), "annotations": grace}),
+    );
+    let env = [("PREFIX", "/function/grpc-echo"), ("CHECKS", "drained")];
+    let out = std::thread::scope(|s| {
+        let client = s.spawn(|| grpc_client(dir.path(), authority(&p.url), &env));
+        std::thread::sleep(Duration::from_millis(1500));
+        let r = p.send_json(
+            reqwest::Method::POST,
+            "/system/scale-function/grpc-echo",
+            json!({"serviceName": "grpc-echo", "replicas": 0}),
+        );
+        assert!(r.status < 300, "{}", r.text);
+        client.join().unwrap()
+    });
+    // Cut between two messages with a status clients retry, not a broken stream.
+    let drained = &out["drained"];
+    assert!(drained[0].as_u64().unwrap() >= 5, "{out}");
+    assert_eq!(drained[1], "UNAVAILABLE", "{out}");
+    assert!(drained[2].as_str().unwrap().contains("going away"), "{out}");
+}
+
+#[test]
 fn bad_tls_files_stop_the_start_and_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "one");

@@ -57,6 +57,16 @@ if "server" in checks:
     out["server_stream"] = got
     out["arrivals"] = at
 
+if "drained" in checks:
+    # A long server stream whose instance is drained meanwhile: what came, then the status.
+    got = []
+    try:
+        for m in channel.unary_stream(method("ServerStream"))(b"500", metadata=md, timeout=60):
+            got.append(m.decode())
+        out["drained"] = [len(got), "OK", ""]
+    except grpc.RpcError as e:
+        out["drained"] = [len(got), e.code().name, e.details()]
+
 if "client" in checks:
     def chunks():
         for i in range(4):

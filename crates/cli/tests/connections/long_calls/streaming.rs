@@ -1,7 +1,8 @@
 //! Streamed answers and bodies through the gateway: server-sent events arrive one by one in
 //! http and streaming modes, a request body reaches the function chunk by chunk while its
 //! answer streams back, a function that opts in (`virga.http.stream-request`) takes bodies
-//! beyond the size and pause limits, and a quiet stream is not cut by any idle limit.
+//! beyond the size and pause limits, a quiet stream is not cut by any idle limit, and the
+//! stream of an instance drained by a scale-down ends whole after the grace.
 
 use std::time::Duration;
 
@@ -133,4 +134,30 @@ fn a_quiet_stream_is_not_cut_by_an_idle_limit() {
         "{events:#?}"
     );
     assert!(events.iter().all(|e| e.lag < 0.5), "{events:#?}");
+}
+
+#[test]
+fn a_stream_of_a_drained_instance_ends_whole_after_the_grace() {
+    let f = Fixture::start(&[]);
+    let grace = json!({"annotations": {"virga.connection.drain-grace": "1s"}});
+    f.deploy_http("sse", json!({}), grace);
+    let scaled = std::time::Instant::now();
+    let events = std::thread::scope(|s| {
+        let reader = s.spawn(|| read_events(&f.p, "/function/sse/events?n=1000&gap=0.1"));
+        std::thread::sleep(Duration::from_secs(1));
+        let r = f.p.send_json(
+            reqwest::Method::POST,
+            "/system/scale-function/sse",
+            json!({"serviceName": "sse", "replicas": 0}),
+        );
+        assert!(r.status < 300, "{}", r.text);
+        // The stream ends as a complete answer (a cut one fails the reader's read).
+        reader.join().expect("the stream ended whole, not cut")
+    });
+    assert!(events.len() >= 5 && events.len() < 1000, "{}", events.len());
+    assert!(
+        scaled.elapsed() < Duration::from_secs(10),
+        "ended after the 1 s grace: {:?}",
+        scaled.elapsed()
+    );
 }
