@@ -189,25 +189,42 @@ pub(crate) async fn list(
 }
 
 /// `resp`, its body holding the call's `lease` and its place in the calls in progress
-/// (`running`) until it is done. When the instance is drained (its grace is over) while the
-/// answer still streams, the answer ends between two of its frames: a plain stream ends as
-/// a complete one (an SSE client reconnects), a gRPC one with `UNAVAILABLE` trailers (a
-/// client retries), not cut when the instance stops.
+/// (`running`) until it is done. When the instance is drained (its grace is over) while a
+/// stream of events still runs, the answer ends between two of its frames rather than being
+/// cut when the instance stops: server-sent events end as a complete stream (the client
+/// reconnects), gRPC with `UNAVAILABLE` trailers (the client retries). Other answers are
+/// never ended early: a whole-looking truncated body would hide the loss.
 pub(crate) fn hold(resp: Response, lease: Lease, running: Running) -> Response {
-    let grpc = resp
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let ct = resp.headers().get(axum::http::header::CONTENT_TYPE);
+    let ct = ct.map(|v| v.as_bytes()).unwrap_or_default();
+    let drain = if ct.starts_with(b"application/grpc") {
+        Drain::Grpc
+    } else if ct.starts_with(b"text/event-stream") {
+        Drain::Events
+    } else {
+        Drain::Never
+    };
     resp.map(|inner| {
         AxumBody::new(Held {
             inner,
             lease,
             _running: running,
             closing: None,
-            grpc,
+            drain,
             drained: false,
         })
     })
+}
+
+/// How an answer ends when its instance is drained.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// It is not ended early.
+    Never,
+    /// It ends as a complete stream.
+    Events,
+    /// It ends with `UNAVAILABLE` trailers.
+    Grpc,
 }
 
 /// An answer's body holding what its call keeps until the body is done.
@@ -215,9 +232,10 @@ struct Held<B> {
     inner: B,
     lease: Lease,
     _running: Running,
-    /// The lease's drain signal, made the first time the answer waits for the function.
+    /// The lease's drain signal, made the first time a drainable answer waits for the
+    /// function.
     closing: Option<futures_util::future::BoxFuture<'static, ()>>,
-    grpc: bool,
+    drain: Drain,
     drained: bool,
 }
 
@@ -237,7 +255,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Held<B> {
             return Poll::Ready(frame);
         }
         // Only a body of unknown length can end early and still be whole.
-        if this.inner.size_hint().exact().is_some() {
+        if this.drain == Drain::Never || this.inner.size_hint().exact().is_some() {
             return Poll::Pending;
         }
         let lease = &this.lease;
@@ -246,7 +264,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Held<B> {
             return Poll::Pending;
         }
         this.drained = true;
-        Poll::Ready(this.grpc.then(|| Ok(Frame::trailers(unavailable()))))
+        Poll::Ready((this.drain == Drain::Grpc).then(|| Ok(Frame::trailers(unavailable()))))
     }
 
     fn is_end_stream(&self) -> bool {
