@@ -45,3 +45,14 @@ pub fn free_port() -> u16 {
         );
     }
 }
+
+/// Run `cmd` to its end; its stdout, after asserting it succeeded (its stderr otherwise).
+pub fn stdout_of(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -439,16 +439,10 @@ fn https_serves_grpc_over_http2_and_https_1_1_with_a_test_ca() {
         "{}/function/wss-echo",
         p.url.replacen("https://", "wss://", 1)
     );
-    let out = Command::new("timeout")
-        .args(["60", PYTHON, "-c", WS_CLIENT, &wss, ca_path])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let echoed = virga_testkit::stdout_of(
+        Command::new("timeout").args(["60", PYTHON, "-c", WS_CLIENT, &wss, ca_path]),
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
+    assert_eq!(echoed.trim(), "over tls");
 
     // The CLI talks HTTPS, trusting the CA through SSL_CERT_FILE.
     let env = [

@@ -415,17 +415,12 @@ asyncio.run(main())
 /// holds (`ss` shows each socket's owner).
 fn client_sockets_held_by(p: &Platform, holder: &str) -> usize {
     let port = p.url.rsplit(':').next().unwrap().trim_end_matches('/');
-    let out = Command::new("ss")
-        .args(["-tnpH", "state", "established"])
-        .arg(format!("( sport = :{port} )"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let sockets = virga_testkit::stdout_of(
+        Command::new("ss")
+            .args(["-tnpH", "state", "established"])
+            .arg(format!("( sport = :{port} )")),
     );
-    String::from_utf8_lossy(&out.stdout)
+    sockets
         .lines()
         .filter(|l| l.contains(&format!("((\"{holder}\"")))
         .count()
