@@ -147,27 +147,27 @@ pub(crate) fn start(core: Arc<Core>, cfg: MqttConfig) -> Result<Arc<dyn Connecto
     // Known before the first connect, which subscribes to them: a message the broker kept
     // for the session may come at once.
     let routes: Routes = Arc::new(RwLock::new(wanted(&core)));
+    let link = Link::new(cfg.url, "");
     let job = Job {
         core: core.clone(),
         client: client.clone(),
         routes: routes.clone(),
         in_flight: Arc::new(AtomicUsize::new(0)),
-        link: Arc::new(AtomicU64::new(0)),
+        link: link.number(),
     };
-    tokio::spawn(poll(job, events, cfg.url));
+    tokio::spawn(poll(job, events, link));
     tokio::spawn(reconcile(core, client.clone(), routes));
     Ok(Arc::new(Mqtt { client }))
 }
 
 /// Drive the connection: hand each publish to a task of its own, resubscribe on each
 /// connect, and on errors wait (with backoff) before the event loop dials again.
-async fn poll(job: Job, mut events: EventLoop, url: String) {
-    let mut link = Link::new(url, "");
+async fn poll(job: Job, mut events: EventLoop, mut link: Link) {
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => job.take(p),
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                link.connected(&job.core, &job.link);
+                link.connected(&job.core);
                 let filters: Vec<String> = read(&job.routes).keys().cloned().collect();
                 let client = job.client.clone();
                 tokio::spawn(async move {
@@ -182,7 +182,7 @@ async fn poll(job: Job, mut events: EventLoop, url: String) {
                     rumqttc::ConnectionError::ConnectionRefused(code) => Some(format!("{code:?}")),
                     _ => None,
                 };
-                link.failed(&job.core, &job.link, refused, &e).await;
+                link.failed(&job.core, refused, &e).await;
             }
         }
     }
@@ -199,6 +199,8 @@ pub(crate) struct Link {
     version: &'static str,
     wait: Duration,
     up: bool,
+    /// The connection's number, shared with the tasks that ack its messages.
+    number: Arc<AtomicU64>,
 }
 
 impl Link {
@@ -211,12 +213,18 @@ impl Link {
             version,
             wait: Self::FIRST_WAIT,
             up: false,
+            number: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// The broker accepted the connection (number `link` moves on).
-    pub(crate) fn connected(&mut self, core: &Core, link: &AtomicU64) {
-        link.fetch_add(1, Ordering::SeqCst);
+    /// The connection's number: it moves on at each connect and each loss.
+    pub(crate) fn number(&self) -> Arc<AtomicU64> {
+        self.number.clone()
+    }
+
+    /// The broker accepted the connection.
+    pub(crate) fn connected(&mut self, core: &Core) {
+        self.number.fetch_add(1, Ordering::SeqCst);
         tracing::info!("mqtt connector: connected to {}{}", self.url, self.version);
         core.metrics.connector_connected(NAME, true);
         (self.up, self.wait) = (true, Self::FIRST_WAIT);
@@ -227,11 +235,10 @@ impl Link {
     pub(crate) async fn failed(
         &mut self,
         core: &Core,
-        link: &AtomicU64,
         refusal: Option<String>,
         e: &(dyn std::fmt::Display + Sync),
     ) {
-        link.fetch_add(1, Ordering::SeqCst);
+        self.number.fetch_add(1, Ordering::SeqCst);
         let (url, wait) = (&self.url, self.wait);
         if let Some(code) = refusal {
             tracing::error!(

@@ -74,26 +74,26 @@ pub(crate) fn start(core: Arc<Core>, cfg: MqttConfig) -> Result<Arc<dyn Connecto
     // Known before the first connect, which subscribes to them: a message the broker kept
     // for the session may come at once.
     let routes: Routes = Arc::new(RwLock::new(wanted(&core)));
+    let link = Link::new(cfg.url, " (MQTT 5)");
     let job = Job {
         core: core.clone(),
         client: client.clone(),
         routes: routes.clone(),
         in_flight: Arc::new(AtomicUsize::new(0)),
-        link: Arc::new(AtomicU64::new(0)),
+        link: link.number(),
     };
-    tokio::spawn(poll(job, events, cfg.url));
+    tokio::spawn(poll(job, events, link));
     tokio::spawn(reconcile(core, client.clone(), routes));
     Ok(Arc::new(Mqtt5 { client }))
 }
 
 /// Drive the connection, as the 3.1.1 connector does.
-async fn poll(job: Job, mut events: EventLoop, url: String) {
-    let mut link = Link::new(url, " (MQTT 5)");
+async fn poll(job: Job, mut events: EventLoop, mut link: Link) {
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => job.take(p),
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                link.connected(&job.core, &job.link);
+                link.connected(&job.core);
                 let filters: Vec<String> = read(&job.routes).keys().cloned().collect();
                 let client = job.client.clone();
                 tokio::spawn(async move {
@@ -110,7 +110,7 @@ async fn poll(job: Job, mut events: EventLoop, url: String) {
                     }
                     _ => None,
                 };
-                link.failed(&job.core, &job.link, refused, &e).await;
+                link.failed(&job.core, refused, &e).await;
             }
         }
     }

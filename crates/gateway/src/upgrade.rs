@@ -3,20 +3,21 @@
 //! `Connection: upgrade`, `Sec-WebSocket-*`), and when the function answers `101 Switching
 //! Protocols` the client gets the `101` and both upgraded connections are spliced
 //! ([`virga_http::upgrade::splice`]: bytes both ways, no frame buffering, back-pressure kept).
-//! Where the instance's watchdog takes it (process and runc instances) and the client came over plain
-//! TCP, the client's socket is handed to the watchdog instead ([`virga_http::handoff`]), so
-//! only the watchdog splices; the handshake's connection to it stays as the lifeline that
-//! says why the connection ended, and that the gateway closes to drain it.
+//! Where the instance's watchdog takes it (process and runc instances) and the client came
+//! over plain TCP, the client's socket is handed to the watchdog instead
+//! ([`virga_http::handoff`]), so only the watchdog splices; the handshake's connection to it
+//! stays as the lifeline that says why the connection ended, and that the gateway closes to
+//! drain it.
 //!
 //! An open connection is a call in flight: it holds its instance's lease (so `max_inflight`,
 //! the autoscaler's load and scale-to-zero see it), is listed in the calls in progress (kind
 //! `upgrade`) and counts in `virga_function_connections_open`. It closes when either side
-//! does, after the function's idle timeout or lifetime (`virga.connection.*`), or when its instance is removed and the
-//! drain grace is over ([`virga_provider::Lease::closing`]). An answer other than `101` goes
-//! back as any call's does.
+//! does, after the function's idle timeout or lifetime (`virga.connection.*`), or when its
+//! instance is removed and the drain grace is over ([`virga_provider::Lease::closing`]). An
+//! answer other than `101` goes back as any call's does.
 
 use std::os::fd::{BorrowedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -127,8 +128,12 @@ async fn open(
         lifetime: limits.max_lifetime,
     };
     let open = handle.metrics.connection_opened();
-    let handoff = match (offered, socket, accepted) {
-        (Some(id), Some(socket), Some(v)) if v == handoff::ACCEPTED => Some((id, socket)),
+    let handoff = match (offered, socket, accepted, lease.handoff()) {
+        (Some(id), Some(socket), Some(v), Some(path)) if v == handoff::ACCEPTED => Some(Offer {
+            id,
+            socket,
+            path: path.to_path_buf(),
+        }),
         _ => None,
     };
     let ends = Ends {
@@ -194,11 +199,11 @@ pub(crate) struct ClientSocket {
     pub(crate) clock: Arc<Clock>,
 }
 
-/// Both ends of an upgraded call, and the accepted hand-off's id and client socket, if any.
+/// Both ends of an upgraded call, and the accepted hand-off, if any.
 struct Ends {
     client: OnUpgrade,
     upstream: OnUpgrade,
-    handoff: Option<(String, ClientSocket)>,
+    handoff: Option<Offer>,
 }
 
 /// Splice the client's and the instance's connections once both are handed over (or hand
@@ -219,13 +224,9 @@ async fn spliced(
         }
     };
     let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    let path = lease.handoff().map(Path::to_path_buf);
-    let reason = match (ends.handoff, path) {
-        (Some((id, socket)), Some(path)) => {
-            let offer = Offer { id, socket, path };
-            handed(client, upstream, offer, limits, &lease).await
-        }
-        _ => {
+    let reason = match ends.handoff {
+        Some(offer) => handed(client, upstream, offer, limits, &lease).await,
+        None => {
             let end = upgrade::splice(client, upstream, limits, lease.closing()).await;
             reason(&lease, end)
         }
@@ -236,16 +237,10 @@ async fn spliced(
 
 /// Why a splice ended, as the metrics say it.
 fn reason(lease: &Lease, end: End) -> &'static str {
-    match end {
-        End::Closed(..) => "closed",
-        End::Failed(e) => {
-            tracing::debug!(instance = %lease.instance(), "upgraded connection failed: {e}");
-            "failed"
-        }
-        End::Idle => "idle",
-        End::Lifetime => "lifetime",
-        End::Stopped => "drained",
+    if let End::Failed(e) = &end {
+        tracing::debug!(instance = %lease.instance(), "upgraded connection failed: {e}");
     }
+    end.reason()
 }
 
 /// An accepted hand-off: its id, the client's socket and the watchdog's hand-off socket.
@@ -291,30 +286,15 @@ async fn handed(
     // connection's slot at the listener until it ends.
     let _kept = offer.socket.clock.keep();
     drop(client);
-    let mut why = [0u8; 16];
-    let read = tokio::select! {
-        r = read_all(&mut lifeline, &mut why) => r,
+    let (mut why, mut reader) = (Vec::new(), (&mut lifeline).take(16));
+    tokio::select! {
+        _ = reader.read_to_end(&mut why) => {}
         () = lease.closing() => return "drained",
-    };
-    match read.ok().and_then(|n| std::str::from_utf8(&why[..n]).ok()) {
-        Some("closed") => "closed",
-        Some("idle") => "idle",
-        Some("lifetime") => "lifetime",
-        Some("drained") => "drained",
-        _ => "failed",
     }
-}
-
-/// Read into `buf` until EOF or it is full; how much.
-async fn read_all<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]).await? {
-            0 => break,
-            m => n += m,
-        }
-    }
-    Ok(n)
+    std::str::from_utf8(&why)
+        .ok()
+        .and_then(End::reason_named)
+        .unwrap_or("failed")
 }
 
 /// What the client sent after its handshake that can be read without waiting (hyper's

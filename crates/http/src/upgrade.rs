@@ -88,6 +88,26 @@ pub enum End {
     Stopped,
 }
 
+impl End {
+    /// Its name, as the metrics' `reason` label says it and a hand-off's lifeline carries it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            End::Closed(..) => "closed",
+            End::Failed(_) => "failed",
+            End::Idle => "idle",
+            End::Lifetime => "lifetime",
+            End::Stopped => "drained",
+        }
+    }
+
+    /// The reason named `name` (see [`End::reason`]), if it is one.
+    pub fn reason_named(name: &str) -> Option<&'static str> {
+        ["closed", "failed", "idle", "lifetime", "drained"]
+            .into_iter()
+            .find(|r| *r == name)
+    }
+}
+
 /// Copy bytes between `client` and `upstream` both ways (a side's EOF becomes a FIN on the
 /// other) until both are done, a limit is reached or `stop` completes; then both are shut
 /// down (FIN) and dropped. Back-pressure holds: a side that does not read stops the copy

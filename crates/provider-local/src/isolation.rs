@@ -105,6 +105,12 @@ pub(crate) trait Handle: Send + Sync {
     ) -> Result<PathBuf, String>;
 }
 
+/// Whether `path` fits a Unix socket address (`sun_path` holds 108 bytes with its NUL), as
+/// a hand-off socket's must.
+pub(crate) fn fits_socket_address(path: &std::path::Path) -> bool {
+    path.as_os_str().len() < 108
+}
+
 /// An instance's life, owned by one task at a time.
 pub(crate) trait Life: Send {
     /// Wait until it ended; why it did.

@@ -23,9 +23,6 @@ pub(crate) struct Processes {
     handoffs: Option<PathBuf>,
 }
 
-/// The longest Unix socket path (`sun_path` holds 108 bytes with its NUL).
-const MAX_SOCKET_PATH: usize = 107;
-
 impl Processes {
     /// Instances of `watchdog`, with `python` provided under `run_dir` if the host has none.
     pub(crate) fn new(watchdog: &Path, run_dir: &Path) -> Processes {
@@ -52,7 +49,7 @@ impl Processes {
     /// The hand-off socket of instance `id`, if its path fits a socket address.
     fn handoff_socket(&self, id: &str) -> Option<PathBuf> {
         let path = self.handoffs.as_ref()?.join(format!("{id}.sock"));
-        (path.as_os_str().len() <= MAX_SOCKET_PATH).then_some(path)
+        crate::isolation::fits_socket_address(&path).then_some(path)
     }
 
     fn spawn(&self, s: &Start) -> Result<Started, String> {

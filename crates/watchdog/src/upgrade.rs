@@ -9,10 +9,9 @@
 //! the client's socket is spliced with the function's here and the gateway's connection is
 //! only the lifeline; the in-flight slot and the drain are the same.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use std::future::Future;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -186,14 +185,7 @@ where
         };
         splice(handed.client, upstream, handed.limits, stop).await
     };
-    let why = match &end {
-        End::Closed(..) => "closed",
-        End::Failed(_) => "failed",
-        End::Idle => "idle",
-        End::Lifetime => "lifetime",
-        End::Stopped => "drained",
-    };
-    let _ = lifeline.write_all(why.as_bytes()).await;
+    let _ = lifeline.write_all(end.reason().as_bytes()).await;
     let _ = tokio::time::timeout(CLOSE_WAIT, lifeline.shutdown()).await;
     end
 }

@@ -384,14 +384,11 @@ fn remove_bundle(bundle: &Path) {
 /// user (nothing of it reaches the host's disk), bind-mounted at `/virga/handoff`.
 const HANDOFF: &str = "handoff";
 
-/// The longest Unix socket path (`sun_path` holds 108 bytes with its NUL).
-const MAX_SOCKET_PATH: usize = 107;
-
 /// Make `bundle`'s hand-off directory; the socket's host path, if it fits a socket address.
 fn handoff_socket(bundle: &Path) -> Option<PathBuf> {
     let dir = bundle.join(HANDOFF);
     let socket = dir.join(Path::new(oci::HANDOFF_SOCKET).file_name()?);
-    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+    if !crate::isolation::fits_socket_address(&socket) {
         return None;
     }
     let options = std::ffi::CString::new(format!(
